@@ -1,0 +1,34 @@
+"""edgeprune: prune, quantize and lower Keras models to TFLite for named edge devices.
+
+The public Python API mirrors the CLI; each function lives in its own module and is
+imported lazily so that ``import edgeprune`` stays cheap (TensorFlow takes seconds).
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# name -> "module:attribute"; resolved on first access.
+_API = {
+    "compile": "edgeprune.compile:compile",
+    "bench": "edgeprune.harness.api:bench",
+    "prune": "edgeprune.pruning.api:prune",
+    "load_model": "edgeprune.model_io:load_model",
+    "save_model": "edgeprune.model_io:save_model",
+    "load_profile": "edgeprune.profiles:load_profile",
+    "list_profiles": "edgeprune.profiles:list_profiles",
+    "demo": "edgeprune.demo:run_demo",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    target = _API.get(name)
+    if target is None:
+        raise AttributeError(f"module 'edgeprune' has no attribute {name!r}")
+    module_name, attr = target.split(":")
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value

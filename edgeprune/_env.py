@@ -1,0 +1,53 @@
+"""Process-wide TensorFlow settings that must be in place before TensorFlow is imported.
+
+tfmot only works on Keras 2, which TensorFlow serves as ``tf.keras`` only when
+``TF_USE_LEGACY_KERAS=1`` is set *before* the first ``import tensorflow``. Every module
+that needs TensorFlow imports it through :func:`tf` so the order can never go wrong.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+
+_verbose = False
+
+
+def set_verbose(verbose: bool) -> None:
+    """Let TensorFlow's own logging through (``-v``) or keep it quiet (default)."""
+    global _verbose
+    _verbose = verbose
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        os.environ["ABSL_MIN_LOG_LEVEL"] = "0"
+
+
+def tf():
+    """Import TensorFlow with legacy Keras and quiet logs; return the module."""
+    if not _verbose:
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+    import tensorflow as _tf
+
+    if not _verbose:
+        _tf.get_logger().setLevel(logging.ERROR)
+        try:
+            from absl import logging as absl_logging
+
+            absl_logging.set_verbosity(absl_logging.ERROR)
+        except ImportError:  # pragma: no cover - absl ships with TF
+            pass
+    return _tf
+
+
+def tf_keras():
+    """The Keras 2 module (``tf_keras``) that edgeprune uses as its internal representation."""
+    tf()
+    import tf_keras as _tf_keras
+
+    return _tf_keras

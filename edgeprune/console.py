@@ -1,0 +1,112 @@
+"""Everything the CLI prints: Rich tables and progress for people, JSON for machines.
+
+Human output goes to stderr when ``--json`` is set so stdout stays a single JSON document.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+class Output:
+    """Per-invocation output settings (``--json``, ``-q``, ``-v``)."""
+
+    def __init__(self, json_mode: bool = False, quiet: bool = False, verbose: bool = False):
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self.verbose = verbose
+        # People read stderr when stdout carries JSON.
+        self.console = Console(stderr=json_mode, highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message)
+
+    def debug(self, message: str) -> None:
+        if self.verbose:
+            self.err.print(f"[dim]{message}[/dim]")
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"[yellow]warning:[/yellow] {message}")
+
+    def table(self, title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+        if self.quiet:
+            return
+        table = Table(title=title, title_justify="left")
+        for col in columns:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*[_fmt(v) for v in row])
+        self.console.print(table)
+
+    def emit_json(self, payload: Any) -> None:
+        """Write the machine-readable result to stdout (only in --json mode)."""
+        if self.json_mode:
+            sys.stdout.write(json.dumps(payload, indent=2, default=_json_default) + "\n")
+            sys.stdout.flush()
+
+    @contextmanager
+    def progress(self, description: str, total: int | None = None) -> Iterator["ProgressHandle"]:
+        """A progress bar (or spinner when ``total`` is None) on stderr; silent with -q."""
+        if self.quiet:
+            yield ProgressHandle(None, None)
+            return
+        columns = [SpinnerColumn(), TextColumn("{task.description}")]
+        if total is not None:
+            columns += [BarColumn(), TextColumn("{task.completed}/{task.total}")]
+        columns.append(TimeElapsedColumn())
+        with Progress(*columns, console=self.err, transient=True) as progress:
+            task = progress.add_task(description, total=total)
+            yield ProgressHandle(progress, task)
+
+
+class ProgressHandle:
+    def __init__(self, progress: Progress | None, task):
+        self._progress = progress
+        self._task = task
+
+    def advance(self, steps: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, steps)
+
+    def update(self, description: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=description)
+
+
+_default = Output()
+
+
+def default_output() -> Output:
+    """The Output used by Python API calls that were not given one (quiet-ish, no JSON)."""
+    return _default
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _json_default(obj: Any):
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if hasattr(obj, "__fspath__"):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
