@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up everything edgeprune needs in ./.venv from a fresh clone on a fresh machine.
+#   bash scripts/setup.sh          # runtime only
+#   bash scripts/setup.sh --test   # plus the test tools and the system packages the tests use
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_test=0
+[ "${1:-}" = "--test" ] && with_test=1
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $("$PYTHON" --version)"
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+extras=""
+[ "$with_test" = 1 ] && extras="[test]"
+echo "[setup] installing edgeprune$extras with the pinned set in constraints.txt"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".$extras"
+
+if [ "$with_test" = 1 ] && [ ! -x /usr/sbin/sshd ]; then
+  # The remote-target tests start a real sshd on 127.0.0.1.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing openssh-server for the SSH target tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null
+  else
+    echo "[setup] warning: /usr/sbin/sshd missing and cannot apt-get install it; SSH tests will be skipped" >&2
+  fi
+fi
+echo "[setup] done: $(.venv/bin/edgeprune --version)"
