@@ -1,0 +1,147 @@
+"""``edgeprune bench``: benchmark and verify a .tflite artifact locally or on devices over SSH."""
+from __future__ import annotations
+
+import click
+
+from edgeprune.cli import cli, get_output, json_option
+from edgeprune.errors import EdgepruneError, InputError
+
+
+def _parse_threads(value: str | None):
+    if value is None:
+        return None
+    try:
+        threads = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--threads: expected a comma-separated list like 1,2,4, found '{value}'") from None
+    if not threads or any(t < 1 for t in threads):
+        raise InputError(f"--threads: expected positive integers, found '{value}'")
+    return threads
+
+
+def _mb(kb):
+    return None if kb is None else kb / 1024.0
+
+
+def _render(out, result: dict) -> None:
+    for dev in result["devices"]:
+        d = dev["device"]
+        title = (f"{dev['host']}: {d['hostname']}, {d['cpu']}, {d['cores']} cores, {d['os']}, "
+                 f"{d['runtime']} {d['runtime_version']}, python {d['python']}; "
+                 f"{dev['results'][0]['steady']['count'] if dev['results'] else 0} runs, times in ms")
+        rows = []
+        for r in dev["results"]:
+            s = r["steady"]
+            rows.append((r["threads"], _ms(r["load_ms"]), _ms(r["init_ms"]), _ms(r["first_inference_ms"]),
+                         _ms(r["warmup"]["mean_ms"]), _ms(s["mean_ms"]), _ms(s["std_ms"]),
+                         _ms(s["p50_ms"]), _ms(s["p90_ms"]), _ms(s["p99_ms"]), _ms(_mb(r["peak_rss_kb"]))))
+        _table(out, title, ["thr", "load", "init", "first", "warmup", "mean", "std", "p50", "p90",
+                            "p99", "RSS MB"], rows)
+    if result.get("eval"):
+        ref = result.get("reference") or {}
+        columns = {"device": [], "acc %": [], "mse": [], "ref %": [], "drop pts": [],
+                   "top-1 agree %": [], "max abs err": []}
+        for dev in result["devices"]:
+            ev, ag = dev.get("eval") or {}, dev.get("agreement") or {}
+            for key, value in zip(columns, (dev["host"], _pct(ev.get("accuracy")), ev.get("mse"),
+                                            _pct(ref.get("accuracy")), ev.get("accuracy_drop_points"),
+                                            _pct(ag.get("top1_agreement")), ag.get("max_abs_error"))):
+                columns[key].append(value)
+        keep = [k for k, values in columns.items() if k == "device" or any(v is not None for v in values)]
+        _table(out, f"Verification on {result['eval']['samples']} samples ({result['eval']['path']})", keep,
+               list(zip(*(columns[k] for k in keep))))
+    gate = result.get("gate") or {}
+    if gate.get("checked"):
+        limits = ", ".join(f"{k} {v:g}" for k, v in (("max latency ms", gate["max_latency_ms"]),
+                                                     ("max accuracy drop", gate["max_accuracy_drop"]))
+                           if v is not None)
+        verdict = "[green]PASS[/green]" if gate["passed"] else "[red]FAIL[/red]"
+        out.info(f"gate ({limits}): {verdict}")
+        for failure in gate["failures"]:
+            out.info(f"  {failure}")
+    manifest = result["artifact"].get("manifest")
+    if manifest:
+        facts = ", ".join(f"{k}={manifest[k]}" for k in ("profile", "target", "quantization") if k in manifest)
+        checked = "sha256 matches the manifest" if manifest.get("sha256_checked") else "no sha256 in the manifest"
+        out.info(f"manifest: {facts} ({checked})")
+
+
+def _table(out, title, columns, rows) -> None:
+    """A compact table (light borders) so a 12-column latency table fits 80 columns."""
+    if out.quiet:
+        return
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for col in columns:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row])
+    out.console.print(table)
+
+
+def _ms(value):
+    """Compact fixed-point milliseconds (the table must fit 80 columns)."""
+    if value is None:
+        return None
+    return f"{value:.3f}" if value < 10 else f"{value:.2f}" if value < 100 else f"{value:.1f}"
+
+
+def _pct(value):
+    return None if value is None else value * 100.0
+
+
+@cli.command("bench")
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.option("--target", "target", metavar="NAME|PATH", help="Device profile: its ssh connection, threads and budgets.")
+@click.option("--host", "hosts", multiple=True, metavar="HOST",
+              help="ssh alias or user@host[:port] (repeatable; 'local' = this machine). Hosts run in parallel.")
+@click.option("--fleet", type=click.Path(path_type=str), help="YAML list of hosts (host, python?, threads?).")
+@click.option("--threads", "threads", metavar="1,2,4", help="Thread counts to sweep (default: profile's, else 1).")
+@click.option("--runs", type=int, default=50, show_default=True, help="Steady-state runs (at least).")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Warm-up runs after the first inference.")
+@click.option("--min-duration", "min_duration", type=float, default=0.0, show_default=True,
+              help="Keep running until at least this many seconds of steady state.")
+@click.option("--eval", "eval_data", type=click.Path(path_type=str), help=".npz with x and y: accuracy on the device.")
+@click.option("--reference", "reference", type=click.Path(path_type=str),
+              help="Source Keras model: its accuracy and output agreement, computed here.")
+@click.option("--max-accuracy-drop", type=float, metavar="POINTS",
+              help="Fail (exit 1) if reference accuracy minus artifact accuracy exceeds this many points.")
+@click.option("--max-latency-ms", type=float, metavar="MS",
+              help="Fail (exit 1) if the best p50 latency exceeds this (default: profile budgets.max_latency_ms).")
+@click.option("--remote-python", metavar="PATH", help="python3 on the device (default: profile or python3).")
+@click.option("--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE",
+              help="Extra ssh -o option (repeatable; also EDGEPRUNE_SSH_OPTIONS).")
+@click.option("--ssh-config", type=click.Path(path_type=str), help="ssh config file to use (ssh -F; also EDGEPRUNE_SSH_CONFIG).")
+@click.option("--connect-timeout", type=int, default=10, show_default=True, help="ssh ConnectTimeout in seconds.")
+@json_option
+@click.pass_context
+def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, min_duration, eval_data, reference,
+                  max_accuracy_drop, max_latency_ms, remote_python, ssh_options, ssh_config, connect_timeout,
+                  json_mode):
+    """Benchmark ARTIFACT (.tflite or an artifact directory) with the real LiteRT interpreter,
+    on this machine or on devices over SSH, and optionally verify its accuracy.
+
+    \b
+    edgeprune bench model.tflite --threads 1,2,4
+    edgeprune bench model.tflite --target rpi4 --eval val.npz --reference model.keras --max-accuracy-drop 1
+    edgeprune bench model.tflite --host pi@10.0.0.7 --host rpi5 --json
+    """
+    out = get_output(ctx, json_mode)
+    from edgeprune.harness.api import bench
+
+    try:
+        result = bench(artifact, target=target, hosts=hosts, threads=_parse_threads(threads), runs=runs,
+                       warmup=warmup, min_duration_s=min_duration, eval_data=eval_data, reference_model=reference,
+                       max_accuracy_drop=max_accuracy_drop, remote_python=remote_python, output=out, fleet=fleet,
+                       max_latency_ms=max_latency_ms, ssh_options=ssh_options, ssh_config=ssh_config,
+                       connect_timeout=connect_timeout)
+    except EdgepruneError as exc:
+        partial = getattr(exc, "result", None)
+        if partial is not None:
+            out.emit_json(partial)
+            _render(out, partial)
+        raise
+    out.emit_json(result)
+    _render(out, result)

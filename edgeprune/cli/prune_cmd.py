@@ -1,0 +1,144 @@
+"""``edgeprune prune``: structurally prune a Keras model (whole filters/channels/neurons)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeprune.cli import cli, get_output, json_option
+from edgeprune.errors import InputError
+
+CRITERIA = ("l1", "l2", "bn", "taylor", "mean_activation", "apoz", "entropy", "random")
+DATA_CRITERIA = ("taylor", "mean_activation", "apoz", "entropy")
+
+
+def _parse_per_layer(items) -> dict:
+    out = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name:
+            raise InputError(f"--per-layer: expected NAME_OR_REGEX=RATIO, found '{item}'")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise InputError(f"--per-layer {item}: ratio '{value}' is not a number") from None
+    return out
+
+
+def _load_data(src: str, model, num_samples: int | None = 256):
+    """Calibration arrays (x, y or None) via edgeprune.datasets, else plain .npy/.npz."""
+    try:
+        from edgeprune.datasets import load_arrays
+    except ModuleNotFoundError:
+        load_arrays = None
+    if load_arrays is not None:
+        return load_arrays(src, input_shape=tuple(model.input_shape[1:]), num_samples=num_samples)
+    import numpy as np
+
+    path = Path(src)
+    if not path.is_file() or path.suffix not in (".npy", ".npz"):
+        raise InputError(f"--data {src}: expected an existing .npy or .npz file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise InputError(f"--data {src}: cannot read ({exc})") from None
+    if path.suffix == ".npy":
+        return loaded[:num_samples], None
+    keys = list(loaded.keys())
+    xk = "x" if "x" in keys else keys[0]
+    y = loaded["y"][:num_samples] if "y" in keys else None
+    return loaded[xk][:num_samples], y
+
+
+def _render(out, report: dict) -> None:
+    rows = []
+    for layer in report["layers"]:
+        changed = layer["channels_before"] != layer["channels_after"] or layer["macs_before"] != layer["macs_after"]
+        rows.append((layer["name"], layer["class_name"],
+                     f"{layer['channels_before']} -> {layer['channels_after']}" if changed else layer["channels_before"],
+                     f"{layer['macs_before']:,}", f"{layer['macs_after']:,}",
+                     f"{layer['params_before']:,}", f"{layer['params_after']:,}"))
+    out.table("Pruned layers", ["layer", "type", "channels", "MACs before", "MACs after",
+                                "params before", "params after"], rows)
+    mb, ma = report["macs_before"], report["macs_after"]
+    pb, pa = report["params_before"], report["params_after"]
+    out.info(f"MACs {mb:,} -> {ma:,} ({ma / max(mb, 1):.1%}), params {pb:,} -> {pa:,} "
+             f"({pa / max(pb, 1):.1%}); {report['pruned_groups']}/{report['groups']} channel groups pruned, "
+             f"criterion {report['criterion']}, ratio {report['ratio_used']}")
+    for reason in report.get("locked", [])[:20]:
+        out.debug(f"locked: {reason}")
+    if report.get("locked"):
+        out.info(f"{len(report['locked'])} group(s) locked (use -v to list them)")
+    for note in report.get("notes", []):
+        out.warn(note)
+    if report.get("output"):
+        out.info(f"wrote {report['output']} ({report.get('flavour')})")
+
+
+@cli.command("prune")
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--ratio", type=float, help="Fraction of channels removed from every prunable group (0-1).")
+@click.option("--target-macs", type=float, help="Keep at most this fraction of the original MACs (0-1].")
+@click.option("--criterion", type=click.Choice(CRITERIA), default="l1", show_default=True,
+              help="Channel importance criterion.")
+@click.option("--protect", multiple=True, metavar="REGEX", help="Layers (name or regex) whose outputs stay intact.")
+@click.option("--per-layer", multiple=True, metavar="NAME_OR_REGEX=R", help="Ratio for matching layers.")
+@click.option("--global-ranking", is_flag=True, help="Rank channels across groups (max 90% of any group).")
+@click.option("--round-to", type=int, help="Round remaining channels down to a multiple of N (default: profile).")
+@click.option("--min-channels", type=int, help="Never keep fewer channels than N (default: profile).")
+@click.option("--target", "target", help="Device profile (name or YAML) for round_to/min_channels.")
+@click.option("--data", help="Calibration data (.npy/.npz) for taylor/mean_activation/apoz/entropy.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--custom-objects", type=click.Path(path_type=Path), help="Python file defining custom layers.")
+@click.option("--unsafe", is_flag=True, help="Load models that need code (Lambda layers, custom objects).")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output .keras/.h5 file.")
+@json_option
+@click.pass_context
+def prune_command(ctx, model, ratio, target_macs, criterion, protect, per_layer, global_ranking, round_to,
+                  min_channels, target, data, seed, custom_objects, unsafe, output, json_mode):
+    """Remove whole filters, channels and neurons from MODEL and write a smaller model to -o."""
+    out = get_output(ctx, json_mode)
+    if (ratio is None) == (target_macs is None):
+        raise InputError("give exactly one of --ratio or --target-macs")
+    if ratio is not None and not 0.0 <= ratio < 1.0:
+        raise InputError(f"--ratio must be in [0, 1), got {ratio}")
+    if target_macs is not None and not 0.0 < target_macs <= 1.0:
+        raise InputError(f"--target-macs must be in (0, 1], got {target_macs}")
+    if criterion in DATA_CRITERIA and not data:
+        raise InputError(f"--criterion {criterion} needs calibration data: pass --data FILE")
+    if output.suffix not in (".keras", ".h5"):
+        raise InputError(f"-o {output}: expected a .keras or .h5 file name")
+    if not model.exists():
+        raise InputError(f"{model}: no such file or directory")
+    per = _parse_per_layer(per_layer)
+    if target:
+        from edgeprune.profiles import load_profile
+
+        policy = load_profile(target).pruning
+        round_to = policy.round_to if round_to is None else round_to
+        min_channels = policy.min_channels if min_channels is None else min_channels
+    round_to = 1 if round_to is None else round_to
+    min_channels = 1 if min_channels is None else min_channels
+
+    from edgeprune import model_io
+    from edgeprune.pruning.api import prune_model
+
+    objects = model_io.load_custom_objects(custom_objects) if custom_objects else None
+    with out.progress(f"loading {model}"):
+        loaded = model_io.load_model(model, custom_objects=objects, safe_mode=not unsafe)
+    x = y = None
+    if data:
+        with out.progress(f"loading data {data}"):
+            x, y = _load_data(data, loaded.model)
+    with out.progress("analysing channel groups and pruning"):
+        result = prune_model(loaded.model, ratio=ratio, target_macs=target_macs, criterion=criterion,
+                             protect=tuple(protect), per_layer=per or None, global_ranking=global_ranking,
+                             round_to=round_to, min_channels=min_channels, data=x, labels=y, seed=seed)
+    with out.progress(f"saving {output}"):
+        model_io.save_model(result.model, output, flavour=loaded.flavour)
+    report = result.report
+    report.update({"input": str(model), "output": str(output), "flavour": loaded.flavour,
+                   "round_to": round_to, "min_channels": min_channels, "target": target})
+    out.emit_json(report)
+    if not out.json_mode or not out.quiet:
+        _render(out, report)

@@ -1,0 +1,203 @@
+"""``edgeprune.bench``: benchmark and verify a .tflite artifact locally or on devices over SSH.
+
+Also ``evaluate_tflite`` for an in-process accuracy check with the local interpreter.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from edgeprune.console import Output, default_output
+from edgeprune.errors import DeviceError, InputError, VerificationError
+from edgeprune.harness import runner, verify
+from edgeprune.harness.artifact import inspect_artifact
+from edgeprune.harness.evaldata import load_eval_data
+from edgeprune.harness.fleet import LOCAL, Device, device_for, load_fleet, run_parallel
+from edgeprune.harness.jobs import EVAL_X, EVAL_Y, RunRequest
+from edgeprune.harness.local import run_local
+from edgeprune.harness.remote import SshSettings, run_remote
+
+
+def _with_result(error_cls, message: str, result: dict):
+    exc = error_cls(message)
+    exc.result = result
+    return exc
+
+
+def _check_threads(threads) -> tuple[int, ...]:
+    try:
+        values = tuple(int(t) for t in threads)
+    except (TypeError, ValueError):
+        raise InputError(f"--threads: expected integers like 1,2,4, found {threads!r}") from None
+    if not values or any(t < 1 for t in values):
+        raise InputError(f"--threads: expected positive integers, found {list(threads)!r}")
+    return values
+
+
+def _resolve_devices(profile, hosts: Iterable[str], fleet, remote_python) -> list[Device]:
+    devices: list[Device] = []
+    for spec in hosts:
+        devices.append(device_for(spec, python=remote_python))
+    if fleet is not None:
+        devices += [d if d.python or not remote_python else Device(d.label, d.ssh, remote_python, d.threads)
+                    for d in load_fleet(fleet)]
+    if not devices and profile is not None and profile.connection.kind == "ssh":
+        devices.append(device_for(profile.connection.host, python=remote_python or profile.connection.python))
+    if not devices:
+        devices.append(Device(LOCAL, None, remote_python))  # --remote-python: another local python
+    labels = [d.label for d in devices]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise InputError(f"--host: listed twice: {', '.join(dup)}")
+    return devices
+
+
+def _device_entry(device: Device, raw: dict, eval_data, ref_outputs, reference) -> dict:
+    entry = {"host": device.label, "transport": raw.pop("transport", None), **raw}
+    ev = entry.get("eval")
+    if ev is not None:
+        outputs = ev.pop("outputs", None)
+        ev.pop("accuracy", None), ev.pop("mse", None)  # recomputed here from the raw outputs
+        if outputs is not None:
+            ev.update(verify.metrics(outputs, eval_data.y))
+            if ref_outputs is not None:
+                entry["agreement"] = verify.agreement(outputs, ref_outputs)
+            if reference is not None and reference.get("accuracy") is not None and ev.get("accuracy") is not None:
+                ev["accuracy_drop_points"] = (reference["accuracy"] - ev["accuracy"]) * 100.0
+            entry["_outputs"] = outputs
+    return entry
+
+
+def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
+          min_duration_s=0.0, eval_data=None, reference_model=None,
+          max_accuracy_drop=None, remote_python=None, output: Output | None = None,
+          fleet=None, max_latency_ms=None, ssh_options=(), ssh_config=None,
+          connect_timeout: int = 10, retries: int = 2, keep_outputs: bool = False) -> dict:
+    """Benchmark ``artifact`` on this machine or devices and verify it; return one result dict.
+
+    threads: thread counts to sweep (default: the profile's ``threads``, else 1).
+    eval_data: .npz with ``x`` and ``y`` -> accuracy (top-1) or MSE on each device.
+    reference_model: the source Keras model -> its accuracy and output agreement.
+    max_accuracy_drop (points) / max_latency_ms (default: profile budgets) make it a gate:
+    VerificationError (exit 1) when broken. Device failures raise DeviceError naming the
+    host and the cause. Both errors carry the partial result as ``.result``.
+    """
+    out = output or default_output()
+    from edgeprune.profiles import load_profile
+
+    profile = load_profile(target) if target is not None else None
+    if runs < 1 or warmup < 0 or min_duration_s < 0:
+        raise InputError("--runs must be >= 1, --warmup >= 0, --min-duration >= 0")
+    threads = _check_threads(threads if threads else ((profile.threads,) if profile else (1,)))
+    info = inspect_artifact(artifact)
+    devices = _resolve_devices(profile, hosts, fleet, remote_python)
+    if max_latency_ms is None and profile is not None:
+        max_latency_ms = profile.budgets.max_latency_ms
+    if max_accuracy_drop is None and profile is not None and reference_model is not None:
+        max_accuracy_drop = profile.budgets.max_accuracy_drop
+    if reference_model is not None and eval_data is None:
+        raise InputError("--reference needs --eval data to compare on")
+    if max_accuracy_drop is not None and reference_model is None:
+        raise InputError("--max-accuracy-drop needs --reference MODEL and --eval DATA")
+    settings = SshSettings.from_env(ssh_options, ssh_config, connect_timeout=connect_timeout, retries=retries) \
+        if any(not d.is_local for d in devices) else None
+
+    data = None
+    if eval_data is not None:
+        if len(info.inputs) != 1:
+            raise InputError(f"{info.path}: --eval needs a model with one input, it has {len(info.inputs)}")
+        data = load_eval_data(eval_data, info.inputs[0])
+
+    reference = ref_outputs = None
+    if reference_model is not None:
+        with out.progress(f"Running the reference model {Path(reference_model).name}"):
+            from edgeprune.harness.reference import reference_outputs
+
+            ref_outputs = reference_outputs(reference_model, data.x)
+        reference = {"path": str(reference_model), **verify.metrics(ref_outputs, data.y)}
+
+    with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as work:
+        ex = ey = None
+        if data is not None:
+            ex = Path(work) / EVAL_X
+            np.save(ex, data.x, allow_pickle=False)
+            if data.y is not None:
+                ey = Path(work) / EVAL_Y
+                np.save(ey, data.y, allow_pickle=False)
+        request = RunRequest(artifact=info.path, sha256=info.sha256, threads=threads, runs=runs,
+                             warmup=warmup, min_duration_s=min_duration_s, eval_x=ex, eval_y=ey)
+
+        def work_on(device: Device) -> dict:
+            req = request.with_threads(device.threads)
+            if device.is_local:
+                return run_local(req, python=device.python, label=device.label)
+            return run_remote(req, device.ssh, python=device.python or "python3", settings=settings,
+                              log=out.warn)
+
+        names = ", ".join(d.label for d in devices)
+        with out.progress(f"Benchmarking {info.path.name} on {names}"):
+            outcomes = run_parallel(devices, work_on)
+
+    result = {
+        "artifact": info.as_dict(),
+        "profile": profile.name if profile else None,
+        "settings": {"threads": list(threads), "runs": runs, "warmup": warmup, "min_duration_s": min_duration_s},
+        "eval": None if data is None else {"path": str(data.path), "samples": data.samples,
+                                           "labels": data.y is not None},
+        "reference": reference,
+        "devices": [],
+        "errors": [],
+    }
+    for device, raw, error in outcomes:
+        if error is not None:
+            result["errors"].append({"host": device.label, "error": error})
+            continue
+        entry = _device_entry(device, raw, data, ref_outputs, reference)
+        if entry["artifact"]["sha256"] != info.sha256:
+            result["errors"].append({"host": device.label, "error":
+                                     f"{device.label}: the artifact's sha256 on the device "
+                                     f"({entry['artifact']['sha256'][:16]}…) differs from the local file's"})
+            continue
+        outputs = entry.pop("_outputs", None)
+        if keep_outputs and outputs is not None:
+            entry["outputs"] = outputs
+        result["devices"].append(entry)
+
+    failures = []
+    for entry in result["devices"]:
+        failures += verify.gate_failures(entry, reference=reference, max_accuracy_drop=max_accuracy_drop,
+                                         max_latency_ms=max_latency_ms)
+    gated = max_latency_ms is not None or max_accuracy_drop is not None
+    result["gate"] = {"max_latency_ms": max_latency_ms, "max_accuracy_drop": max_accuracy_drop,
+                      "checked": gated, "passed": (not failures) if gated else None, "failures": failures}
+    if result["errors"]:
+        raise _with_result(DeviceError, "; ".join(e["error"] for e in result["errors"]), result)
+    if failures:
+        raise _with_result(VerificationError, "; ".join(failures), result)
+    return result
+
+
+def evaluate_tflite(tflite_path_or_bytes, x, y=None, *, threads: int = 1) -> dict:
+    """Run a .tflite model in-process on x; {'accuracy', 'mse', 'outputs'} (accuracy in 0..1).
+
+    Float x is quantized with the input's scale/zero point for int8/uint8 models and outputs
+    are dequantized, exactly as on a device.
+    """
+    if isinstance(tflite_path_or_bytes, (bytes, bytearray, memoryview)):
+        content, name, path = bytes(tflite_path_or_bytes), "<tflite bytes>", None
+    else:
+        path = Path(tflite_path_or_bytes)
+        if not path.is_file():
+            raise InputError(f"{path}: TFLite model not found")
+        content, name = None, str(path)
+    try:
+        _, _, cls = runner.find_runtime()
+        interpreter = runner.load_interpreter(cls, str(path) if path else name, int(threads), content)
+        runner.allocate(interpreter, name)
+        outputs = runner.run_eval(interpreter, np.asarray(x), np)
+    except runner.RunnerFailure as exc:
+        raise InputError(f"{name}: {exc.message}") from None
+    return {**verify.metrics(outputs, None if y is None else np.asarray(y)), "outputs": outputs}

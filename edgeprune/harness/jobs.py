@@ -1,0 +1,60 @@
+"""What the controller asks a runner to do, and the files that go with it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+RUNNER_PATH = Path(__file__).with_name("runner.py")
+EVAL_X = "eval_x.npy"
+EVAL_Y = "eval_y.npy"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One benchmark job: the same for every device except the thread counts."""
+
+    artifact: Path
+    sha256: str
+    threads: tuple[int, ...] = (1,)
+    runs: int = 50
+    warmup: int = 5
+    min_duration_s: float = 0.0
+    seed: int = 0
+    eval_x: Path | None = None
+    eval_y: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def with_threads(self, threads) -> "RunRequest":
+        return replace(self, threads=tuple(threads)) if threads else self
+
+    def files(self) -> dict[str, Path]:
+        """Name on the device -> local file, for the remote working directory."""
+        files = {"runner.py": RUNNER_PATH, self.artifact.name: self.artifact}
+        if self.eval_x is not None:
+            files[EVAL_X] = self.eval_x
+        if self.eval_y is not None:
+            files[EVAL_Y] = self.eval_y
+        return files
+
+    def job(self, *, remote: bool, outputs_path: Path | None = None) -> dict:
+        """The runner's JSON job; remote jobs use names relative to the device's temp dir."""
+        def where(local: Path | None, name: str):
+            if local is None:
+                return None
+            return name if remote else str(local)
+
+        job = {
+            "artifact": self.artifact.name if remote else str(self.artifact),
+            "threads": list(self.threads),
+            "runs": self.runs,
+            "warmup": self.warmup,
+            "min_duration_s": self.min_duration_s,
+            "seed": self.seed,
+            "eval_inputs": where(self.eval_x, EVAL_X),
+            "eval_labels": where(self.eval_y, EVAL_Y),
+            "watch_stdin": True,
+        }
+        if outputs_path is not None:
+            job["outputs_path"] = str(outputs_path)
+        job.update(self.extra)
+        return job

@@ -1,0 +1,55 @@
+"""Outputs of the source Keras model on the eval data, computed on the compile machine."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune.errors import InputError
+
+
+def load_reference(path: str | Path):
+    """A Keras model, via edgeprune.model_io when present, else tf_keras/Keras 3 in safe mode."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: reference model not found")
+    try:
+        from edgeprune.model_io import load_model
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("edgeprune.model_io",):
+            raise
+        return _load_fallback(p)
+    return load_model(p).model
+
+
+def _load_fallback(p: Path):
+    from edgeprune._env import tf_keras
+
+    K = tf_keras()
+    try:
+        if p.suffix == ".keras":
+            return K.models.load_model(p, compile=False, safe_mode=True)
+        return K.models.load_model(p, compile=False)
+    except Exception as first:  # a Keras 3 file: tf_keras cannot read it
+        if p.suffix != ".keras":
+            raise InputError(f"{p}: cannot load the reference model ({first})") from None
+        try:
+            import keras
+
+            return keras.saving.load_model(p, compile=False, safe_mode=True)
+        except Exception as exc:
+            raise InputError(f"{p}: cannot load the reference model ({exc})") from None
+
+
+def reference_outputs(model_path: str | Path, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The reference model's first output on x, as float32."""
+    model = load_reference(model_path)
+    try:
+        out = model.predict(x, batch_size=batch_size, verbose=0)
+    except Exception as exc:
+        raise InputError(f"{model_path}: the reference model cannot run on the eval data ({exc})") from None
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    return np.asarray(out, dtype=np.float32)

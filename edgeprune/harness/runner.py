@@ -1,0 +1,564 @@
+#!/usr/bin/env python3
+"""edgeprune's device-side runner: benchmark (and optionally evaluate) one .tflite file.
+
+This file is copied as-is onto the target device and run there with the device's own
+python3, so it must stay self-contained: Python 3 stdlib (3.7+), numpy and whichever TFLite
+runtime the device has (ai-edge-litert, tflite-runtime or full TensorFlow). The controller
+runs the very same file in a local subprocess, so local and remote figures are measured the
+same way.
+
+Usage:  python3 runner.py JOB.json      (or the job as a JSON string, or '-' for stdin)
+
+Job keys: artifact (path), threads [1], runs 50, warmup 5, min_duration_s 0, seed 0,
+eval_inputs (.npy, optional), eval_labels (.npy, optional), outputs_path (write the eval
+outputs there instead of inline base64), watch_stdin (exit when stdin reaches EOF, i.e. the
+controller went away).
+
+Output: exactly one JSON document on stdout; logs go to stderr. On a failure it is
+{"error": {"kind": ..., "message": ...}} with exit code 3 (missing dependency) or 4 (bad
+job or artifact); any other non-zero exit is a crash.
+"""
+from __future__ import absolute_import, division, print_function
+
+import base64
+import gc
+import hashlib
+import io
+import json
+import os
+import platform
+import socket
+import sys
+import threading
+import time
+
+EXIT_MISSING_DEPENDENCY = 3
+EXIT_BAD_JOB = 4
+
+INSTALL_HINT = (
+    "install a TFLite runtime for {py}: `{py} -m pip install ai-edge-litert` "
+    "(64-bit Linux/macOS: x86_64, aarch64; on a Raspberry Pi this needs the 64-bit OS), "
+    "or `{py} -m pip install tflite-runtime` (older, numpy<2), or `{py} -m pip install tensorflow`"
+)
+
+# ARM "CPU part" ids from /proc/cpuinfo, for devices whose kernel prints no model name.
+ARM_PARTS = {
+    "0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+    "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+    "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd41": "Cortex-A78", "0xd44": "Cortex-X1",
+    "0xd46": "Cortex-A510", "0xd47": "Cortex-A710", "0xd4d": "Cortex-A715", "0xc07": "Cortex-A7",
+    "0xc0f": "Cortex-A15", "0xd40": "Neoverse-V1", "0xd4f": "Neoverse-V2",
+}
+
+
+class RunnerFailure(Exception):
+    """A failure the controller should report as one clear line (not a crash)."""
+
+    def __init__(self, kind, message, code=EXIT_BAD_JOB):
+        Exception.__init__(self, message)
+        self.kind = kind
+        self.message = message
+        self.code = code
+
+
+def log(message):
+    sys.stderr.write("[runner] %s\n" % message)
+    sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------- dependencies
+
+def import_numpy():
+    """numpy, or a RunnerFailure that says how to install it for this interpreter."""
+    try:
+        import numpy
+    except ImportError as exc:
+        raise RunnerFailure(
+            "missing_numpy",
+            "numpy is not importable by %s (%s): install it with `%s -m pip install numpy` "
+            "or `sudo apt install python3-numpy`" % (sys.executable, exc, sys.executable),
+            EXIT_MISSING_DEPENDENCY,
+        )
+    return numpy
+
+
+def _dist_version(dist, module):
+    try:
+        from importlib import metadata  # Python 3.8+
+
+        return metadata.version(dist)
+    except Exception:
+        return str(getattr(module, "__version__", "unknown"))
+
+
+def find_runtime():
+    """Return (name, version, Interpreter class) of the first TFLite runtime that imports.
+
+    Order: ai-edge-litert (current), tflite-runtime (legacy), TensorFlow (heavy). A runtime
+    that is installed but broken (tflite-runtime 2.14 under numpy 2 dies with
+    '_ARRAY_API not found') is reported as such instead of being skipped silently.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    problems = []
+    candidates = (
+        ("ai-edge-litert", "ai_edge_litert.interpreter", "ai_edge_litert"),
+        ("tflite-runtime", "tflite_runtime.interpreter", "tflite_runtime"),
+        ("tensorflow", "tensorflow", "tensorflow"),
+    )
+    import importlib
+    import warnings
+
+    for dist, module_name, top in candidates:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = importlib.import_module(module_name)
+                cls = module.lite.Interpreter if dist == "tensorflow" else module.Interpreter
+        except BaseException as exc:  # noqa: B902 - C extensions raise odd things on ABI clashes
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            text = "%s: %s" % (type(exc).__name__, exc)
+            missing = isinstance(exc, ImportError) and getattr(exc, "name", None) in (top, module_name)
+            if missing:
+                continue
+            if "_ARRAY_API" in text or "NumPy 1.x" in text or "multiarray failed to import" in text:
+                numpy = import_numpy()
+                problems.append(
+                    "%s is installed but was built for numpy 1.x and cannot load under numpy %s "
+                    "(%s); use `pip install ai-edge-litert` or `pip install 'numpy<2'`"
+                    % (dist, numpy.__version__, text.splitlines()[0])
+                )
+            else:
+                problems.append("%s is installed but failed to import (%s)" % (dist, text.splitlines()[0]))
+            continue
+        return dist, _dist_version(dist, sys.modules.get(top)), cls
+    hint = INSTALL_HINT.format(py=sys.executable)
+    if problems:
+        raise RunnerFailure("broken_runtime", "; ".join(problems) + "; or " + hint, EXIT_MISSING_DEPENDENCY)
+    raise RunnerFailure(
+        "missing_runtime",
+        "no TFLite runtime (ai_edge_litert, tflite_runtime or tensorflow) is importable; " + hint,
+        EXIT_MISSING_DEPENDENCY,
+    )
+
+
+# --------------------------------------------------------------------------- device facts
+
+def _read(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+    except (IOError, OSError):
+        return ""
+
+
+def cpu_model():
+    """A human CPU name: x86 'model name', else the ARM core type(s) and the board model."""
+    info = _read("/proc/cpuinfo")
+    fields = {}
+    parts = []
+    for line in info.splitlines():
+        if ":" not in line:
+            continue
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        fields.setdefault(key, value)
+        if key == "CPU part" and value not in parts:
+            parts.append(value)
+    name = fields.get("model name") or fields.get("Processor") or fields.get("cpu model")
+    if not name and parts:
+        name = "/".join(ARM_PARTS.get(p.lower(), "ARM part %s" % p) for p in parts)
+    board = _read("/proc/device-tree/model").strip("\x00\n ") or fields.get("Model", "")
+    if not name:
+        name = platform.processor() or platform.machine()
+    return "%s (%s)" % (name, board) if board else name
+
+
+def os_name():
+    for line in _read("/etc/os-release").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    return platform.platform()
+
+
+def device_info(runtime_name, runtime_version, numpy):
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    return {
+        "hostname": socket.gethostname(),
+        "cpu": cpu_model(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "os": os_name(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "runtime": runtime_name,
+        "runtime_version": runtime_version,
+        "numpy": numpy.__version__,
+    }
+
+
+# --------------------------------------------------------------------------- memory
+
+def _status_kb(field):
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith(field + ":"):
+            try:
+                return int(line.split()[1])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def reset_peak_rss():
+    """Reset the kernel's peak-RSS mark (VmHWM) so each thread count gets its own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except (IOError, OSError):
+        return False
+
+
+def max_rss_kb():
+    try:
+        import resource
+
+        value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return value // 1024 if sys.platform == "darwin" else value
+    except Exception:
+        return None
+
+
+# --------------------------------------------------------------------------- tensors
+
+def quant_params(detail):
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return float(scale), int(zero)
+
+
+def random_input(detail, rng, numpy):
+    """Random data matching one input tensor's shape and dtype (floats in [0, 1))."""
+    shape = [max(int(d), 1) for d in detail["shape"]]
+    dtype = numpy.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return rng.uniform(0.0, 1.0, size=shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    if dtype.kind in "iu":
+        info = numpy.iinfo(dtype)
+        scale, _ = quant_params(detail)
+        low, high = (int(info.min), int(info.max)) if scale > 0 else (0, 100)
+        return rng.integers(low, high, size=shape, endpoint=True).astype(dtype)
+    raise RunnerFailure("unsupported_input", "cannot generate input of dtype %s" % dtype)
+
+
+def to_input_dtype(x, detail, numpy):
+    """Quantize float data with the input's scale/zero point, or cast it, for set_tensor."""
+    dtype = numpy.dtype(detail["dtype"])
+    if x.dtype == dtype:
+        return x
+    scale, zero = quant_params(detail)
+    if dtype.kind in "iu" and x.dtype.kind == "f" and scale > 0:
+        info = numpy.iinfo(dtype)
+        q = numpy.round(x.astype(numpy.float64) / scale + zero)
+        return numpy.clip(q, info.min, info.max).astype(dtype)
+    return x.astype(dtype)
+
+
+def dequantize(y, detail, numpy):
+    """Output values as float32, undoing the output's quantization if it has one."""
+    scale, zero = quant_params(detail)
+    if numpy.dtype(detail["dtype"]).kind in "iu" and scale > 0:
+        return ((y.astype(numpy.float32) - zero) * scale).astype(numpy.float32)
+    return y.astype(numpy.float32)
+
+
+# --------------------------------------------------------------------------- metrics
+
+def is_label_vector(y, numpy):
+    """True when y holds class labels (ints, or integral floats in one column)."""
+    y = numpy.asarray(y)
+    if y.dtype.kind in "iub":
+        return True
+    if y.dtype.kind == "f" and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
+        return bool(numpy.all(numpy.isfinite(y)) and numpy.all(y == numpy.round(y)))
+    return False
+
+
+def predicted_classes(outputs, numpy):
+    outputs = numpy.asarray(outputs).reshape(len(outputs), -1)
+    if outputs.shape[1] == 1:  # one sigmoid unit: binary classifier
+        return (outputs[:, 0] >= 0.5).astype(numpy.int64)
+    return numpy.argmax(outputs, axis=1)
+
+
+def metrics(outputs, y, numpy):
+    """{'accuracy', 'mse'}: top-1 accuracy (0..1) for class labels or one-hot rows, else MSE."""
+    y = numpy.asarray(y)
+    outputs = numpy.asarray(outputs)
+    if len(y) != len(outputs):
+        raise RunnerFailure("bad_labels", "%d labels for %d samples" % (len(y), len(outputs)))
+    if is_label_vector(y, numpy):
+        labels = y.reshape(len(y)).astype(numpy.int64)
+        return {"accuracy": float(numpy.mean(predicted_classes(outputs, numpy) == labels)), "mse": None}
+    flat_y = y.reshape(len(y), -1).astype(numpy.float64)
+    flat_o = outputs.reshape(len(outputs), -1).astype(numpy.float64)
+    one_hot = (flat_y.shape == flat_o.shape and flat_y.shape[1] > 1
+               and numpy.all((flat_y == 0) | (flat_y == 1)) and numpy.all(flat_y.sum(axis=1) == 1))
+    if one_hot:
+        return {"accuracy": float(numpy.mean(numpy.argmax(flat_o, 1) == numpy.argmax(flat_y, 1))), "mse": None}
+    if flat_y.shape != flat_o.shape:
+        raise RunnerFailure("bad_labels", "targets of shape %s do not match outputs of shape %s"
+                            % (y.shape, outputs.shape))
+    return {"accuracy": None, "mse": float(numpy.mean((flat_o - flat_y) ** 2))}
+
+
+# --------------------------------------------------------------------------- running
+
+def load_interpreter(cls, artifact, threads, model_content=None):
+    try:
+        if model_content is not None:
+            return cls(model_content=model_content, num_threads=threads)
+        return cls(model_path=artifact, num_threads=threads)
+    except (ValueError, RuntimeError) as exc:
+        raise RunnerFailure("load_failed", "the runtime cannot load %s: %s"
+                            % (os.path.basename(artifact or "model"), str(exc).strip().splitlines()[0]))
+
+
+def allocate(interpreter, artifact):
+    try:
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise RunnerFailure("init_failed", "allocate_tensors failed for %s: %s"
+                            % (os.path.basename(artifact or "model"), str(exc).strip().splitlines()[0]))
+
+
+def summarize(times_s, numpy):
+    ms = numpy.asarray(times_s, dtype=numpy.float64) * 1000.0
+    if not len(ms):
+        return {"count": 0}
+    p50, p90, p99 = numpy.percentile(ms, [50, 90, 99])
+    return {
+        "count": int(len(ms)), "mean_ms": float(ms.mean()), "std_ms": float(ms.std()),
+        "min_ms": float(ms.min()), "max_ms": float(ms.max()),
+        "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+        "total_s": float(ms.sum() / 1000.0),
+    }
+
+
+def bench_threads(cls, artifact, threads, job, numpy):
+    """Load, init, first run, warm-up and steady state for one thread count."""
+    gc.collect()
+    reset_ok = reset_peak_rss()
+    baseline = _status_kb("VmRSS")
+    clock = time.perf_counter
+
+    t0 = clock()
+    interpreter = load_interpreter(cls, artifact, threads)
+    t1 = clock()
+    allocate(interpreter, artifact)
+    t2 = clock()
+    rng = numpy.random.default_rng(int(job.get("seed", 0)))
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], random_input(detail, rng, numpy))
+    t3 = clock()
+    interpreter.invoke()
+    first = clock() - t3
+
+    warm = []
+    for _ in range(int(job.get("warmup", 5))):
+        s = clock()
+        interpreter.invoke()
+        warm.append(clock() - s)
+
+    runs = int(job.get("runs", 50))
+    min_duration = float(job.get("min_duration_s", 0.0))
+    steady = []
+    start = clock()
+    while len(steady) < runs or clock() - start < min_duration:
+        s = clock()
+        interpreter.invoke()
+        steady.append(clock() - s)
+
+    peak = _status_kb("VmHWM")
+    result = {
+        "threads": threads,
+        "load_ms": (t1 - t0) * 1000.0,
+        "init_ms": (t2 - t1) * 1000.0,
+        "first_inference_ms": first * 1000.0,
+        "warmup": {"count": len(warm), "mean_ms": (sum(warm) / len(warm) * 1000.0) if warm else None},
+        "steady": summarize(steady, numpy),
+        "baseline_rss_kb": baseline,
+        "peak_rss_kb": peak if peak is not None else max_rss_kb(),
+        "peak_rss_is_per_thread_count": bool(reset_ok and peak is not None),
+        "process_max_rss_kb": max_rss_kb(),
+    }
+    del interpreter
+    return result
+
+
+def run_eval(interpreter, x, numpy, batch=64):
+    """Float32 outputs (first output, dequantized) for every row of x.
+
+    Uses batches when the model's batch dimension is dynamic, one sample at a time otherwise.
+    """
+    inputs = interpreter.get_input_details()
+    if len(inputs) != 1:
+        raise RunnerFailure("unsupported_eval", "evaluation needs a model with one input, this one has %d"
+                            % len(inputs))
+    detail = inputs[0]
+    want = [int(d) for d in detail["shape"]][1:]
+    if list(x.shape[1:]) != want:
+        raise RunnerFailure("bad_eval_shape", "eval inputs have per-sample shape %s, the model expects %s"
+                            % (list(x.shape[1:]), want))
+    signature = detail.get("shape_signature")
+    dynamic = signature is not None and len(signature) and int(signature[0]) == -1
+    step = batch if dynamic else int(detail["shape"][0]) or 1
+    allocated = int(detail["shape"][0])
+    chunks = []
+    for begin in range(0, len(x), step):
+        part = x[begin:begin + step]
+        n = len(part)
+        if dynamic and n != allocated:
+            interpreter.resize_tensor_input(detail["index"], [n] + want)
+            interpreter.allocate_tensors()
+            allocated = n
+        elif not dynamic and n != step:  # fixed batch > 1: pad the last chunk
+            part = numpy.concatenate([part, numpy.repeat(part[-1:], step - n, axis=0)])
+        # The output detail can only be read after allocation (its shape follows the batch).
+        interpreter.set_tensor(detail["index"], to_input_dtype(numpy.ascontiguousarray(part), detail, numpy))
+        interpreter.invoke()
+        out_detail = interpreter.get_output_details()[0]
+        chunks.append(dequantize(interpreter.get_tensor(out_detail["index"]), out_detail, numpy)[:n])
+    return numpy.concatenate(chunks) if chunks else numpy.zeros((0,), numpy.float32)
+
+
+def load_npy(path, numpy, what):
+    try:
+        return numpy.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise RunnerFailure("bad_eval_data", "cannot read %s %s: %s" % (what, path, exc))
+
+
+def evaluate(cls, artifact, job, numpy):
+    x = load_npy(job["eval_inputs"], numpy, "eval inputs")
+    threads = int((job.get("threads") or [1])[0])
+    interpreter = load_interpreter(cls, artifact, threads)
+    allocate(interpreter, artifact)
+    t0 = time.perf_counter()
+    outputs = run_eval(interpreter, x, numpy)
+    result = {"samples": int(len(x)), "threads": threads, "seconds": time.perf_counter() - t0,
+              "outputs_shape": list(outputs.shape), "num_outputs": len(interpreter.get_output_details())}
+    if job.get("eval_labels"):
+        result.update(metrics(outputs, load_npy(job["eval_labels"], numpy, "eval labels"), numpy))
+    buffer = io.BytesIO()
+    numpy.save(buffer, outputs, allow_pickle=False)
+    if job.get("outputs_path"):
+        tmp = job["outputs_path"] + ".tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, job["outputs_path"])
+        result["outputs_path"] = job["outputs_path"]
+    else:
+        result["outputs_npy_b64"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return result
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_job(argv):
+    source = argv[1] if len(argv) > 1 else "-"
+    try:
+        if source == "-":
+            text = sys.stdin.read()
+        elif source.lstrip().startswith("{"):
+            text = source
+        else:
+            with open(source) as handle:
+                text = handle.read()
+        job = json.loads(text)
+    except (IOError, OSError, ValueError) as exc:
+        raise RunnerFailure("bad_job", "cannot read the job %s: %s" % (source[:80], exc))
+    if not isinstance(job, dict) or "artifact" not in job:
+        raise RunnerFailure("bad_job", "the job must be a JSON object with an 'artifact' key")
+    job["_from_stdin"] = source == "-"
+    for key, default in (("threads", [1]), ("runs", 50), ("warmup", 5), ("min_duration_s", 0.0), ("seed", 0)):
+        if job.get(key) is None:
+            job[key] = default
+    return job
+
+
+def watch_stdin():
+    """Exit as soon as the controller closes our stdin (it was interrupted or disconnected)."""
+    def watch():
+        try:
+            # os.read, not sys.stdin: a daemon thread blocked inside the buffered reader's
+            # lock makes the interpreter abort at shutdown.
+            while os.read(0, 65536):
+                pass
+        except Exception:
+            pass
+        try:  # stderr may be a dead pipe too (the connection dropped)
+            log("controller went away (stdin closed); stopping")
+        except Exception:
+            pass
+        os._exit(130)
+
+    thread = threading.Thread(target=watch, name="stdin-watch")
+    thread.daemon = True
+    thread.start()
+
+
+def run(job):
+    numpy = import_numpy()
+    runtime, version, cls = find_runtime()
+    artifact = job["artifact"]
+    if not os.path.isfile(artifact):
+        raise RunnerFailure("missing_artifact", "artifact %s not found on the device" % artifact)
+    threads_list = [int(t) for t in (job.get("threads") or [1])]
+    log("runtime %s %s, numpy %s; artifact %s" % (runtime, version, numpy.__version__, artifact))
+    result = {
+        "runner_version": 1,
+        "device": device_info(runtime, version, numpy),
+        "artifact": {"name": os.path.basename(artifact), "bytes": os.path.getsize(artifact),
+                     "sha256": sha256_file(artifact)},
+        "job": {k: job.get(k) for k in ("threads", "runs", "warmup", "min_duration_s", "seed")},
+        "results": [],
+    }
+    for threads in threads_list:
+        log("benchmarking with %d thread(s)" % threads)
+        result["results"].append(bench_threads(cls, artifact, threads, job, numpy))
+    if job.get("eval_inputs"):
+        log("evaluating %s" % job["eval_inputs"])
+        result["eval"] = evaluate(cls, artifact, job, numpy)
+    return result
+
+
+def main(argv=None):
+    argv = sys.argv if argv is None else argv
+    try:
+        job = read_job(argv)
+        if job.get("watch_stdin") and not job["_from_stdin"]:
+            watch_stdin()
+        payload, code = run(job), 0
+    except RunnerFailure as exc:
+        log("error: %s" % exc.message)
+        payload, code = {"error": {"kind": exc.kind, "message": exc.message}}, exc.code
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

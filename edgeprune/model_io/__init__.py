@@ -1,0 +1,106 @@
+"""Model input and output: every Keras flavour in, one functional tf_keras model inside.
+
+``load_model`` accepts a Keras 3 ``.keras`` file, a tf_keras ``.keras``/``.h5`` file or a Keras
+SavedModel directory; Keras 3 models are rebuilt in tf_keras (see ``keras3_to_tfkeras``).
+``save_model`` writes back in the flavour the user gave us.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeprune.errors import EdgepruneError, InputError
+from edgeprune.model_io.detect import ModelFormat, detect, sha256_file
+from edgeprune.model_io.safety import check_config, load_custom_objects
+from edgeprune.model_io.save import save_model
+
+__all__ = ["LoadedModel", "load_model", "save_model", "load_custom_objects", "detect", "sha256_file"]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for edgeprune: the functional tf_keras model and where it came from."""
+
+    model: "object"  # tf_keras.Model (functional)
+    flavour: str  # "keras3" | "tf_keras"
+    path: Path
+    sha256: str  # of the file (or of the SavedModel's saved_model.pb)
+    kind: str = "keras_zip"  # keras_zip | h5 | savedmodel
+    keras_version: str | None = None
+    translation: dict = field(default_factory=dict)  # Keras 3 → tf_keras notes (diff, dropped keys)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:300] if text else type(exc).__name__)
+
+
+def _split_custom(custom_objects: dict, tk) -> tuple[dict, dict]:
+    """(objects for tf_keras, objects for Keras 3): a tf_keras Layer subclass goes to tf_keras."""
+    tk_objs, k3_objs = {}, {}
+    for name, obj in custom_objects.items():
+        if not inspect.isclass(obj):  # functions (activations, losses) serve both loaders
+            tk_objs[name] = k3_objs[name] = obj
+        elif issubclass(obj, tk.layers.Layer):
+            tk_objs[name] = obj
+        else:
+            k3_objs[name] = obj
+    return tk_objs, k3_objs
+
+
+def _load_keras3(path: Path, k3_objects: dict, all_objects: dict, safe_mode: bool):
+    import keras
+
+    from edgeprune.model_io.keras3_to_tfkeras import keras3_to_tfkeras
+
+    try:
+        k3 = keras.saving.load_model(path, custom_objects=k3_objects or None, compile=False,
+                                     safe_mode=safe_mode)
+    except EdgepruneError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}: Keras 3 could not load the model ({_one_line(exc)})") from None
+    return keras3_to_tfkeras(k3, custom_objects=all_objects, safe_mode=safe_mode, source=str(path))
+
+
+def _load_tf_keras(path: Path, tk_objects: dict, safe_mode: bool):
+    from edgeprune._env import tf_keras
+
+    tk = tf_keras()
+    kwargs = {"custom_objects": tk_objects or None, "compile": False}
+    if path.suffix == ".keras":
+        kwargs["safe_mode"] = safe_mode
+    try:
+        return tk.models.load_model(str(path), **kwargs)
+    except EdgepruneError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}: tf_keras could not load the model ({_one_line(exc)})") from None
+
+
+def load_model(path, *, custom_objects=None, safe_mode: bool = True) -> LoadedModel:
+    """Load any supported Keras model as a functional tf_keras model.
+
+    ``custom_objects`` is a dict or the path of a ``--custom-objects`` Python file. Raises
+    InputError (one line naming the file) for anything unreadable, unsafe or unsupported.
+    """
+    from edgeprune._env import tf_keras
+
+    path = Path(path)
+    if not isinstance(custom_objects, dict):
+        custom_objects = load_custom_objects(custom_objects)
+    fmt: ModelFormat = detect(path)
+    check_config(path, fmt.config, fmt.flavour, custom_objects=custom_objects, safe_mode=safe_mode)
+    tk = tf_keras()
+    tk_objects, k3_objects = _split_custom(custom_objects, tk)
+    translation: dict = {}
+    if fmt.flavour == "keras3":
+        model, translation = _load_keras3(path, k3_objects, custom_objects, safe_mode)
+    else:
+        from edgeprune.model_io.keras3_to_tfkeras import as_functional
+
+        model = as_functional(_load_tf_keras(path, tk_objects, safe_mode), tk, str(path))
+    digest_of = path / "saved_model.pb" if fmt.kind == "savedmodel" else path
+    return LoadedModel(model=model, flavour=fmt.flavour, path=path, sha256=sha256_file(digest_of),
+                       kind=fmt.kind, keras_version=fmt.keras_version, translation=translation)

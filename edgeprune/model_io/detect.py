@@ -1,0 +1,118 @@
+"""Work out what kind of model file we were given before any loader touches it.
+
+Loaders fail with long, confusing tracebacks on the wrong kind of file; sniffing magic bytes and
+metadata first lets every refusal be one line that names the file and the reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeprune.errors import InputError
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_H5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    """What is on disk: ``kind`` is "keras_zip", "h5" or "savedmodel"; flavour "keras3"|"tf_keras"."""
+
+    kind: str
+    flavour: str
+    keras_version: str | None
+    config: dict | None  # the model config (for the safety scan); None for SavedModel
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks (models can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _flavour_of(version: str | None) -> str:
+    major = (version or "2").split(".", 1)[0]
+    return "keras3" if major.isdigit() and int(major) >= 3 else "tf_keras"
+
+
+def _sniff_keras_zip(path: Path) -> ModelFormat:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if "config.json" not in names:
+                raise InputError(f"{path}: not a Keras model (zip archive without config.json)")
+            meta = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
+            config = json.loads(zf.read("config.json"))
+            bad = zf.testzip()
+            if bad is not None:
+                raise InputError(f"{path}: corrupt .keras archive (bad CRC in {bad})")
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{path}: unreadable .keras archive ({_short(exc)})") from None
+    version = meta.get("keras_version") if isinstance(meta, dict) else None
+    return ModelFormat("keras_zip", _flavour_of(version), version, config)
+
+
+def _sniff_h5(path: Path) -> ModelFormat:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+            version = f.attrs.get("keras_version")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable HDF5 file ({_short(exc)})") from None
+    if raw is None:
+        raise InputError(
+            f"{path}: HDF5 file holds no model config (weights-only file?); save the whole model"
+        )
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")
+    if isinstance(version, bytes):
+        version = version.decode("utf-8")
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        raise InputError(f"{path}: HDF5 model_config is not valid JSON") from None
+    return ModelFormat("h5", _flavour_of(version), version, config)
+
+
+def detect(path: Path) -> ModelFormat:
+    """Classify ``path`` or raise InputError naming the file and what is wrong with it."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise InputError(
+                f"{path}: a directory but not a SavedModel (no saved_model.pb); "
+                "expected a .keras file, an .h5 file or a SavedModel directory"
+            )
+        if not (path / "keras_metadata.pb").is_file():
+            raise InputError(
+                f"{path}: a bare SavedModel with no Keras graph to prune (no keras_metadata.pb); "
+                "save the model from Keras (.keras or .h5) instead"
+            )
+        return ModelFormat("savedmodel", "tf_keras", None, None)
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(_ZIP_MAGIC):
+        return _sniff_keras_zip(path)
+    if head.startswith(_H5_MAGIC):
+        return _sniff_h5(path)
+    if not head:
+        raise InputError(f"{path}: empty file, not a Keras model")
+    raise InputError(
+        f"{path}: not a Keras model (expected a .keras zip, an .h5 file or a SavedModel directory)"
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

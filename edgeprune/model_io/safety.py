@@ -1,0 +1,105 @@
+"""Refuse models that need code to load before any loader runs that code.
+
+A Lambda layer carries marshalled Python bytecode and an unknown class means user code must be
+imported; both are refused in safe mode with a message naming the layer and the way out.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from edgeprune.errors import InputError, UnsafeModelError
+
+_CONTAINERS = {"Functional", "Model", "Sequential"}
+# tf_keras wraps raw TF ops used in a functional graph in these; they name TF API symbols only.
+_TF_OP_LAYERS = {"TFOpLambda", "SlicingOpLambda"}
+_HINT = (
+    "pass --custom-objects path.py (a Python file whose module-level `custom_objects` dict, "
+    "or its classes, supply the code) or --unsafe if you trust the file"
+)
+
+
+def iter_layers(config: dict, prefix: str = "") -> Iterator[tuple[str, str, dict]]:
+    """Yield (qualified layer name, class_name, layer entry) for every layer, nested ones too."""
+    body = config.get("config", config) if "class_name" in config else config
+    for entry in body.get("layers", []) or []:
+        if not isinstance(entry, dict):
+            continue
+        cls = entry.get("class_name", "?")
+        name = entry.get("name") or (entry.get("config") or {}).get("name", "?")
+        qual = f"{prefix}{name}"
+        yield qual, cls, entry
+        if cls in _CONTAINERS or "layers" in (entry.get("config") or {}):
+            yield from iter_layers(entry.get("config") or {}, prefix=f"{qual}/")
+
+
+def _is_known(class_name: str, flavour: str) -> bool:
+    from edgeprune._env import tf_keras
+
+    if class_name in _CONTAINERS or class_name in _TF_OP_LAYERS or class_name == "InputLayer":
+        return True
+    if isinstance(getattr(tf_keras().layers, class_name, None), type):
+        return True
+    if flavour == "keras3":
+        import keras
+
+        return isinstance(getattr(keras.layers, class_name, None), type)
+    return False
+
+
+def check_config(path: Path, config: dict | None, flavour: str, *, custom_objects: dict,
+                 safe_mode: bool) -> None:
+    """Raise UnsafeModelError for a Lambda (safe mode) or a layer class nobody supplied."""
+    if not config:
+        return
+    supplied = set(custom_objects)
+    for qual, cls, _entry in iter_layers(config):
+        short = cls.split(">")[-1]
+        if cls == "Lambda":
+            if safe_mode:
+                raise UnsafeModelError(
+                    f"{path}: layer '{qual}' is a Lambda layer, which runs arbitrary Python code "
+                    f"when loaded; refused in safe mode ({_HINT})"
+                )
+            continue
+        if cls in supplied or short in supplied:
+            continue
+        if not _is_known(short if ">" in cls else cls, flavour):
+            raise UnsafeModelError(
+                f"{path}: layer '{qual}' uses unknown custom class '{cls}'; {_HINT}"
+            )
+
+
+def load_custom_objects(path: str | Path | None) -> dict:
+    """Import a user's ``--custom-objects`` file: its ``custom_objects`` dict, else its classes."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--custom-objects {path}: no such file")
+    if path.suffix != ".py":
+        raise InputError(f"--custom-objects {path}: expected a Python .py file")
+    mod_name = f"_edgeprune_custom_objects_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code: report it as bad input, one line
+        del sys.modules[mod_name]
+        raise InputError(f"--custom-objects {path}: failed to import ({type(exc).__name__}: {exc})") from None
+    objects = getattr(module, "custom_objects", None)
+    if objects is not None:
+        if not isinstance(objects, dict):
+            raise InputError(f"--custom-objects {path}: `custom_objects` must be a dict, found {type(objects).__name__}")
+        return dict(objects)
+    found = {
+        name: obj for name, obj in vars(module).items()
+        if inspect.isclass(obj) and obj.__module__ == mod_name
+    }
+    if not found:
+        raise InputError(f"--custom-objects {path}: defines no `custom_objects` dict and no classes")
+    return found

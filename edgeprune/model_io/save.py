@@ -1,0 +1,52 @@
+"""Write a tf_keras model back to disk in the flavour the user gave us, atomically.
+
+Keras 3 users get a file Keras 3 loads: we write a tf_keras HDF5 to a temp file, read it with
+Keras 3's legacy-HDF5 loader (made for exactly this) and save that as ``.keras``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from edgeprune.errors import InputError
+
+FLAVOURS = ("keras3", "tf_keras")
+
+
+def _temp_beside(path: Path, suffix: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    os.unlink(name)  # Keras wants to create the file itself
+    return Path(name)
+
+
+def save_model(model, path, *, flavour: str = "tf_keras") -> Path:
+    """Save ``model`` (tf_keras) to ``path`` as ``flavour``; the file appears whole or not at all."""
+    path = Path(path)
+    if flavour not in FLAVOURS:
+        raise InputError(f"unknown model flavour '{flavour}' (choose from {', '.join(FLAVOURS)})")
+    suffix = path.suffix.lower()
+    allowed = (".keras",) if flavour == "keras3" else (".keras", ".h5")
+    if suffix not in allowed:
+        raise InputError(f"{path}: a {flavour} model must be saved as {' or '.join(allowed)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(path, suffix)
+    scratch = None
+    try:
+        if flavour == "tf_keras":
+            model.save(tmp)
+        else:
+            import keras
+
+            scratch = _temp_beside(path, ".h5")
+            model.save(scratch, save_format="h5")
+            # Our own file, just written: no untrusted code can be in it.
+            k3 = keras.saving.load_model(scratch, compile=False, safe_mode=False)
+            k3.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, scratch):
+            if leftover is not None and leftover.exists():
+                leftover.unlink()
+    return path

@@ -1,0 +1,9 @@
+"""Structured pruning for Keras: remove whole filters, channels and neurons, rewire consumers.
+
+graph.py traces the model, rules.py knows each layer type, groups.py finds the channels that
+must go together, importance.py scores them, allocation.py decides how many each group keeps,
+surgery.py rebuilds the smaller model, macs.py counts MACs and parameters, api.py ties it up.
+Import cost is low: TensorFlow loads only when a function runs.
+"""
+from edgeprune.pruning.api import PruneResult, prune, prune_model  # noqa: F401
+from edgeprune.pruning.importance import CRITERIA  # noqa: F401

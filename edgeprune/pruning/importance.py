@@ -1,0 +1,323 @@
+"""Importance criteria: one score per removable channel (unit), comparable across groups.
+
+Each criterion produces per-channel scores for some *members* (a layer's output or input
+channels on one tensor). A unit's score is the mean of its members' scores, each member
+first divided by its own mean so big and small layers weigh the same; finally every group
+is divided by its mean so groups compare under global ranking.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeprune.errors import InputError
+from edgeprune.pruning import rules
+from edgeprune.pruning.groups import GroupSet
+
+ACTIVATION_LAYERS = {"ReLU", "Activation", "LeakyReLU", "ELU", "PReLU", "ThresholdedReLU"}
+
+
+def _channel_norm(kernel: np.ndarray, axis: int, p: int) -> np.ndarray:
+    k = np.moveaxis(kernel, axis, -1).reshape(-1, kernel.shape[axis])
+    return np.abs(k).sum(0) if p == 1 else np.sqrt((k ** 2).sum(0))
+
+
+class Criterion:
+    """Base class: subclasses return member scores {tensor key: per-channel scores}."""
+
+    name = "base"
+    needs_data = False
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.notes: list = []
+
+    def members(self, gs: GroupSet, data=None, labels=None) -> list:
+        raise NotImplementedError
+
+    def score(self, gs: GroupSet, data=None, labels=None) -> np.ndarray:
+        """Unit scores (normalised per group mean) for every unit of ``gs``."""
+        if self.needs_data and data is None:
+            raise InputError(f"criterion '{self.name}' needs calibration data (--data)")
+        n_units = int(gs.labels.max()) + 1 if len(gs.labels) else 0
+        total = np.zeros(n_units)
+        count = np.zeros(n_units)
+        for key, values in self.members(gs, data, labels):
+            values = np.asarray(values, dtype=np.float64)
+            mean = values.mean() if values.size else 0.0
+            values = values / mean if mean > 0 else np.ones_like(values)
+            units = gs.units_of(key)
+            if len(units) != len(values):  # e.g. depthwise multiplier: several channels per unit
+                continue
+            np.add.at(total, units, values)
+            np.add.at(count, units, 1)
+        scores = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        scores = self._fill_missing(gs, scores, data, labels)
+        for g in gs.groups:
+            s = scores[g.units]
+            mean = s.mean() if s.size else 0
+            scores[g.units] = s / mean if mean > 0 else 1.0
+        return scores
+
+    def _fill_missing(self, gs, scores, data, labels):
+        missing = np.isnan(scores)
+        if missing.any():
+            scores[missing] = 1.0
+        return scores
+
+
+def _producer_members(gs: GroupSet, fn) -> list:
+    """(output tensor, fn(node, weights)) for every layer with a kernel over output channels."""
+    out = []
+    for node in gs.graph.layers.values():
+        if node.calls != 1 or not node.layer.weights:
+            continue
+        if node.class_name in rules.PRODUCERS | rules.DEPTHWISE:
+            values = fn(node, node.layer.get_weights())
+            if values is not None:
+                out.append((node.outputs[0], values))
+    return out
+
+
+class Magnitude(Criterion):
+    """L1/L2 norm of each filter (and of each consumer's input slice): cheap, data-free."""
+
+    def __init__(self, p: int, seed: int = 0):
+        super().__init__(seed)
+        self.p = p
+        self.name = f"l{p}"
+
+    def members(self, gs, data=None, labels=None):
+        p = self.p
+
+        def out_norm(node, w):
+            cls = node.class_name
+            if cls in rules.CONVS or cls == "Dense":
+                return _channel_norm(w[0], w[0].ndim - 1, p)
+            if cls in rules.CONV_T:
+                return _channel_norm(w[0], w[0].ndim - 2, p)
+            if cls in rules.SEPARABLE:
+                return _channel_norm(w[1], w[1].ndim - 1, p)
+            if cls in rules.DEPTHWISE:
+                k = w[0]
+                return _channel_norm(k.reshape(-1, k.shape[-2] * k.shape[-1]), 1, p)
+            return None
+
+        members = _producer_members(gs, out_norm)
+        for node in gs.graph.layers.values():  # consumers: the weights reading each channel
+            if node.calls != 1 or not node.layer.weights or not node.inputs:
+                continue
+            cls, w = node.class_name, None
+            if cls in rules.CONVS and int(node.config.get("groups", 1) or 1) == 1:
+                w = node.layer.get_weights()[0]
+                values = _channel_norm(w, w.ndim - 2, p)
+            elif cls == "Dense":
+                w = node.layer.get_weights()[0]
+                tin = gs.graph.tensors[node.inputs[0]]
+                rows = np.abs(w).sum(1) if p == 1 else (w ** 2).sum(1)
+                values = rows.reshape(tin.spatial, tin.channels).sum(0) if tin.spatial > 1 else rows
+                if p == 2:
+                    values = np.sqrt(values)
+            else:
+                continue
+            members.append((node.inputs[0], values))
+        return members
+
+
+class BNScale(Criterion):
+    """|gamma| of the BatchNormalization layers in the group; L1 where a group has none."""
+
+    name = "bn"
+
+    def members(self, gs, data=None, labels=None):
+        out = []
+        for node in gs.graph.layers.values():
+            if node.class_name == "BatchNormalization" and node.calls == 1 and node.config.get("scale", True):
+                out.append((node.outputs[0], np.abs(node.layer.gamma.numpy())))
+        return out
+
+    def _fill_missing(self, gs, scores, data, labels):
+        missing = np.isnan(scores)
+        if missing.any():
+            fallback = Magnitude(1).score(gs)
+            scores[missing] = fallback[missing]
+            groups = sorted({gs.groups[int(gs.unit_group[u])].name for u in np.flatnonzero(missing)
+                             if gs.groups[int(gs.unit_group[u])].locked is None})
+            if groups:
+                self.notes.append(f"bn: {len(groups)} group(s) without BatchNormalization scored by l1: "
+                                  + ", ".join(groups[:10]) + (" ..." if len(groups) > 10 else ""))
+        return scores
+
+
+class FixedScores(Criterion):
+    """Scores given by the caller per unit (tests, external sensitivity analyses)."""
+
+    name = "fixed"
+
+    def __init__(self, scores, seed: int = 0):
+        super().__init__(seed)
+        self.fixed = np.asarray(scores, dtype=np.float64)
+
+    def members(self, gs, data=None, labels=None):
+        return []
+
+    def _fill_missing(self, gs, scores, data, labels):
+        return self.fixed.copy()
+
+
+class RandomScore(Criterion):
+    """Seeded random scores: the baseline every real criterion must beat."""
+
+    name = "random"
+
+    def members(self, gs, data=None, labels=None):
+        return []
+
+    def _fill_missing(self, gs, scores, data, labels):
+        return np.random.default_rng(self.seed).random(len(scores)) + 1e-6
+
+
+def _batches(x, size=16, limit=256):
+    x = x[:limit]
+    for i in range(0, len(x), size):
+        yield i, x[i:i + size]
+
+
+class Taylor(Criterion):
+    """First-order Taylor: sum of |gradient x weight| per output channel on a calibration batch."""
+
+    name = "taylor"
+    needs_data = True
+
+    def members(self, gs, data=None, labels=None):
+        from edgeprune._env import tf
+
+        tfm = tf()
+        model = gs.graph.model
+        nodes = [n for n in gs.graph.layers.values() if n.calls == 1 and n.layer.trainable_weights
+                 and n.class_name in rules.PRODUCERS | rules.DEPTHWISE]
+        kernels = []
+        for n in nodes:
+            attr = "pointwise_kernel" if n.class_name in rules.SEPARABLE else (
+                "depthwise_kernel" if n.class_name in rules.DEPTHWISE else "kernel")
+            kernels.append(getattr(n.layer, attr))
+        acc = [np.zeros(k.shape, dtype=np.float64) for k in kernels]
+        for i, xb in _batches(np.asarray(data, dtype=np.float32)):
+            with tfm.GradientTape() as tape:
+                pred = model(xb, training=False)
+                if isinstance(pred, (list, tuple)):
+                    pred = pred[0]
+                loss = self._loss(tfm, pred, None if labels is None else labels[i:i + len(xb)])
+            grads = tape.gradient(loss, kernels)
+            for a, gr, k in zip(acc, grads, kernels):
+                if gr is not None:
+                    a += np.abs(gr.numpy() * k.numpy())
+        out = []
+        for n, a in zip(nodes, acc):
+            if n.class_name in rules.CONV_T:
+                out.append((n.outputs[0], np.moveaxis(a, -2, -1).reshape(-1, a.shape[-2]).sum(0)))
+            elif n.class_name in rules.DEPTHWISE:
+                out.append((n.outputs[0], a.reshape(-1, a.shape[-2] * a.shape[-1]).sum(0)))
+            else:
+                out.append((n.outputs[0], a.reshape(-1, a.shape[-1]).sum(0)))
+        return out
+
+    @staticmethod
+    def _loss(tfm, pred, y):
+        if pred.shape.rank == 2 and pred.shape[-1] and pred.shape[-1] > 1:
+            if y is None:  # pseudo-labels: the model's own prediction
+                y = tfm.argmax(pred, axis=-1)
+            y = np.asarray(y)
+            if y.ndim > 1 and y.shape[-1] == pred.shape[-1]:
+                y = y.argmax(-1)
+            probs = pred
+            if float(tfm.reduce_min(pred)) < 0 or abs(float(tfm.reduce_sum(pred[0])) - 1) > 1e-3:
+                probs = tfm.nn.softmax(pred)
+            return tfm.reduce_mean(tfm.keras.losses.sparse_categorical_crossentropy(y, probs))
+        target = tfm.stop_gradient(pred) if y is None else tfm.constant(np.asarray(y, np.float32))
+        if y is None:  # no labels for a regression head: sensitivity of the output energy
+            return tfm.reduce_mean(tfm.square(pred))
+        return tfm.reduce_mean(tfm.square(pred - tfm.reshape(target, tfm.shape(pred))))
+
+
+class ActivationStat(Criterion):
+    """Statistics of each channel's post-activation output on calibration data."""
+
+    needs_data = True
+
+    def __init__(self, kind: str, seed: int = 0):
+        super().__init__(seed)
+        self.kind = kind
+        self.name = kind
+
+    def _taps(self, gs):
+        """One tensor per prunable group: the output of an activation if there is one."""
+        taps = []
+        for g in gs.prunable:
+            candidates = [k for k in g.tensors if g.multiplicity.get(k, 1) == 1
+                          and gs.graph.layers[gs.graph.tensors[k].producer].calls == 1]
+            act = [k for k in candidates if gs.graph.layers[gs.graph.tensors[k].producer].class_name
+                   in ACTIVATION_LAYERS]
+            prod = [k for k in candidates if gs.graph.tensors[k].producer in g.producers]
+            pick = (act or prod or candidates)[:1]
+            taps.extend(pick)
+        return taps
+
+    def members(self, gs, data=None, labels=None):
+        from edgeprune._env import tf_keras
+
+        keras = tf_keras()
+        taps = self._taps(gs)
+        if not taps:
+            return []
+        model = gs.graph.model
+        outputs = [model.get_layer(k[0]).get_output_at(k[1]) for k in taps]
+        extractor = keras.Model(model.inputs, outputs)
+        stats = [[] for _ in taps]
+        for _, xb in _batches(np.asarray(data, dtype=np.float32)):
+            feats = extractor(xb, training=False)
+            feats = feats if isinstance(feats, (list, tuple)) else [feats]
+            for s, f, k in zip(stats, feats, taps):
+                t = gs.graph.tensors[k]
+                arr = np.asarray(f).reshape(len(xb), -1, t.channels)  # spatial..., channel
+                s.append(arr)
+        out = []
+        for s, k in zip(stats, taps):
+            arr = np.concatenate(s, 0)
+            out.append((k, self._reduce(arr)))
+        return out
+
+    def _reduce(self, arr):
+        if self.kind == "mean_activation":
+            return np.abs(arr).mean((0, 1))
+        if self.kind == "apoz":  # fewer zeros = more important
+            return 1.0 - (arr <= 0).mean((0, 1)) + 1e-6
+        # entropy of each channel's per-sample mean activation
+        per_sample = arr.mean(1)
+        ent = []
+        for c in range(per_sample.shape[1]):
+            hist, _ = np.histogram(per_sample[:, c], bins=16)
+            p = hist[hist > 0] / hist.sum()
+            ent.append(float(-(p * np.log(p)).sum()) + 1e-6)
+        return np.asarray(ent)
+
+
+CRITERIA = ("l1", "l2", "bn", "taylor", "mean_activation", "apoz", "entropy", "random")
+
+
+def get_criterion(name: str, seed: int = 0) -> Criterion:
+    """The criterion called ``name`` (or ``name`` itself if it is a Criterion); InputError if unknown."""
+    if isinstance(name, Criterion):
+        return name
+    if name == "l1":
+        return Magnitude(1, seed)
+    if name == "l2":
+        return Magnitude(2, seed)
+    if name == "bn":
+        return BNScale(seed)
+    if name == "taylor":
+        return Taylor(seed)
+    if name in ("mean_activation", "apoz", "entropy"):
+        return ActivationStat(name, seed)
+    if name == "random":
+        return RandomScore(seed)
+    raise InputError(f"unknown criterion '{name}'; expected one of {', '.join(CRITERIA)}")

@@ -1,0 +1,138 @@
+"""Small graph helpers shared by the training modules (functional config surgery)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from edgeprune.errors import InputError
+
+
+def as_functional(model):
+    """A functional view of ``model`` (Sequential models are re-wrapped, weights shared)."""
+    from edgeprune._env import tf_keras
+
+    keras = tf_keras()
+    if isinstance(model, keras.Sequential):
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    if not getattr(model, "_is_graph_network", False):
+        raise InputError(
+            f"model '{model.name}' is a subclassed Keras model; training-aware compression "
+            "needs a functional or Sequential model"
+        )
+    return model
+
+
+def copy_model(model, *, scope=None):
+    """A fresh clone of ``model`` with the same weights, built inside ``scope`` if given."""
+    from contextlib import nullcontext
+
+    from edgeprune._env import tf_keras
+
+    keras = tf_keras()
+    model = as_functional(model)
+    with scope or nullcontext():
+        clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+    return clone
+
+
+def rebuild(config: dict, source_model, weights_for: Callable[[str], list | None] | None = None):
+    """Build a functional model from ``config`` and copy weights by layer name from ``source_model``.
+
+    ``weights_for(name)`` may return replacement weights for a layer (e.g. folded kernels).
+    """
+    from edgeprune._env import tf_keras
+
+    keras = tf_keras()
+    new = keras.Model.from_config(config)
+    by_name = {layer.name: layer for layer in source_model.layers}
+    for layer in new.layers:
+        weights = weights_for(layer.name) if weights_for else None
+        if weights is None and layer.name in by_name:
+            weights = by_name[layer.name].get_weights()
+        if weights:
+            layer.set_weights(weights)
+    return new
+
+
+def replace_refs(obj: Any, mapping: dict[tuple[str, int, int], tuple[str, int, int]]) -> Any:
+    """Rewrite inbound-node references ``[layer, node, tensor, kwargs]`` anywhere in a config."""
+    if isinstance(obj, list):
+        if (
+            len(obj) >= 3
+            and isinstance(obj[0], str)
+            and isinstance(obj[1], int)
+            and isinstance(obj[2], int)
+            and (obj[0], obj[1], obj[2]) in mapping
+        ):
+            name, node, tensor = mapping[(obj[0], obj[1], obj[2])]
+            return [name, node, tensor, *obj[3:]]
+        return [replace_refs(item, mapping) for item in obj]
+    if isinstance(obj, dict):
+        return {key: replace_refs(value, mapping) for key, value in obj.items()}
+    return obj
+
+
+def consumers(config: dict) -> dict[str, list[str]]:
+    """Layer name -> names of layers that read any of its outputs (plus '__output__')."""
+    names = {layer["name"] for layer in config["layers"]}
+    found: dict[str, list[str]] = {name: [] for name in names}
+
+    def walk(obj, reader):
+        if isinstance(obj, list):
+            if len(obj) >= 3 and isinstance(obj[0], str) and obj[0] in names and isinstance(obj[1], int):
+                found[obj[0]].append(reader)
+                return
+            for item in obj:
+                walk(item, reader)
+        elif isinstance(obj, dict):
+            for value in obj.values():
+                walk(value, reader)
+
+    for layer in config["layers"]:
+        walk(layer.get("inbound_nodes", []), layer["name"])
+    walk(config.get("output_layers", []), "__output__")
+    return found
+
+
+def single_output_layer(model):
+    """The layer producing the model's only output; multi-output models are refused."""
+    if len(model.outputs) != 1:
+        raise InputError(
+            f"model '{model.name}' has {len(model.outputs)} outputs; training needs a single-output model"
+        )
+    layer, _, _ = model.outputs[0]._keras_history
+    return layer
+
+
+def ends_in_softmax(model) -> bool:
+    """True when the model's output is a softmax (layer activation, Activation or Softmax layer)."""
+    layer = single_output_layer(model)
+    cls = type(layer).__name__
+    if cls == "Softmax":
+        return True
+    act = getattr(layer, "activation", None)
+    return getattr(act, "__name__", "") == "softmax"
+
+
+def logits_model(model):
+    """A copy of ``model`` that outputs pre-softmax logits, or None if it has no final softmax.
+
+    The copy has the same weights in the same order, so training it and calling
+    ``model.set_weights(logits.get_weights())`` carries the result back.
+    """
+    model = as_functional(model)
+    if not ends_in_softmax(model):
+        return None
+    layer = single_output_layer(model)
+    config = model.get_config()
+    entry = next(item for item in config["layers"] if item["name"] == layer.name)
+    if type(layer).__name__ in ("Softmax", "Activation"):
+        inbound = entry["inbound_nodes"][0]
+        ref = inbound[0] if isinstance(inbound, list) else None
+        if not ref or not isinstance(ref, list):
+            raise InputError(f"cannot find the input of softmax layer '{layer.name}'")
+        config["layers"] = [item for item in config["layers"] if item["name"] != layer.name]
+        config["output_layers"] = [[ref[0], ref[1], ref[2]]]
+    else:
+        entry["config"]["activation"] = "linear"
+    return rebuild(config, model)

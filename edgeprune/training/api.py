@@ -1,0 +1,176 @@
+"""Entry points of the training stage: ``recover()`` and ``run_training_stage()``.
+
+``run_training_stage`` is what ``compile`` calls between pruning and conversion:
+data -> (iterative pruning) -> fine-tune / distil -> gradual (tfmot) pruning -> QAT.
+Its result says which quantization the model must be converted with (int8 after QAT)
+and carries the validation split that the accuracy gate uses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeprune.console import Output, default_output
+from edgeprune.errors import InputError
+from edgeprune.training.data import Split, TrainingData
+
+
+@dataclass
+class StageResult:
+    model: Any                      # tf_keras model to convert (a QAT model when qat is True)
+    report: dict = field(default_factory=dict)
+    quantization: str | None = None  # "int8" after QAT: convert with this mode
+    validation: Split | None = None  # labelled validation data for the accuracy gate
+    pruned_report: dict | None = None  # prune report when this stage did the (iterative) pruning
+
+    @property
+    def qat(self) -> bool:
+        return self.quantization == "int8"
+
+
+def _as_split(data, name: str) -> Split | None:
+    if data is None or isinstance(data, Split):
+        return data
+    if isinstance(data, tuple) and len(data) == 2:
+        return Split(np.asarray(data[0], dtype=np.float32), None if data[1] is None else np.asarray(data[1]), name)
+    return Split(np.asarray(data, dtype=np.float32), None, name)
+
+
+def recover(student, *, teacher=None, train, val=None, epochs: int = 10, distill: bool = False,
+            temperature: float = 4.0, alpha: float = 0.5, batch_size: int = 32, learning_rate: float = 1e-3,
+            lr_schedule: str = "cosine", patience: int = 3, seed: int = 0, output: Output | None = None):
+    """Recover a pruned model's accuracy by fine-tuning or distillation; returns the new model.
+
+    ``train``/``val`` are ``(x, y)`` (y may be None: label-free distillation, needs ``teacher``)
+    or bare ``x`` arrays. ``distill`` needs ``teacher`` (normally the unpruned model).
+    """
+    from edgeprune.training.data import check_against_model
+    from edgeprune.training.finetune import FitSettings
+
+    train_s, val_s = _as_split(train, "train"), _as_split(val, "val")
+    task = check_against_model(train_s, student, "train")
+    if val_s is not None:
+        check_against_model(val_s, student, "val")
+        if train_s.y is None:
+            val_s = Split(val_s.x, None, val_s.source)
+    settings = FitSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                           lr_schedule=lr_schedule, patience=patience, seed=seed,
+                           label="distill" if distill or train_s.y is None else "fine-tune")
+    return _recover(student, teacher, TrainingData(train_s, val_s, task), distill, temperature, alpha, settings,
+                    output or default_output())[0]
+
+
+def _recover(student, teacher, data: TrainingData, distill: bool, temperature, alpha, settings, output):
+    from edgeprune.training.distill import distill as run_distill
+    from edgeprune.training.finetune import finetune
+
+    if distill or data.train.y is None:
+        if teacher is None:
+            raise InputError("distillation needs the unpruned model as teacher" if distill else
+                             "recovery without labels needs a teacher model (label-free distillation)")
+        return run_distill(student, teacher, data.train, data.val, task=data.task, temperature=temperature,
+                           alpha=alpha, settings=settings, output=output)
+    return finetune(student, data.train, data.val, task=data.task, settings=settings, output=output)
+
+
+def run_training_stage(model, options, *, original=None, prune_kwargs: dict | None = None,
+                       calibration: np.ndarray | None = None, scale=(0.0, 1.0),
+                       output: Output | None = None) -> StageResult:
+    """Run every training step ``options`` asks for on ``model``.
+
+    - ``model``: the pruned model (compile pruned it one-shot), or the unpruned model when
+      ``prune_kwargs`` is given (then this stage prunes, in ``options.iterative_steps`` steps).
+    - ``original``: the unpruned, unquantized model (teacher and gate reference); defaults
+      to ``model`` when this stage does the pruning.
+    - ``prune_kwargs``: ``ratio`` or ``target_macs`` plus criterion/round_to/min_channels/
+      data/labels/protect/seed for :func:`edgeprune.pruning.api.prune_model`.
+    - ``calibration``: images used for label-free distillation when there is no --train-data.
+    """
+    from edgeprune.training.data import resolve
+    from edgeprune.training.finetune import FitSettings
+
+    output = output or default_output()
+    if prune_kwargs is not None and original is None:
+        original = model
+    teacher = original if original is not None else model
+    report: dict = {}
+    use_calibration = calibration if options.distill else None
+    data = resolve(options, teacher, calibration=use_calibration, scale=scale)
+    if data is not None:
+        report["data"] = {"train_samples": len(data.train), "val_samples": len(data.val) if data.val else 0,
+                          "labels": data.task, "source": data.train.source}
+    needs_labels = [flag for flag, on in (("--qat", options.qat), ("--gradual-sparsity/--sparsity-m-by-n", options.wants_sparsity)) if on]
+    if needs_labels and (data is None or data.train.y is None):
+        raise InputError(f"{needs_labels[0]} needs labelled training data: pass --train-data (a .npz with x and y, or a class-folder image directory)")
+    settings = FitSettings.from_options(options, label="distill" if options.distill else "fine-tune")
+
+    def recover_fn(m):
+        if data is None or options.finetune_epochs <= 0:
+            return m
+        return _recover(m, teacher, data, options.distill, options.distill_temperature, options.distill_alpha,
+                        settings, output)[0]
+
+    pruned_report = None
+    if prune_kwargs is not None:
+        kwargs = dict(prune_kwargs)
+        ratio, target = kwargs.pop("ratio", None), kwargs.pop("target_macs", None)
+        if options.iterative_steps > 1:
+            from edgeprune.training.iterative import iterative_prune
+
+            model, pruned_report = iterative_prune(model, steps=options.iterative_steps, recover=recover_fn,
+                                                   ratio=ratio, target_macs=target, prune_kwargs=kwargs, output=output)
+        else:
+            from edgeprune.pruning.api import prune_model
+
+            result = prune_model(model, ratio=ratio, target_macs=target, **kwargs)
+            model, pruned_report = recover_fn(result.model), result.report
+        report["recovery"] = _recovery_summary(options, data)
+    elif original is not None and original is not model and data is not None and options.finetune_epochs > 0:
+        model = recover_fn(model)
+        report["recovery"] = _recovery_summary(options, data)
+    if options.wants_sparsity:
+        from edgeprune.training.gradual import sparsity_report, train_gradual
+
+        dense = model
+        with output.progress("gradual pruning (tfmot)"):
+            model, sparse = train_gradual(model, data.train, data.val, task=data.task, options=options, output=output)
+        sparse["target"] = sparsity_report(dense, model, data.val.x if data.val else data.train.x)
+        sparse.pop("history", None)
+        report["sparsity"] = sparse
+    quantization = None
+    if options.qat:
+        from edgeprune.training.qat import train_qat
+
+        qat_settings = FitSettings.from_options(options, label="QAT",
+                                                epochs=options.qat_epochs or max(1, min(options.finetune_epochs, 5)))
+        with output.progress("quantization-aware training"):
+            model, qat_report = train_qat(model, data.train, data.val, task=data.task, settings=qat_settings,
+                                          prune_preserve=options.wants_sparsity, output=output)
+        qat_report.pop("history", None)
+        report["qat"] = qat_report
+        quantization = "int8"
+    validation = None
+    if data is not None and data.val is not None and data.val.y is not None:
+        validation = data.val
+    return StageResult(model=model, report=report, quantization=quantization, validation=validation,
+                       pruned_report=pruned_report)
+
+
+def _recovery_summary(options, data) -> dict:
+    if data is None or options.finetune_epochs <= 0:
+        return {"method": "none", "why": "no training data" if data is None else "--finetune-epochs 0"}
+    method = "distillation" if options.distill or data.train.y is None else "fine-tuning"
+    out = {"method": method, "epochs": options.finetune_epochs, "labelled": data.train.y is not None}
+    if method == "distillation":
+        out.update(temperature=options.distill_temperature, alpha=options.distill_alpha)
+    return out
+
+
+def gate_budget(options, profile=None) -> float | None:
+    """--max-accuracy-drop, else the profile's budgets.max_accuracy_drop, else None (no gate)."""
+    if options is not None and options.max_accuracy_drop is not None:
+        return options.max_accuracy_drop
+    budgets = getattr(profile, "budgets", None)
+    return getattr(budgets, "max_accuracy_drop", None)

@@ -1,0 +1,151 @@
+"""Knowledge distillation from the unpruned model (teacher) into the pruned one (student).
+
+Loss = alpha * hard-label cross-entropy + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T)),
+where s and t are logits. Models that end in softmax are split into a logits model (the
+softmax input); a teacher whose probabilities come from elsewhere is read as log(p).
+Without labels (e.g. only calibration images) the loss is the teacher term alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeprune.console import Output, default_output
+from edgeprune.errors import InputError
+from edgeprune.training.finetune import FitSettings, fit_compiled, make_optimizer, strategy
+
+_EPS = 1e-7
+
+
+def distillation_loss(student_logits, teacher_logits, y=None, *, temperature=4.0, alpha=0.5, task="sparse"):
+    """The distillation loss for one batch (a scalar tensor); y None -> teacher term only."""
+    from edgeprune._env import tf
+
+    tf_ = tf()
+    t = float(temperature)
+    s_log = tf_.nn.log_softmax(student_logits / t, axis=-1)
+    t_prob = tf_.nn.softmax(teacher_logits / t, axis=-1)
+    t_log = tf_.nn.log_softmax(teacher_logits / t, axis=-1)
+    kl = tf_.reduce_mean(tf_.reduce_sum(t_prob * (t_log - s_log), axis=-1)) * (t * t)
+    if y is None or alpha == 0.0:
+        return kl
+    if task == "onehot":
+        hard = tf_.reduce_mean(tf_.nn.softmax_cross_entropy_with_logits(tf_.cast(y, tf_.float32), student_logits))
+    else:
+        labels = tf_.cast(tf_.reshape(y, [-1]), tf_.int32)
+        hard = tf_.reduce_mean(tf_.nn.sparse_softmax_cross_entropy_with_logits(labels, student_logits))
+    return alpha * hard + (1.0 - alpha) * kl
+
+
+def teacher_logits_model(teacher, sample: np.ndarray):
+    """(model, mode): a logits model and mode 'logits' (split at softmax / already logits) or
+    'log-probs' (outputs look like probabilities: use log p)."""
+    from edgeprune._env import tf_keras
+
+    from edgeprune.training._models import as_functional, logits_model
+
+    split = logits_model(teacher)
+    if split is not None:
+        return split, "logits"
+    teacher = as_functional(teacher)
+    out = teacher.predict(sample[:64], verbose=0)
+    if np.all(out >= 0) and np.allclose(out.sum(axis=-1), 1.0, atol=1e-3):
+        keras = tf_keras()
+        log_out = keras.layers.Lambda(lambda p: keras.backend.log(p + _EPS), name="log_probs")(teacher.output)
+        return keras.Model(teacher.inputs, log_out), "log-probs"
+    return teacher, "logits"
+
+
+def _distiller_class():
+    from edgeprune._env import tf, tf_keras
+
+    tf_ = tf()
+    keras = tf_keras()
+
+    class Distiller(keras.Model):
+        """Trains ``student`` (a logits model) against a frozen ``teacher`` (logits model)."""
+
+        def __init__(self, student, teacher, temperature, alpha, task, labelled):
+            super().__init__()
+            self.student = student
+            self.teacher = teacher
+            self.teacher.trainable = False
+            self.temperature = temperature
+            self.alpha = alpha
+            self.task = task
+            self.labelled = labelled
+            self.loss_tracker = keras.metrics.Mean(name="loss")
+            if task == "onehot":
+                self.acc = keras.metrics.CategoricalAccuracy(name="accuracy")
+            else:
+                self.acc = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+        @property
+        def metrics(self):
+            return [self.loss_tracker, self.acc] if self.labelled else [self.loss_tracker]
+
+        def call(self, x, training=False):
+            return self.student(x, training=training)
+
+        def _step_loss(self, x, y, training):
+            s = self.student(x, training=training)
+            t = self.teacher(x, training=False)
+            loss = distillation_loss(s, t, y if self.labelled else None,
+                                     temperature=self.temperature, alpha=self.alpha, task=self.task)
+            return s, loss
+
+        def train_step(self, data):
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+            with tf_.GradientTape() as tape:
+                s, loss = self._step_loss(x, y, True)
+            grads = tape.gradient(loss, self.student.trainable_variables)
+            self.optimizer.apply_gradients(zip(grads, self.student.trainable_variables))
+            return self._update(y, s, loss)
+
+        def test_step(self, data):
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+            s, loss = self._step_loss(x, y, False)
+            return self._update(y, s, loss)
+
+        def _update(self, y, s, loss):
+            self.loss_tracker.update_state(loss)
+            if self.labelled:
+                self.acc.update_state(y, s)
+            return {m.name: m.result() for m in self.metrics}
+
+    return Distiller
+
+
+def distill(student, teacher, train, val=None, *, task: str, temperature: float = 4.0, alpha: float = 0.5,
+            settings: FitSettings | None = None, output: Output | None = None):
+    """Distil ``teacher`` into a copy of ``student``; returns ``(student_model, history)``.
+
+    ``train.y`` None means label-free distillation (teacher outputs only). The returned
+    student has the original architecture (softmax included), plain and uncompiled.
+    """
+    from edgeprune.training._models import as_functional, copy_model, logits_model
+
+    settings = settings or FitSettings(label="distill")
+    output = output or default_output()
+    if task not in ("sparse", "onehot", "unlabelled"):
+        raise InputError(f"--distill needs classification labels (class indices or one-hot), found '{task}' labels")
+    if settings.epochs <= 0:
+        return student, {}
+    student = as_functional(student)
+    labelled = train.y is not None
+    strat = strategy()
+    with strat.scope():
+        student_logits = logits_model(student) or copy_model(student)
+        teacher_logits, mode = teacher_logits_model(teacher, train.x)
+        if int(teacher_logits.outputs[0].shape[-1]) != int(student_logits.outputs[0].shape[-1]):
+            raise InputError(
+                f"teacher has {teacher_logits.outputs[0].shape[-1]} outputs, student "
+                f"{student_logits.outputs[0].shape[-1]}: distillation needs the same classes"
+            )
+        distiller = _distiller_class()(student_logits, teacher_logits, temperature, alpha, "onehot" if task == "onehot" else "sparse", labelled)
+        steps = int(np.ceil(len(train) / settings.batch_size))
+        distiller.compile(optimizer=make_optimizer(settings, steps))
+    output.debug(f"distillation: teacher read as {mode}, T={temperature}, alpha={alpha}, labelled={labelled}")
+    history = fit_compiled(distiller, train, val, settings, monitor_acc=labelled and (val is None or val.y is not None), output=output)
+    result = copy_model(student)
+    result.set_weights(student_logits.get_weights())
+    return result, history

@@ -1,0 +1,177 @@
+"""Fine-tuning: recover accuracy after pruning with Adam, an LR schedule and early stopping.
+
+Training runs under a ``tf.distribute`` strategy (mirrored across GPUs when there are
+several), so the same code uses a multi-GPU machine without changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeprune.console import Output, default_output
+
+
+@dataclass
+class FitSettings:
+    """The knobs of one training run (a subset of TrainingOptions, usable from Python)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"  # or "plateau"
+    patience: int = 3
+    seed: int = 0
+    label: str = "fine-tune"
+    early_stopping: bool = True  # off where earlier weights would undo a schedule (pruning)
+    extra_callbacks: list = field(default_factory=list)
+
+    @classmethod
+    def from_options(cls, options, **overrides) -> "FitSettings":
+        values = dict(
+            epochs=options.finetune_epochs,
+            batch_size=options.batch_size,
+            learning_rate=options.learning_rate,
+            lr_schedule=options.lr_schedule,
+            patience=options.patience,
+            seed=options.seed,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+def strategy():
+    """MirroredStrategy when more than one GPU is visible, else the default strategy."""
+    from edgeprune._env import tf
+
+    tf_ = tf()
+    if len(tf_.config.list_logical_devices("GPU")) > 1:
+        return tf_.distribute.MirroredStrategy()
+    return tf_.distribute.get_strategy()
+
+
+def loss_for(task: str, from_logits: bool):
+    """Keras loss and accuracy metric for a label kind from :func:`data.check_against_model`."""
+    from edgeprune._env import tf_keras
+
+    keras = tf_keras()
+    if task == "sparse":
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits), [
+            keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        ]
+    if task == "onehot":
+        return keras.losses.CategoricalCrossentropy(from_logits=from_logits), [
+            keras.metrics.CategoricalAccuracy(name="accuracy")
+        ]
+    if task == "binary":
+        return keras.losses.BinaryCrossentropy(from_logits=from_logits), [
+            keras.metrics.BinaryAccuracy(name="accuracy")
+        ]
+    return keras.losses.MeanSquaredError(), []
+
+
+def output_is_logits(model) -> bool:
+    """A model that does not end in softmax/sigmoid is trained with from_logits=True."""
+    from edgeprune.training._models import single_output_layer
+
+    layer = single_output_layer(model)
+    name = type(layer).__name__
+    act = getattr(getattr(layer, "activation", None), "__name__", "")
+    return not (name == "Softmax" or act in ("softmax", "sigmoid"))
+
+
+def make_optimizer(settings: FitSettings, steps_per_epoch: int):
+    from edgeprune._env import tf_keras
+
+    keras = tf_keras()
+    lr = settings.learning_rate
+    if settings.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(
+            settings.learning_rate, decay_steps=max(1, settings.epochs * steps_per_epoch), alpha=0.05
+        )
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+class _Progress:
+    """Builds the Keras callback that reports each epoch through ``Output``."""
+
+    @staticmethod
+    def make(output: Output, label: str, epochs: int):
+        from edgeprune._env import tf_keras
+
+        keras = tf_keras()
+
+        class ProgressCallback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                parts = [f"{label} epoch {epoch + 1}/{epochs}"]
+                for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                    if key in logs:
+                        parts.append(f"{key} {float(logs[key]):.4f}")
+                output.info("  ".join(parts))
+
+        return ProgressCallback()
+
+
+def callbacks_for(settings: FitSettings, has_val: bool, monitor_acc: bool, output: Output) -> list:
+    """Early stopping (best weights restored), optional plateau LR, progress reporting."""
+    from edgeprune._env import tf_keras
+
+    keras = tf_keras()
+    monitor = ("val_" if has_val else "") + ("accuracy" if monitor_acc else "loss")
+    mode = "max" if monitor_acc else "min"
+    cbs = [_Progress.make(output, settings.label, settings.epochs)]
+    if settings.early_stopping:
+        cbs.append(keras.callbacks.EarlyStopping(
+            monitor=monitor, mode=mode, patience=settings.patience, restore_best_weights=True
+        ))
+    if settings.lr_schedule == "plateau":
+        cbs.append(
+            keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5, patience=max(1, settings.patience // 2))
+        )
+    return cbs + list(settings.extra_callbacks)
+
+
+def fit_compiled(model, train, val, settings: FitSettings, *, monitor_acc: bool, output: Output) -> dict:
+    """``model.fit`` with the standard callbacks on already-compiled ``model``; returns history."""
+    from edgeprune._env import tf
+
+    tf().random.set_seed(settings.seed)
+    x, y = train.x, train.y
+    validation = None
+    if val is not None:
+        validation = (val.x,) if val.y is None else (val.x, val.y)
+    history = model.fit(
+        x,
+        y,
+        batch_size=settings.batch_size,
+        epochs=settings.epochs,
+        validation_data=validation,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks_for(settings, val is not None, monitor_acc, output),
+    )
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def finetune(model, train, val=None, *, task: str, settings: FitSettings | None = None, output: Output | None = None):
+    """Fine-tune a copy of ``model`` on labelled data; returns ``(model, history)``.
+
+    The returned model is a plain (uncompiled, default-strategy) copy holding the best
+    weights seen on the validation data.
+    """
+    from edgeprune.training._models import copy_model
+
+    settings = settings or FitSettings()
+    output = output or default_output()
+    if settings.epochs <= 0 or train.y is None:
+        return model, {}
+    np.random.seed(settings.seed)
+    strat = strategy()
+    with strat.scope():
+        work = copy_model(model)
+        loss, metrics = loss_for(task, output_is_logits(model))
+        steps = int(np.ceil(len(train) / settings.batch_size))
+        work.compile(optimizer=make_optimizer(settings, steps), loss=loss, metrics=metrics)
+    history = fit_compiled(work, train, val, settings, monitor_acc=bool(metrics), output=output)
+    return copy_model(work), history

@@ -1,0 +1,86 @@
+"""Iterative structured pruning: prune a step, recover, repeat until the target.
+
+A MAC target f (fraction of the original MACs kept) is spread geometrically: step i aims at
+f^(i/N) of the original. A channel ratio p becomes a per-step ratio 1-(1-p)^(1/N), so the
+kept fraction compounds to 1-p. Between steps the model is fine-tuned (or distilled from the
+original model) so each cut starts from recovered weights.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from edgeprune.console import Output, default_output
+from edgeprune.errors import InputError
+
+
+def step_targets(steps: int, *, ratio: float | None = None, target_macs: float | None = None) -> list[dict]:
+    """Per-step targets relative to the ORIGINAL model: [{'ratio': r_i}] or [{'macs_fraction': f_i}]."""
+    if steps < 1:
+        raise InputError(f"--iterative-steps must be >= 1, got {steps}")
+    if (ratio is None) == (target_macs is None):
+        raise InputError("iterative pruning needs exactly one of ratio (--ratio) or target_macs (--target-macs)")
+    if target_macs is not None:
+        return [{"macs_fraction": float(target_macs) ** (i / steps)} for i in range(1, steps + 1)]
+    step_ratio = 1.0 - (1.0 - float(ratio)) ** (1.0 / steps)
+    return [{"ratio": step_ratio} for _ in range(steps)]
+
+
+def iterative_prune(model, *, steps: int, recover: Callable | None, ratio: float | None = None,
+                    target_macs: float | None = None, prune_kwargs: dict | None = None,
+                    evaluate: Callable | None = None, output: Output | None = None):
+    """Prune ``model`` in ``steps`` steps, calling ``recover(model) -> model`` after each.
+
+    ``prune_kwargs`` go to :func:`edgeprune.pruning.api.prune_model` (criterion, round_to,
+    min_channels, data, labels, protect, seed...). ``evaluate(model) -> float`` (optional)
+    adds the accuracy after each step to the report. Returns ``(model, report)``.
+    """
+    from edgeprune.pruning.api import prune_model
+
+    output = output or default_output()
+    prune_kwargs = dict(prune_kwargs or {})
+    for key in ("ratio", "target_macs"):
+        prune_kwargs.pop(key, None)
+    targets = step_targets(steps, ratio=ratio, target_macs=target_macs)
+    current, macs_original, macs_current = model, None, None
+    rows = []
+    last = None
+    for index, target in enumerate(targets, start=1):
+        if "macs_fraction" in target:
+            if macs_original is None:
+                relative = target["macs_fraction"]
+            else:
+                relative = min(1.0, target["macs_fraction"] * macs_original / macs_current)
+            if relative >= 0.999:
+                output.debug(f"iterative step {index}: already at the MAC target, skipped")
+                continue
+            last = prune_model(current, target_macs=relative, **prune_kwargs)
+        else:
+            last = prune_model(current, ratio=target["ratio"], **prune_kwargs)
+        if macs_original is None:
+            macs_original = last.report["macs_before"]
+        macs_current = last.report["macs_after"]
+        current = last.model
+        row = {"step": index, "macs": macs_current, "macs_fraction": macs_current / macs_original,
+               "params": last.report["params_after"]}
+        if evaluate is not None:
+            row["accuracy_pruned"] = evaluate(current)
+        if recover is not None:
+            current = recover(current)
+            if evaluate is not None:
+                row["accuracy_recovered"] = evaluate(current)
+        output.info(
+            f"iterative pruning step {index}/{steps}: MACs {macs_current / macs_original:.1%} of original"
+            + (f", accuracy {row['accuracy_recovered']:.4f}" if "accuracy_recovered" in row else "")
+        )
+        rows.append(row)
+    if last is None:
+        raise InputError("iterative pruning made no step: the target keeps all MACs")
+    report = dict(last.report)
+    report["macs_before"] = macs_original
+    report["iterative_steps"] = rows
+    report["params_before"] = int(model.count_params())
+    if target_macs is not None:
+        report["target_macs"] = float(target_macs)
+    if ratio is not None:
+        report["ratio"] = float(ratio)
+    return current, report

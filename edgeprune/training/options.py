@@ -1,0 +1,176 @@
+"""Training settings (``TrainingOptions``) and the Click decorator that exposes them as flags.
+
+Precedence: built-in defaults < ``--recipe`` YAML file < flags given on the command line.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Literal, Optional
+
+import click
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edgeprune.errors import InputError
+
+
+class TrainingOptions(BaseModel):
+    """Everything the training stage needs to know; also the schema of a recipe file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train_data: Optional[str] = None
+    val_data: Optional[str] = None
+    val_split: float = Field(default=0.2, gt=0.0, lt=1.0)
+    finetune_epochs: int = Field(default=10, ge=0)
+    batch_size: int = Field(default=32, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0.0)
+    lr_schedule: Literal["cosine", "plateau"] = "cosine"
+    patience: int = Field(default=3, ge=1)
+    distill: bool = False
+    distill_temperature: float = Field(default=4.0, gt=0.0)
+    distill_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    iterative_steps: int = Field(default=1, ge=1)
+    qat: bool = False
+    qat_epochs: Optional[int] = Field(default=None, ge=1)
+    gradual_sparsity: Optional[float] = Field(default=None, gt=0.0, lt=1.0)
+    sparsity_schedule: Literal["constant", "polynomial"] = "polynomial"
+    per_layer_sparsity: dict[str, float] = Field(default_factory=dict)
+    sparsity_m_by_n: Optional[tuple[int, int]] = None
+    max_accuracy_drop: Optional[float] = Field(default=None, ge=0.0)
+    seed: int = 0
+
+    @field_validator("sparsity_m_by_n", mode="before")
+    @classmethod
+    def _parse_m_by_n(cls, value):
+        if value is None or isinstance(value, (tuple, list)):
+            return value
+        return parse_m_by_n(str(value))
+
+    @field_validator("per_layer_sparsity")
+    @classmethod
+    def _check_per_layer(cls, value):
+        for name, s in value.items():
+            if not 0.0 <= s < 1.0:
+                raise ValueError(f"sparsity for layer '{name}' must be in [0, 1), got {s}")
+        return value
+
+    @model_validator(mode="after")
+    def _m_by_n_valid(self):
+        if self.sparsity_m_by_n is not None:
+            m, n = self.sparsity_m_by_n
+            if not 0 < m < n:
+                raise ValueError(f"sparsity_m_by_n must be M:N with 0 < M < N, got {m}:{n}")
+        return self
+
+    @property
+    def wants_sparsity(self) -> bool:
+        return bool(self.gradual_sparsity or self.per_layer_sparsity or self.sparsity_m_by_n)
+
+    @property
+    def wants_training(self) -> bool:
+        """True when the stage has anything to do beyond the accuracy gate."""
+        return bool(
+            self.train_data or self.distill or self.qat or self.wants_sparsity or self.iterative_steps > 1
+        )
+
+
+def parse_m_by_n(text: str) -> tuple[int, int]:
+    """'2:4' -> (2, 4)."""
+    try:
+        m, n = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise InputError(f"--sparsity-m-by-n: expected M:N such as 2:4, found '{text}'") from None
+    return m, n
+
+
+def parse_layer_sparsity(items) -> dict[str, float]:
+    """('conv1=0.5', 'dense=0.8') -> {'conv1': 0.5, 'dense': 0.8}."""
+    result = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            result[name] = float(value)
+        except ValueError:
+            raise InputError(f"--per-layer-sparsity: expected NAME=S such as conv1=0.5, found '{item}'") from None
+    return result
+
+
+# (flag declaration, option field) for every training flag; defaults are None so that a flag
+# the user did not type never overrides the recipe.
+_FLAGS = [
+    (click.option("--train-data", metavar="SRC", help="Training data: .npz (x, y), class-folder image dir, or module:function."), "train_data"),
+    (click.option("--val-data", metavar="SRC", help="Validation data (same forms as --train-data)."), "val_data"),
+    (click.option("--val-split", type=float, metavar="FRACTION", help="Hold out this fraction of --train-data for validation when no --val-data [0.2]."), "val_split"),
+    (click.option("--finetune-epochs", type=int, metavar="N", help="Fine-tuning epochs after pruning (0 disables) [10]."), "finetune_epochs"),
+    (click.option("--batch-size", type=int, help="Training batch size [32]."), "batch_size"),
+    (click.option("--learning-rate", type=float, help="Adam learning rate [1e-3]."), "learning_rate"),
+    (click.option("--lr-schedule", type=click.Choice(["cosine", "plateau"]), help="Learning-rate schedule [cosine]."), "lr_schedule"),
+    (click.option("--distill/--no-distill", default=None, help="Distil from the unpruned model while fine-tuning."), "distill"),
+    (click.option("--distill-temperature", type=float, metavar="T", help="Distillation temperature [4]."), "distill_temperature"),
+    (click.option("--distill-alpha", type=float, metavar="A", help="Weight of the hard-label loss; 1-A weighs the teacher term [0.5]."), "distill_alpha"),
+    (click.option("--iterative-steps", type=int, metavar="N", help="Prune in N steps with fine-tuning between them [1 = one-shot]."), "iterative_steps"),
+    (click.option("--qat/--no-qat", default=None, help="Quantization-aware training (int8) before conversion."), "qat"),
+    (click.option("--gradual-sparsity", type=float, metavar="S", help="Gradual magnitude pruning (tfmot) to this weight sparsity."), "gradual_sparsity"),
+    (click.option("--sparsity-schedule", type=click.Choice(["constant", "polynomial"]), help="Schedule for --gradual-sparsity [polynomial]."), "sparsity_schedule"),
+    (click.option("--per-layer-sparsity", multiple=True, metavar="NAME=S", help="Sparsity for one layer (repeatable); other layers use --gradual-sparsity."), "per_layer_sparsity"),
+    (click.option("--sparsity-m-by-n", metavar="M:N", help="Structured M:N weight sparsity, e.g. 2:4 (tfmot)."), "sparsity_m_by_n"),
+    (click.option("--max-accuracy-drop", type=float, metavar="POINTS", help="Refuse the artifact if accuracy drops more than this many points."), "max_accuracy_drop"),
+    (click.option("--recipe", type=click.Path(dir_okay=False), help="YAML file with any of these settings; flags override it."), "recipe"),
+]
+FLAG_FIELDS = [field for _, field in _FLAGS]
+
+
+def training_options(func):
+    """Add every training flag to a Click command; the command receives ``training: TrainingOptions``."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        given = {}
+        recipe = None
+        for field in FLAG_FIELDS:
+            value = kwargs.pop(field, None)
+            if field == "recipe":
+                recipe = value
+                continue
+            source = ctx.get_parameter_source(field)
+            if value is None or (field == "per_layer_sparsity" and not value):
+                continue
+            if source is not None and source.name != "COMMANDLINE" and source.name != "ENVIRONMENT":
+                continue
+            given[field] = value
+        kwargs["training"] = merge_options(recipe, given)
+        return func(*args, **kwargs)
+
+    for option, _ in reversed(_FLAGS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def merge_options(recipe_path: str | None, flags: dict) -> TrainingOptions:
+    """Defaults, then the recipe file, then the flags; invalid values -> InputError."""
+    from edgeprune.training.recipe import load_recipe
+
+    values: dict = load_recipe(recipe_path) if recipe_path else {}
+    flags = dict(flags)
+    if "per_layer_sparsity" in flags and not isinstance(flags["per_layer_sparsity"], dict):
+        flags["per_layer_sparsity"] = parse_layer_sparsity(flags["per_layer_sparsity"])
+    if isinstance(flags.get("sparsity_m_by_n"), str):
+        flags["sparsity_m_by_n"] = parse_m_by_n(flags["sparsity_m_by_n"])
+    values.update(flags)
+    return build_options(values, origin=recipe_path)
+
+
+def build_options(values: dict, origin: str | None = None) -> TrainingOptions:
+    """Validate a settings dict into TrainingOptions with one-line errors naming the setting."""
+    from pydantic import ValidationError
+
+    try:
+        return TrainingOptions(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "?"
+        where = f" (from recipe {origin} or flags)" if origin else ""
+        raise InputError(f"training setting '{key}'{where}: {err['msg']}, found {err.get('input')!r}") from None

@@ -1,0 +1,91 @@
+"""Helpers shared by the pruning tests: make chosen channels carry no signal, compare models."""
+from __future__ import annotations
+
+import numpy as np
+
+import edgeprune._env  # noqa: F401
+from edgeprune.pruning import rules
+from edgeprune.pruning.graph import trace
+from edgeprune.pruning.groups import build_groups
+
+
+def randomize_bn(model, seed=0):
+    """Give BatchNormalization layers non-trivial statistics so BN really does something."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if layer.__class__.__name__ == "BatchNormalization":
+            w = layer.get_weights()
+            w = [rng.uniform(0.5, 1.5, a.shape).astype(np.float32) if i in (0, 3) else
+                 rng.normal(0, 0.2, a.shape).astype(np.float32) for i, a in enumerate(w)]
+            layer.set_weights(w)
+
+
+def kill_units(model, ratio, seed=0):
+    """Zero floor(n*ratio) channels of every prunable group so they carry no signal.
+
+    Producers get zero filters and biases, BatchNormalization gets beta = mean = 0 on them,
+    depthwise layers zero bias. Returns per-unit scores (0 for dead units) for FixedScores.
+    """
+    rng = np.random.default_rng(seed)
+    g = trace(model)
+    gs = build_groups(g)
+    n_units = int(gs.labels.max()) + 1
+    scores = rng.uniform(1.0, 2.0, n_units)
+    dead = np.zeros(n_units, dtype=bool)
+    for grp in gs.prunable:
+        k = int(np.floor(grp.size * ratio + 1e-9))
+        if k:
+            dead[rng.choice(grp.units, size=k, replace=False)] = True
+    scores[dead] = 0.0
+    for grp in gs.prunable:
+        for key in grp.tensors:
+            chans = np.flatnonzero(dead[gs.units_of(key)])
+            if not chans.size:
+                continue
+            node = g.layers[g.tensors[key].producer]
+            w = node.layer.get_weights()
+            cls = node.class_name
+            if cls in rules.CONVS or cls == "Dense":
+                w[0][..., chans] = 0
+                if len(w) > 1:
+                    w[1][chans] = 0
+            elif cls in rules.SEPARABLE:
+                w[1][..., chans] = 0
+                if len(w) > 2:
+                    w[2][chans] = 0
+            elif cls in rules.CONV_T:
+                w[0][..., chans, :] = 0
+                if len(w) > 1:
+                    w[1][chans] = 0
+            elif cls in rules.DEPTHWISE:
+                if len(w) > 1:
+                    w[1][chans] = 0
+            elif cls == "BatchNormalization":
+                names = [v.name.split("/")[-1].split(":")[0] for v in node.layer.weights]
+                for i, n in enumerate(names):
+                    if n in ("beta", "moving_mean"):
+                        w[i][chans] = 0
+            else:
+                continue
+            node.layer.set_weights(w)
+            if g.model is not model:  # nested/Sequential input: trace worked on a flat copy
+                _find(model, node.name).set_weights(w)
+    return scores, dead
+
+
+def _find(model, name):
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if hasattr(layer, "layers"):
+            found = _find(layer, name)
+            if found is not None:
+                return found
+    return None
+
+
+def max_abs_diff(a, b, x):
+    ya = np.asarray(a(x, training=False))
+    yb = np.asarray(b(x, training=False))
+    assert ya.shape == yb.shape
+    return float(np.max(np.abs(ya - yb))), float(np.max(np.abs(ya)))

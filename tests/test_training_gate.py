@@ -1,0 +1,60 @@
+"""The accuracy gate passes and fails on the real interpreter; rejected artifacts are set aside."""
+from __future__ import annotations
+
+import pytest
+
+from test_training_fixtures import damaged, digits, trained_cnn
+
+from edgeprune.errors import InputError, VerificationError
+from edgeprune.training._tflite import to_tflite
+from edgeprune.training.api import gate_budget
+from edgeprune.training.gate import check_accuracy_gate, rejected_path, set_aside
+from edgeprune.training.options import TrainingOptions
+
+
+def test_gate_passes_for_faithful_conversion():
+    _, _, xv, yv = digits()
+    model = trained_cnn()
+    result = check_accuracy_gate(to_tflite(model, "float32"), model, xv, yv, max_drop=0.5)
+    assert result["passed"] and abs(result["drop_points"]) < 0.5
+    assert result["samples"] == len(xv) and result["reference_accuracy"] > 0.9
+
+
+def test_gate_fails_with_numbers_and_exit_1():
+    _, _, xv, yv = digits()
+    reference = trained_cnn()
+    candidate = to_tflite(damaged(trained_cnn(), fraction=0.8), "float32")
+    with pytest.raises(VerificationError) as info:
+        check_accuracy_gate(candidate, reference, xv, yv, max_drop=1.0)
+    assert info.value.exit_code == 1
+    assert "drop of" in str(info.value) and "--max-accuracy-drop 1" in str(info.value)
+    assert info.value.result["drop_points"] > 1.0 and not info.value.result["passed"]
+    measured = check_accuracy_gate(candidate, reference, xv, yv, max_drop=None)  # measure only
+    assert measured["passed"] and measured["drop_points"] > 1.0
+
+
+def test_gate_needs_labels():
+    _, _, xv, _ = digits()
+    with pytest.raises(InputError, match="labelled"):
+        check_accuracy_gate(b"", trained_cnn(), xv, None, 1.0)
+
+
+def test_rejected_candidate_set_aside(tmp_path):
+    out = tmp_path / "model_out"
+    for attempt in range(2):  # a second rejection replaces the first
+        candidate = tmp_path / f".tmp-{attempt}"
+        candidate.mkdir()
+        (candidate / "model.tflite").write_bytes(b"x" * (attempt + 1))
+        target = set_aside(candidate, out, {"drop_points": 3.0})
+    assert target == rejected_path(out) == tmp_path / "model_out.rejected"
+    assert (target / "model.tflite").read_bytes() == b"xx"
+    assert (target / "GATE_FAILED.json").exists()
+    assert not out.exists() and not candidate.exists()
+
+
+def test_budget_from_flag_or_profile():
+    from edgeprune.profiles import load_profile
+
+    profile = load_profile("cortex-m7")
+    assert gate_budget(TrainingOptions(max_accuracy_drop=2.0), profile) == 2.0
+    assert gate_budget(TrainingOptions(), profile) == profile.budgets.max_accuracy_drop
