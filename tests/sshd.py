@@ -76,16 +76,20 @@ def _client_config(port: int, user: str, identity: Path, known_hosts: Path) -> s
     )
 
 
-def start_sshd(root: Path) -> SshServer:
-    """Start sshd -D on a free port; wait until it accepts connections."""
+def start_sshd(root: Path, remote_tmp: Path | None = None) -> SshServer:
+    """Start sshd -D on a free port; wait until it accepts connections.
+
+    ``remote_tmp`` becomes TMPDIR of the remote sessions (default: a fresh directory).
+    """
     root.mkdir(parents=True, exist_ok=True)
     user = getpass.getuser()
     host_key = keygen(root / "host_ed25519", "edgeprune-test-host")
     client_key = keygen(root / "client_ed25519", "edgeprune-test-client")
     (root / "authorized_keys").write_text((root / "client_ed25519.pub").read_text())
     os.chmod(root / "authorized_keys", 0o600)
-    remote_tmp = root / "remote-tmp"
-    remote_tmp.mkdir()
+    if remote_tmp is None:
+        remote_tmp = root / "remote-tmp"
+        remote_tmp.mkdir()
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
     port = free_port()

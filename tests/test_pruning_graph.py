@@ -127,20 +127,24 @@ def test_separable_conv_input_slices_depthwise_and_pointwise():
     assert sep.depthwise_kernel.shape == (3, 3, 4, 2) and sep.pointwise_kernel.shape == (1, 1, 8, 6)
 
 
-def test_grouped_conv_is_locked_and_groups_still_divide():
+def test_grouped_conv_prunes_whole_groups():
     L = K().layers
     i = K().Input((8, 8, 3))
     x = L.Conv2D(8, 1, name="a")(i)
-    x = L.Conv2D(8, 3, groups=4, name="g")(x)
+    x = L.ReLU()(x)
+    x = L.Conv2D(12, 3, groups=4, padding="same", name="g")(x)  # 2 inputs -> 3 outputs per group
     x = L.Conv2D(8, 1, name="b")(x)
     x = L.GlobalAveragePooling2D()(x)
     m = K().Model(i, L.Dense(2)(x))
     gs = groups_of(m)
-    assert "grouped Conv2D" in group_with(gs, "a").locked
-    assert group_with(gs, "b").locked is None
-    r = prune_model(m, ratio=0.5)
-    assert channels(r.model, "a") == 8 and channels(r.model, "g") == 8 and channels(r.model, "b") == 4
-    assert channels(r.model, "g") % r.model.get_layer("g").groups == 0
+    ga = group_with(gs, "a")
+    assert ga.locked is None and ga.size == 4 and ("g", 0, 0) in ga.tensors
+    assert ga.multiplicity[("a", 0, 0)] == 2 and ga.multiplicity[("g", 0, 0)] == 3
+    r = assert_exact(m, 0.5)
+    g = r.model.get_layer("g")
+    assert channels(r.model, "a") == 4 and g.filters == 6 and g.groups == 2
+    assert g.kernel.shape == (3, 3, 2, 6)
+    assert channels(r.model, "b") == 4
 
 
 def test_conv_with_one_output_channel_is_not_depthwise():

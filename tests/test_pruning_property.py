@@ -18,7 +18,7 @@ from pruning_helpers import kill_units, max_abs_diff, randomize_bn
 
 BLOCKS = ["conv", "conv_nobias", "depthwise", "depthwise_m2", "separable", "bn", "relu", "relu6",
           "maxpool", "avgpool", "residual", "concat", "se", "dropout", "pad", "dense_pointwise",
-          "upsample", "leaky", "prelu"]
+          "upsample", "leaky", "prelu", "grouped"]
 
 
 def _build(blocks, head, widths, seed):
@@ -73,6 +73,8 @@ def _build(blocks, head, widths, seed):
             s = L.Conv2D(max(2, c // 2), 1, activation="relu")(s)
             s = L.Conv2D(c, 1)(s)
             x = L.Multiply()([x, s])
+        elif b == "grouped" and c % 2 == 0:
+            x = L.Conv2D(c // 2 * 3, 3, groups=c // 2, padding="same")(x)
         elif b == "dropout":
             x = L.Dropout(0.3)(x)
         elif b == "pad":

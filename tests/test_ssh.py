@@ -60,10 +60,10 @@ def wait_until(predicate, timeout=20.0, step=0.05):
     return predicate()
 
 
-def runner_pid(server) -> int | None:
+def runner_pid(server, exclude=()) -> int | None:
     """PID of a runner whose working directory is inside the server's remote TMPDIR."""
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) in exclude:
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
@@ -78,6 +78,16 @@ def runner_pid(server) -> int | None:
 def parent_pid(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[1])
+
+
+def sshd_session_of(runner: int) -> int | None:
+    """The per-connection sshd process above a runner (runner <- sh <- sshd), if it is still there."""
+    try:
+        session = parent_pid(parent_pid(runner))
+        cmdline = Path(f"/proc/{session}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    return session if session > 1 and b"sshd" in cmdline else None
 
 
 def one_line_error(proc) -> str:
@@ -244,9 +254,8 @@ def test_dropped_connection_is_retried(server, models):
     try:
         pid = wait_until(lambda: runner_pid(server), timeout=60)
         assert pid
-        shell = parent_pid(pid)
-        session = parent_pid(shell)  # the per-connection sshd process
-        assert "sshd" in Path(f"/proc/{session}/cmdline").read_text()
+        session = sshd_session_of(pid)
+        assert session, "no sshd process above the runner"
         os.kill(session, signal.SIGKILL)
         out, err = proc.communicate(timeout=90)
     finally:
@@ -257,3 +266,113 @@ def test_dropped_connection_is_retried(server, models):
     assert json.loads(out)["devices"][0]["transport"]["attempts"] == 2
     # The orphaned first runner notices its closed stdin and its shell removes the directory.
     assert wait_until(lambda: remote_dirs(server) == [], timeout=15)
+
+
+def test_target_profile_connection_and_env_config(server, models, tmp_path):
+    """--target PROFILE uses connection.host/python and budgets; EDGEPRUNE_SSH_CONFIG replaces --ssh-config."""
+    profile = tmp_path / "testpi.yaml"
+    profile.write_text(
+        "name: testpi\ndescription: sshd on localhost\ncpu: any\narch: x86_64\ncores: 2\nthreads: 2\n"
+        "budgets:\n  max_latency_ms: 10000\n"
+        f"connection:\n  kind: ssh\n  host: {server.aliases[1]}\n  python: {PY}\n")
+    env = {**os.environ, "EDGEPRUNE_SSH_CONFIG": str(server.config)}
+    proc = subprocess.run([PY, "-m", "edgeprune", "bench", str(models["f32"]), "--target", str(profile),
+                           "--runs", "5", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["profile"] == "testpi" and doc["gate"] == {
+        "max_latency_ms": 10000.0, "max_accuracy_drop": None, "checked": True, "passed": True, "failures": []}
+    assert doc["devices"][0]["host"] == server.aliases[1]
+    assert [r["threads"] for r in doc["devices"][0]["results"]] == [2]
+
+
+@pytest.mark.parametrize("rc, stderr, expected", [
+    (97, "tar: runner.py: Cannot write: No space left on device\n", "out of disk space"),
+    (1, "OSError: [Errno 28] No space left on device\n", "out of disk space"),
+    (96, "mktemp: failed to create directory via template '/tmp/edgeprune.XXXXXXXX': Read-only file system\n",
+     "cannot create a temporary directory"),
+    (137, "", "killed by SIGKILL (out of memory"),
+    (139, "", "killed by SIGSEGV"),
+    (127, "", "python 'python3' not found"),
+    (1, "Traceback (most recent call last):\nValueError: boom\n", "exit code 1: Traceback"),
+])
+def test_remote_failure_lines(rc, stderr, expected):
+    """How exit codes and stderr from the device map onto one error line (texts as real tools print them)."""
+    from edgeprune.errors import DeviceError
+    from edgeprune.harness.remote import _remote_failure, parse_host
+
+    with pytest.raises(DeviceError) as err:
+        _remote_failure(parse_host("pi@rpi"), "python3", rc, "", stderr)
+    assert str(err.value).startswith("pi@rpi: ") and expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_ctrl_c_during_a_fleet_run(server, models, tmp_path):
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("".join(f"- host: {alias}\n  python: {PY}\n" for alias in server.aliases))
+    argv = [PY, "-m", "edgeprune", "bench", str(models["f32"]), "--fleet", str(fleet), "--runs", "1000000000",
+            "--ssh-config", str(server.config)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: len(remote_dirs(server)) == 2 and runner_pid(server), timeout=60)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert wait_until(lambda: remote_dirs(server) == [] and runner_pid(server) is None, timeout=15)
+
+
+def test_device_out_of_disk(models, tmp_path):
+    """TMPDIR of the remote sessions on a 16 KiB tmpfs: the upload fails with ENOSPC."""
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(full)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root); the ENOSPC mapping is covered by test_remote_failure_lines")
+    srv = None
+    try:
+        srv = sshd.start_sshd(tmp_path / "sshd-full", remote_tmp=full)
+        proc = cli(srv, models["int8"], "--host", srv.aliases[0], "--remote-python", PY, "--runs", "2")
+        assert proc.returncode == 1
+        assert "the device is out of disk space" in one_line_error(proc)
+        assert list(full.iterdir()) == []
+    finally:
+        if srv is not None:
+            srv.stop()
+        subprocess.run(["umount", str(full)], capture_output=True)
+
+
+def test_connection_dropped_every_time_is_reported(server, models):
+    """Each attempt loses its connection: after the bounded retries, one clear error."""
+    import threading
+
+    from edgeprune.errors import DeviceError
+    from edgeprune.harness.api import bench
+
+    outcome = {}
+
+    def run():
+        try:
+            bench(models["f32"], hosts=[server.aliases[0]], remote_python=PY, runs=1_000_000_000,
+                  ssh_config=str(server.config), retries=1)
+        except DeviceError as exc:
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    killed = set()
+    deadline = time.time() + 90
+    while worker.is_alive() and time.time() < deadline:
+        pid = runner_pid(server, exclude=killed)
+        session = sshd_session_of(pid) if pid else None
+        if session:
+            os.kill(session, signal.SIGKILL)  # drop this attempt's connection
+            killed.add(pid)
+        time.sleep(0.05)
+    worker.join(timeout=30)
+    assert len(killed) == 2
+    assert "the connection dropped during the run 2 times" in outcome.get("error", ""), outcome
+    assert wait_until(lambda: remote_dirs(server) == [] and runner_pid(server) is None, timeout=15)

@@ -79,3 +79,40 @@ def test_fold_logits_exact_on_trained_digits():
 
     np.testing.assert_allclose(logits_model(folded).predict(xv, verbose=0), logits_model(model).predict(xv, verbose=0),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_bn_recalibration_rescues_one_shot_pruning():
+    pytest.importorskip("edgeprune.pruning.api")
+    from edgeprune.pruning.api import prune_model
+    from edgeprune.training.bn_recal import recalibrate_batchnorm
+    from test_training_fixtures import acc, digits, train
+
+    from test_training_fixtures import small_cnn
+
+    x, _, xv, yv = digits()
+    model = train(small_cnn(bn=True), epochs=15)
+    pruned = prune_model(model, target_macs=0.5, criterion="l1").model
+    before = acc(pruned, xv, yv)
+    info = recalibrate_batchnorm(pruned, x[:512])
+    assert info["layers"] == ["bn1"] and info["samples"] == 512
+    bn = next(l for l in pruned.layers if l.name == "bn1")
+    feats = __import__("edgeprune._env", fromlist=["tf_keras"]).tf_keras().Model(pruned.inputs, bn.input).predict(x[:512], verbose=0)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), feats.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+    assert acc(pruned, xv, yv) >= before
+
+
+def test_stage_recalibrates_with_calibration_only():
+    pytest.importorskip("edgeprune.pruning.api")
+    from edgeprune.pruning.api import prune_model
+    from edgeprune.training.api import run_training_stage
+    from edgeprune.training.options import TrainingOptions
+    from test_training_fixtures import digits, trained_cnn
+
+    x, _, _, _ = digits()
+    original = trained_cnn(bn=True)
+    pruned = prune_model(original, ratio=0.5).model
+    stage = run_training_stage(pruned, TrainingOptions(), original=original, calibration=x[:256])
+    assert stage.report["recovery"]["method"] == "bn-recalibration"
+    assert stage.report["recovery"]["bn_recalibrated"] == ["bn1"]
+    off = run_training_stage(pruned, TrainingOptions(bn_recalibrate=False), original=original, calibration=x[:256])
+    assert off.model is pruned

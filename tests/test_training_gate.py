@@ -58,3 +58,19 @@ def test_budget_from_flag_or_profile():
     profile = load_profile("cortex-m7")
     assert gate_budget(TrainingOptions(max_accuracy_drop=2.0), profile) == 2.0
     assert gate_budget(TrainingOptions(), profile) == profile.budgets.max_accuracy_drop
+
+
+def test_stage_with_only_val_data_feeds_the_gate(tmp_path):
+    import numpy as np
+
+    from edgeprune.training.api import run_training_stage
+
+    _, _, xv, yv = digits()
+    path = tmp_path / "val.npz"
+    np.savez(path, x=xv, y=yv)
+    model = trained_cnn()
+    stage = run_training_stage(model, TrainingOptions(val_data=str(path)), original=model)
+    assert stage.model is model and stage.quantization is None and "recovery" not in stage.report
+    assert len(stage.validation) == len(xv)
+    with pytest.raises(InputError, match="--qat needs labelled training data"):
+        run_training_stage(model, TrainingOptions(val_data=str(path), qat=True), original=model)

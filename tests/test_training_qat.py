@@ -53,7 +53,7 @@ def test_unsupported_layer_stays_float_and_is_reported():
 
 
 def test_prune_preserving_qat_keeps_zeros():
-    from edgeprune.training.gradual import measure_sparsity, train_gradual
+    from edgeprune.training.gradual import train_gradual
     from edgeprune.training.options import TrainingOptions
 
     x, y, xv, yv = digits()

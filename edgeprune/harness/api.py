@@ -39,6 +39,8 @@ def _check_threads(threads) -> tuple[int, ...]:
 
 def _resolve_devices(profile, hosts: Iterable[str], fleet, remote_python) -> list[Device]:
     devices: list[Device] = []
+    if isinstance(hosts, str):
+        hosts = [hosts]
     for spec in hosts:
         devices.append(device_for(spec, python=remote_python))
     if fleet is not None:
@@ -91,6 +93,10 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     profile = load_profile(target) if target is not None else None
     if runs < 1 or warmup < 0 or min_duration_s < 0:
         raise InputError("--runs must be >= 1, --warmup >= 0, --min-duration >= 0")
+    if max_accuracy_drop is not None and max_accuracy_drop < 0:
+        raise InputError(f"--max-accuracy-drop: expected points >= 0, found {max_accuracy_drop:g}")
+    if max_latency_ms is not None and max_latency_ms <= 0:
+        raise InputError(f"--max-latency-ms: expected a positive number of ms, found {max_latency_ms:g}")
     threads = _check_threads(threads if threads else ((profile.threads,) if profile else (1,)))
     info = inspect_artifact(artifact)
     devices = _resolve_devices(profile, hosts, fleet, remote_python)

@@ -9,6 +9,7 @@ from typing import Callable
 import yaml
 
 from edgeprune.errors import EdgepruneError, InputError
+from edgeprune.harness.proc import cancel_all, reset_cancel
 from edgeprune.harness.remote import SshHost, parse_host
 
 LOCAL = "local"
@@ -94,7 +95,15 @@ def run_parallel(devices: list[Device], work: Callable[[Device], dict]) -> list[
         except EdgepruneError as exc:
             return device, None, str(exc)
 
+    reset_cancel()
     if len(devices) == 1:
         return [one(devices[0])]
     with ThreadPoolExecutor(max_workers=min(16, len(devices))) as pool:
-        return list(pool.map(one, devices))
+        futures = [pool.submit(one, d) for d in devices]
+        try:
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:
+            # Workers sit in ssh/subprocess waits the interrupt cannot reach: stop their
+            # children so they return (and clean up their remote directories), then re-raise.
+            cancel_all()
+            raise

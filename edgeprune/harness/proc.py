@@ -10,6 +10,28 @@ import threading
 from typing import Callable, IO
 
 
+_live: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+_cancelled = threading.Event()
+
+
+def cancel_all() -> None:
+    """Stop every running child (Ctrl-C during a parallel fleet run); no new retries after this."""
+    _cancelled.set()
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
+        _stop(proc)
+
+
+def reset_cancel() -> None:
+    _cancelled.clear()
+
+
+def cancelled() -> bool:
+    return _cancelled.is_set()
+
+
 def run_process(argv: list[str], *, feed: Callable[[IO[bytes]], None] | None = None,
                 on_stderr_line: Callable[[str], None] | None = None, cwd=None, env=None,
                 timeout: float | None = None) -> tuple[int, str, str]:
@@ -21,6 +43,8 @@ def run_process(argv: list[str], *, feed: Callable[[IO[bytes]], None] | None = N
     # the child in order (close stdin, terminate) instead of racing it.
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=cwd, env=env, start_new_session=True)
+    with _live_lock:
+        _live.add(proc)
     out_chunks: list[bytes] = []
     err_lines: list[str] = []
 
@@ -52,6 +76,8 @@ def run_process(argv: list[str], *, feed: Callable[[IO[bytes]], None] | None = N
         _stop(proc)
         raise
     finally:
+        with _live_lock:
+            _live.discard(proc)
         for t in threads[:2]:
             t.join(timeout=5)
         try:

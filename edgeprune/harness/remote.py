@@ -26,7 +26,7 @@ from typing import IO
 
 from edgeprune.errors import DeviceError, InputError
 from edgeprune.harness.jobs import RunRequest
-from edgeprune.harness.proc import run_process
+from edgeprune.harness.proc import cancelled, run_process
 from edgeprune.harness.results import decode_outputs, interpret, last_lines, parse_json_document
 
 DIR_MARKER = "EDGEPRUNE-DIR "
@@ -272,6 +272,8 @@ def run_remote(request: RunRequest, host: SshHost | str, *, python: str = "pytho
         ok = False
         try:
             rc, out, err = run.execute(request)
+            if cancelled():
+                raise DeviceError(f"{host.label}: interrupted")
             if rc == SSH_ERROR and run.remote_dir is None:
                 raise DeviceError(classify_ssh_failure(settings, host, err))
             if rc == SSH_ERROR and parse_json_document(out) is None:

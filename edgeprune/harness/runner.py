@@ -37,7 +37,7 @@ EXIT_BAD_JOB = 4
 
 INSTALL_HINT = (
     "install a TFLite runtime for {py}: `{py} -m pip install ai-edge-litert` "
-    "(64-bit Linux/macOS: x86_64, aarch64; on a Raspberry Pi this needs the 64-bit OS), "
+    "(wheels exist for x86_64 and aarch64 only: a Raspberry Pi needs the 64-bit OS), "
     "or `{py} -m pip install tflite-runtime` (older, numpy<2), or `{py} -m pip install tensorflow`"
 )
 
@@ -91,12 +91,32 @@ def _dist_version(dist, module):
         return str(getattr(module, "__version__", "unknown"))
 
 
-def find_runtime():
-    """Return (name, version, Interpreter class) of the first TFLite runtime that imports.
+NUMPY_ABI_MARKERS = ("_ARRAY_API", "NumPy 1.x", "multiarray failed to import")
+
+
+def _error_chain_text(exc):
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        parts.append("%s: %s" % (type(exc).__name__, exc))
+        exc = exc.__cause__ or exc.__context__
+    return " <- ".join(parts)
+
+
+def _numpy_abi_problem(dist, text):
+    numpy = import_numpy()
+    parts = [p for p in text.split(" <- ") if any(m in p for m in NUMPY_ABI_MARKERS)] or [text]
+    return ("%s is installed but was built for numpy 1.x and cannot run under numpy %s (%s)"
+            % (dist, numpy.__version__, parts[0].splitlines()[0][:200]))
+
+
+def find_runtime(probe=None):
+    """Return (name, version, Interpreter class) of the first TFLite runtime that works.
 
     Order: ai-edge-litert (current), tflite-runtime (legacy), TensorFlow (heavy). A runtime
-    that is installed but broken (tflite-runtime 2.14 under numpy 2 dies with
-    '_ARRAY_API not found') is reported as such instead of being skipped silently.
+    that is installed but broken is reported as such instead of being skipped silently:
+    tflite-runtime 2.14 imports fine under numpy 2 and only fails ('_ARRAY_API not found')
+    when it builds an interpreter, so ``probe`` (a model path) is loaded once to find out.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     problems = []
@@ -121,20 +141,24 @@ def find_runtime():
             missing = isinstance(exc, ImportError) and getattr(exc, "name", None) in (top, module_name)
             if missing:
                 continue
-            if "_ARRAY_API" in text or "NumPy 1.x" in text or "multiarray failed to import" in text:
-                numpy = import_numpy()
-                problems.append(
-                    "%s is installed but was built for numpy 1.x and cannot load under numpy %s "
-                    "(%s); use `pip install ai-edge-litert` or `pip install 'numpy<2'`"
-                    % (dist, numpy.__version__, text.splitlines()[0])
-                )
+            if any(marker in text for marker in NUMPY_ABI_MARKERS):
+                problems.append(_numpy_abi_problem(dist, text))
             else:
                 problems.append("%s is installed but failed to import (%s)" % (dist, text.splitlines()[0]))
             continue
+        if probe is not None:
+            try:
+                cls(model_path=probe)
+            except Exception as exc:  # a bad model is reported later, by load_interpreter
+                text = _error_chain_text(exc)
+                if any(marker in text for marker in NUMPY_ABI_MARKERS):
+                    problems.append(_numpy_abi_problem(dist, text))
+                    continue
         return dist, _dist_version(dist, sys.modules.get(top)), cls
     hint = INSTALL_HINT.format(py=sys.executable)
     if problems:
-        raise RunnerFailure("broken_runtime", "; ".join(problems) + "; or " + hint, EXIT_MISSING_DEPENDENCY)
+        raise RunnerFailure("broken_runtime", "; ".join(problems) + ": run `%s -m pip install ai-edge-litert` "
+                            "(or `pip install 'numpy<2'`)" % sys.executable, EXIT_MISSING_DEPENDENCY)
     raise RunnerFailure(
         "missing_runtime",
         "no TFLite runtime (ai_edge_litert, tflite_runtime or tensorflow) is importable; " + hint,
@@ -522,10 +546,10 @@ def watch_stdin():
 
 def run(job):
     numpy = import_numpy()
-    runtime, version, cls = find_runtime()
     artifact = job["artifact"]
     if not os.path.isfile(artifact):
         raise RunnerFailure("missing_artifact", "artifact %s not found on the device" % artifact)
+    runtime, version, cls = find_runtime(probe=artifact)
     threads_list = [int(t) for t in (job.get("threads") or [1])]
     log("runtime %s %s, numpy %s; artifact %s" % (runtime, version, numpy.__version__, artifact))
     result = {

@@ -93,6 +93,9 @@ def _report(graph, new, gs, keep, criterion, ratio, target_macs, used_ratio, not
                        "macs_before": b["macs"], "macs_after": a["macs"],
                        "params_before": b["params"], "params_after": a["params"]})
     locked = sorted({g.locked for g in gs.groups if g.locked and "model input" not in g.locked})
+    notes = list(notes)
+    if any(d is None for k in graph.inputs for d in graph.tensors[k].shape):
+        notes.append("the model input has unknown dimensions: MACs are counted per unknown position (1)")
     report = {
         "layers": layers,
         "macs_before": sum(v["macs"] for v in before.values()),
@@ -105,7 +108,7 @@ def _report(graph, new, gs, keep, criterion, ratio, target_macs, used_ratio, not
         "prunable_groups": len(gs.prunable),
         "pruned_groups": int(sum(1 for g in gs.prunable if not keep[g.units].all())),
         "locked": locked,
-        "notes": list(notes),
+        "notes": notes,
     }
     if target_macs is not None:
         report["target_macs"] = float(target_macs)

@@ -253,8 +253,7 @@ class ActivationStat(Criterion):
         """One tensor per prunable group: the output of an activation if there is one."""
         taps = []
         for g in gs.prunable:
-            candidates = [k for k in g.tensors if g.multiplicity.get(k, 1) == 1
-                          and gs.graph.layers[gs.graph.tensors[k].producer].calls == 1]
+            candidates = [k for k in g.tensors if gs.graph.layers[gs.graph.tensors[k].producer].calls == 1]
             act = [k for k in candidates if gs.graph.layers[gs.graph.tensors[k].producer].class_name
                    in ACTIVATION_LAYERS]
             prod = [k for k in candidates if gs.graph.tensors[k].producer in g.producers]

@@ -29,7 +29,9 @@ def layer_macs(node, g: LayerGraph, counts: dict) -> int:
     k = _kernel_size(node.config)
     if cls in rules.CONVS:
         groups = int(node.config.get("groups", 1) or 1)
-        return k * (cin // groups) * cout * out_sp
+        if groups > 1:  # whole groups are pruned: inputs per group stay as built
+            return k * (tin.width // groups) * cout * out_sp
+        return k * cin * cout * out_sp
     if cls in rules.CONV_T:
         return k * cin * cout * spatial_size(tin.shape)
     if cls in rules.DEPTHWISE:

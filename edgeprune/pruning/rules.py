@@ -91,10 +91,10 @@ def rule_kind(node: LayerNode, g: LayerGraph) -> tuple[str, str | None]:
     out = g.tensors[node.outputs[0]]
     rank = len(out.shape) + 1
     if cls in CONVS:
-        if int(cfg.get("groups", 1) or 1) > 1:
-            return "locked", f"grouped {cls} (groups={cfg['groups']})"
         if cfg.get("data_format", "channels_last") != "channels_last":
             return "locked", f"{cls} with channels_first"
+        if int(cfg.get("groups", 1) or 1) > 1:
+            return "grouped", None
         return "producer", None
     if cls in CONV_T | SEPARABLE | {"Dense"}:
         if cfg.get("data_format", "channels_last") not in (None, "channels_last"):
@@ -167,6 +167,14 @@ def couple_layer(node: LayerNode, g: LayerGraph, c: Coupler) -> None:
     out = outs[0]
     inp = g.tensors[node.inputs[0]]
     if kind == "producer":
+        return
+    if kind == "grouped":
+        # whole groups go: group k owns inputs [k*gi, (k+1)*gi) and outputs [k*go, (k+1)*go)
+        groups = int(node.config["groups"])
+        gi, go = inp.channels // groups, out.channels // groups
+        a, b = np.arange(inp.channels), np.arange(out.channels)
+        c.couple(inp.key, a, inp.key, (a // gi) * gi)
+        c.couple(out.key, b, inp.key, (b // go) * gi)
         return
     if kind == "depthwise":
         m = int(node.config.get("depth_multiplier", 1))
@@ -248,7 +256,11 @@ def new_config(node: LayerNode, cfg: dict, kept_in: list, kept_out: list, g: Lay
         return cfg
     cfg = dict(cfg)
     n = len(ko)
-    if cls in CONVS | CONV_T | SEPARABLE:
+    if cls in CONVS and int(cfg.get("groups", 1) or 1) > 1:
+        per_group = g.tensors[node.outputs[0]].channels // int(cfg["groups"])
+        cfg["filters"] = n
+        cfg["groups"] = n // per_group
+    elif cls in CONVS | CONV_T | SEPARABLE:
         cfg["filters"] = n
     elif cls == "Dense":
         cfg["units"] = n
@@ -271,6 +283,11 @@ def slice_weights(node: LayerNode, weights: list, kept_in: list, kept_out: list,
     if (ki is None and ko is None) or not weights:
         return weights
     w = list(weights)
+    if cls in CONVS and int(node.config.get("groups", 1) or 1) > 1:
+        w[0] = _take(w[0], ko, -1)  # whole groups removed: the per-group input slice is unchanged
+        if len(w) > 1:
+            w[1] = _take(w[1], ko, 0)
+        return w
     if cls in CONVS:
         w[0] = _take(_take(w[0], ki, -2), ko, -1)
         if len(w) > 1:

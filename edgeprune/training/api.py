@@ -40,8 +40,11 @@ def _as_split(data, name: str) -> Split | None:
 
 def recover(student, *, teacher=None, train, val=None, epochs: int = 10, distill: bool = False,
             temperature: float = 4.0, alpha: float = 0.5, batch_size: int = 32, learning_rate: float = 1e-3,
-            lr_schedule: str = "cosine", patience: int = 3, seed: int = 0, output: Output | None = None):
+            lr_schedule: str = "cosine", patience: int = 3, seed: int = 0, recalibrate_bn: bool = True,
+            output: Output | None = None):
     """Recover a pruned model's accuracy by fine-tuning or distillation; returns the new model.
+
+    BatchNorm statistics are first re-estimated on ``train`` inputs (``recalibrate_bn``).
 
     ``train``/``val`` are ``(x, y)`` (y may be None: label-free distillation, needs ``teacher``)
     or bare ``x`` arrays. ``distill`` needs ``teacher`` (normally the unpruned model).
@@ -55,6 +58,8 @@ def recover(student, *, teacher=None, train, val=None, epochs: int = 10, distill
         check_against_model(val_s, student, "val")
         if train_s.y is None:
             val_s = Split(val_s.x, None, val_s.source)
+    if recalibrate_bn:
+        student = _recalibrated(student, train_s.x, [])
     settings = FitSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                            lr_schedule=lr_schedule, patience=patience, seed=seed,
                            label="distill" if distill or train_s.y is None else "fine-tune")
@@ -86,7 +91,8 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
       to ``model`` when this stage does the pruning.
     - ``prune_kwargs``: ``ratio`` or ``target_macs`` plus criterion/round_to/min_channels/
       data/labels/protect/seed for :func:`edgeprune.pruning.api.prune_model`.
-    - ``calibration``: images used for label-free distillation when there is no --train-data.
+    - ``calibration``: inputs used, when there is no --train-data, to re-estimate BatchNorm
+      statistics after pruning and (with --distill) for label-free distillation.
     """
     from edgeprune.training.data import resolve
     from edgeprune.training.finetune import FitSettings
@@ -98,18 +104,30 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
     report: dict = {}
     use_calibration = calibration if options.distill else None
     data = resolve(options, teacher, calibration=use_calibration, scale=scale)
+    trainable = data if data is not None and data.train is not None else None
     if data is not None:
-        report["data"] = {"train_samples": len(data.train), "val_samples": len(data.val) if data.val else 0,
-                          "labels": data.task, "source": data.train.source}
-    needs_labels = [flag for flag, on in (("--qat", options.qat), ("--gradual-sparsity/--sparsity-m-by-n", options.wants_sparsity)) if on]
-    if needs_labels and (data is None or data.train.y is None):
-        raise InputError(f"{needs_labels[0]} needs labelled training data: pass --train-data (a .npz with x and y, or a class-folder image directory)")
+        report["data"] = {"train_samples": len(data.train) if data.train else 0,
+                          "val_samples": len(data.val) if data.val else 0, "labels": data.task,
+                          "source": (data.train or data.val).source}
+    labelled = trainable is not None and trainable.train.y is not None
+    for flag, wanted in (("--qat", options.qat), ("--gradual-sparsity/--sparsity-m-by-n", options.wants_sparsity)):
+        if wanted and not labelled:
+            raise InputError(f"{flag} needs labelled training data: pass --train-data (a .npz with x and y, "
+                             "or a class-folder image directory)")
+    if options.iterative_steps > 1 and trainable is None:
+        output.warn("--iterative-steps without --train-data (or --distill with calibration images): "
+                    "steps are not fine-tuned in between, so this equals one-shot pruning")
     settings = FitSettings.from_options(options, label="distill" if options.distill else "fine-tune")
 
+    recal_x = trainable.train.x if trainable is not None else calibration
+    recal_log: list = []
+
     def recover_fn(m):
-        if data is None or options.finetune_epochs <= 0:
+        if options.bn_recalibrate and recal_x is not None:
+            m = _recalibrated(m, recal_x, recal_log)
+        if trainable is None or options.finetune_epochs <= 0:
             return m
-        return _recover(m, teacher, data, options.distill, options.distill_temperature, options.distill_alpha,
+        return _recover(m, teacher, trainable, options.distill, options.distill_temperature, options.distill_alpha,
                         settings, output)[0]
 
     pruned_report = None
@@ -126,17 +144,16 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
 
             result = prune_model(model, ratio=ratio, target_macs=target, **kwargs)
             model, pruned_report = recover_fn(result.model), result.report
-        report["recovery"] = _recovery_summary(options, data)
-    elif original is not None and original is not model and data is not None and options.finetune_epochs > 0:
+        report["recovery"] = _recovery_summary(options, trainable, recal_log)
+    elif original is not None and original is not model and (trainable is not None or recal_x is not None):
         model = recover_fn(model)
-        report["recovery"] = _recovery_summary(options, data)
+        report["recovery"] = _recovery_summary(options, trainable, recal_log)
     if options.wants_sparsity:
         from edgeprune.training.gradual import sparsity_report, train_gradual
 
         dense = model
-        with output.progress("gradual pruning (tfmot)"):
-            model, sparse = train_gradual(model, data.train, data.val, task=data.task, options=options, output=output)
-        sparse["target"] = sparsity_report(dense, model, data.val.x if data.val else data.train.x)
+        model, sparse = train_gradual(model, trainable.train, trainable.val, task=trainable.task, options=options, output=output)
+        sparse["target"] = sparsity_report(dense, model, trainable.train.x)
         sparse.pop("history", None)
         report["sparsity"] = sparse
     quantization = None
@@ -145,9 +162,8 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
 
         qat_settings = FitSettings.from_options(options, label="QAT",
                                                 epochs=options.qat_epochs or max(1, min(options.finetune_epochs, 5)))
-        with output.progress("quantization-aware training"):
-            model, qat_report = train_qat(model, data.train, data.val, task=data.task, settings=qat_settings,
-                                          prune_preserve=options.wants_sparsity, output=output)
+        model, qat_report = train_qat(model, trainable.train, trainable.val, task=trainable.task, settings=qat_settings,
+                                      prune_preserve=options.wants_sparsity, output=output)
         qat_report.pop("history", None)
         report["qat"] = qat_report
         quantization = "int8"
@@ -158,11 +174,25 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
                        pruned_report=pruned_report)
 
 
-def _recovery_summary(options, data) -> dict:
+def _recalibrated(model, x, log: list):
+    """A copy of ``model`` with BatchNorm statistics re-estimated on up to 1024 inputs of ``x``."""
+    from edgeprune.training._models import copy_model
+    from edgeprune.training.bn_recal import recalibrate_batchnorm
+
+    if not any(type(layer).__name__ == "BatchNormalization" for layer in model.layers):
+        return model
+    model = copy_model(model)
+    log.append(recalibrate_batchnorm(model, np.asarray(x)[:1024]))
+    return model
+
+
+def _recovery_summary(options, data, recal_log=()) -> dict:
+    bn = {"bn_recalibrated": recal_log[-1]["layers"], "bn_samples": recal_log[-1]["samples"]} if recal_log else {}
     if data is None or options.finetune_epochs <= 0:
-        return {"method": "none", "why": "no training data" if data is None else "--finetune-epochs 0"}
+        why = "no training data" if data is None else "--finetune-epochs 0"
+        return {"method": "bn-recalibration" if recal_log else "none", "why": why, **bn}
     method = "distillation" if options.distill or data.train.y is None else "fine-tuning"
-    out = {"method": method, "epochs": options.finetune_epochs, "labelled": data.train.y is not None}
+    out = {"method": method, "epochs": options.finetune_epochs, "labelled": data.train.y is not None, **bn}
     if method == "distillation":
         out.update(temperature=options.distill_temperature, alpha=options.distill_alpha)
     return out

@@ -195,7 +195,7 @@ def _compatible(found, expected) -> bool:
 
 @dataclass
 class TrainingData:
-    train: Split
+    train: Split | None  # None: only --val-data was given (gate only)
     val: Split | None
     task: str
 
@@ -204,8 +204,14 @@ def resolve(options, model, *, calibration: np.ndarray | None = None, scale=(0.0
     """Training/validation splits for ``options`` checked against ``model``.
 
     With no ``train_data`` but calibration images, returns unlabelled data for label-free
-    distillation. Returns None when there is nothing to train on.
+    distillation; with only ``val_data``, returns validation data alone (``train`` None).
+    Returns None when no data was given.
     """
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise InputError(
+            f"training needs a single-input, single-output model; '{model.name}' has "
+            f"{len(model.inputs)} inputs and {len(model.outputs)} outputs"
+        )
     in_shape = tuple(model.inputs[0].shape[1:])
     if options.train_data:
         train = load_source(options.train_data, input_shape=in_shape, scale=scale, flag="--train-data")
@@ -213,8 +219,9 @@ def resolve(options, model, *, calibration: np.ndarray | None = None, scale=(0.0
             val = load_source(options.val_data, input_shape=in_shape, scale=scale, flag="--val-data")
         else:
             train, val = split(train, options.val_split, options.seed)
-    elif options.val_data:
-        raise InputError("--val-data needs --train-data too (or use --val-split with one source)")
+    elif options.val_data:  # validation only: enough for the accuracy gate, nothing to train on
+        val = load_source(options.val_data, input_shape=in_shape, scale=scale, flag="--val-data")
+        return TrainingData(None, val, check_against_model(val, model, "--val-data"))
     elif calibration is not None:
         x = np.asarray(calibration, dtype=np.float32)
         train, val = split(Split(x, None, "calibration data"), options.val_split, options.seed)

@@ -95,9 +95,12 @@ def _distiller_class():
 
         def train_step(self, data):
             x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+            replicas = tf_.distribute.get_strategy().num_replicas_in_sync
             with tf_.GradientTape() as tape:
                 s, loss = self._step_loss(x, y, True)
-            grads = tape.gradient(loss, self.student.trainable_variables)
+                # gradients are summed over replicas: scale the per-replica mean to the global batch
+                scaled = loss / replicas
+            grads = tape.gradient(scaled, self.student.trainable_variables)
             self.optimizer.apply_gradients(zip(grads, self.student.trainable_variables))
             return self._update(y, s, loss)
 

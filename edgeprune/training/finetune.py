@@ -93,7 +93,11 @@ def make_optimizer(settings: FitSettings, steps_per_epoch: int):
 
 
 class _Progress:
-    """Builds the Keras callback that reports each epoch through ``Output``."""
+    """Builds the Keras callback that shows training progress through ``Output``.
+
+    A progress bar (one step per epoch, loss and validation accuracy in its description)
+    while training runs, one summary line at the end, and every epoch with ``-v``.
+    """
 
     @staticmethod
     def make(output: Output, label: str, epochs: int):
@@ -102,13 +106,34 @@ class _Progress:
         keras = tf_keras()
 
         class ProgressCallback(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self._ctx = None
+                self._handle = None
+                self._last = ""
+
+            def on_train_begin(self, logs=None):
+                self._ctx = output.progress(f"{label}: epoch 0/{epochs}", total=epochs)
+                self._handle = self._ctx.__enter__()
+
             def on_epoch_end(self, epoch, logs=None):
                 logs = logs or {}
-                parts = [f"{label} epoch {epoch + 1}/{epochs}"]
+                parts = [f"{label}: epoch {epoch + 1}/{epochs}"]
                 for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
                     if key in logs:
                         parts.append(f"{key} {float(logs[key]):.4f}")
-                output.info("  ".join(parts))
+                self._last = "  ".join(parts)
+                output.debug(self._last)
+                if self._handle is not None:
+                    self._handle.update(self._last)
+                    self._handle.advance()
+
+            def on_train_end(self, logs=None):
+                if self._ctx is not None:
+                    self._ctx.__exit__(None, None, None)
+                    self._ctx = self._handle = None
+                if self._last:
+                    output.info(self._last)
 
         return ProgressCallback()
 

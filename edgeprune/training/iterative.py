@@ -44,6 +44,7 @@ def iterative_prune(model, *, steps: int, recover: Callable | None, ratio: float
     current, macs_original, macs_current = model, None, None
     rows = []
     last = None
+    first_layers: dict = {}
     for index, target in enumerate(targets, start=1):
         if "macs_fraction" in target:
             if macs_original is None:
@@ -58,6 +59,7 @@ def iterative_prune(model, *, steps: int, recover: Callable | None, ratio: float
             last = prune_model(current, ratio=target["ratio"], **prune_kwargs)
         if macs_original is None:
             macs_original = last.report["macs_before"]
+            first_layers = {row["name"]: row for row in last.report.get("layers", [])}
         macs_current = last.report["macs_after"]
         current = last.model
         row = {"step": index, "macs": macs_current, "macs_fraction": macs_current / macs_original,
@@ -77,6 +79,7 @@ def iterative_prune(model, *, steps: int, recover: Callable | None, ratio: float
         raise InputError("iterative pruning made no step: the target keeps all MACs")
     report = dict(last.report)
     report["macs_before"] = macs_original
+    report["layers"] = [_against_original(row, first_layers.get(row["name"])) for row in last.report.get("layers", [])]
     report["iterative_steps"] = rows
     report["params_before"] = int(model.count_params())
     if target_macs is not None:
@@ -84,3 +87,13 @@ def iterative_prune(model, *, steps: int, recover: Callable | None, ratio: float
     if ratio is not None:
         report["ratio"] = float(ratio)
     return current, report
+
+
+def _against_original(row: dict, first: dict | None) -> dict:
+    """A layer row whose *_before values are the original model's, not the last step's input."""
+    row = dict(row)
+    if first is not None:
+        for key in ("channels_before", "macs_before", "params_before"):
+            if key in first:
+                row[key] = first[key]
+    return row

@@ -26,6 +26,7 @@ class TrainingOptions(BaseModel):
     learning_rate: float = Field(default=1e-3, gt=0.0)
     lr_schedule: Literal["cosine", "plateau"] = "cosine"
     patience: int = Field(default=3, ge=1)
+    bn_recalibrate: bool = True
     distill: bool = False
     distill_temperature: float = Field(default=4.0, gt=0.0)
     distill_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -107,6 +108,7 @@ _FLAGS = [
     (click.option("--batch-size", type=int, help="Training batch size [32]."), "batch_size"),
     (click.option("--learning-rate", type=float, help="Adam learning rate [1e-3]."), "learning_rate"),
     (click.option("--lr-schedule", type=click.Choice(["cosine", "plateau"]), help="Learning-rate schedule [cosine]."), "lr_schedule"),
+    (click.option("--bn-recalibrate/--no-bn-recalibrate", default=None, help="Re-estimate BatchNorm statistics after pruning from training or calibration inputs [on]."), "bn_recalibrate"),
     (click.option("--distill/--no-distill", default=None, help="Distil from the unpruned model while fine-tuning."), "distill"),
     (click.option("--distill-temperature", type=float, metavar="T", help="Distillation temperature [4]."), "distill_temperature"),
     (click.option("--distill-alpha", type=float, metavar="A", help="Weight of the hard-label loss; 1-A weighs the teacher term [0.5]."), "distill_alpha"),

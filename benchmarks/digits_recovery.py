@@ -1,0 +1,151 @@
+"""Benchmark: how much accuracy pruning costs on sklearn digits, and how much training recovers.
+
+Small CNN (conv16-BN-conv32-BN-pool-conv32-BN-GAP-dense10) on the 8x8 digits; splits are
+60% train / 20% validation (early stopping, distillation, gate) / 20% test (reported).
+For each seed: the dense baseline; at 2x and 4x MAC reduction one-shot, fine-tuned,
+fine-tuned with distillation and iterative pruning (3 steps); at 4x every importance
+criterion one-shot and fine-tuned; int8 PTQ vs QAT. Prints a Markdown table with
+mean +- std over the seeds. Not a test: run once, e.g.
+
+    /work/venv/bin/python benchmarks/digits_recovery.py --seeds 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+import edgeprune._env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+CRITERIA = ("l1", "l2", "bn", "taylor", "mean_activation", "apoz", "random")
+
+
+def load(seed: int):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[..., None]
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], y[order]
+    a, b = int(0.6 * len(x)), int(0.8 * len(x))
+    return (x[:a], y[:a]), (x[a:b], y[a:b]), (x[b:], y[b:])
+
+
+def build(seed: int):
+    from edgeprune._env import tf, tf_keras
+
+    tf().random.set_seed(seed)
+    k = tf_keras()
+    inp = k.Input((8, 8, 1))
+    x = inp
+    for i, (filters, pool) in enumerate(((16, False), (32, True), (32, False))):
+        x = k.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i + 1}")(x)
+        x = k.layers.BatchNormalization(name=f"bn{i + 1}")(x)
+        x = k.layers.ReLU(name=f"relu{i + 1}")(x)
+        if pool:
+            x = k.layers.MaxPooling2D(name=f"pool{i + 1}")(x)
+    x = k.layers.GlobalAveragePooling2D(name="gap")(x)
+    out = k.layers.Dense(10, activation="softmax", name="dense")(x)
+    return k.Model(inp, out)
+
+
+def accuracy(model, data) -> float:
+    x, y = data
+    return float(np.mean(model.predict(x, batch_size=256, verbose=0).argmax(axis=1) == y)) * 100.0
+
+
+def run_seed(seed: int, epochs: int, ft_epochs: int, out) -> dict:
+    from edgeprune._env import tf, tf_keras
+    from edgeprune.pruning.api import prune_model
+    from edgeprune.training._tflite import accuracy as tfl_acc, run_tflite, to_tflite
+    from edgeprune.training.api import recover
+    from edgeprune.training.finetune import FitSettings
+    from edgeprune.training.iterative import iterative_prune
+    from edgeprune.training.qat import train_qat
+    from edgeprune.training.data import Split
+
+    tf().random.set_seed(seed)
+    np.random.seed(seed)
+    train, val, test = load(seed)
+    k = tf_keras()
+    base = build(seed)
+    # fixed epochs: with BatchNorm the early validation accuracy is noisy, early stopping quits too soon
+    base.compile(k.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    base.fit(*train, epochs=epochs, batch_size=32, verbose=0)
+    res = {"dense": accuracy(base, test)}
+    calib = train[0][:256], train[1][:256]
+    common = dict(train=train, val=val, epochs=ft_epochs, batch_size=32, learning_rate=1e-3, patience=4,
+                  seed=seed, output=out)
+
+    def prune(model, target, criterion="l1"):
+        return prune_model(model, target_macs=target, criterion=criterion, data=calib[0], labels=calib[1], seed=seed)
+
+    for label, target in (("2x", 0.5), ("4x", 0.25)):
+        one = prune(base, target)
+        res[f"{label} MACs kept"] = 100.0 * one.report["macs_after"] / one.report["macs_before"]
+        res[f"{label} one-shot"] = accuracy(one.model, test)
+        res[f"{label} fine-tuned"] = accuracy(recover(one.model, **common), test)
+        kd = recover(one.model, teacher=base, distill=True, temperature=4.0, alpha=0.5, **common)
+        res[f"{label} fine-tuned+KD"] = accuracy(kd, test)
+        step_common = dict(common, epochs=max(2, ft_epochs // 2))
+        it, _ = iterative_prune(base, steps=3, target_macs=target,
+                                prune_kwargs=dict(criterion="l1", data=calib[0], labels=calib[1], seed=seed),
+                                recover=lambda m: recover(m, teacher=base, distill=True, **step_common), output=out)
+        it = recover(it, teacher=base, distill=True, **common)
+        res[f"{label} iterative(3)+KD"] = accuracy(it, test)
+        if label == "2x":
+            kd_2x = kd
+        print(f"  seed {seed} {label} done", file=sys.stderr, flush=True)
+    for crit in CRITERIA:
+        one = prune(base, 0.25, crit)
+        res[f"4x {crit} one-shot"] = accuracy(one.model, test)
+        res[f"4x {crit} fine-tuned"] = accuracy(recover(one.model, **common), test)
+    print(f"  seed {seed} criteria done", file=sys.stderr, flush=True)
+    for label, model in (("dense", base), ("2x+KD", kd_2x)):
+        ptq = to_tflite(model, "int8", representative=train[0][:200])
+        res[f"int8 PTQ ({label})"] = 100.0 * tfl_acc(run_tflite(ptq, test[0]), test[1])
+        qat_model, _ = train_qat(model, Split(*train, "train"), Split(*val, "val"), task="sparse",
+                                 settings=FitSettings(epochs=max(2, ft_epochs // 3), batch_size=32, learning_rate=2e-4,
+                                                      patience=3, seed=seed, label="QAT"), output=out)
+        qat = to_tflite(qat_model, "int8", representative=train[0][:200])
+        res[f"int8 QAT ({label})"] = 100.0 * tfl_acc(run_tflite(qat, test[0]), test[1])
+    return res
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=30, help="baseline training epochs")
+    parser.add_argument("--finetune-epochs", type=int, default=12)
+    parser.add_argument("--json", dest="json_path", help="also write the raw per-seed numbers here")
+    args = parser.parse_args(argv)
+    from edgeprune.console import Output
+
+    out = Output(quiet=True)
+    start = time.time()
+    runs = []
+    for seed in range(args.seeds):
+        runs.append(run_seed(seed, args.epochs, args.finetune_epochs, out))
+        print(f"seed {seed} finished after {time.time() - start:.0f}s", file=sys.stderr, flush=True)
+    keys = list(runs[0])
+    dense = np.array([r["dense"] for r in runs])
+    print(f"\n### digits recovery benchmark ({args.seeds} seeds, test-set accuracy %, mean ± std)\n")
+    print("| setting | accuracy % | Δ vs dense (points) |")
+    print("|---|---|---|")
+    for key in keys:
+        vals = np.array([r[key] for r in runs])
+        delta = "" if key == "dense" or "MACs kept" in key else f"{np.mean(vals - dense):+.2f}"
+        print(f"| {key} | {vals.mean():.2f} ± {vals.std():.2f} | {delta} |")
+    print(f"\n(total {time.time() - start:.0f}s)")
+    if args.json_path:
+        with open(args.json_path, "w") as fh:
+            json.dump(runs, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
