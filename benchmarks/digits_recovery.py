@@ -4,7 +4,8 @@ Small CNN (conv16-BN-conv32-BN-pool-conv32-BN-GAP-dense10) on the 8x8 digits; sp
 60% train / 20% validation (early stopping, distillation, gate) / 20% test (reported).
 For each seed: the dense baseline; at 2x and 4x MAC reduction one-shot, fine-tuned,
 fine-tuned with distillation and iterative pruning (3 steps); at 4x every importance
-criterion one-shot and fine-tuned; int8 PTQ vs QAT. Prints a Markdown table with
+criterion one-shot (raw, and with BatchNorm statistics re-estimated on 256 unlabelled
+training inputs) and fine-tuned (fine-tuning includes the BN re-estimation); int8 PTQ vs QAT. Prints a Markdown table with
 mean +- std over the seeds. Not a test: run once, e.g.
 
     /work/venv/bin/python benchmarks/digits_recovery.py --seeds 3
@@ -65,8 +66,9 @@ def run_seed(seed: int, epochs: int, ft_epochs: int, out) -> dict:
     from edgeprune.training.api import recover
     from edgeprune.training.finetune import FitSettings
     from edgeprune.training.iterative import iterative_prune
-    from edgeprune.training.qat import train_qat
+    from edgeprune.training.bn_recal import recalibrate_batchnorm
     from edgeprune.training.data import Split
+    from edgeprune.training.qat import train_qat
 
     tf().random.set_seed(seed)
     np.random.seed(seed)
@@ -88,6 +90,7 @@ def run_seed(seed: int, epochs: int, ft_epochs: int, out) -> dict:
         one = prune(base, target)
         res[f"{label} MACs kept"] = 100.0 * one.report["macs_after"] / one.report["macs_before"]
         res[f"{label} one-shot"] = accuracy(one.model, test)
+        res[f"{label} one-shot+BN recal"] = _recal_acc(one.model, calib[0], test, recalibrate_batchnorm)
         res[f"{label} fine-tuned"] = accuracy(recover(one.model, **common), test)
         kd = recover(one.model, teacher=base, distill=True, temperature=4.0, alpha=0.5, **common)
         res[f"{label} fine-tuned+KD"] = accuracy(kd, test)
@@ -103,6 +106,7 @@ def run_seed(seed: int, epochs: int, ft_epochs: int, out) -> dict:
     for crit in CRITERIA:
         one = prune(base, 0.25, crit)
         res[f"4x {crit} one-shot"] = accuracy(one.model, test)
+        res[f"4x {crit} one-shot+BN recal"] = _recal_acc(one.model, calib[0], test, recalibrate_batchnorm)
         res[f"4x {crit} fine-tuned"] = accuracy(recover(one.model, **common), test)
     print(f"  seed {seed} criteria done", file=sys.stderr, flush=True)
     for label, model in (("dense", base), ("2x+KD", kd_2x)):
@@ -114,6 +118,15 @@ def run_seed(seed: int, epochs: int, ft_epochs: int, out) -> dict:
         qat = to_tflite(qat_model, "int8", representative=train[0][:200])
         res[f"int8 QAT ({label})"] = 100.0 * tfl_acc(run_tflite(qat, test[0]), test[1])
     return res
+
+
+def _recal_acc(model, x, test, recalibrate) -> float:
+    """Accuracy after re-estimating BN statistics (on a copy: the pruned model is reused)."""
+    from edgeprune.training._models import copy_model
+
+    model = copy_model(model)
+    recalibrate(model, x)
+    return accuracy(model, test)
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,7 @@ that needs TensorFlow imports it through :func:`tf` so the order can never go wr
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -26,13 +27,35 @@ def set_verbose(verbose: bool) -> None:
         os.environ["ABSL_MIN_LOG_LEVEL"] = "0"
 
 
+@contextlib.contextmanager
+def _silenced_stderr_fd():
+    """Hide C++ log lines (absl, oneDNN, cudart) that TF writes to fd 2 before its log level applies."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable fd 2 (embedded interpreters)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def tf():
     """Import TensorFlow with legacy Keras and quiet logs; return the module."""
     if not _verbose:
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
-    import tensorflow as _tf
+    if _verbose:
+        import tensorflow as _tf
+    else:
+        with _silenced_stderr_fd():
+            import tensorflow as _tf
 
     if not _verbose:
         _tf.get_logger().setLevel(logging.ERROR)

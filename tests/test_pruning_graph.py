@@ -411,3 +411,16 @@ def test_shared_layer_is_locked():
     assert "shared layer" in group_with(gs, "a").locked
     r = prune_model(m, ratio=0.5)
     assert channels(r.model, "b") == 2
+
+
+def test_tf_op_with_constant_array_is_locked():
+    L = K().layers
+    i = K().Input((8, 8, 3))
+    a = L.Conv2D(4, 3, padding="same", name="a")(i)
+    x = a * np.array([1.0, 2.0, 3.0, 4.0], dtype="float32")
+    x = L.Conv2D(4, 1, name="b")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    m = K().Model(i, L.Dense(2)(x))
+    assert "constant" in (group_with(groups_of(m), "a").locked or "")
+    r = prune_model(m, ratio=0.5)
+    assert channels(r.model, "a") == 4 and channels(r.model, "b") == 2

@@ -5,7 +5,6 @@ squeeze-and-excitation, flatten/dense heads) get some channels of every group ze
 pruned model must match the original within float tolerance and really be smaller.
 """
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

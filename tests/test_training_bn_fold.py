@@ -85,9 +85,8 @@ def test_bn_recalibration_rescues_one_shot_pruning():
     pytest.importorskip("edgeprune.pruning.api")
     from edgeprune.pruning.api import prune_model
     from edgeprune.training.bn_recal import recalibrate_batchnorm
-    from test_training_fixtures import acc, digits, train
-
-    from test_training_fixtures import small_cnn
+    from edgeprune._env import tf_keras
+    from test_training_fixtures import acc, digits, small_cnn, train
 
     x, _, xv, yv = digits()
     model = train(small_cnn(bn=True), epochs=15)
@@ -96,7 +95,7 @@ def test_bn_recalibration_rescues_one_shot_pruning():
     info = recalibrate_batchnorm(pruned, x[:512])
     assert info["layers"] == ["bn1"] and info["samples"] == 512
     bn = next(l for l in pruned.layers if l.name == "bn1")
-    feats = __import__("edgeprune._env", fromlist=["tf_keras"]).tf_keras().Model(pruned.inputs, bn.input).predict(x[:512], verbose=0)
+    feats = tf_keras().Model(pruned.inputs, bn.input).predict(x[:512], verbose=0)
     np.testing.assert_allclose(bn.moving_mean.numpy(), feats.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
     assert acc(pruned, xv, yv) >= before
 

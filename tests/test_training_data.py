@@ -168,3 +168,18 @@ def test_flags_override_recipe(tmp_path):
     assert TrainingOptions.model_validate_json(plain.output) == TrainingOptions()
     bad = CliRunner().invoke(cmd, ["--sparsity-m-by-n", "2-4"])
     assert isinstance(bad.exception, InputError) and "M:N" in str(bad.exception)
+
+
+def test_decorator_with_context_and_other_options(tmp_path):
+    @click.command()
+    @click.argument("model")
+    @training_options
+    @click.option("--json", "json_mode", is_flag=True)
+    @click.pass_context
+    def cmd(ctx, model, training, json_mode):
+        click.echo(f"{model} {json_mode} {training.finetune_epochs} {training.qat}")
+
+    result = CliRunner().invoke(cmd, ["m.keras", "--qat", "--json", "--finetune-epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "m.keras True 2 True"
+    assert "--sparsity-m-by-n" in CliRunner().invoke(cmd, ["--help"]).output

@@ -25,14 +25,14 @@ def _parse_per_layer(items) -> dict:
     return out
 
 
-def _load_data(src: str, model, num_samples: int | None = 256):
+def _load_data(src: str, model, num_samples: int | None = 256, seed: int = 0):
     """Calibration arrays (x, y or None) via edgeprune.datasets, else plain .npy/.npz."""
     try:
         from edgeprune.datasets import load_arrays
     except ModuleNotFoundError:
         load_arrays = None
     if load_arrays is not None:
-        return load_arrays(src, input_shape=tuple(model.input_shape[1:]), num_samples=num_samples)
+        return load_arrays(src, input_shape=tuple(model.input_shape), num_samples=num_samples, seed=seed)
     import numpy as np
 
     path = Path(src)
@@ -53,7 +53,7 @@ def _load_data(src: str, model, num_samples: int | None = 256):
 def _render(out, report: dict) -> None:
     rows = []
     for layer in report["layers"]:
-        changed = layer["channels_before"] != layer["channels_after"] or layer["macs_before"] != layer["macs_after"]
+        changed = layer["channels_before"] != layer["channels_after"]
         rows.append((layer["name"], layer["class_name"],
                      f"{layer['channels_before']} -> {layer['channels_after']}" if changed else layer["channels_before"],
                      f"{layer['macs_before']:,}", f"{layer['macs_after']:,}",
@@ -84,6 +84,8 @@ def _render(out, report: dict) -> None:
 @click.option("--protect", multiple=True, metavar="REGEX", help="Layers (name or regex) whose outputs stay intact.")
 @click.option("--per-layer", multiple=True, metavar="NAME_OR_REGEX=R", help="Ratio for matching layers.")
 @click.option("--global-ranking", is_flag=True, help="Rank channels across groups (max 90% of any group).")
+@click.option("--max-ratio", type=float, default=0.9, show_default=True,
+              help="With --global-ranking: never remove more than this fraction of one group.")
 @click.option("--round-to", type=int, help="Round remaining channels down to a multiple of N (default: profile).")
 @click.option("--min-channels", type=int, help="Never keep fewer channels than N (default: profile).")
 @click.option("--target", "target", help="Device profile (name or YAML) for round_to/min_channels.")
@@ -94,7 +96,7 @@ def _render(out, report: dict) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output .keras/.h5 file.")
 @json_option
 @click.pass_context
-def prune_command(ctx, model, ratio, target_macs, criterion, protect, per_layer, global_ranking, round_to,
+def prune_command(ctx, model, ratio, target_macs, criterion, protect, per_layer, global_ranking, max_ratio, round_to,
                   min_channels, target, data, seed, custom_objects, unsafe, output, json_mode):
     """Remove whole filters, channels and neurons from MODEL and write a smaller model to -o."""
     out = get_output(ctx, json_mode)
@@ -129,10 +131,11 @@ def prune_command(ctx, model, ratio, target_macs, criterion, protect, per_layer,
     x = y = None
     if data:
         with out.progress(f"loading data {data}"):
-            x, y = _load_data(data, loaded.model)
+            x, y = _load_data(data, loaded.model, seed=seed)
     with out.progress("analysing channel groups and pruning"):
         result = prune_model(loaded.model, ratio=ratio, target_macs=target_macs, criterion=criterion,
                              protect=tuple(protect), per_layer=per or None, global_ranking=global_ranking,
+                             max_ratio=max_ratio,
                              round_to=round_to, min_channels=min_channels, data=x, labels=y, seed=seed)
     with out.progress(f"saving {output}"):
         model_io.save_model(result.model, output, flavour=loaded.flavour)

@@ -229,13 +229,59 @@ def _entry(entry: dict, ctx: _Ctx) -> dict:
     return out
 
 
+def _has_own_node(entry: dict) -> bool:
+    """tf_keras gives a nested model built on an Input its own node 0; Keras 3 does not."""
+    if entry["class_name"] == "Functional":
+        return True
+    if entry["class_name"] == "Sequential":
+        cfg = entry["config"]
+        layers = cfg.get("layers") or []
+        return bool(cfg.get("build_input_shape")) or bool(layers and layers[0]["class_name"] == "InputLayer")
+    return False
+
+
+def _shift_nodes(value: Any, shifted: set[str], delta: int = 1) -> Any:
+    """Add ``delta`` to the node index of every ``[layer, node, tensor(, kwargs)]`` naming ``shifted``."""
+    if isinstance(value, list):
+        if (len(value) in (3, 4) and isinstance(value[0], str) and isinstance(value[1], int)
+                and isinstance(value[2], int)):
+            out = [value[0], value[1] + (delta if value[0] in shifted else 0), value[2]]
+            return out + [_shift_nodes(value[3], shifted, delta)] if len(value) == 4 else out
+        return [_shift_nodes(v, shifted, delta) for v in value]
+    if isinstance(value, dict):
+        return {k: _shift_nodes(v, shifted, delta) for k, v in value.items()}
+    return value
+
+
+def to_keras3_node_indices(entry: dict) -> dict:
+    """Undo tf_keras's extra node for nested models in a tf_keras model config (for Keras 3)."""
+    cfg = entry.get("config") or {}
+    if entry.get("class_name") not in ("Functional", "Model", "Sequential") or "layers" not in cfg:
+        return entry
+    layers = [to_keras3_node_indices(e) for e in cfg["layers"]]
+    new_cfg = dict(cfg, layers=layers)
+    if "input_layers" in cfg:  # functional: fix references to nested models
+        shifted = {e.get("name") or e["config"].get("name") for e in layers if _has_own_node(e)}
+        for e in layers:
+            if "inbound_nodes" in e:
+                e["inbound_nodes"] = _shift_nodes(e["inbound_nodes"], shifted, -1)
+        for key in ("input_layers", "output_layers"):
+            new_cfg[key] = _shift_nodes(cfg[key], shifted, -1)
+    return dict(entry, config=new_cfg)
+
+
 def _functional(cfg: dict, ctx: _Ctx) -> dict:
+    layers = [_entry(e, ctx) for e in cfg["layers"]]
+    shifted = {e["name"] for e in layers if _has_own_node(e)}
+    for e in layers:
+        if "inbound_nodes" in e:
+            e["inbound_nodes"] = _shift_nodes(e["inbound_nodes"], shifted)
     return {
         "name": cfg.get("name"),
         "trainable": cfg.get("trainable", True),
-        "layers": [_entry(e, ctx) for e in cfg["layers"]],
-        "input_layers": _io_layers(cfg["input_layers"]),
-        "output_layers": _io_layers(cfg["output_layers"]),
+        "layers": layers,
+        "input_layers": _shift_nodes(_io_layers(cfg["input_layers"]), shifted),
+        "output_layers": _shift_nodes(_io_layers(cfg["output_layers"]), shifted),
     }
 
 

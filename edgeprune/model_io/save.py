@@ -41,6 +41,7 @@ def save_model(model, path, *, flavour: str = "tf_keras") -> Path:
 
             scratch = _temp_beside(path, ".h5")
             model.save(scratch, save_format="h5")
+            _fix_node_indices_for_keras3(scratch)
             # Our own file, just written: no untrusted code can be in it.
             k3 = keras.saving.load_model(scratch, compile=False, safe_mode=False)
             k3.save(tmp)
@@ -50,3 +51,17 @@ def save_model(model, path, *, flavour: str = "tf_keras") -> Path:
             if leftover is not None and leftover.exists():
                 leftover.unlink()
     return path
+
+
+def _fix_node_indices_for_keras3(h5_path: Path) -> None:
+    """Keras 3's legacy-HDF5 loader counts nested-model nodes from 0; tf_keras from 1."""
+    import json
+
+    import h5py
+
+    from edgeprune.model_io.keras3_to_tfkeras import to_keras3_node_indices
+
+    with h5py.File(h5_path, "r+") as f:
+        raw = f.attrs["model_config"]
+        config = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        f.attrs["model_config"] = json.dumps(to_keras3_node_indices(config)).encode("utf-8")

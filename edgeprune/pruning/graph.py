@@ -130,7 +130,7 @@ def _sequential_to_functional(cfg: dict, input_shape=None) -> dict:
             "input_layers": [[first, 0, 0]], "output_layers": [[prev, 0, 0]]}
 
 
-def _functional_config(model_or_cfg, class_name: str, cfg: dict, input_shape=None) -> dict:
+def _functional_config(class_name: str, cfg: dict, input_shape=None) -> dict:
     if class_name == "Sequential":
         return _sequential_to_functional(cfg, input_shape)
     return copy.deepcopy(cfg)
@@ -150,7 +150,7 @@ def _inline(cfg: dict, taken: set) -> tuple[dict, bool]:
         if len(layer["inbound_nodes"]) != 1:
             raise InputError(f"nested model '{outer_name}' is called {len(layer['inbound_nodes'])} "
                              "times; pruning supports sub-models used once")
-        inner = _functional_config(None, layer["class_name"], layer["config"])
+        inner = _functional_config(layer["class_name"], layer["config"])
         inner, _ = _inline(inner, taken)
         outer_refs, _ = parse_call(layer["inbound_nodes"][0])
         rename = {}
@@ -294,8 +294,6 @@ def custom_objects_of(model) -> dict:
 
 def _node_map(model, layer) -> dict:
     """Config node index -> Node object (get_config renumbers the nodes a model uses)."""
-    from tf_keras.src.engine import functional as _functional  # noqa: F401
-
     out, kept = {}, 0
     network_nodes = getattr(model, "_network_nodes", None)
     for original_index, node in enumerate(layer._inbound_nodes):

@@ -13,7 +13,7 @@ import re
 import numpy as np
 
 from edgeprune.errors import InputError
-from edgeprune.pruning.graph import LayerGraph, LayerNode, spatial_size
+from edgeprune.pruning.graph import LayerGraph, LayerNode, _is_entry, spatial_size
 
 _ND = ("1D", "2D", "3D")
 PASS_WEIGHTLESS = {
@@ -148,6 +148,9 @@ def rule_kind(node: LayerNode, g: LayerGraph) -> tuple[str, str | None]:
     if cls == "TFOpLambda":
         fn = cfg.get("function")
         if fn in ELEMENTWISE_OPS:
+            for key, value in node.kwargs.items():
+                if key != "name" and isinstance(value, (list, tuple, dict)) and not _is_entry(value):
+                    return "locked", f"TF op '{fn}' with a constant array operand '{key}'"
             return "merge", None
         return "locked", f"TF op '{fn}' has no channel rule"
     return "locked", f"no pruning rule for {cls}"

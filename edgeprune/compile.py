@@ -1,0 +1,292 @@
+"""The compile pipeline: load → prune → recover → convert → check → gate → write.
+
+Each stage appends ``{"name", "seconds", ...}`` to ``report["stages"]``. Adding an option is
+one field on :class:`CompileOptions`; adding a stage is one ``_stage_*`` function called from
+:func:`run_compile`. The artifact directory is written atomically; a candidate that breaks a
+budget is kept as ``DIR.rejected`` and the compile fails (BudgetError, exit 1).
+"""
+from __future__ import annotations
+
+import platform
+import sys
+import time
+import types
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from edgeprune import __version__
+from edgeprune.artifacts import ArtifactDir, path_bytes, sha256_bytes, write_bytes_atomic, write_json
+from edgeprune.console import Output, default_output
+from edgeprune.errors import BudgetError, InputError
+
+DEFAULT_TARGET = "x86-64"
+
+
+@dataclass
+class CompileOptions:
+    """Everything ``edgeprune compile`` can be told; CLI flags map 1:1 onto these fields."""
+
+    target: str = DEFAULT_TARGET
+    quantize: str | None = None  # None: the profile's quantization.default
+    io: str | None = None  # None: the profile's quantization.io (float unless int8)
+    calibration: str | None = None
+    num_samples: int | None = 200
+    seed: int = 0
+    custom_objects: str | dict | None = None
+    unsafe: bool = False
+    force: bool = False
+    # pruning (edgeprune.pruning.api.prune_model)
+    prune: float | None = None  # channel ratio
+    prune_macs: float | None = None  # target MACs as a fraction of the original
+    criterion: str = "l1"
+    protect: tuple[str, ...] = ()
+    # recovery training (edgeprune.training.api.recover): keyword arguments passed through;
+    # None skips the stage. The lead wires the CLI flags.
+    train: dict | None = None
+
+    @property
+    def prunes(self) -> bool:
+        return self.prune is not None or self.prune_macs is not None
+
+
+@dataclass
+class CompileResult:
+    output_dir: Path
+    tflite_path: Path
+    manifest: dict
+    report: dict
+
+    def to_dict(self) -> dict:
+        return {"output_dir": str(self.output_dir), "tflite": str(self.tflite_path),
+                "manifest": self.manifest, "report": self.report}
+
+
+class _Stages:
+    """Times stages and records them in the report."""
+
+    def __init__(self, report: dict, out: Output):
+        self.report = report
+        self.out = out
+
+    @contextmanager
+    def stage(self, name: str, description: str) -> Iterator[dict]:
+        entry: dict[str, Any] = {"name": name}
+        start = time.perf_counter()
+        with self.out.progress(description):
+            yield entry
+        entry["seconds"] = round(time.perf_counter() - start, 4)
+        self.report["stages"].append(entry)
+        self.out.debug(f"{name}: {entry['seconds']:.2f}s")
+
+
+def _versions() -> dict:
+    from edgeprune._env import tf, tf_keras
+
+    versions = {"edgeprune": __version__, "python": platform.python_version(),
+                "tensorflow": tf().__version__, "tf_keras": tf_keras().__version__}
+    for module in ("keras", "ai_edge_litert", "tflite_micro"):
+        try:
+            mod = __import__(module)
+            versions[module] = getattr(mod, "__version__", None)
+        except Exception:  # optional at runtime
+            versions[module] = None
+    return versions
+
+
+def _resolve_modes(options: CompileOptions, profile) -> tuple[str, str]:
+    quant = options.quantize or profile.quantization.default.value
+    profile.check_quantization(quant)
+    if options.io is not None:
+        io = options.io
+    else:
+        io = profile.quantization.io if quant == "int8" else "float"
+    from edgeprune.convert import check_options
+
+    check_options(quant, io, np.zeros(1) if options.calibration else None, profile.operators.int8_only)
+    return quant, io
+
+
+def _input_shape(model) -> tuple:
+    if len(model.inputs) != 1:
+        raise InputError(f"models with {len(model.inputs)} inputs are not supported yet (one input expected)")
+    return tuple(model.inputs[0].shape)
+
+
+def _stage_prune(model, options, profile, data, stages) -> tuple[Any, dict | None]:
+    """Extension point: structured pruning by edgeprune.pruning (engineer C)."""
+    if not options.prunes:
+        return model, None
+    try:
+        from edgeprune.pruning import api as pruning_api
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("edgeprune.pruning"):
+            raise InputError("--prune: the pruning package (edgeprune.pruning) is not available in this build") from None
+        raise
+    with stages.stage("prune", "Pruning channels") as entry:
+        result = pruning_api.prune_model(
+            model, ratio=options.prune, target_macs=options.prune_macs, criterion=options.criterion,
+            protect=tuple(options.protect), round_to=profile.pruning.round_to,
+            min_channels=profile.pruning.min_channels,
+            data=None if data is None else data[0], labels=None if data is None else data[1],
+            seed=options.seed,
+        )
+        entry.update({k: result.report.get(k) for k in ("macs_before", "macs_after", "params_before", "params_after")})
+    return result.model, result.report
+
+
+def _stage_recover(model, teacher, options, data, stages) -> tuple[Any, dict | None]:
+    """Extension point: recovery training by edgeprune.training (engineer D); off unless options.train."""
+    if options.train is None:
+        return model, None
+    from edgeprune.training import api as training_api
+
+    if data is None or data[1] is None:
+        raise InputError("recovery training needs labelled data: --calibration with labels (npz key 'y')")
+    with stages.stage("recover", "Recovery training") as entry:
+        kwargs = dict(options.train)
+        model = training_api.recover(model, teacher=teacher, train=(data[0], data[1]), **kwargs)
+        entry["options"] = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))}
+    return model, {"options": entry["options"]}
+
+
+def _budgets(profile, tflite_bytes: int, arena_bytes: int | None) -> list[dict]:
+    checks = []
+    for name, actual in (("max_model_bytes", tflite_bytes), ("max_arena_bytes", arena_bytes)):
+        limit = getattr(profile.budgets, name)
+        if limit is None or actual is None:
+            continue
+        checks.append({"budget": name, "limit": int(limit), "actual": int(actual), "ok": actual <= limit,
+                       "over_by": max(int(actual) - int(limit), 0)})
+    return checks
+
+
+def run_compile(model_path, output_dir, options: CompileOptions | None = None, *,
+                output: Output | None = None) -> CompileResult:
+    """Compile ``model_path`` into ``output_dir`` (model.tflite, manifest.json, report.json)."""
+    from edgeprune.convert import convert, estimate_arena_bytes, io_details, op_counts
+    from edgeprune.datasets import array_sha256, load_arrays
+    from edgeprune.model_io import load_model
+    from edgeprune.profiles import load_profile
+
+    options = options or CompileOptions()
+    out = output or default_output()
+    profile = load_profile(options.target)
+    quant, io = _resolve_modes(options, profile)
+    artifact = ArtifactDir(output_dir, force=options.force)  # refuses an existing DIR early
+    report: dict[str, Any] = {"stages": []}
+    stages = _Stages(report, out)
+
+    with stages.stage("load", f"Loading {model_path}") as entry:
+        loaded = load_model(model_path, custom_objects=options.custom_objects, safe_mode=not options.unsafe)
+        model = loaded.model
+        entry.update({"flavour": loaded.flavour, "kind": loaded.kind})
+        if loaded.translation:
+            entry["translation"] = loaded.translation
+    source_params = int(model.count_params())
+    input_shape = _input_shape(model)
+
+    data = None
+    calibration_info = None
+    if options.calibration:
+        with stages.stage("calibration", "Reading calibration data") as entry:
+            data = load_arrays(options.calibration, input_shape=input_shape,
+                               preprocessing=profile.preprocessing, num_samples=options.num_samples,
+                               seed=options.seed)
+            calibration_info = {"source": str(options.calibration), "sha256": array_sha256(data[0]),
+                                "count": int(len(data[0])), "seed": options.seed,
+                                "num_samples": options.num_samples, "labelled": data[1] is not None}
+            entry["count"] = calibration_info["count"]
+
+    teacher = model
+    model, prune_report = _stage_prune(model, options, profile, data, stages)
+    if prune_report is not None:
+        report["pruning"] = prune_report
+    model, train_report = _stage_recover(model, teacher, options, data, stages)
+    if train_report is not None:
+        report["training"] = train_report
+
+    with stages.stage("convert", f"Converting to TFLite ({quant})") as entry:
+        tflite = convert(model, quant, representative=None if data is None else data[0], io=io,
+                         int8_only=profile.operators.int8_only)
+        entry["bytes"] = len(tflite)
+
+    with stages.stage("check", "Checking the artifact") as entry:
+        ios = io_details(tflite)
+        ops = op_counts(tflite)
+        if profile.operators.runtime == "tflm":
+            from edgeprune import tflm
+
+            micro = tflm.check(tflite)
+            arena = {"bytes": micro["arena_bytes"], "method": "tflm (exact, RecordingMicroAllocator)",
+                     "detail": micro}
+        else:
+            arena = {"bytes": estimate_arena_bytes(tflite),
+                     "method": "estimate: peak bytes of live non-constant tensors"}
+        budgets = _budgets(profile, len(tflite), arena["bytes"])
+        entry["ops"] = sum(ops.values())
+
+    report["sizes"] = {"source_params": source_params, "source_bytes": path_bytes(loaded.path),
+                       "tflite_bytes": len(tflite)}
+    if prune_report is not None:
+        report["sizes"]["pruned_params"] = int(model.count_params())
+    report["arena"] = arena
+    report["ops"] = ops
+    report["budgets"] = budgets
+
+    manifest = {
+        "edgeprune": __version__,
+        "versions": _versions(),
+        "runtime": profile.operators.runtime,
+        "source": {"path": str(loaded.path.resolve()), "sha256": loaded.sha256, "flavour": loaded.flavour,
+                   "kind": loaded.kind, "keras_version": loaded.keras_version},
+        "profile": profile.model_dump(mode="json"),
+        "quantization": {"mode": quant, "io": io},
+        "calibration": calibration_info,
+        "artifact": {"file": "model.tflite", "sha256": sha256_bytes(tflite), "bytes": len(tflite)},
+        "inputs": ios["inputs"],
+        "outputs": ios["outputs"],
+        "options": {k: v for k, v in asdict(options).items() if k not in ("custom_objects",)},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+    dest = Path(output_dir)
+    with artifact as tmp:
+        write_bytes_atomic(tmp / "model.tflite", tflite)
+        write_json(tmp / "manifest.json", manifest)
+        write_json(tmp / "report.json", report)
+        failed = [b for b in budgets if not b["ok"]]
+        if failed:
+            kept = artifact.reject()
+            detail = "; ".join(
+                f"{b['budget']} {b['actual']} bytes > limit {b['limit']} (over by {b['over_by']} bytes, "
+                f"{100.0 * b['over_by'] / b['limit']:.1f}%)" for b in failed)
+            raise BudgetError(f"target '{profile.name}': {detail}; candidate kept in {kept}, nothing written to {dest}")
+    out.debug(f"wrote {dest}")
+    return CompileResult(dest, dest / "model.tflite", manifest, report)
+
+
+def compile(model_path, output_dir, *, target: str = DEFAULT_TARGET, output: Output | None = None,
+            **options) -> CompileResult:
+    """Python API: ``edgeprune.compile("m.keras", "out/", target="cortex-m7", quantize="int8", ...)``.
+
+    Keyword arguments are :class:`CompileOptions` fields.
+    """
+    known = {f for f in CompileOptions.__dataclass_fields__}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"compile() got unknown option(s): {', '.join(unknown)}")
+    return run_compile(model_path, output_dir, CompileOptions(target=target, **options), output=output)
+
+
+class _CallableModule(types.ModuleType):
+    """``import edgeprune.compile`` binds the module over the package attribute; keep it callable."""
+
+    def __call__(self, *args, **kwargs):
+        return compile(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
