@@ -72,10 +72,14 @@ def convert(model, quantization: str, *, representative: np.ndarray | None = Non
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
         ]
+    from edgeprune.tflm import capture_fds
+
     try:
-        tflite = converter.convert()
+        with capture_fds() as printed:  # the converter prints from C++; keep the console clean
+            tflite = converter.convert()
     except Exception as exc:  # ConverterError and friends: keep the first meaningful line
-        lines = [ln.strip() for ln in str(exc).splitlines() if "error" in ln.lower()]
+        text = str(exc) + "\n" + "".join(printed)
+        lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower()]
         detail = (lines or [str(exc).strip() or type(exc).__name__])[0][:300]
         raise VerificationError(f"TFLite conversion ({quantization}) failed: {detail}") from None
     if int8_only:

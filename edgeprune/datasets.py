@@ -159,6 +159,41 @@ def _collect(result: Any, spec: str, sample_shape) -> tuple[np.ndarray, np.ndarr
     return x, y
 
 
+def _bundled_dir() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("edgeprune") / "data" / "calibration"))
+
+
+def _recipe(src: str) -> dict | None:
+    """A calibration recipe (YAML: source, num_samples, seed) by path or bundled name."""
+    path = Path(src)
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        if path.exists() or ":" in src or "/" in src:
+            return None
+        path = _bundled_dir() / f"{src}.yaml"
+        if not path.is_file():
+            return None
+    if not path.is_file():
+        raise InputError(f"calibration recipe '{src}': no such file")
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"calibration recipe {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("source"), str):
+        raise InputError(f"calibration recipe {path}: expected a mapping with a 'source' string")
+    source = data["source"]
+    if ":" not in source and not Path(source).is_absolute():
+        source = str(path.parent / source)
+    data = dict(data, source=source)
+    for key in ("num_samples", "seed"):
+        if key in data and not isinstance(data[key], int):
+            raise InputError(f"calibration recipe {path}: '{key}' must be an integer")
+    return data
+
+
 # --- checks --------------------------------------------------------------------------------
 
 def _check(x: np.ndarray, y, src: str, input_shape, preprocessing, check_range: bool):
@@ -225,6 +260,11 @@ def load_arrays(src: str, *, input_shape=None, preprocessing=None, num_samples: 
     ``num_samples`` keeps a seeded random subset.
     """
     src = str(src)
+    recipe = _recipe(src)
+    if recipe is not None:
+        src = recipe["source"]
+        num_samples = recipe.get("num_samples") if num_samples is None else num_samples
+        seed = recipe.get("seed", seed) if seed == 0 else seed
     subset = _subset_fn(num_samples, seed)
     path = Path(src)
     sample_shape = tuple(input_shape)[1:] if input_shape is not None else None

@@ -165,7 +165,7 @@ def search(
         raise InputError("--trials must be at least 1")
 
     loaded = load_model(model_path, custom_objects=custom_objects, safe_mode=safe_mode)
-    input_shape = tuple(loaded.model.inputs[0].shape[1:])
+    input_shape = tuple(loaded.model.inputs[0].shape)  # batch dim included
     x_val, y_val = load_arrays(val_data, input_shape=input_shape)
     if y_val is None:
         raise InputError(f"{val_data}: the search needs labelled validation data (x and y)")
@@ -200,18 +200,23 @@ def search(
 
     with tempfile.TemporaryDirectory(prefix="edgeprune-search-") as tmp, \
             out.progress("search", total=n_trials) as bar:
-        for _ in range(n_trials):
-            ot = study.ask()
+
+        def objective(ot) -> tuple[float, float]:
             ratio = ot.suggest_categorical("ratio", list(space.ratios))
             criterion = ot.suggest_categorical("criterion", list(space.criteria))
             quant = ot.suggest_categorical("quantization", list(space.quantizations))
             key = (ratio, criterion, quant)
-            if key in seen:  # random/TPE may repeat a point of a small discrete space
-                prev = seen[key]
-                study.tell(ot, [prev.accuracy or 0.0, prev.latency_ms or math.inf])
-                bar.advance()
-                continue
-            trial = Trial(number=len(results), ratio=ratio, criterion=criterion, quantization=quant)
+            trial = seen.get(key)
+            if trial is None:  # random/TPE may repeat a point of a small discrete space
+                trial = _run_trial(len(results), ratio, criterion, quant, Path(tmp))
+                results.append(trial)
+                seen[key] = trial
+            bar.advance()
+            return (trial.accuracy if trial.accuracy is not None else 0.0,
+                    trial.latency_ms if trial.latency_ms else math.inf)
+
+        def _run_trial(number, ratio, criterion, quant, tmp_dir: Path) -> Trial:
+            trial = Trial(number=number, ratio=ratio, criterion=criterion, quantization=quant)
             started = time.perf_counter()
             try:
                 model = loaded.model
@@ -229,20 +234,18 @@ def search(
                 quant_io = profile.quantization.io if quant == "int8" else "float"
                 blob = convert(model, quant, representative=x_cal, io=quant_io,
                                int8_only=profile.operators.int8_only)
-                path = Path(tmp) / f"trial{trial.number}.tflite"
+                path = tmp_dir / f"trial{number}.tflite"
                 path.write_bytes(blob)
                 trial.model_bytes = len(blob)
                 trial.accuracy = float(evaluate_tflite(path, x_val, y_val)["accuracy"])
                 trial.latency_ms = _latency_ms(path, profile.threads, latency_runs)
-            except InputError as exc:
+            except InputError as exc:  # e.g. a ratio the rounding cannot honour
                 trial.error = str(exc)
             trial.seconds = round(time.perf_counter() - started, 2)
             _check_budgets(trial, profile, baseline_accuracy)
-            results.append(trial)
-            seen[key] = trial
-            study.tell(ot, [trial.accuracy if trial.accuracy is not None else 0.0,
-                            trial.latency_ms if trial.latency_ms else math.inf])
-            bar.advance()
+            return trial
+
+        study.optimize(objective, n_trials=n_trials)
 
     feasible = sorted((t for t in results if t.feasible),
                       key=lambda t: (-(t.accuracy or 0.0), t.latency_ms or math.inf))

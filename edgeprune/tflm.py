@@ -24,7 +24,7 @@ _TAIL = re.compile(r"Arena allocation tail (\d+) bytes")
 
 
 @contextmanager
-def _capture_fds() -> Iterator[list[str]]:
+def capture_fds() -> Iterator[list[str]]:
     """Collect what C++ code writes to fds 1 and 2 (Python's sys.std* are flushed first)."""
     sink: list[str] = []
     sys.stdout.flush()
@@ -64,7 +64,7 @@ def check(tflite: bytes, *, arena_size: int | None = None) -> dict:
     from tflite_micro import runtime
 
     size = arena_size or max(16 << 20, 10 * len(tflite))
-    with _capture_fds() as out:
+    with capture_fds() as out:
         try:
             interp = runtime.Interpreter.from_bytes(bytes(tflite), arena_size=size)
             error = None
@@ -73,13 +73,13 @@ def check(tflite: bytes, *, arena_size: int | None = None) -> dict:
     if interp is None:
         raise VerificationError(f"TensorFlow Lite Micro cannot load the model: {_reason(out[0], str(error))}")
     inputs = []
-    with _capture_fds():  # the binding prints "index out of range" when we run past the end
+    with capture_fds():  # the binding prints "index out of range" when we run past the end
         while True:
             try:
                 inputs.append(interp.get_input_details(len(inputs)))
             except Exception:
                 break
-    with _capture_fds() as out:
+    with capture_fds() as out:
         try:
             for idx, detail in enumerate(inputs):
                 shape = tuple(int(d) for d in detail["shape"])
@@ -90,7 +90,7 @@ def check(tflite: bytes, *, arena_size: int | None = None) -> dict:
             error = exc
     if error is not None:
         raise VerificationError(f"TensorFlow Lite Micro failed to run the model: {_reason(out[0], str(error))}")
-    with _capture_fds() as out:
+    with capture_fds() as out:
         interp.print_allocations()
     text = out[0]
     total = _TOTAL.search(text)

@@ -1,0 +1,85 @@
+"""``edgeprune compile``: a Keras model in, a checked TFLite artifact directory out."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeprune.cli import cli, get_output, json_option
+
+
+@cli.command("compile")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "-t", default="x86-64", show_default=True,
+              help="Device profile: a bundled name (see `edgeprune targets list`) or a YAML path.")
+@click.option("--quantize", "quantize", default=None, metavar="MODE",
+              help="float32 | dynamic | float16 | int8 | int16x8 (default: the profile's).")
+@click.option("--io", "io", default=None, metavar="TYPE",
+              help="Input/output type for int8: float | int8 | uint8 (default: the profile's).")
+@click.option("--calibration", default=None, metavar="SRC",
+              help="Representative data: .npy/.npz, an image folder, or module:function / file.py:function.")
+@click.option("--num-samples", type=int, default=200, show_default=True,
+              help="Calibration samples to use (seeded random subset).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling and pruning.")
+@click.option("--prune", type=float, default=None, metavar="R",
+              help="Remove this fraction of channels (structured pruning).")
+@click.option("--prune-macs", type=float, default=None, metavar="F",
+              help="Prune until MACs are this fraction of the original.")
+@click.option("--criterion", default="l1", show_default=True, help="Channel importance criterion for pruning.")
+@click.option("--protect", multiple=True, metavar="REGEX", help="Never prune layers matching REGEX (repeatable).")
+@click.option("--custom-objects", type=click.Path(path_type=Path), default=None, metavar="PY",
+              help="Python file whose `custom_objects` dict (or classes) the model needs to load.")
+@click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code from the model file).")
+@click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), required=True,
+              help="Artifact directory to create.")
+@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@json_option
+@click.pass_context
+def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, calibration, num_samples,
+                    seed, prune, prune_macs, criterion, protect, custom_objects, unsafe, output_dir,
+                    force, json_mode) -> None:
+    """Prune (optional), quantize and lower MODEL to TFLite for a device profile.
+
+    Writes DIR/model.tflite, DIR/manifest.json and DIR/report.json atomically. Exits 1 when the
+    artifact breaks a budget of the profile (the candidate is kept as DIR.rejected) or an
+    int8-only target still has float ops; 2 on bad input.
+    """
+    from edgeprune.compile import CompileOptions, run_compile
+
+    out = get_output(ctx, json_mode)
+    options = CompileOptions(
+        target=target, quantize=quantize, io=io, calibration=calibration, num_samples=num_samples,
+        seed=seed, custom_objects=str(custom_objects) if custom_objects else None, unsafe=unsafe,
+        force=force, prune=prune, prune_macs=prune_macs, criterion=criterion, protect=tuple(protect),
+    )
+    result = run_compile(model, output_dir, options, output=out)
+    summary = summarize(result)
+    out.emit_json(summary)
+    if not out.json_mode:
+        out.table(
+            f"Compiled {model} for {summary['target']}",
+            ["artifact", "quantization", "io", "bytes", "arena bytes", "budgets"],
+            [(summary["tflite"], summary["quantization"], summary["io"], summary["tflite_bytes"],
+              summary["arena_bytes"], summary["budgets"])],
+        )
+
+
+def summarize(result) -> dict:
+    """The compact result printed by the CLI (full details stay in manifest/report)."""
+    m, r = result.manifest, result.report
+    budgets = ", ".join(f"{b['budget']} ok" for b in r["budgets"]) or "none checked"
+    return {
+        "output_dir": str(result.output_dir),
+        "tflite": str(result.tflite_path),
+        "target": m["profile"]["name"],
+        "quantization": m["quantization"]["mode"],
+        "io": m["quantization"]["io"],
+        "tflite_bytes": m["artifact"]["bytes"],
+        "sha256": m["artifact"]["sha256"],
+        "arena_bytes": r["arena"]["bytes"],
+        "arena_method": r["arena"]["method"],
+        "source_params": r["sizes"]["source_params"],
+        "budgets": budgets,
+        "budget_checks": r["budgets"],
+        "stages": r["stages"],
+    }
