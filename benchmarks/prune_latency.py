@@ -18,6 +18,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -88,7 +89,7 @@ class Variant:
         self.latency: dict = {}
 
 
-def make_variants(name: str, ratios, quants, log) -> list:
+def make_variants(name: str, ratios, quants, log, cache_dir=None) -> list:
     dense = build(name)
     base = macs_mod.count(dense)
     out = [Variant(name, "dense", dense, base["macs"], dense.count_params())]
@@ -111,9 +112,21 @@ def make_variants(name: str, ratios, quants, log) -> list:
         out.append(Variant(name, f"structured @alpha0.5 MACs", res.model, base["macs"], out[0].params))
     for v in out:
         for q in quants:
+            cached = None
+            if cache_dir:
+                cached = Path(cache_dir) / f"{name}_{v.label.replace(' ', '_').replace('%', 'pct')}_{q}_{SIZE}.tflite"
+                if cached.is_file():
+                    v.blobs[q] = cached.read_bytes()
+                    log(f"{name} {v.label} {q}: reusing {cached}")
+                    continue
             t0 = time.perf_counter()
             v.blobs[q] = convert(v.model, q)
             log(f"{name} {v.label} {q}: converted in {time.perf_counter() - t0:.1f} s, {len(v.blobs[q]):,} bytes")
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(".tmp")
+                tmp.write_bytes(v.blobs[q])
+                tmp.replace(cached)
         v.model = None
     return out
 
@@ -208,6 +221,7 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=10, help="invokes per model per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--cache-dir", help="keep converted .tflite files here and reuse them (re-measure cheaply)")
     ap.add_argument("--size", type=int, default=224, help="input size (smaller only for a quick smoke run)")
     args = ap.parse_args(argv)
     global SIZE
@@ -221,7 +235,7 @@ def main(argv=None):
 
     everything = []
     for name in args.models.split(","):
-        variants = make_variants(name, ratios, quants, log)
+        variants = make_variants(name, ratios, quants, log, args.cache_dir)
         measure(variants, quants, threads, args.runs, args.rounds, log)
         everything.extend(variants)
     text, data = report(everything, quants, threads)

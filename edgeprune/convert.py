@@ -209,7 +209,10 @@ def io_details(tflite: bytes) -> dict:
     """Inputs/outputs as the runtime sees them: name, shape, dtype, scale, zero_point."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_content=tflite)
+    from edgeprune.tflm import capture_fds
+
+    with capture_fds():  # LiteRT announces its delegate on stderr
+        interp = Interpreter(model_content=tflite)
 
     def one(d):
         scale, zero = d.get("quantization", (0.0, 0))

@@ -3,12 +3,17 @@
 TFLM has fewer kernels than LiteRT and plans memory its own way, so the only trustworthy
 answer to "will it run, and in how much RAM" for a microcontroller is the real interpreter
 (PyPI ``tflite-micro``). Its RecordingMicroAllocator prints the arena usage from C++ to
-stdout, so we capture file descriptors 1 and 2 around the calls.
+stdout, so we capture file descriptors 1 and 2 around the calls. TFLM can crash the process
+on a model it cannot plan (a segfault with a tiny arena), so :func:`check` runs it in a child
+process and turns a crash into a VerificationError.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -54,8 +59,41 @@ def _reason(text: str, fallback: str) -> str:
     return "; ".join(lines[:2])[:300] or fallback
 
 
-def check(tflite: bytes, *, arena_size: int | None = None) -> dict:
-    """Load and run ``tflite`` once under TFLM; return exact arena bytes and the run's status.
+def check(tflite: bytes, *, arena_size: int | None = None, timeout_s: float = 120.0) -> dict:
+    """Load and run ``tflite`` once under TFLM in a child process; return exact arena bytes.
+
+    ``arena_size`` is the buffer handed to TFLM (default: generous, so the measurement is not
+    limited by it). Raises VerificationError when TFLM refuses or crashes on the model.
+    """
+    with tempfile.TemporaryDirectory(prefix="edgeprune-tflm-") as work:
+        model = os.path.join(work, "model.tflite")
+        with open(model, "wb") as fh:
+            fh.write(bytes(tflite))
+        cmd = [sys.executable, "-m", "edgeprune.tflm", model, str(arena_size or 0)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise VerificationError(f"TensorFlow Lite Micro did not finish within {timeout_s:g}s") from None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_MARK)]
+    if proc.returncode == 0 and lines:
+        payload = json.loads(lines[-1][len(_MARK):])
+        if "error" in payload:
+            raise VerificationError(payload["error"])
+        return payload["result"]
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        raise VerificationError(
+            f"TensorFlow Lite Micro crashed ({name}) on the model "
+            f"(arena {arena_size or 'default'} bytes): {_reason(proc.stdout + proc.stderr, 'no message')}"
+        )
+    raise VerificationError(f"TensorFlow Lite Micro check failed: {_reason(proc.stderr, f'exit {proc.returncode}')}")
+
+
+_MARK = "@@edgeprune-tflm@@"
+
+
+def check_in_process(tflite: bytes, *, arena_size: int | None = None) -> dict:
+    """Load and run ``tflite`` once under TFLM in this process (may crash it: prefer ``check``).
 
     ``arena_size`` is the buffer handed to TFLM (default: generous, so the measurement is not
     limited by it). Raises VerificationError when TFLM refuses the model (missing kernel,
@@ -108,6 +146,19 @@ def check(tflite: bytes, *, arena_size: int | None = None) -> dict:
     }
 
 
+def _main(argv: list[str]) -> int:
+    model, arena = argv[0], int(argv[1])
+    with open(model, "rb") as fh:
+        data = fh.read()
+    try:
+        payload = {"result": check_in_process(data, arena_size=arena or None)}
+    except VerificationError as exc:
+        payload = {"error": str(exc)}
+    sys.stdout.write(_MARK + json.dumps(payload) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
 def _version() -> str | None:
     try:
         import tflite_micro
@@ -115,3 +166,7 @@ def _version() -> str | None:
         return tflite_micro.__version__
     except Exception:  # pragma: no cover
         return None
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

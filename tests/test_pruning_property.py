@@ -4,6 +4,8 @@ Random architectures (conv, depthwise, separable, BN, ReLU, pooling, residual ad
 squeeze-and-excitation, flatten/dense heads) get some channels of every group zeroed; the
 pruned model must match the original within float tolerance and really be smaller.
 """
+import os
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -96,7 +98,7 @@ def _build(blocks, head, widths, seed):
     return model
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("EDGEPRUNE_PROPERTY_EXAMPLES", "25")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(blocks=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=7),
        head=st.sampled_from(["flatten", "gap", "gmp"]),
        widths=st.lists(st.sampled_from([4, 6, 8, 12]), min_size=1, max_size=3),

@@ -17,7 +17,8 @@ from edgeprune.cli import cli, get_output, json_option
 @click.option("--io", "io", default=None, metavar="TYPE",
               help="Input/output type for int8: float | int8 | uint8 (default: the profile's).")
 @click.option("--calibration", default=None, metavar="SRC",
-              help="Representative data: .npy/.npz, an image folder, or module:function / file.py:function.")
+              help="Representative data: .npy/.npz, an image folder, module:function / file.py:function, "
+                   "or a recipe (bundled name like digits-sample, or recipe.yaml).")
 @click.option("--num-samples", type=int, default=200, show_default=True,
               help="Calibration samples to use (seeded random subset).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling and pruning.")
@@ -28,7 +29,8 @@ from edgeprune.cli import cli, get_output, json_option
 @click.option("--criterion", default="l1", show_default=True, help="Channel importance criterion for pruning.")
 @click.option("--protect", multiple=True, metavar="REGEX", help="Never prune layers matching REGEX (repeatable).")
 @click.option("--custom-objects", type=click.Path(path_type=Path), default=None, metavar="PY",
-              help="Python file whose `custom_objects` dict (or classes) the model needs to load.")
+              help="Python file whose `custom_objects` dict (or classes) the model needs to load; "
+                   "a `tf_keras_objects` dict gives tf_keras versions of Keras 3 custom layers.")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code from the model file).")
 @click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), required=True,
               help="Artifact directory to create.")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from edgeprune.errors import EdgepruneError, InputError
 from edgeprune.model_io.detect import ModelFormat, detect, sha256_file
-from edgeprune.model_io.safety import check_config, load_custom_objects
+from edgeprune.model_io.safety import CustomObjects, check_config, load_custom_objects
 from edgeprune.model_io.save import save_model
 
-__all__ = ["LoadedModel", "load_model", "save_model", "load_custom_objects", "detect", "sha256_file"]
+__all__ = ["CustomObjects", "LoadedModel", "load_model", "save_model", "load_custom_objects", "detect", "sha256_file"]
 
 
 @dataclass
@@ -46,6 +46,7 @@ def _split_custom(custom_objects: dict, tk) -> tuple[dict, dict]:
             tk_objs[name] = obj
         else:
             k3_objs[name] = obj
+    tk_objs.update(getattr(custom_objects, "tf_keras", {}) or {})
     return tk_objs, k3_objs
 
 

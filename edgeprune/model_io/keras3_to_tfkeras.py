@@ -24,15 +24,20 @@ _BASE_LAYER_KW = {
 _OBJECT_MODULES = ("initializers", "regularizers", "constraints")
 
 
+def tf_keras_custom(custom_objects: dict, tk) -> dict:
+    """The tf_keras layer classes among ``custom_objects`` and its ``tf_keras`` twins."""
+    found = {name: obj for name, obj in custom_objects.items()
+             if inspect.isclass(obj) and issubclass(obj, tk.layers.Layer)}
+    found.update(getattr(custom_objects, "tf_keras", {}) or {})
+    return found
+
+
 class _Ctx:
     """Translation state: tf_keras module, user-supplied tf_keras classes, dropped keys."""
 
     def __init__(self, tk, custom_objects: dict):
         self.tk = tk
-        self.custom = {
-            name: obj for name, obj in custom_objects.items()
-            if inspect.isclass(obj) and issubclass(obj, tk.layers.Layer)
-        }
+        self.custom = tf_keras_custom(custom_objects, tk)
         self.dropped: list[str] = []
 
     def layer_class(self, class_name: str, layer_name: str):
@@ -123,6 +128,10 @@ def _layer_config(cls, class_name: str, cfg: dict, ctx: _Ctx, layer_name: str) -
                 out["module"] = None
                 continue
         out[key] = _value(val, ctx, f"{layer_name}.{key}")
+    if class_name == "Lambda":  # tf_keras's Lambda.from_config reads these unconditionally
+        for key, default in (("output_shape", None), ("output_shape_type", "raw"),
+                             ("output_shape_module", None), ("arguments", {})):
+            out.setdefault(key, default)
     allowed = _accepted_kwargs(cls)
     if allowed is not None:
         if class_name == "Lambda":
@@ -380,8 +389,7 @@ def keras3_to_tfkeras(k3_model, *, custom_objects: dict | None = None, safe_mode
                                       custom_objects=custom_objects)
     from tf_keras.src.saving import serialization_lib
 
-    tk_custom = {k: v for k, v in (custom_objects or {}).items()
-                 if inspect.isclass(v) and issubclass(v, tk.layers.Layer)}
+    tk_custom = tf_keras_custom(custom_objects or {}, tk)
     try:
         with serialization_lib.SafeModeScope(safe_mode):
             model = tk.models.model_from_config(entry, custom_objects=tk_custom)

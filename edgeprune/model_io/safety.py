@@ -50,12 +50,30 @@ def _is_known(class_name: str, flavour: str) -> bool:
     return False
 
 
+def _is_registered(name: str, flavour: str) -> bool:
+    """Whether the running process has registered ``name`` with Keras (decorated classes)."""
+    try:
+        if flavour == "keras3":
+            import keras
+
+            return keras.saving.get_registered_object(name) is not None
+        from edgeprune._env import tf_keras
+
+        return tf_keras().saving.get_registered_object(name) is not None
+    except Exception:  # pragma: no cover - registry lookups are best effort
+        return False
+
+
 def check_config(path: Path, config: dict | None, flavour: str, *, custom_objects: dict,
                  safe_mode: bool) -> None:
     """Raise UnsafeModelError for a Lambda (safe mode) or a layer class nobody supplied."""
     if not config:
         return
     supplied = set(custom_objects)
+    top = config.get("class_name")
+    if top and top not in _CONTAINERS and top not in supplied and top.split(">")[-1] not in supplied:
+        if not _is_registered(config.get("registered_name") or top, flavour):
+            raise UnsafeModelError(f"{path}: the model is of unknown custom class '{top}'; {_HINT}")
     for qual, cls, _entry in iter_layers(config):
         short = cls.split(">")[-1]
         if cls == "Lambda":
@@ -67,16 +85,34 @@ def check_config(path: Path, config: dict | None, flavour: str, *, custom_object
             continue
         if cls in supplied or short in supplied:
             continue
-        if not _is_known(short if ">" in cls else cls, flavour):
+        registered = _entry.get("registered_name") if isinstance(_entry, dict) else None
+        if not _is_known(short if ">" in cls else cls, flavour) and not (
+                registered and _is_registered(registered, flavour)):
             raise UnsafeModelError(
                 f"{path}: layer '{qual}' uses unknown custom class '{cls}'; {_HINT}"
             )
 
 
+class CustomObjects(dict):
+    """Name → object for the loaders, plus ``tf_keras``: tf_keras twins of Keras 3 classes.
+
+    A Keras 3 model with a custom layer is loaded with the Keras 3 class and rebuilt with the
+    tf_keras class of the same name, which the file lists in a ``tf_keras_objects`` dict.
+    """
+
+    def __init__(self, objects=(), tf_keras: dict | None = None):
+        super().__init__(objects)
+        self.tf_keras = dict(tf_keras or {})
+
+
 def load_custom_objects(path: str | Path | None) -> dict:
-    """Import a user's ``--custom-objects`` file: its ``custom_objects`` dict, else its classes."""
+    """Import a user's ``--custom-objects`` file: its ``custom_objects`` dict, else its classes.
+
+    An optional module-level ``tf_keras_objects`` dict supplies tf_keras versions of Keras 3
+    custom layers (same names) for the rebuild.
+    """
     if path is None:
-        return {}
+        return CustomObjects()
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--custom-objects {path}: no such file")
@@ -91,15 +127,18 @@ def load_custom_objects(path: str | Path | None) -> dict:
     except Exception as exc:  # the user's code: report it as bad input, one line
         del sys.modules[mod_name]
         raise InputError(f"--custom-objects {path}: failed to import ({type(exc).__name__}: {exc})") from None
+    twins = getattr(module, "tf_keras_objects", None)
+    if twins is not None and not isinstance(twins, dict):
+        raise InputError(f"--custom-objects {path}: `tf_keras_objects` must be a dict, found {type(twins).__name__}")
     objects = getattr(module, "custom_objects", None)
     if objects is not None:
         if not isinstance(objects, dict):
             raise InputError(f"--custom-objects {path}: `custom_objects` must be a dict, found {type(objects).__name__}")
-        return dict(objects)
+        return CustomObjects(objects, twins)
     found = {
         name: obj for name, obj in vars(module).items()
         if inspect.isclass(obj) and obj.__module__ == mod_name
     }
     if not found:
         raise InputError(f"--custom-objects {path}: defines no `custom_objects` dict and no classes")
-    return found
+    return CustomObjects(found, twins)
