@@ -82,9 +82,11 @@ def check(tflite: bytes, *, arena_size: int | None = None, timeout_s: float = 12
         return payload["result"]
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
+        hint = ("TFLM aborts on quantization parameters its kernels cannot represent, e.g. the "
+                "huge softmax input scale of an untrained model" if name == "SIGABRT" else "no message")
         raise VerificationError(
-            f"TensorFlow Lite Micro crashed ({name}) on the model "
-            f"(arena {arena_size or 'default'} bytes): {_reason(proc.stdout + proc.stderr, 'no message')}"
+            f"TensorFlow Lite Micro crashed ({name}) preparing the model "
+            f"(arena buffer {arena_size or 'default'}): {_reason(proc.stdout + proc.stderr, hint)}"
         )
     raise VerificationError(f"TensorFlow Lite Micro check failed: {_reason(proc.stderr, f'exit {proc.returncode}')}")
 
