@@ -21,7 +21,7 @@ import numpy as np
 from edgeprune import __version__
 from edgeprune.artifacts import ArtifactDir, path_bytes, sha256_bytes, write_bytes_atomic, write_json
 from edgeprune.console import Output, default_output
-from edgeprune.errors import BudgetError, InputError
+from edgeprune.errors import BudgetError, InputError, VerificationError
 
 DEFAULT_TARGET = "x86-64"
 
@@ -44,9 +44,9 @@ class CompileOptions:
     prune_macs: float | None = None  # target MACs as a fraction of the original
     criterion: str = "l1"
     protect: tuple[str, ...] = ()
-    # recovery training (edgeprune.training.api.recover): keyword arguments passed through;
-    # None skips the stage. The lead wires the CLI flags.
-    train: dict | None = None
+    # training-aware compression (edgeprune.training): fine-tuning, distillation, iterative
+    # pruning, gradual sparsity, QAT and the accuracy gate; None means defaults (no training).
+    training: Any = None  # edgeprune.training.options.TrainingOptions
 
     @property
     def prunes(self) -> bool:
@@ -98,7 +98,10 @@ def _versions() -> dict:
 
 
 def _resolve_modes(options: CompileOptions, profile) -> tuple[str, str]:
-    quant = options.quantize or profile.quantization.default.value
+    qat = options.training is not None and options.training.qat
+    if qat and options.quantize not in (None, "int8"):
+        raise InputError(f"--qat produces an int8 model; it cannot be combined with --quantize {options.quantize}")
+    quant = "int8" if qat else (options.quantize or profile.quantization.default.value)
     profile.check_quantization(quant)
     if options.io is not None:
         io = options.io
@@ -106,7 +109,9 @@ def _resolve_modes(options: CompileOptions, profile) -> tuple[str, str]:
         io = profile.quantization.io if quant == "int8" else "float"
     from edgeprune.convert import check_options
 
-    check_options(quant, io, np.zeros(1) if options.calibration else None, profile.operators.int8_only)
+    # After QAT the training data stands in for calibration data.
+    has_representative = options.calibration or (qat and options.training.train_data)
+    check_options(quant, io, np.zeros(1) if has_representative else None, profile.operators.int8_only)
     return quant, io
 
 
@@ -116,41 +121,61 @@ def _input_shape(model) -> tuple:
     return tuple(model.inputs[0].shape)
 
 
+def _prune_kwargs(options, profile, data) -> dict:
+    return dict(
+        ratio=options.prune, target_macs=options.prune_macs, criterion=options.criterion,
+        protect=tuple(options.protect), round_to=profile.pruning.round_to,
+        min_channels=profile.pruning.min_channels,
+        data=None if data is None else data[0], labels=None if data is None else data[1],
+        seed=options.seed,
+    )
+
+
 def _stage_prune(model, options, profile, data, stages) -> tuple[Any, dict | None]:
-    """Extension point: structured pruning by edgeprune.pruning (engineer C)."""
+    """One-shot structured pruning (iterative pruning happens in the training stage)."""
     if not options.prunes:
         return model, None
-    try:
-        from edgeprune.pruning import api as pruning_api
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("edgeprune.pruning"):
-            raise InputError("--prune: the pruning package (edgeprune.pruning) is not available in this build") from None
-        raise
+    from edgeprune.pruning import api as pruning_api
+
     with stages.stage("prune", "Pruning channels") as entry:
-        result = pruning_api.prune_model(
-            model, ratio=options.prune, target_macs=options.prune_macs, criterion=options.criterion,
-            protect=tuple(options.protect), round_to=profile.pruning.round_to,
-            min_channels=profile.pruning.min_channels,
-            data=None if data is None else data[0], labels=None if data is None else data[1],
-            seed=options.seed,
-        )
+        result = pruning_api.prune_model(model, **_prune_kwargs(options, profile, data))
         entry.update({k: result.report.get(k) for k in ("macs_before", "macs_after", "params_before", "params_after")})
     return result.model, result.report
 
 
-def _stage_recover(model, teacher, options, data, stages) -> tuple[Any, dict | None]:
-    """Extension point: recovery training by edgeprune.training (engineer D); off unless options.train."""
-    if options.train is None:
-        return model, None
-    from edgeprune.training import api as training_api
+def _stage_training(model, original, options, profile, data, stages, out):
+    """Fine-tuning / distillation / iterative pruning / gradual sparsity / QAT (edgeprune.training).
 
-    if data is None or data[1] is None:
-        raise InputError("recovery training needs labelled data: --calibration with labels (npz key 'y')")
-    with stages.stage("recover", "Recovery training") as entry:
-        kwargs = dict(options.train)
-        model = training_api.recover(model, teacher=teacher, train=(data[0], data[1]), **kwargs)
-        entry["options"] = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))}
-    return model, {"options": entry["options"]}
+    Returns the training.api.StageResult, or None when no training was asked for.
+    """
+    from edgeprune.training.api import run_training_stage
+
+    training = options.training
+    iterative = training.iterative_steps > 1 and options.prunes
+    with stages.stage("training", "Training-aware compression") as entry:
+        result = run_training_stage(
+            original if iterative else model, training, original=original,
+            prune_kwargs=_prune_kwargs(options, profile, data) if iterative else None,
+            calibration=None if data is None else data[0],
+            scale=tuple(profile.preprocessing.scale), output=out)
+        entry.update({k: v for k, v in result.report.items() if k in ("recovery", "data")})
+    return result
+
+
+def _gate_data(stage_result, data, training, max_drop, out):
+    """(x, y) for the accuracy gate: the training stage's validation split, else labelled
+    calibration data. A gate asked for on the command line without labelled data is an error;
+    one that only comes from the profile's default is skipped with a warning."""
+    if max_drop is None:
+        return None
+    if stage_result is not None and stage_result.validation is not None:
+        return stage_result.validation.x, stage_result.validation.y
+    if data is not None and data[1] is not None:
+        return data
+    if training.max_accuracy_drop is not None:
+        raise InputError("--max-accuracy-drop needs labelled data: --val-data, --train-data or a labelled --calibration")
+    out.warn("the profile sets max_accuracy_drop but no labelled data was given: accuracy gate skipped")
+    return None
 
 
 def _budgets(profile, tflite_bytes: int, arena_bytes: int | None) -> list[dict]:
@@ -201,16 +226,33 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
                                 "num_samples": options.num_samples, "labelled": data[1] is not None}
             entry["count"] = calibration_info["count"]
 
-    teacher = model
-    model, prune_report = _stage_prune(model, options, profile, data, stages)
+    original = model
+    training = options.training
+    if training is None:
+        from edgeprune.training.options import TrainingOptions
+
+        training = options.training = TrainingOptions()
+    iterative = training.iterative_steps > 1 and options.prunes
+    prune_report = None
+    if not iterative:
+        model, prune_report = _stage_prune(model, options, profile, data, stages)
+    from edgeprune.training.api import gate_budget
+
+    max_drop = gate_budget(training, profile)
+    stage_result = None
+    if training.wants_training or training.val_data or iterative:
+        stage_result = _stage_training(model, original, options, profile, data, stages, out)
+        model = stage_result.model
+        prune_report = stage_result.pruned_report or prune_report
+        report["training"] = stage_result.report
     if prune_report is not None:
         report["pruning"] = prune_report
-    model, train_report = _stage_recover(model, teacher, options, data, stages)
-    if train_report is not None:
-        report["training"] = train_report
 
+    representative = None if data is None else data[0]
+    if representative is None and stage_result is not None and stage_result.validation is not None:
+        representative = stage_result.validation.x[: options.num_samples or 200]
     with stages.stage("convert", f"Converting to TFLite ({quant})") as entry:
-        tflite = convert(model, quant, representative=None if data is None else data[0], io=io,
+        tflite = convert(model, quant, representative=representative, io=io,
                          int8_only=profile.operators.int8_only)
         entry["bytes"] = len(tflite)
 
@@ -228,6 +270,22 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
                      "method": "estimate: peak bytes of live non-constant tensors"}
         budgets = _budgets(profile, len(tflite), arena["bytes"])
         entry["ops"] = sum(ops.values())
+
+    gate = _gate_data(stage_result, data, training, max_drop, out)
+    if gate is not None:
+        from edgeprune.training.gate import check_accuracy_gate
+
+        with stages.stage("gate", "Accuracy gate (interpreter vs original model)") as entry:
+            try:
+                report["accuracy_gate"] = check_accuracy_gate(tflite, original, gate[0], gate[1], max_drop)
+            except VerificationError as exc:
+                report["accuracy_gate"] = exc.result
+                gate_error = exc
+            else:
+                gate_error = None
+            entry.update(report["accuracy_gate"])
+    else:
+        gate_error = None
 
     report["sizes"] = {"source_params": source_params, "source_bytes": path_bytes(loaded.path),
                        "tflite_bytes": len(tflite)}
@@ -258,6 +316,10 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         write_bytes_atomic(tmp / "model.tflite", tflite)
         write_json(tmp / "manifest.json", manifest)
         write_json(tmp / "report.json", report)
+        if gate_error is not None:
+            write_json(tmp / "GATE_FAILED.json", report["accuracy_gate"])
+            kept = artifact.reject()
+            raise VerificationError(f"{gate_error}; candidate kept in {kept}, nothing written to {dest}")
         failed = [b for b in budgets if not b["ok"]]
         if failed:
             kept = artifact.reject()

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from edgeprune.cli import cli
 from edgeprune.errors import InputError
 from edgeprune.search import SearchSpace, Trial, pareto_front, search
-from tests.test_training_fixtures import digits, trained_cnn
+from test_training_fixtures import digits, trained_cnn
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from test_training_fixtures import damaged, digits, trained_cnn
 from edgeprune.errors import InputError, VerificationError
 from edgeprune.training._tflite import to_tflite
 from edgeprune.training.api import gate_budget
-from edgeprune.training.gate import check_accuracy_gate, rejected_path, set_aside
+from edgeprune.training.gate import check_accuracy_gate
 from edgeprune.training.options import TrainingOptions
 
 
@@ -37,19 +37,6 @@ def test_gate_needs_labels():
     _, _, xv, _ = digits()
     with pytest.raises(InputError, match="labelled"):
         check_accuracy_gate(b"", trained_cnn(), xv, None, 1.0)
-
-
-def test_rejected_candidate_set_aside(tmp_path):
-    out = tmp_path / "model_out"
-    for attempt in range(2):  # a second rejection replaces the first
-        candidate = tmp_path / f".tmp-{attempt}"
-        candidate.mkdir()
-        (candidate / "model.tflite").write_bytes(b"x" * (attempt + 1))
-        target = set_aside(candidate, out, {"drop_points": 3.0})
-    assert target == rejected_path(out) == tmp_path / "model_out.rejected"
-    assert (target / "model.tflite").read_bytes() == b"xx"
-    assert (target / "GATE_FAILED.json").exists()
-    assert not out.exists() and not candidate.exists()
 
 
 def test_budget_from_flag_or_profile():

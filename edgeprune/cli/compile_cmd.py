@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from edgeprune.cli import cli, get_output, json_option
+from edgeprune.training.options import training_options
 
 
 @cli.command("compile")
@@ -35,16 +36,22 @@ from edgeprune.cli import cli, get_output, json_option
 @click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), required=True,
               help="Artifact directory to create.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@training_options
 @json_option
 @click.pass_context
 def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, calibration, num_samples,
                     seed, prune, prune_macs, criterion, protect, custom_objects, unsafe, output_dir,
-                    force, json_mode) -> None:
+                    force, json_mode, training) -> None:
     """Prune (optional), quantize and lower MODEL to TFLite for a device profile.
 
     Writes DIR/model.tflite, DIR/manifest.json and DIR/report.json atomically. Exits 1 when the
     artifact breaks a budget of the profile (the candidate is kept as DIR.rejected) or an
-    int8-only target still has float ops; 2 on bad input.
+    int8-only target still has float ops, or when the accuracy gate (--max-accuracy-drop, or the
+    profile's) fails; 2 on bad input.
+
+    Recovery after pruning: --train-data/--val-data with --finetune-epochs, --distill (label-free
+    from --calibration images when no labels), --iterative-steps N; pruning during training with
+    --gradual-sparsity or --sparsity-m-by-n 2:4 (tfmot); --qat for quantization-aware training.
     """
     from edgeprune.compile import CompileOptions, run_compile
 
@@ -53,6 +60,7 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
         target=target, quantize=quantize, io=io, calibration=calibration, num_samples=num_samples,
         seed=seed, custom_objects=str(custom_objects) if custom_objects else None, unsafe=unsafe,
         force=force, prune=prune, prune_macs=prune_macs, criterion=criterion, protect=tuple(protect),
+        training=training,
     )
     result = run_compile(model, output_dir, options, output=out)
     summary = summarize(result)
@@ -64,6 +72,15 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
             [(summary["tflite"], summary["quantization"], summary["io"], summary["tflite_bytes"],
               summary["arena_bytes"], summary["budgets"])],
         )
+        pruning, gate = summary["pruning"], summary["accuracy_gate"]
+        if pruning:
+            out.info(f"pruning: MACs {pruning['macs_before']:,} -> {pruning['macs_after']:,} "
+                     f"({pruning['macs_before'] / max(pruning['macs_after'], 1):.2f}x fewer), params "
+                     f"{pruning['params_before']:,} -> {pruning['params_after']:,}; per-layer table in report.json")
+        if gate:
+            out.info(f"accuracy gate: artifact {gate['candidate_accuracy']:.4f} vs original "
+                     f"{gate['reference_accuracy']:.4f} on {gate['samples']} samples "
+                     f"(drop {gate['drop_points']:.2f} pt, limit {gate['max_drop_points']})")
 
 
 def summarize(result) -> dict:
@@ -84,4 +101,8 @@ def summarize(result) -> dict:
         "budgets": budgets,
         "budget_checks": r["budgets"],
         "stages": r["stages"],
+        "pruning": {k: r["pruning"].get(k) for k in ("macs_before", "macs_after", "params_before", "params_after")}
+        if "pruning" in r else None,
+        "training": r.get("training"),
+        "accuracy_gate": r.get("accuracy_gate"),
     }

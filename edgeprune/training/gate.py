@@ -2,12 +2,11 @@
 
 The reference is the unpruned, unquantized Keras model on the same validation data; the
 drop is in percentage points. Over budget -> VerificationError (exit 1) and the compile
-ships nothing: the candidate goes to ``OUT.rejected`` for inspection.
+ships nothing: compile keeps the candidate as ``OUT.rejected`` (edgeprune.artifacts.ArtifactDir.reject).
 """
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -50,28 +49,3 @@ def check_accuracy_gate(tflite_bytes, reference_model, x_val, y_val, max_drop: f
         err.result = result
         raise err
     return result
-
-
-def rejected_path(out: str | Path) -> Path:
-    """Where a rejected candidate for artifact ``out`` is kept: ``OUT.rejected`` beside it."""
-    out = Path(out)
-    return out.with_name(out.name + ".rejected")
-
-
-def set_aside(candidate: str | Path, out: str | Path, gate_result: dict | None = None) -> Path:
-    """Move a built candidate (temp dir or file) to ``OUT.rejected`` atomically; returns the path.
-
-    An older ``OUT.rejected`` is replaced. The gate numbers are written inside a rejected
-    directory as ``GATE_FAILED.json`` so nobody mistakes it for a shipped artifact.
-    """
-    import json
-
-    candidate, target = Path(candidate), rejected_path(out)
-    if candidate.is_dir() and gate_result is not None:
-        (candidate / "GATE_FAILED.json").write_text(json.dumps(gate_result, indent=2) + "\n")
-    if target.exists():
-        old = target.with_name(target.name + f".old-{os.getpid()}")
-        os.replace(target, old)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-    os.replace(candidate, target)
-    return target

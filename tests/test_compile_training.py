@@ -1,0 +1,77 @@
+"""compile wired to the training stage: pruning + recovery + QAT + the accuracy gate, end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers_models import invoke_cli
+from test_training_fixtures import digits, trained_cnn
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ct")
+    x, y, xv, yv = digits()
+    trained_cnn(bn=True).save(tmp / "m.h5")
+    np.savez(tmp / "train.npz", x=x, y=y)
+    np.savez(tmp / "val.npz", x=xv, y=yv)
+    return tmp
+
+
+def test_prune_distill_and_gate_pass(files, tmp_path):
+    out = tmp_path / "art"
+    code, result = invoke_cli([
+        "compile", files / "m.h5", "-o", out, "--prune", "0.5", "--train-data", files / "train.npz",
+        "--val-data", files / "val.npz", "--finetune-epochs", "3", "--distill",
+        "--max-accuracy-drop", "5", "--json"])
+    assert code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["pruning"]["macs_after"] < summary["pruning"]["macs_before"]
+    assert summary["training"]["recovery"]["method"] == "distillation"
+    gate = summary["accuracy_gate"]
+    assert gate["passed"] and gate["samples"] == len(digits()[3])
+    report = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]][:2] == ["load", "prune"]
+    assert "training" in [s["name"] for s in report["stages"]]
+    assert "gate" in [s["name"] for s in report["stages"]]
+
+
+def test_gate_failure_ships_nothing_and_keeps_the_candidate(files, tmp_path):
+    out = tmp_path / "art"
+    code, result = invoke_cli([
+        "compile", files / "m.h5", "-o", out, "--prune", "0.75", "--val-data", files / "val.npz",
+        "--max-accuracy-drop", "0.01"])
+    assert code == 1
+    assert "accuracy gate" in str(result.exception) and "art.rejected" in str(result.exception)
+    assert not out.exists()
+    rejected = tmp_path / "art.rejected"
+    assert (rejected / "model.tflite").exists()
+    assert json.loads((rejected / "GATE_FAILED.json").read_text())["passed"] is False
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".art")]  # no temp dir left
+
+
+def test_qat_compiles_to_int8_and_passes_a_gate(files, tmp_path):
+    out = tmp_path / "qat"
+    code, result = invoke_cli([
+        "compile", files / "m.h5", "-o", out, "--train-data", files / "train.npz",
+        "--finetune-epochs", "1", "--qat", "--max-accuracy-drop", "3", "--json"])
+    assert code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["quantization"]["mode"] == "int8"
+    assert "qat" in json.loads((out / "report.json").read_text())["training"]
+
+
+def test_training_refusals(files, tmp_path):
+    code, result = invoke_cli(["compile", files / "m.h5", "-o", tmp_path / "a", "--qat",
+                               "--quantize", "float16", "--train-data", files / "train.npz"])
+    assert code == 2 and "--qat" in str(result.exception)
+    code, result = invoke_cli(["compile", files / "m.h5", "-o", tmp_path / "b",
+                               "--max-accuracy-drop", "1"])
+    assert code == 2 and "labelled" in str(result.exception)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("finetune_epochs: 2\nwarmup_epochs: 3\n")
+    code, result = invoke_cli(["compile", files / "m.h5", "-o", tmp_path / "c", "--recipe", recipe])
+    assert code == 2 and "warmup_epochs" in str(result.exception)
+    assert not any((tmp_path / n).exists() for n in ("a", "b", "c"))
