@@ -267,3 +267,18 @@ def test_report_layout_and_totals():
     assert rep["params_before"] == m.count_params()
     gs = build_groups(trace(m))
     assert rep["groups"] == len(gs.groups)
+
+
+def test_rounding_counts_channels_for_grouped_convs():
+    K = tf_keras()
+    L = K.layers
+    i = K.Input((8, 8, 3))
+    x = L.Conv2D(64, 1, name="a")(i)  # 16 groups of 4 input channels
+    x = L.Conv2D(64, 3, groups=16, padding="same", name="g")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    m = K.Model(i, L.Dense(2)(x))
+    r = prune_model(m, ratio=0.3, round_to=8)
+    g = r.model.get_layer("g")
+    assert g.filters % 8 == 0 and ch(r.model, "a") % 8 == 0 and g.filters == 48 and g.groups == 12
+    r = prune_model(m, ratio=0.9, round_to=1, min_channels=16)
+    assert r.model.get_layer("g").filters == 16

@@ -66,6 +66,20 @@ class Allocator:
         # units of each group sorted from most to least important
         self.order = {g.id: g.units[np.argsort(-scores[g.units], kind="stable")] for g in gs.prunable}
 
+    def _unit_policy(self, g) -> tuple[int, int]:
+        """round_to/min_channels in units: a unit spans several channels for grouped convs and
+        depthwise multipliers, and every tensor of the group must stay a multiple of round_to."""
+        mults = [int(m) for m in g.multiplicity.values()] or [1]
+        r = 1
+        for m in mults:
+            need = self.round_to // math.gcd(self.round_to, m)
+            r = r * need // math.gcd(r, need)
+        return r, -(-self.min_channels // min(mults))
+
+    def _keep(self, g, ratio: float) -> int:
+        r, mn = self._unit_policy(g)
+        return keep_count(g.size, ratio, r, mn)
+
     def _mask(self, keeps: dict) -> np.ndarray:
         keep = np.ones(self.n_units, dtype=bool)
         for gid, k in keeps.items():
@@ -81,12 +95,12 @@ class Allocator:
             removed = self._global_removals(ratio, [g for g in groups if g.id not in self.overrides])
         for g in groups:
             if g.id in self.overrides:
-                keeps[g.id] = keep_count(g.size, self.overrides[g.id], self.round_to, self.min_channels)
+                keeps[g.id] = self._keep(g, self.overrides[g.id])
             elif self.global_ranking:
                 r = removed.get(g.id, 0) / g.size
-                keeps[g.id] = keep_count(g.size, r, self.round_to, self.min_channels)
+                keeps[g.id] = self._keep(g, r)
             else:
-                keeps[g.id] = keep_count(g.size, ratio, self.round_to, self.min_channels)
+                keeps[g.id] = self._keep(g, ratio)
         return self._mask(keeps)
 
     def _global_removals(self, ratio: float, groups: list) -> dict:
