@@ -75,3 +75,18 @@ def test_training_refusals(files, tmp_path):
     code, result = invoke_cli(["compile", files / "m.h5", "-o", tmp_path / "c", "--recipe", recipe])
     assert code == 2 and "warmup_epochs" in str(result.exception)
     assert not any((tmp_path / n).exists() for n in ("a", "b", "c"))
+
+
+def test_prune_command_fine_tunes_iteratively(files, tmp_path):
+    out = tmp_path / "p.h5"
+    code, result = invoke_cli([
+        "prune", files / "m.h5", "--ratio", "0.5", "-o", out, "--train-data", files / "train.npz",
+        "--finetune-epochs", "1", "--iterative-steps", "2", "--json"])
+    assert code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["macs_after"] < report["macs_before"]
+    assert report["training"]["recovery"]["method"] == "fine-tuning"
+    assert out.exists()
+    code, result = invoke_cli(["prune", files / "m.h5", "--ratio", "0.5", "-o", tmp_path / "q.h5", "--qat"])
+    assert code == 2 and "edgeprune compile --qat" in str(result.exception)
+    assert not (tmp_path / "q.h5").exists()

@@ -7,6 +7,7 @@ import click
 
 from edgeprune.cli import cli, get_output, json_option
 from edgeprune.errors import InputError
+from edgeprune.training.options import training_options
 
 CRITERIA = ("l1", "l2", "bn", "taylor", "mean_activation", "apoz", "entropy", "random")
 DATA_CRITERIA = ("taylor", "mean_activation", "apoz", "entropy")
@@ -23,31 +24,6 @@ def _parse_per_layer(items) -> dict:
         except ValueError:
             raise InputError(f"--per-layer {item}: ratio '{value}' is not a number") from None
     return out
-
-
-def _load_data(src: str, model, num_samples: int | None = 256, seed: int = 0):
-    """Calibration arrays (x, y or None) via edgeprune.datasets, else plain .npy/.npz."""
-    try:
-        from edgeprune.datasets import load_arrays
-    except ModuleNotFoundError:
-        load_arrays = None
-    if load_arrays is not None:
-        return load_arrays(src, input_shape=tuple(model.input_shape), num_samples=num_samples, seed=seed)
-    import numpy as np
-
-    path = Path(src)
-    if not path.is_file() or path.suffix not in (".npy", ".npz"):
-        raise InputError(f"--data {src}: expected an existing .npy or .npz file")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise InputError(f"--data {src}: cannot read ({exc})") from None
-    if path.suffix == ".npy":
-        return loaded[:num_samples], None
-    keys = list(loaded.keys())
-    xk = "x" if "x" in keys else keys[0]
-    y = loaded["y"][:num_samples] if "y" in keys else None
-    return loaded[xk][:num_samples], y
 
 
 def _render(out, report: dict) -> None:
@@ -94,12 +70,22 @@ def _render(out, report: dict) -> None:
 @click.option("--custom-objects", type=click.Path(path_type=Path), help="Python file defining custom layers.")
 @click.option("--unsafe", is_flag=True, help="Load models that need code (Lambda layers, custom objects).")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output .keras/.h5 file.")
+@training_options
 @json_option
 @click.pass_context
 def prune_command(ctx, model, ratio, target_macs, criterion, protect, per_layer, global_ranking, max_ratio, round_to,
-                  min_channels, target, data, seed, custom_objects, unsafe, output, json_mode):
-    """Remove whole filters, channels and neurons from MODEL and write a smaller model to -o."""
+                  min_channels, target, data, seed, custom_objects, unsafe, output, json_mode, training):
+    """Remove whole filters, channels and neurons from MODEL and write a smaller model to -o.
+
+    With --train-data the pruned model is fine-tuned (--distill: from the unpruned model;
+    --iterative-steps N: prune and fine-tune in N steps). QAT and the accuracy gate measure a
+    quantized .tflite, so they belong to `edgeprune compile`.
+    """
     out = get_output(ctx, json_mode)
+    if training.qat:
+        raise InputError("--qat produces a model meant for int8 conversion: use `edgeprune compile --qat`")
+    if training.max_accuracy_drop is not None:
+        raise InputError("--max-accuracy-drop gates the converted .tflite: use `edgeprune compile`")
     if (ratio is None) == (target_macs is None):
         raise InputError("give exactly one of --ratio or --target-macs")
     if ratio is not None and not 0.0 <= ratio < 1.0:
@@ -131,12 +117,28 @@ def prune_command(ctx, model, ratio, target_macs, criterion, protect, per_layer,
     x = y = None
     if data:
         with out.progress(f"loading data {data}"):
-            x, y = _load_data(data, loaded.model, seed=seed)
-    with out.progress("analysing channel groups and pruning"):
-        result = prune_model(loaded.model, ratio=ratio, target_macs=target_macs, criterion=criterion,
-                             protect=tuple(protect), per_layer=per or None, global_ranking=global_ranking,
-                             max_ratio=max_ratio,
-                             round_to=round_to, min_channels=min_channels, data=x, labels=y, seed=seed)
+            from edgeprune.datasets import load_arrays
+
+            x, y = load_arrays(data, input_shape=tuple(loaded.model.input_shape), num_samples=256, seed=seed)
+    prune_kwargs = dict(ratio=ratio, target_macs=target_macs, criterion=criterion, protect=tuple(protect),
+                        per_layer=per or None, global_ranking=global_ranking, max_ratio=max_ratio,
+                        round_to=round_to, min_channels=min_channels, data=x, labels=y, seed=seed)
+    if training.iterative_steps > 1 or training.wants_training:
+        from edgeprune.pruning.api import PruneResult
+        from edgeprune.training.api import run_training_stage
+
+        iterative = training.iterative_steps > 1
+        first = None
+        if not iterative:
+            with out.progress("analysing channel groups and pruning"):
+                first = prune_model(loaded.model, **prune_kwargs)
+        stage = run_training_stage(first.model if first else loaded.model, training, original=loaded.model,
+                                   prune_kwargs=prune_kwargs if iterative else None, calibration=x, output=out)
+        result = PruneResult(model=stage.model, report=stage.pruned_report if iterative else first.report)
+        result.report["training"] = stage.report
+    else:
+        with out.progress("analysing channel groups and pruning"):
+            result = prune_model(loaded.model, **prune_kwargs)
     with out.progress(f"saving {output}"):
         model_io.save_model(result.model, output, flavour=loaded.flavour)
     report = result.report
