@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -88,27 +88,7 @@ def _latency_ms(tflite_path: Path, threads: int, runs: int) -> float:
     from edgeprune.harness.api import bench
 
     result = bench(str(tflite_path), threads=(threads,), runs=runs, warmup=2)
-    return float(_find_p50(result))
-
-
-def _find_p50(result: Any) -> float:
-    """Pull the steady-state median out of a bench result document."""
-    if isinstance(result, dict):
-        for key in ("p50_ms", "median_ms"):
-            if key in result and isinstance(result[key], (int, float)):
-                return result[key]
-        for value in result.values():
-            try:
-                return _find_p50(value)
-            except LookupError:
-                continue
-    if isinstance(result, list):
-        for value in result:
-            try:
-                return _find_p50(value)
-            except LookupError:
-                continue
-    raise LookupError("no p50 in bench result")
+    return float(result["devices"][0]["results"][0]["steady"]["p50_ms"])
 
 
 def pareto_front(trials: Sequence[Trial]) -> list[Trial]:
