@@ -109,7 +109,7 @@ def make_variants(name: str, ratios, quants, log, cache_dir=None) -> list:
         out.append(nv)
         target = nv.macs / base["macs"]
         res = prune_model(build(name), target_macs=target, round_to=8, min_channels=8)
-        out.append(Variant(name, f"structured @alpha0.5 MACs", res.model, base["macs"], out[0].params))
+        out.append(Variant(name, "structured @alpha0.5 MACs", res.model, base["macs"], out[0].params))
     for v in out:
         for q in quants:
             cached = None

@@ -13,28 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgeprune.console import json_default
 from edgeprune.errors import InputError
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _json_default(obj: Any):
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
-    if hasattr(obj, "__fspath__"):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
@@ -56,7 +40,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
 
 
 def write_json(path: Path, payload: Any) -> Path:
-    text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n"
+    text = json.dumps(payload, indent=2, sort_keys=False, default=json_default) + "\n"
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 

@@ -49,7 +49,7 @@ class Output:
     def emit_json(self, payload: Any) -> None:
         """Write the machine-readable result to stdout (only in --json mode)."""
         if self.json_mode:
-            sys.stdout.write(json.dumps(payload, indent=2, default=_json_default) + "\n")
+            sys.stdout.write(json.dumps(payload, indent=2, default=json_default) + "\n")
             sys.stdout.flush()
 
     @contextmanager
@@ -95,7 +95,8 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _json_default(obj: Any):
+def json_default(obj: Any):
+    """``json.dumps(default=...)`` for numpy values, Pydantic models and paths."""
     try:
         import numpy as np
 

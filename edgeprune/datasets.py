@@ -8,12 +8,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+from edgeprune._pyfile import import_python_file
 from edgeprune.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -104,17 +104,7 @@ def _import_callable(spec: str):
     if not fn_name.isidentifier():
         raise InputError(f"calibration '{spec}': expected module:function or path/to/file.py:function")
     if target.endswith(".py") or Path(target).is_file():
-        path = Path(target)
-        if not path.is_file():
-            raise InputError(f"calibration '{spec}': {path} not found")
-        name = f"_edgeprune_data_{abs(hash(str(path.resolve())))}"
-        mod_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(mod_spec)
-        sys.modules[name] = module
-        try:
-            mod_spec.loader.exec_module(module)
-        except Exception as exc:
-            raise InputError(f"calibration '{spec}': importing {path} failed ({type(exc).__name__}: {exc})") from None
+        module = import_python_file(target, f"calibration '{spec}'")
     else:
         try:
             module = importlib.import_module(target)

@@ -3,7 +3,7 @@
 Trains a small CNN on scikit-learn's handwritten digits (8x8 grayscale, offline), saves it as a
 Keras 3 ``.keras`` file (the common case), compiles it for the default profile as float32 and
 int8, then measures accuracy, agreement with the Keras model and latency with the local
-interpreter. Benchmarking goes through :mod:`edgeprune.harness` when it is installed.
+interpreter. Benchmarking goes through :mod:`edgeprune.harness`.
 """
 from __future__ import annotations
 
@@ -65,73 +65,20 @@ def _save_keras3(model, path: Path) -> None:
 
 
 def evaluate(tflite_path: Path, x, y) -> dict:
-    """Accuracy and outputs of a .tflite model (harness.evaluate_tflite when available)."""
-    try:
-        from edgeprune.harness.api import evaluate_tflite
-    except ImportError:
-        evaluate_tflite = _evaluate_local
+    """Accuracy and outputs of a .tflite model with the local interpreter."""
+    from edgeprune.harness.api import evaluate_tflite
+
     return evaluate_tflite(tflite_path, x, y)
 
 
-def _evaluate_local(tflite_path, x, y=None, *, threads: int = 1) -> dict:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(tflite_path), num_threads=threads)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    interp.resize_tensor_input(inp["index"], [1, *x.shape[1:]])
-    interp.allocate_tensors()
-    outputs = []
-    for sample in x:
-        interp.set_tensor(inp["index"], _quantize(sample[None], inp))
-        interp.invoke()
-        outputs.append(_dequantize(interp.get_tensor(out["index"]), out)[0])
-    outputs = np.asarray(outputs)
-    acc = None if y is None else float(np.mean(outputs.argmax(-1) == y))
-    return {"accuracy": acc, "mse": None, "outputs": outputs}
-
-
-def _quantize(x, detail):
-    scale, zero = detail["quantization"]
-    if detail["dtype"] in (np.int8, np.uint8) and scale:
-        info = np.iinfo(detail["dtype"])
-        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
-    return x.astype(detail["dtype"])
-
-
-def _dequantize(v, detail):
-    scale, zero = detail["quantization"]
-    if detail["dtype"] in (np.int8, np.uint8) and scale:
-        return (v.astype(np.float32) - zero) * scale
-    return v
-
-
 def latency_ms(tflite_path: Path, target: str, runs: int = 50) -> float | None:
-    """Median single-sample latency: harness.bench on this machine, else a plain loop."""
-    try:
-        from edgeprune.harness.api import bench
-        from edgeprune.harness.verify import best_latency
-    except ImportError:
-        return _latency_local(tflite_path, runs)
+    """Median single-sample latency measured by the bench harness on this machine."""
+    from edgeprune.harness.api import bench
+    from edgeprune.harness.verify import best_latency
+
     result = bench(tflite_path, target=target, threads=(1,), runs=runs, warmup=5)
     best = best_latency(result["devices"][0]) if result.get("devices") else None
     return None if best is None else float(best[1])
-
-
-def _latency_local(tflite_path: Path, runs: int) -> float:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(tflite_path), num_threads=1)
-    interp.allocate_tensors()
-    inp = interp.get_input_details()[0]
-    interp.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
-    for _ in range(5):
-        interp.invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        interp.invoke()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return float(np.median(times))
 
 
 def run_demo(output_dir: str | Path = DEFAULT_OUTPUT, *, target: str = "x86-64", seed: int = 0,

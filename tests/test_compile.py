@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-import edgeprune
 from helpers_models import digits_like, invoke_cli, tiny_keras3_cnn, tiny_tf_keras_cnn
 
 

@@ -5,12 +5,11 @@ imported; both are refused in safe mode with a message naming the layer and the 
 """
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import sys
 from pathlib import Path
 from typing import Iterator
 
+from edgeprune._pyfile import import_python_file
 from edgeprune.errors import InputError, UnsafeModelError
 
 _CONTAINERS = {"Functional", "Model", "Sequential"}
@@ -118,15 +117,7 @@ def load_custom_objects(path: str | Path | None) -> dict:
         raise InputError(f"--custom-objects {path}: no such file")
     if path.suffix != ".py":
         raise InputError(f"--custom-objects {path}: expected a Python .py file")
-    mod_name = f"_edgeprune_custom_objects_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code: report it as bad input, one line
-        del sys.modules[mod_name]
-        raise InputError(f"--custom-objects {path}: failed to import ({type(exc).__name__}: {exc})") from None
+    module = import_python_file(path, f"--custom-objects {path}")
     twins = getattr(module, "tf_keras_objects", None)
     if twins is not None and not isinstance(twins, dict):
         raise InputError(f"--custom-objects {path}: `tf_keras_objects` must be a dict, found {type(twins).__name__}")
@@ -137,7 +128,7 @@ def load_custom_objects(path: str | Path | None) -> dict:
         return CustomObjects(objects, twins)
     found = {
         name: obj for name, obj in vars(module).items()
-        if inspect.isclass(obj) and obj.__module__ == mod_name
+        if inspect.isclass(obj) and obj.__module__ == module.__name__
     }
     if not found:
         raise InputError(f"--custom-objects {path}: defines no `custom_objects` dict and no classes")

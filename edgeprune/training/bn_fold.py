@@ -65,7 +65,6 @@ def fold_batchnorm(model):
     model = as_functional(model)
     config = model.get_config()
     readers = consumers(config)
-    layers = {layer.name: layer for layer in model.layers}
     folded: dict[str, list[np.ndarray]] = {}
     mapping = {}
     report = {"folded": [], "kept": []}
