@@ -28,6 +28,16 @@ def set_verbose(verbose: bool) -> None:
 
 
 @contextlib.contextmanager
+def quiet_native():
+    """Hide native (C++) stderr lines such as the TFLite delegate banner, unless ``-v``."""
+    if _verbose:
+        yield
+    else:
+        with _silenced_stderr_fd():
+            yield
+
+
+@contextlib.contextmanager
 def _silenced_stderr_fd():
     """Hide C++ log lines (absl, oneDNN, cudart) that TF writes to fd 2 before its log level applies."""
     try:
@@ -74,3 +84,12 @@ def tf_keras():
     import tf_keras as _tf_keras
 
     return _tf_keras
+
+
+def keras3():
+    """The Keras 3 module (used only to read and write Keras 3 files), imported quietly."""
+    tf()
+    with quiet_native():
+        import keras as _keras
+
+    return _keras

@@ -58,6 +58,10 @@ class Output:
         if self.quiet:
             yield ProgressHandle(None, None)
             return
+        if not self.err.is_terminal:  # logs and CI: one line per step, no redraws
+            self.err.print(f"{description} ...")
+            yield ProgressHandle(None, None)
+            return
         columns = [SpinnerColumn(), TextColumn("{task.description}")]
         if total is not None:
             columns += [BarColumn(), TextColumn("{task.completed}/{task.total}")]

@@ -36,7 +36,8 @@ def digits_data(seed: int = 0):
 
 def train_digits_model(x, y, *, seed: int = 0, epochs: int = 12):
     """A ~3k-parameter Keras 3 CNN trained for a few seconds (seeded)."""
-    import keras
+    from edgeprune._env import keras3
+    keras = keras3()
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((8, 8, 1), name="digits")

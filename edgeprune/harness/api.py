@@ -200,9 +200,12 @@ def evaluate_tflite(tflite_path_or_bytes, x, y=None, *, threads: int = 1) -> dic
             raise InputError(f"{path}: TFLite model not found")
         content, name = None, str(path)
     try:
+        from edgeprune._env import quiet_native
+
         _, _, cls = runner.find_runtime()
-        interpreter = runner.load_interpreter(cls, str(path) if path else name, int(threads), content)
-        runner.allocate(interpreter, name)
+        with quiet_native():  # the XNNPACK delegate banner
+            interpreter = runner.load_interpreter(cls, str(path) if path else name, int(threads), content)
+            runner.allocate(interpreter, name)
         outputs = runner.run_eval(interpreter, np.asarray(x), np)
     except runner.RunnerFailure as exc:
         raise InputError(f"{name}: {exc.message}") from None

@@ -34,7 +34,8 @@ def _load_fallback(p: Path):
         if p.suffix != ".keras":
             raise InputError(f"{p}: cannot load the reference model ({first})") from None
         try:
-            import keras
+            from edgeprune._env import keras3
+            keras = keras3()
 
             return keras.saving.load_model(p, compile=False, safe_mode=True)
         except Exception as exc:

@@ -51,7 +51,8 @@ def _split_custom(custom_objects: dict, tk) -> tuple[dict, dict]:
 
 
 def _load_keras3(path: Path, k3_objects: dict, all_objects: dict, safe_mode: bool):
-    import keras
+    from edgeprune._env import keras3
+    keras = keras3()
 
     from edgeprune.model_io.keras3_to_tfkeras import keras3_to_tfkeras
 

@@ -373,7 +373,8 @@ def keras3_to_tfkeras(k3_model, *, custom_objects: dict | None = None, safe_mode
     from edgeprune._env import tf_keras
 
     tk = tf_keras()
-    import keras
+    from edgeprune._env import keras3
+    keras = keras3()
     from keras.src.models.functional import Functional
 
     if isinstance(k3_model, keras.Sequential):

@@ -43,7 +43,8 @@ def _is_known(class_name: str, flavour: str) -> bool:
     if isinstance(getattr(tf_keras().layers, class_name, None), type):
         return True
     if flavour == "keras3":
-        import keras
+        from edgeprune._env import keras3
+        keras = keras3()
 
         return isinstance(getattr(keras.layers, class_name, None), type)
     return False
@@ -53,7 +54,8 @@ def _is_registered(name: str, flavour: str) -> bool:
     """Whether the running process has registered ``name`` with Keras (decorated classes)."""
     try:
         if flavour == "keras3":
-            import keras
+            from edgeprune._env import keras3
+            keras = keras3()
 
             return keras.saving.get_registered_object(name) is not None
         from edgeprune._env import tf_keras

@@ -37,7 +37,8 @@ def save_model(model, path, *, flavour: str = "tf_keras") -> Path:
         if flavour == "tf_keras":
             model.save(tmp)
         else:
-            import keras
+            from edgeprune._env import keras3
+            keras = keras3()
 
             scratch = _temp_beside(path, ".h5")
             model.save(scratch, save_format="h5")

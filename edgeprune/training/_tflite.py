@@ -1,7 +1,7 @@
 """Conversion and interpreter evaluation, through the project's modules when they exist.
 
-edgeprune.convert / edgeprune.harness are written by other engineers; until they are
-importable these fall back to the plain TFLiteConverter and the LiteRT interpreter.
+edgeprune.convert / edgeprune.harness do the work; this module only adds the EXPERIMENTAL_SPARSITY conversion the
+gradual-pruning report measures.
 """
 from __future__ import annotations
 
@@ -11,21 +11,16 @@ import numpy as np
 def to_tflite(model, quantization: str = "float32", *, representative=None, sparsity: bool = False) -> bytes:
     """Convert ``model`` (float32 / int8 / dynamic); ``sparsity`` adds EXPERIMENTAL_SPARSITY."""
     if not sparsity:
-        try:
-            from edgeprune.convert import convert
-        except ImportError:
-            convert = None
-        if convert is not None:
-            return convert(model, quantization, representative=representative)
+        from edgeprune.convert import convert
+
+        return convert(model, quantization, representative=representative)
     from edgeprune._env import tf
 
     tf_ = tf()
     converter = tf_.lite.TFLiteConverter.from_keras_model(model)
-    opts = []
+    opts = [tf_.lite.Optimize.EXPERIMENTAL_SPARSITY]
     if quantization in ("int8", "dynamic"):
         opts.append(tf_.lite.Optimize.DEFAULT)
-    if sparsity:
-        opts.append(tf_.lite.Optimize.EXPERIMENTAL_SPARSITY)
     converter.optimizations = opts
     if quantization == "int8" and representative is not None:
         rep = np.asarray(representative, dtype=np.float32)
@@ -40,51 +35,19 @@ def to_tflite(model, quantization: str = "float32", *, representative=None, spar
 
 
 def interpreter(tflite_bytes: bytes, threads: int = 1):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - ai-edge-litert is a dependency
-        from edgeprune._env import tf
+    from ai_edge_litert.interpreter import Interpreter
 
-        Interpreter = tf().lite.Interpreter
-    return Interpreter(model_content=tflite_bytes, num_threads=threads)
+    from edgeprune._env import quiet_native
+
+    with quiet_native():
+        return Interpreter(model_content=tflite_bytes, num_threads=threads)
 
 
-def run_tflite(tflite_bytes: bytes, x: np.ndarray, batch: int = 64) -> np.ndarray:
+def run_tflite(tflite_bytes: bytes, x: np.ndarray) -> np.ndarray:
     """Outputs of the .tflite on ``x`` (float), quantizing int8/uint8 inputs and outputs."""
-    try:
-        from edgeprune.harness.api import evaluate_tflite
-    except ImportError:
-        evaluate_tflite = None
-    if evaluate_tflite is not None:
-        return np.asarray(evaluate_tflite(tflite_bytes, x)["outputs"])
-    interp = interpreter(tflite_bytes)
-    inp = interp.get_input_details()[0]
-    outs = []
-    for start in range(0, len(x), batch):
-        chunk = np.asarray(x[start : start + batch], dtype=np.float32)
-        interp.resize_tensor_input(inp["index"], [len(chunk), *inp["shape"][1:]])
-        interp.allocate_tensors()
-        inp_d = interp.get_input_details()[0]
-        out_d = interp.get_output_details()[0]
-        interp.set_tensor(inp_d["index"], _quantize(chunk, inp_d))
-        interp.invoke()
-        outs.append(_dequantize(interp.get_tensor(out_d["index"]), out_d))
-    return np.concatenate(outs)
+    from edgeprune.harness.api import evaluate_tflite
 
-
-def _quantize(x, detail):
-    if detail["dtype"] in (np.int8, np.uint8):
-        scale, zero = detail["quantization"]
-        info = np.iinfo(detail["dtype"])
-        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
-    return x.astype(detail["dtype"])
-
-
-def _dequantize(y, detail):
-    if detail["dtype"] in (np.int8, np.uint8):
-        scale, zero = detail["quantization"]
-        return (y.astype(np.float32) - zero) * scale
-    return y.astype(np.float32)
+    return np.asarray(evaluate_tflite(tflite_bytes, x)["outputs"])
 
 
 def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
