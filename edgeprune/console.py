@@ -58,8 +58,8 @@ class Output:
         if self.quiet:
             yield ProgressHandle(None, None)
             return
-        if not self.err.is_terminal:  # logs and CI: one line per step, no redraws
-            self.err.print(f"{description} ...")
+        if not self.err.is_terminal:  # pipes and CI: no redraws; step lines only with -v
+            self.debug(f"{description} ...")
             yield ProgressHandle(None, None)
             return
         columns = [SpinnerColumn(), TextColumn("{task.description}")]
