@@ -21,6 +21,19 @@ def _channel_norm(kernel: np.ndarray, axis: int, p: int) -> np.ndarray:
     return np.abs(k).sum(0) if p == 1 else np.sqrt((k ** 2).sum(0))
 
 
+def _normalise(values: np.ndarray) -> np.ndarray:
+    """Divide by the mean, preserving the order: non-negative scores are only divided by their
+    mean; scores with negative entries (caller-supplied, e.g. loss deltas) are first shifted
+    so the smallest is 0. Constant or empty input gives all ones."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return values
+    if values.min() < 0:
+        values = values - values.min()
+    mean = values.mean()
+    return values / mean if mean > 0 else np.ones_like(values)
+
+
 class Criterion:
     """Base class: subclasses return member scores {tensor key: per-channel scores}."""
 
@@ -42,9 +55,7 @@ class Criterion:
         total = np.zeros(n_units)
         count = np.zeros(n_units)
         for key, values in self.members(gs, data, labels):
-            values = np.asarray(values, dtype=np.float64)
-            mean = values.mean() if values.size else 0.0
-            values = values / mean if mean > 0 else np.ones_like(values)
+            values = _normalise(values)
             units = gs.units_of(key)
             if len(units) != len(values):  # e.g. depthwise multiplier: several channels per unit
                 continue
@@ -53,9 +64,7 @@ class Criterion:
         scores = np.where(count > 0, total / np.maximum(count, 1), np.nan)
         scores = self._fill_missing(gs, scores, data, labels)
         for g in gs.groups:
-            s = scores[g.units]
-            mean = s.mean() if s.size else 0
-            scores[g.units] = s / mean if mean > 0 else 1.0
+            scores[g.units] = _normalise(scores[g.units])
         return scores
 
     def _fill_missing(self, gs, scores, data, labels):
@@ -182,44 +191,67 @@ def _batches(x, size=16, limit=256):
         yield i, x[i:i + size]
 
 
+def _group_taps(gs: GroupSet) -> list:
+    """One tensor per prunable group: the output of an activation if there is one, else the
+    producer's output. This is the tensor whose channels the consumers read, i.e. what
+    removing a unit takes away (after BN and the nonlinearity)."""
+    taps = []
+    for g in gs.prunable:
+        candidates = [k for k in g.tensors if gs.graph.layers[gs.graph.tensors[k].producer].calls == 1]
+        act = [k for k in candidates if gs.graph.layers[gs.graph.tensors[k].producer].class_name
+               in ACTIVATION_LAYERS]
+        prod = [k for k in candidates if gs.graph.tensors[k].producer in g.producers]
+        taps.extend((act or prod or candidates)[:1])
+    return taps
+
+
+def _tap_outputs(model, taps) -> list:
+    outs = []
+    for k in taps:
+        t = model.get_layer(k[0]).get_output_at(k[1])
+        outs.append(t[k[2]] if isinstance(t, (list, tuple)) else t)
+    return outs
+
+
 class Taylor(Criterion):
-    """First-order Taylor: sum of |gradient x weight| per output channel on a calibration batch."""
+    """First-order Taylor on feature maps (Molchanov et al. 2017): for each channel of the
+    tensor the group's consumers read (post-BN, post-activation), |mean over positions of
+    activation x dLoss/dactivation| per sample, averaged over the calibration samples.
+
+    That is the first-order estimate of the loss change when the channel is removed. Labels
+    give the loss; without labels the model's own predictions (argmax) are the targets.
+    """
 
     name = "taylor"
     needs_data = True
 
     def members(self, gs, data=None, labels=None):
-        from edgeprune._env import tf
+        from edgeprune._env import tf, tf_keras
 
-        tfm = tf()
+        tfm, keras = tf(), tf_keras()
+        taps = _group_taps(gs)
+        if not taps:
+            return []
         model = gs.graph.model
-        nodes = [n for n in gs.graph.layers.values() if n.calls == 1 and n.layer.trainable_weights
-                 and n.class_name in rules.PRODUCERS | rules.DEPTHWISE]
-        kernels = []
-        for n in nodes:
-            attr = "pointwise_kernel" if n.class_name in rules.SEPARABLE else (
-                "depthwise_kernel" if n.class_name in rules.DEPTHWISE else "kernel")
-            kernels.append(getattr(n.layer, attr))
-        acc = [np.zeros(k.shape, dtype=np.float64) for k in kernels]
+        extractor = keras.Model(model.inputs, _tap_outputs(model, taps) + [model.outputs[0]])
+        acc = [np.zeros(gs.graph.tensors[k].channels, dtype=np.float64) for k in taps]
+        seen = 0
         for i, xb in _batches(np.asarray(data, dtype=np.float32)):
             with tfm.GradientTape() as tape:
-                pred = model(xb, training=False)
-                if isinstance(pred, (list, tuple)):
-                    pred = pred[0]
-                loss = self._loss(tfm, pred, None if labels is None else labels[i:i + len(xb)])
-            grads = tape.gradient(loss, kernels)
-            for a, gr, k in zip(acc, grads, kernels):
-                if gr is not None:
-                    a += np.abs(gr.numpy() * k.numpy())
-        out = []
-        for n, a in zip(nodes, acc):
-            if n.class_name in rules.CONV_T:
-                out.append((n.outputs[0], np.moveaxis(a, -2, -1).reshape(-1, a.shape[-2]).sum(0)))
-            elif n.class_name in rules.DEPTHWISE:
-                out.append((n.outputs[0], a.reshape(-1, a.shape[-2] * a.shape[-1]).sum(0)))
-            else:
-                out.append((n.outputs[0], a.reshape(-1, a.shape[-1]).sum(0)))
-        return out
+                res = extractor(xb, training=False)
+                feats, pred = list(res[:-1]), res[-1]
+                tape.watch(feats)
+                # per-sample gradients: the batch loss summed, not averaged
+                loss = self._loss(tfm, pred, None if labels is None else labels[i:i + len(xb)]) * len(xb)
+            grads = tape.gradient(loss, feats)
+            for a, f, g, k in zip(acc, feats, grads, taps):
+                if g is None:
+                    continue
+                c = gs.graph.tensors[k].channels
+                per_sample = (np.asarray(f, np.float64) * np.asarray(g, np.float64)).reshape(len(xb), -1, c).mean(1)
+                a += np.abs(per_sample).sum(0)
+            seen += len(xb)
+        return [(k, a / max(seen, 1)) for k, a in zip(taps, acc)]
 
     @staticmethod
     def _loss(tfm, pred, y):
@@ -251,15 +283,7 @@ class ActivationStat(Criterion):
 
     def _taps(self, gs):
         """One tensor per prunable group: the output of an activation if there is one."""
-        taps = []
-        for g in gs.prunable:
-            candidates = [k for k in g.tensors if gs.graph.layers[gs.graph.tensors[k].producer].calls == 1]
-            act = [k for k in candidates if gs.graph.layers[gs.graph.tensors[k].producer].class_name
-                   in ACTIVATION_LAYERS]
-            prod = [k for k in candidates if gs.graph.tensors[k].producer in g.producers]
-            pick = (act or prod or candidates)[:1]
-            taps.extend(pick)
-        return taps
+        return _group_taps(gs)
 
     def members(self, gs, data=None, labels=None):
         from edgeprune._env import tf_keras
@@ -269,7 +293,7 @@ class ActivationStat(Criterion):
         if not taps:
             return []
         model = gs.graph.model
-        outputs = [model.get_layer(k[0]).get_output_at(k[1]) for k in taps]
+        outputs = _tap_outputs(model, taps)
         extractor = keras.Model(model.inputs, outputs)
         stats = [[] for _ in taps]
         for _, xb in _batches(np.asarray(data, dtype=np.float32)):
