@@ -57,7 +57,7 @@ def test_image_dir_classes_sorted(tmp_path, model):
 
 
 def test_module_function_dataset(tmp_path, monkeypatch, model):
-    (tmp_path / "mydata.py").write_text(textwrap.dedent("""
+    (tmp_path / "train_gen_data.py").write_text(textwrap.dedent("""
         import numpy as np
         def ds():
             import tensorflow as tf
@@ -68,11 +68,11 @@ def test_module_function_dataset(tmp_path, monkeypatch, model):
             return np.zeros((4, 8, 8, 1), "float32"), np.array([0, 1, 2, 3])
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    data = load_source("mydata:ds")
+    data = load_source("train_gen_data:ds")
     assert data.x.shape == (12, 8, 8, 1) and data.y.shape == (12,)
-    assert load_source("mydata:arrays").y.tolist() == [0, 1, 2, 3]
+    assert load_source("train_gen_data:arrays").y.tolist() == [0, 1, 2, 3]
     with pytest.raises(InputError, match="cannot import"):
-        load_source("mydata:nope")
+        load_source("train_gen_data:nope")
 
 
 def test_split_is_seeded(model):
