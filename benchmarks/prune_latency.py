@@ -1,7 +1,7 @@
 """Does structured pruning buy real latency? MobileNetV2 / ResNet50 (224x224, random weights).
 
 For each model: the dense network, edgeprune structured pruning at ~25/50/75% of channels
-(round_to=8), tfmot unstructured magnitude pruning at the same weight sparsity (stripped and
+(channels rounded as the --target profile says: x86-64 rounds to 16), tfmot unstructured magnitude pruning at the same weight sparsity (stripped and
 converted, no training needed for latency), and for MobileNetV2 the natively narrow
 alpha=0.5 network plus a pruned MobileNetV2 at the same MACs. Every variant is converted to
 TFLite (float32 and int8 with random representative data) and timed in the LiteRT
@@ -89,13 +89,16 @@ class Variant:
         self.latency: dict = {}
 
 
+POLICY = {"round_to": 16, "min_channels": 16}  # replaced from --target in main()
+
+
 def make_variants(name: str, ratios, quants, log, cache_dir=None) -> list:
     dense = build(name)
     base = macs_mod.count(dense)
     out = [Variant(name, "dense", dense, base["macs"], dense.count_params())]
     for r in ratios:
         t0 = time.perf_counter()
-        res = prune_model(dense, ratio=r, round_to=8, min_channels=8)
+        res = prune_model(dense, ratio=r, **POLICY)
         log(f"{name}: structured {r:.0%} pruned in {time.perf_counter() - t0:.2f} s "
             f"(analysis {res.report['timing_s']['analysis']} s, surgery {res.report['timing_s']['surgery']} s)")
         v = Variant(name, f"structured {r:.0%}", res.model, base["macs"], out[0].params)
@@ -108,7 +111,7 @@ def make_variants(name: str, ratios, quants, log, cache_dir=None) -> list:
         nv = Variant(name, "alpha=0.5", narrow, base["macs"], out[0].params)
         out.append(nv)
         target = nv.macs / base["macs"]
-        res = prune_model(build(name), target_macs=target, round_to=8, min_channels=8)
+        res = prune_model(build(name), target_macs=target, **POLICY)
         out.append(Variant(name, "structured @alpha0.5 MACs", res.model, base["macs"], out[0].params))
     for v in out:
         for q in quants:
@@ -223,9 +226,16 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--cache-dir", help="keep converted .tflite files here and reuse them (re-measure cheaply)")
     ap.add_argument("--size", type=int, default=224, help="input size (smaller only for a quick smoke run)")
+    ap.add_argument("--target", default="x86-64", help="device profile whose pruning.round_to/min_channels to use")
     args = ap.parse_args(argv)
     global SIZE
     SIZE = args.size
+    from edgeprune.profiles import load_profile
+
+    policy = load_profile(args.target).pruning
+    POLICY.update(round_to=policy.round_to, min_channels=policy.min_channels)
+    print(f"pruning policy from profile {args.target}: round_to={policy.round_to}, "
+          f"min_channels={policy.min_channels}", file=sys.stderr)
     quants = [q for q in args.quant.split(",") if q]
     threads = [int(t) for t in args.threads.split(",")]
     ratios = [float(r) for r in args.ratios.split(",")]

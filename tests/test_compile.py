@@ -5,10 +5,14 @@ import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edgeprune.profiles import load_profile
+
+SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")  # rounds channels to 4
 from helpers_models import digits_like, invoke_cli, tiny_keras3_cnn, tiny_tf_keras_cnn
 
 
@@ -42,7 +46,7 @@ def test_default_target_float32_keras3(files, tmp_path):
                                     "bytes": len(data)}
     assert manifest["source"]["flavour"] == "keras3"
     assert manifest["source"]["sha256"] == hashlib.sha256((files / "k3.keras").read_bytes()).hexdigest()
-    assert manifest["profile"]["name"] == "x86-64" and manifest["profile"]["pruning"]["round_to"] == 8
+    assert manifest["profile"]["name"] == "x86-64" and manifest["profile"]["pruning"]["round_to"] == load_profile("x86-64").pruning.round_to
     assert manifest["versions"]["tensorflow"] and manifest["versions"]["tf_keras"] and manifest["versions"]["keras"]
     assert manifest["inputs"][0]["shape"] == [1, 8, 8, 1] and manifest["inputs"][0]["dtype"] == "float32"
     assert manifest["calibration"] is None
@@ -200,7 +204,7 @@ def test_prune_stage(tmp_path):
     tk.Model(inputs, outputs).save(tmp_path / "wide.h5")
     out = tmp_path / "pruned"
     code, result = invoke_cli(["compile", tmp_path / "wide.h5", "-o", out, "--prune", "0.5",
-                               "--protect", "head"])
+                               "--protect", "head", "--target", SMALL_CPU])
     assert code == 0, result.output
     manifest, report = _read(out)
     assert [s["name"] for s in report["stages"]] == ["load", "prune", "convert", "check"]

@@ -4,6 +4,8 @@ import json
 import numpy as np
 import pytest
 
+from edgeprune.profiles import load_profile
+
 import edgeprune._env  # noqa: F401
 from edgeprune._env import tf_keras
 from edgeprune.cli import main
@@ -80,11 +82,11 @@ def test_keras3_file_stays_keras3(k3_model, tmp_path, capsys):
 
 def test_target_macs_with_profile_rounding(tfk_model, tmp_path, capsys):
     out = tmp_path / "m.keras"
-    code, stdout, err = run(["prune", str(tfk_model), "--target-macs", "0.5", "--target", "x86-64",
+    code, stdout, err = run(["prune", str(tfk_model), "--target-macs", "0.5", "--target", "rpi5",
                              "-o", str(out), "--json"], capsys)
     assert code == 0, err
     rep = json.loads(stdout)
-    assert rep["macs_after"] <= 0.5 * rep["macs_before"] and rep["round_to"] == 8
+    assert rep["macs_after"] <= 0.5 * rep["macs_before"] and rep["round_to"] == load_profile("rpi5").pruning.round_to
     assert all(l["channels_after"] % 8 == 0 for l in rep["layers"] if l["name"] != "out")
 
 

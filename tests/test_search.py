@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from edgeprune.cli import cli
 from edgeprune.errors import InputError
 from edgeprune.search import SearchSpace, Trial, pareto_front, search
 from test_training_fixtures import digits, trained_cnn
+
+SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")  # rounds channels to 4
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def model_and_data(tmp_path_factory):
 
 def test_grid_search_measures_every_point_and_picks_a_feasible_best(model_and_data):
     model_path, val, _ = model_and_data
-    result = search(str(model_path), val_data=str(val),
+    result = search(str(model_path), val_data=str(val), target=SMALL_CPU,
                     space=SearchSpace(ratios=(0.0, 0.5), criteria=("l1",),
                                       quantizations=("float32", "int8")),
                     sampler="grid", latency_runs=5)
