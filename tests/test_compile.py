@@ -190,9 +190,6 @@ def test_python_api(files, tmp_path):
 
 
 def test_prune_stage(tmp_path):
-    api = pytest.importorskip("edgeprune.pruning.api")
-    if not hasattr(api, "prune_model"):
-        pytest.skip("edgeprune.pruning.api.prune_model is not there yet")
     import edgeprune._env as _env
 
     tk = _env.tf_keras()

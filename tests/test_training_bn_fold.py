@@ -82,7 +82,6 @@ def test_fold_logits_exact_on_trained_digits():
 
 
 def test_bn_recalibration_rescues_one_shot_pruning():
-    pytest.importorskip("edgeprune.pruning.api")
     from edgeprune.pruning.api import prune_model
     from edgeprune.training.bn_recal import recalibrate_batchnorm
     from edgeprune._env import tf_keras
@@ -103,7 +102,6 @@ def test_bn_recalibration_rescues_one_shot_pruning():
 
 
 def test_stage_recalibrates_with_calibration_only():
-    pytest.importorskip("edgeprune.pruning.api")
     from edgeprune.pruning.api import prune_model
     from edgeprune.training.api import run_training_stage
     from edgeprune.training.options import TrainingOptions

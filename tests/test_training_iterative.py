@@ -8,12 +8,7 @@ from test_training_fixtures import acc, digits, quiet, trained_cnn
 
 from edgeprune.training.iterative import step_targets
 
-try:
-    from edgeprune.pruning.api import prune_model
-except ImportError:  # pragma: no cover - written in parallel
-    prune_model = None
-
-needs_pruner = pytest.mark.skipif(prune_model is None, reason="edgeprune.pruning.api.prune_model not available yet")
+from edgeprune.pruning.api import prune_model  # noqa: F401  (the stage prunes with it)
 
 
 def test_step_targets_compound_to_the_goal():
@@ -23,7 +18,6 @@ def test_step_targets_compound_to_the_goal():
     assert np.prod([1 - r for r in ratios]) == pytest.approx(0.5)
 
 
-@needs_pruner
 def test_iterative_reaches_mac_target_and_recovers(tmp_path):
     from edgeprune.training.api import run_training_stage
     from edgeprune.training.options import TrainingOptions
@@ -45,7 +39,6 @@ def test_iterative_reaches_mac_target_and_recovers(tmp_path):
     assert stage.model.count_params() < original.count_params()
 
 
-@needs_pruner
 def test_one_shot_stage_with_qat_converts_int8(tmp_path):
     from edgeprune.training._tflite import to_tflite
     from edgeprune.training.api import run_training_stage
