@@ -4,19 +4,7 @@ from __future__ import annotations
 import click
 
 from edgeprune.cli import cli, get_output, json_option
-from edgeprune.errors import EdgepruneError, InputError
-
-
-def _parse_threads(value: str | None):
-    if value is None:
-        return None
-    try:
-        threads = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--threads: expected a comma-separated list like 1,2,4, found '{value}'") from None
-    if not threads or any(t < 1 for t in threads):
-        raise InputError(f"--threads: expected positive integers, found '{value}'")
-    return threads
+from edgeprune.errors import EdgepruneError
 
 
 def _mb(kb):
@@ -130,9 +118,10 @@ def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, mi
     """
     out = get_output(ctx, json_mode)
     from edgeprune.harness.api import bench
+    from edgeprune.harness.fleet import parse_threads
 
     try:
-        result = bench(artifact, target=target, hosts=hosts, threads=_parse_threads(threads), runs=runs,
+        result = bench(artifact, target=target, hosts=hosts, threads=parse_threads(threads, "--threads"), runs=runs,
                        warmup=warmup, min_duration_s=min_duration, eval_data=eval_data, reference_model=reference,
                        max_accuracy_drop=max_accuracy_drop, remote_python=remote_python, output=out, fleet=fleet,
                        max_latency_ms=max_latency_ms, ssh_options=ssh_options, ssh_config=ssh_config,

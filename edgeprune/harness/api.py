@@ -15,7 +15,7 @@ from edgeprune.errors import DeviceError, InputError, VerificationError
 from edgeprune.harness import runner, verify
 from edgeprune.harness.artifact import inspect_artifact
 from edgeprune.harness.evaldata import load_eval_data
-from edgeprune.harness.fleet import LOCAL, Device, device_for, load_fleet, run_parallel
+from edgeprune.harness.fleet import LOCAL, Device, device_for, load_fleet, parse_threads, run_parallel
 from edgeprune.harness.jobs import EVAL_X, EVAL_Y, RunRequest
 from edgeprune.harness.local import run_local
 from edgeprune.harness.remote import SshSettings, run_remote
@@ -25,16 +25,6 @@ def _with_result(error_cls, message: str, result: dict):
     exc = error_cls(message)
     exc.result = result
     return exc
-
-
-def _check_threads(threads) -> tuple[int, ...]:
-    try:
-        values = tuple(int(t) for t in threads)
-    except (TypeError, ValueError):
-        raise InputError(f"--threads: expected integers like 1,2,4, found {threads!r}") from None
-    if not values or any(t < 1 for t in values):
-        raise InputError(f"--threads: expected positive integers, found {list(threads)!r}")
-    return values
 
 
 def _resolve_devices(profile, hosts: Iterable[str], fleet, remote_python) -> list[Device]:
@@ -97,7 +87,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
         raise InputError(f"--max-accuracy-drop: expected points >= 0, found {max_accuracy_drop:g}")
     if max_latency_ms is not None and max_latency_ms <= 0:
         raise InputError(f"--max-latency-ms: expected a positive number of ms, found {max_latency_ms:g}")
-    threads = _check_threads(threads if threads else ((profile.threads,) if profile else (1,)))
+    threads = parse_threads(threads if threads else ((profile.threads,) if profile else (1,)), "--threads")
     info = inspect_artifact(artifact)
     devices = _resolve_devices(profile, hosts, fleet, remote_python)
     if max_latency_ms is None and profile is not None:

@@ -38,18 +38,19 @@ def device_for(spec: str, *, python: str | None = None, threads=None) -> Device:
     return Device(host.label, host, python, threads)
 
 
-def _threads(value, where: str) -> tuple[int, ...] | None:
+def parse_threads(value, where: str) -> tuple[int, ...] | None:
+    """Thread counts from ``"1,2,4"``, a list, or one int; ``where`` names the flag or file."""
     if value is None:
         return None
-    items = value if isinstance(value, list) else [value]
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
     if isinstance(value, str):
         items = [v for v in value.split(",") if v.strip()]
     try:
         out = tuple(int(v) for v in items)
     except (TypeError, ValueError):
-        raise InputError(f"{where}: threads must be integers, found {value!r}") from None
+        raise InputError(f"{where}: expected a comma-separated list like 1,2,4, found {value!r}") from None
     if not out or any(t < 1 for t in out):
-        raise InputError(f"{where}: threads must be positive integers, found {value!r}")
+        raise InputError(f"{where}: expected positive thread counts, found {value!r}")
     return out
 
 
@@ -79,7 +80,7 @@ def load_fleet(path: str | Path) -> list[Device]:
         python = entry.get("python")
         if python is not None and not isinstance(python, str):
             raise InputError(f"{where}: python must be a path string")
-        devices.append(device_for(entry["host"], python=python, threads=_threads(entry.get("threads"), where)))
+        devices.append(device_for(entry["host"], python=python, threads=parse_threads(entry.get("threads"), where)))
     labels = [d.label for d in devices]
     dup = {x for x in labels if labels.count(x) > 1}
     if dup:
