@@ -166,12 +166,9 @@ def _recipe(src: str) -> dict | None:
             return None
     if not path.is_file():
         raise InputError(f"calibration recipe '{src}': no such file")
-    import yaml
+    from edgeprune.yamlfile import read_yaml
 
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"calibration recipe {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path, f"calibration recipe {path}")
     if not isinstance(data, dict) or not isinstance(data.get("source"), str):
         raise InputError(f"calibration recipe {path}: expected a mapping with a 'source' string")
     source = data["source"]

@@ -11,10 +11,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgeprune.errors import InputError
+from edgeprune.yamlfile import read_yaml
 
 QUANT_MODES = ("float32", "dynamic", "float16", "int8", "int16x8")
 
@@ -153,10 +153,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
             raise InputError(f"unknown target '{name_or_path}' (bundled: {names}; or pass a YAML path)")
     if not path.is_file():
         raise InputError(f"{path}: profile file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path, str(path))
     if not isinstance(data, dict):
         raise InputError(f"{path}: a profile must be a YAML mapping")
     try:

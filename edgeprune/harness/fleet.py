@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from edgeprune.errors import EdgepruneError, InputError
 from edgeprune.harness.proc import cancel_all, reset_cancel
 from edgeprune.harness.remote import SshHost, parse_host
+from edgeprune.yamlfile import read_yaml
 
 LOCAL = "local"
 
@@ -60,10 +59,7 @@ def load_fleet(path: str | Path) -> list[Device]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: fleet file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(p, str(p))
     entries = data.get("hosts") if isinstance(data, dict) else data
     if not isinstance(entries, list) or not entries:
         raise InputError(f"{p}: expected a non-empty list under 'hosts:'")

@@ -12,19 +12,11 @@ def load_recipe(path: str | Path) -> dict:
     Keys are the flag names with dashes or underscores (``finetune-epochs`` or
     ``finetune_epochs``); a top-level ``training:`` mapping is also accepted.
     """
-    import yaml
-
     from edgeprune.training.options import TrainingOptions
+    from edgeprune.yamlfile import read_yaml
 
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"--recipe {path}: cannot read the file ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InputError(f"--recipe {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path, f"--recipe {path}")
     if data is None:
         return {}
     if isinstance(data, dict) and set(data) == {"training"}:
