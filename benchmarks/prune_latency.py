@@ -2,14 +2,17 @@
 
 For each model: the dense network, edgeprune structured pruning at ~25/50/75% of channels
 (channels rounded as the --target profile says: x86-64 rounds to 16), tfmot unstructured magnitude pruning at the same weight sparsity (stripped and
-converted, no training needed for latency), and for MobileNetV2 the natively narrow
-alpha=0.5 network plus a pruned MobileNetV2 at the same MACs. Every variant is converted to
+converted, no training needed for latency), latency-aware structured pruning (a per-layer
+latency table measured with the interpreter; at the latency the table predicts for each
+uniform ratio, the allocation that keeps the most MACs), and for MobileNetV2 the natively
+narrow alpha=0.5 and alpha=0.35 networks plus a pruned MobileNetV2 at alpha=0.5's MACs. Every variant is converted to
 TFLite (float32 and int8 with random representative data) and timed in the LiteRT
 interpreter with 1 and 2 threads. Models are measured interleaved (round-robin, several
 rounds, median) so machine drift cancels. Not a test: run it by hand, it takes many minutes.
 
     python benchmarks/prune_latency.py [--models mobilenetv2,resnet50] [--ratios 0.25,0.5,0.75]
         [--quant float32,int8] [--threads 1,2] [--runs 20] [--rounds 5] [--json out.json]
+        [--no-latency-aware] [--cache-dir DIR]
 """
 from __future__ import annotations
 
@@ -78,12 +81,13 @@ def weight_sparsity(model) -> float:
 
 
 class Variant:
-    def __init__(self, model_name, label, model, base_macs, base_params):
+    def __init__(self, model_name, label, model, base_macs, base_params, removed=None):
         counted = macs_mod.count(model)
         self.model_name, self.label = model_name, label
         self.macs, self.params = counted["macs"], model.count_params()
         self.base_macs, self.base_params = base_macs, base_params
         self.sparsity = weight_sparsity(model) if label.startswith("tfmot") else 0.0
+        self.removed = removed  # fraction of prunable channels removed (structured variants)
         self.model = model
         self.blobs: dict = {}
         self.latency: dict = {}
@@ -92,21 +96,56 @@ class Variant:
 POLICY = {"round_to": 16, "min_channels": 16}  # replaced from --target in main()
 
 
-def make_variants(name: str, ratios, quants, log, cache_dir=None) -> list:
+def counts_in(graph, pruned) -> dict:
+    """Channel count of every tensor of the dense ``graph`` in ``pruned`` (same layer names)."""
+    names = {layer.name for layer in pruned.layers}
+    return {key: pruned.get_layer(t.producer).output_shape[-1] for key, t in graph.tensors.items()
+            if t.producer in names and t.spatial == 1}
+
+
+def latency_table_for(name, dense, log, cache_dir):
+    """The per-layer latency table of the dense model (1 thread, float32), cached as JSON."""
+    from edgeprune.pruning.api import _latency_table
+    from edgeprune.pruning.graph import trace
+    from edgeprune.pruning.groups import build_groups
+
+    graph = trace(dense)
+    path = Path(cache_dir) / f"{name}_latency_{SIZE}.json" if cache_dir else None
+    t0 = time.perf_counter()
+    table, info = _latency_table(graph, build_groups(graph), path, POLICY["round_to"], POLICY["min_channels"],
+                                 1, "float32", None)
+    log(f"{name}: latency table, {info['points_measured']} points measured in {time.perf_counter() - t0:.1f} s")
+    return graph, table
+
+
+def make_variants(name: str, ratios, quants, log, cache_dir=None, latency_aware=True) -> list:
     dense = build(name)
     base = macs_mod.count(dense)
     out = [Variant(name, "dense", dense, base["macs"], dense.count_params())]
+    if latency_aware:
+        graph, table = latency_table_for(name, dense, log, cache_dir)
+        dense_us = table.predict(graph, {})
     for r in ratios:
         t0 = time.perf_counter()
         res = prune_model(dense, ratio=r, **POLICY)
         log(f"{name}: structured {r:.0%} pruned in {time.perf_counter() - t0:.2f} s "
             f"(analysis {res.report['timing_s']['analysis']} s, surgery {res.report['timing_s']['surgery']} s)")
-        v = Variant(name, f"structured {r:.0%}", res.model, base["macs"], out[0].params)
+        v = Variant(name, f"structured {r:.0%}", res.model, base["macs"], out[0].params, removed=res.report["ratio_used"])
         out.append(v)
+        if latency_aware:
+            fraction = table.predict(graph, counts_in(graph, res.model)) / dense_us
+            aware = prune_model(dense, target_latency=fraction, latency_table=table, latency_objective="macs",
+                                **POLICY)
+            lat = aware.report["latency_table"]
+            log(f"{name}: latency-aware at {fraction:.3f} of the predicted latency ({lat['allocation']}), "
+                f"{aware.report['ratio_used']:.1%} of channels removed")
+            out.append(Variant(name, f"latency-aware @{r:.0%} latency", aware.model, base["macs"], out[0].params,
+                               removed=aware.report["ratio_used"]))
         sparsity = 1 - v.params / out[0].params
         log(f"{name}: tfmot magnitude pruning at {sparsity:.1%} weight sparsity")
         out.append(Variant(name, f"tfmot {sparsity:.0%}", tfmot_pruned(name, sparsity), base["macs"], out[0].params))
     if name == "mobilenetv2":
+        out.append(Variant(name, "alpha=0.35", build(name, alpha=0.35), base["macs"], out[0].params))
         narrow = build(name, alpha=0.5)
         nv = Variant(name, "alpha=0.5", narrow, base["macs"], out[0].params)
         out.append(nv)
@@ -177,7 +216,7 @@ def report(all_variants, quants, threads):
         size = " ".join(f"{len(v.blobs[q]) / 1024:10.0f}" for q in quants)
         lines.append(f"{v.model_name:12} {v.label:28} {v.params:10,} {v.macs / 1e6:8.1f} {size} {lat}")
         rows.append({"model": v.model_name, "variant": v.label, "params": v.params, "macs": v.macs,
-                     "weight_sparsity": v.sparsity,
+                     "weight_sparsity": v.sparsity, "channels_removed": v.removed,
                      "tflite_bytes": {q: len(v.blobs[q]) for q in quants},
                      "latency_ms": {f"{q}/{t}": v.latency[(q, t)] for q in quants for t in threads}})
     lines.append("")
@@ -197,7 +236,8 @@ def report(all_variants, quants, threads):
                     parts.append(f"{q}/{t}t speed-up {speed:.2f}x eff {speed / mac_red:.2f}")
                     ratios[f"{name}|{v.label}|{q}/{t}"] = {"speedup": speed, "mac_reduction": mac_red,
                                                           "efficiency": speed / mac_red}
-            lines.append(f"  {name:12} {v.label:28} MACs /{mac_red:.2f}: " + "; ".join(parts))
+            removed = f" ({v.removed:.0%} of channels removed)" if v.removed is not None else ""
+            lines.append(f"  {name:12} {v.label:28} MACs /{mac_red:.2f}{removed}: " + "; ".join(parts))
     mn = by_model.get("mobilenetv2")
     if mn:
         alpha = next((v for v in mn if v.label == "alpha=0.5"), None)
@@ -227,6 +267,7 @@ def main(argv=None):
     ap.add_argument("--cache-dir", help="keep converted .tflite files here and reuse them (re-measure cheaply)")
     ap.add_argument("--size", type=int, default=224, help="input size (smaller only for a quick smoke run)")
     ap.add_argument("--target", default="x86-64", help="device profile whose pruning.round_to/min_channels to use")
+    ap.add_argument("--no-latency-aware", action="store_true", help="skip the latency-aware variants")
     args = ap.parse_args(argv)
     global SIZE
     SIZE = args.size
@@ -245,7 +286,7 @@ def main(argv=None):
 
     everything = []
     for name in args.models.split(","):
-        variants = make_variants(name, ratios, quants, log, args.cache_dir)
+        variants = make_variants(name, ratios, quants, log, args.cache_dir, not args.no_latency_aware)
         measure(variants, quants, threads, args.runs, args.rounds, log)
         everything.extend(variants)
     text, data = report(everything, quants, threads)

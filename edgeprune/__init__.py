@@ -14,6 +14,7 @@ _API = {
     "compile": "edgeprune.compile:compile",
     "bench": "edgeprune.harness.api:bench",
     "prune": "edgeprune.pruning.api:prune",
+    "latency_table": "edgeprune.pruning.api:latency_table",
     "load_model": "edgeprune.model_io:load_model",
     "save_model": "edgeprune.model_io:save_model",
     "load_profile": "edgeprune.profiles:load_profile",

@@ -42,6 +42,8 @@ class CompileOptions:
     # pruning (edgeprune.pruning.api.prune_model)
     prune: float | None = None  # channel ratio
     prune_macs: float | None = None  # target MACs as a fraction of the original
+    prune_latency: float | None = None  # target predicted latency as a fraction of the original
+    latency_table: str | None = None  # JSON latency table to reuse/extend (see pruning.latency)
     criterion: str = "l1"
     protect: tuple[str, ...] = ()
     # training-aware compression (edgeprune.training): fine-tuning, distillation, iterative
@@ -50,7 +52,7 @@ class CompileOptions:
 
     @property
     def prunes(self) -> bool:
-        return self.prune is not None or self.prune_macs is not None
+        return any(x is not None for x in (self.prune, self.prune_macs, self.prune_latency))
 
 
 @dataclass
@@ -122,13 +124,19 @@ def _input_shape(model) -> tuple:
 
 
 def _prune_kwargs(options, profile, data) -> dict:
-    return dict(
+    kwargs = dict(
         ratio=options.prune, target_macs=options.prune_macs, criterion=options.criterion,
         protect=tuple(options.protect), round_to=profile.pruning.round_to,
         min_channels=profile.pruning.min_channels,
         data=None if data is None else data[0], labels=None if data is None else data[1],
         seed=options.seed,
     )
+    if options.prune_latency is not None:
+        qat = options.training is not None and options.training.qat
+        quant = "int8" if qat else (options.quantize or profile.quantization.default.value)
+        kwargs.update(target_latency=options.prune_latency, latency_table=options.latency_table,
+                      threads=profile.threads, latency_quantization="int8" if quant == "int8" else "float32")
+    return kwargs
 
 
 def _stage_prune(model, options, profile, data, stages) -> tuple[Any, dict | None]:
@@ -201,6 +209,14 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
     out = output or default_output()
     profile = load_profile(options.target)
     quant, io = _resolve_modes(options, profile)
+    if sum(x is not None for x in (options.prune, options.prune_macs, options.prune_latency)) > 1:
+        raise InputError("give at most one of --prune, --prune-macs and --prune-latency")
+    if options.latency_table and options.prune_latency is None:
+        raise InputError("--latency-table is used with --prune-latency only")
+    if options.prune_latency is not None and profile.connection.kind != "local" and not options.latency_table:
+        raise InputError(f"--prune-latency: profile '{profile.name}' is a remote device; measure its latency "
+                         f"table there (`edgeprune latency-table MODEL -o TABLE.json --target {profile.name}`) "
+                         f"and pass --latency-table TABLE.json")
     artifact = ArtifactDir(output_dir, force=options.force)  # refuses an existing DIR early
     report: dict[str, Any] = {"stages": []}
     stages = _Stages(report, out)

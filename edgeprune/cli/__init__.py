@@ -40,7 +40,7 @@ def _register_commands() -> None:
     # only if it does not exist at all, never when it fails to import for another reason.
     import importlib
 
-    for name in ("targets_cmd", "compile_cmd", "bench_cmd", "prune_cmd", "demo_cmd", "search_cmd"):
+    for name in ("targets_cmd", "compile_cmd", "bench_cmd", "prune_cmd", "latency_cmd", "demo_cmd", "search_cmd"):
         try:
             importlib.import_module(f"edgeprune.cli.{name}")
         except ModuleNotFoundError as exc:

@@ -27,6 +27,11 @@ from edgeprune.training.options import training_options
               help="Remove this fraction of channels (structured pruning).")
 @click.option("--prune-macs", type=float, default=None, metavar="F",
               help="Prune until MACs are this fraction of the original.")
+@click.option("--prune-latency", type=float, default=None, metavar="F",
+              help="Prune until the latency predicted by a per-layer table (measured with the "
+                   "interpreter, the profile's threads) is this fraction of the original.")
+@click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --prune-latency: JSON latency table to reuse and extend (required for remote profiles).")
 @click.option("--criterion", default="l1", show_default=True, help="Channel importance criterion for pruning.")
 @click.option("--protect", multiple=True, metavar="REGEX", help="Never prune layers matching REGEX (repeatable).")
 @click.option("--custom-objects", type=click.Path(path_type=Path), default=None, metavar="PY",
@@ -40,7 +45,7 @@ from edgeprune.training.options import training_options
 @json_option
 @click.pass_context
 def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, calibration, num_samples,
-                    seed, prune, prune_macs, criterion, protect, custom_objects, unsafe, output_dir,
+                    seed, prune, prune_macs, prune_latency, latency_table, criterion, protect, custom_objects, unsafe, output_dir,
                     force, json_mode, training) -> None:
     """Prune (optional), quantize and lower MODEL to TFLite for a device profile.
 
@@ -59,7 +64,8 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
     options = CompileOptions(
         target=target, quantize=quantize, io=io, calibration=calibration, num_samples=num_samples,
         seed=seed, custom_objects=str(custom_objects) if custom_objects else None, unsafe=unsafe,
-        force=force, prune=prune, prune_macs=prune_macs, criterion=criterion, protect=tuple(protect),
+        force=force, prune=prune, prune_macs=prune_macs, prune_latency=prune_latency,
+        latency_table=str(latency_table) if latency_table else None, criterion=criterion, protect=tuple(protect),
         training=training,
     )
     result = run_compile(model, output_dir, options, output=out)

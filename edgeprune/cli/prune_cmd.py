@@ -11,6 +11,7 @@ from edgeprune.training.options import training_options
 
 CRITERIA = ("l1", "l2", "bn", "taylor", "mean_activation", "apoz", "entropy", "random")
 DATA_CRITERIA = ("taylor", "mean_activation", "apoz", "entropy")
+LATENCY_OBJECTIVES = ("macs", "importance")
 
 
 def _parse_per_layer(items) -> dict:
@@ -55,6 +56,17 @@ def _render(out, report: dict) -> None:
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--ratio", type=float, help="Fraction of channels removed from every prunable group (0-1).")
 @click.option("--target-macs", type=float, help="Keep at most this fraction of the original MACs (0-1].")
+@click.option("--target-latency", type=float,
+              help="Keep at most this fraction of the latency predicted by a per-layer table measured "
+                   "with the interpreter (0-1].")
+@click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --target-latency: JSON table to reuse and extend (created if missing).")
+@click.option("--latency-objective", type=click.Choice(LATENCY_OBJECTIVES), default="macs", show_default=True,
+              help="With --target-latency: keep the most MACs (macs) or the most channel importance "
+                   "(importance) within the latency.")
+@click.option("--threads", type=int, help="With --target-latency: interpreter threads (default: profile, else 1).")
+@click.option("--latency-quantization", type=click.Choice(("float32", "int8")), default="float32",
+              show_default=True, help="With --target-latency: the arithmetic the table is measured in.")
 @click.option("--criterion", type=click.Choice(CRITERIA), default="l1", show_default=True,
               help="Channel importance criterion.")
 @click.option("--protect", multiple=True, metavar="REGEX", help="Layers (name or regex) whose outputs stay intact.")
@@ -73,7 +85,8 @@ def _render(out, report: dict) -> None:
 @training_options
 @json_option
 @click.pass_context
-def prune_command(ctx, model, ratio, target_macs, criterion, protect, per_layer, global_ranking, max_ratio, round_to,
+def prune_command(ctx, model, ratio, target_macs, target_latency, latency_table, latency_objective, threads,
+                  latency_quantization, criterion, protect, per_layer, global_ranking, max_ratio, round_to,
                   min_channels, target, data, seed, custom_objects, unsafe, output, json_mode, training):
     """Remove whole filters, channels and neurons from MODEL and write a smaller model to -o.
 
@@ -86,12 +99,17 @@ def prune_command(ctx, model, ratio, target_macs, criterion, protect, per_layer,
         raise InputError("--qat produces a model meant for int8 conversion: use `edgeprune compile --qat`")
     if training.max_accuracy_drop is not None:
         raise InputError("--max-accuracy-drop gates the converted .tflite: use `edgeprune compile`")
-    if (ratio is None) == (target_macs is None):
-        raise InputError("give exactly one of --ratio or --target-macs")
+    if sum(x is not None for x in (ratio, target_macs, target_latency)) != 1:
+        raise InputError("give exactly one of --ratio, --target-macs or --target-latency")
     if ratio is not None and not 0.0 <= ratio < 1.0:
         raise InputError(f"--ratio must be in [0, 1), got {ratio}")
-    if target_macs is not None and not 0.0 < target_macs <= 1.0:
-        raise InputError(f"--target-macs must be in (0, 1], got {target_macs}")
+    for flag, value in (("--target-macs", target_macs), ("--target-latency", target_latency)):
+        if value is not None and not 0.0 < value <= 1.0:
+            raise InputError(f"{flag} must be in (0, 1], got {value}")
+    if latency_table is not None and target_latency is None:
+        raise InputError("--latency-table is used with --target-latency only")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
     if criterion in DATA_CRITERIA and not data:
         raise InputError(f"--criterion {criterion} needs calibration data: pass --data FILE")
     if output.suffix not in (".keras", ".h5"):
@@ -102,9 +120,10 @@ def prune_command(ctx, model, ratio, target_macs, criterion, protect, per_layer,
     if target:
         from edgeprune.profiles import load_profile
 
-        policy = load_profile(target).pruning
-        round_to = policy.round_to if round_to is None else round_to
-        min_channels = policy.min_channels if min_channels is None else min_channels
+        profile = load_profile(target)
+        round_to = profile.pruning.round_to if round_to is None else round_to
+        min_channels = profile.pruning.min_channels if min_channels is None else min_channels
+        threads = profile.threads if threads is None else threads
     round_to = 1 if round_to is None else round_to
     min_channels = 1 if min_channels is None else min_channels
 
@@ -123,6 +142,9 @@ def prune_command(ctx, model, ratio, target_macs, criterion, protect, per_layer,
     prune_kwargs = dict(ratio=ratio, target_macs=target_macs, criterion=criterion, protect=tuple(protect),
                         per_layer=per or None, global_ranking=global_ranking, max_ratio=max_ratio,
                         round_to=round_to, min_channels=min_channels, data=x, labels=y, seed=seed)
+    if target_latency is not None:
+        prune_kwargs.update(target_latency=target_latency, latency_table=latency_table, threads=threads or 1,
+                            latency_quantization=latency_quantization, latency_objective=latency_objective)
     if training.iterative_steps > 1 or training.wants_training:
         from edgeprune.pruning.api import PruneResult
         from edgeprune.training.api import run_training_stage
@@ -137,7 +159,10 @@ def prune_command(ctx, model, ratio, target_macs, criterion, protect, per_layer,
         result = PruneResult(model=stage.model, report=stage.pruned_report if iterative else first.report)
         result.report["training"] = stage.report
     else:
-        with out.progress("analysing channel groups and pruning"):
+        with out.progress("analysing channel groups and pruning") as bar:
+            if target_latency is not None:
+                prune_kwargs["progress"] = lambda done, total: bar.update(
+                    f"measuring layer latency {done}/{total}" if done < total else "pruning")
             result = prune_model(loaded.model, **prune_kwargs)
     with out.progress(f"saving {output}"):
         model_io.save_model(result.model, output, flavour=loaded.flavour)

@@ -155,3 +155,4 @@ def solve_target_macs(alloc: Allocator, target: float, max_ratio: float = 0.95,
             break
     ratio, keep, after = best
     return ratio, keep, before, after
+

@@ -14,6 +14,7 @@ from edgeprune.pruning.allocation import Allocator, check_ratio, solve_target_ma
 from edgeprune.pruning.graph import trace
 from edgeprune.pruning.groups import build_groups
 from edgeprune.pruning.importance import get_criterion
+from edgeprune.pruning.latency_allocation import LatencyAllocator
 from edgeprune.pruning.surgery import rebuild
 
 
@@ -21,20 +22,29 @@ from edgeprune.pruning.surgery import rebuild
 class PruneResult:
     model: Any
     report: dict
+    latency_table: Any = None  # the LatencyTable a latency target was met with
 
 
-def _check_options(ratio, target_macs, round_to, min_channels, max_ratio):
-    if (ratio is None) == (target_macs is None):
-        raise InputError("give exactly one of ratio (--ratio) or target_macs (--target-macs)")
+def _check_fraction(value, what: str) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number in (0, 1], got {value!r}") from None
+    if not 0.0 < t <= 1.0:
+        raise InputError(f"{what} must be in (0, 1], got {value}")
+    return t
+
+
+def _check_options(ratio, target_macs, round_to, min_channels, max_ratio, target_latency=None):
+    if sum(x is not None for x in (ratio, target_macs, target_latency)) != 1:
+        raise InputError("give exactly one of ratio (--ratio), target_macs (--target-macs) "
+                         "or target_latency (--target-latency)")
     if ratio is not None:
         check_ratio(ratio, "ratio (--ratio)")
     if target_macs is not None:
-        try:
-            t = float(target_macs)
-        except (TypeError, ValueError):
-            raise InputError(f"target_macs (--target-macs) must be a number in (0, 1], got {target_macs!r}") from None
-        if not 0.0 < t <= 1.0:
-            raise InputError(f"target_macs (--target-macs) must be in (0, 1], got {target_macs}")
+        _check_fraction(target_macs, "target_macs (--target-macs)")
+    if target_latency is not None:
+        _check_fraction(target_latency, "target_latency (--target-latency)")
     if int(round_to) < 1:
         raise InputError(f"round_to (--round-to) must be >= 1, got {round_to}")
     if int(min_channels) < 1:
@@ -45,14 +55,18 @@ def _check_options(ratio, target_macs, round_to, min_channels, max_ratio):
 
 def prune_model(model, *, ratio=None, target_macs=None, criterion="l1", protect=(), per_layer=None,
                 global_ranking=False, round_to=1, min_channels=1, data=None, labels=None, seed=0,
-                max_ratio=0.9) -> PruneResult:
+                max_ratio=0.9, target_latency=None, latency_table=None, threads=1,
+                latency_quantization="float32", progress=None, latency_objective="macs") -> PruneResult:
     """Structurally prune a tf_keras model: remove whole filters/neurons and rewire consumers.
 
     ``ratio`` removes that fraction of the channels of every prunable group (before rounding);
-    ``target_macs`` leaves at most that fraction of the original MACs. See the module docs of
-    :mod:`edgeprune.pruning` for the options.
+    ``target_macs`` leaves at most that fraction of the original MACs; ``target_latency``
+    leaves at most that fraction of the latency predicted by a per-layer table measured with
+    the interpreter (``threads``, ``latency_quantization``); ``latency_table`` is a
+    :class:`~edgeprune.pruning.latency.LatencyTable` or a JSON path reused and extended.
+    See the module docs of :mod:`edgeprune.pruning` for the options.
     """
-    _check_options(ratio, target_macs, round_to, min_channels, max_ratio)
+    _check_options(ratio, target_macs, round_to, min_channels, max_ratio, target_latency)
     if isinstance(protect, str):
         protect = (protect,)
     crit = get_criterion(criterion, seed)
@@ -65,8 +79,18 @@ def prune_model(model, *, ratio=None, target_macs=None, criterion="l1", protect=
     scores = crit.score(gs, None if data is None else np.asarray(data), labels)
     alloc = Allocator(gs, scores, per_layer=per_layer, global_ranking=global_ranking,
                       max_ratio=max_ratio, round_to=round_to, min_channels=min_channels)
+    latency = table = None
     if target_macs is not None:
         used_ratio, keep, _, _ = solve_target_macs(alloc, float(target_macs))
+    elif target_latency is not None:
+        table, latency = _latency_table(graph, gs, latency_table, round_to, min_channels, threads,
+                                        latency_quantization, progress)
+        plan = LatencyAllocator(alloc, table, objective=latency_objective, max_ratio=max_ratio).solve(
+            float(target_latency))
+        used_ratio, keep = plan.removed_fraction, plan.keep
+        latency.update(target_latency=float(target_latency), predicted_us_before=round(plan.us_before, 1),
+                       predicted_us_after=round(plan.us_after, 1), objective=latency_objective,
+                       objective_kept=round(plan.objective_kept, 4), allocation=plan.method)
     else:
         used_ratio, keep = float(ratio), alloc.plan(float(ratio))
     t1 = time.perf_counter()
@@ -75,9 +99,40 @@ def prune_model(model, *, ratio=None, target_macs=None, criterion="l1", protect=
     report = _report(graph, new, gs, keep, criterion, ratio, target_macs, used_ratio, crit.notes)
     report["timing_s"] = {"analysis": round(t_graph, 3), "surgery": round(t_surgery, 3),
                           "total": round(time.perf_counter() - t0, 3)}
+    if latency is not None:
+        report["latency_table"] = latency
     if target_macs is not None and report["macs_after"] > float(target_macs) * report["macs_before"]:
         raise AssertionError("MAC target check failed after surgery")  # analytic count disagrees
-    return PruneResult(model=new, report=report)
+    return PruneResult(model=new, report=report, latency_table=table)
+
+
+def _latency_table(graph, gs, source, round_to, min_channels, threads, quant, progress):
+    """The table for ``graph``: given, loaded from a path and completed, or measured now."""
+    from edgeprune.pruning.latency import (
+        LatencyTable,
+        check_compatible,
+        measure_table,
+        runtime_meta,
+    )
+
+    path = None
+    table = source if isinstance(source, LatencyTable) else None
+    if source is not None and table is None:
+        path = Path(source)
+        if path.exists():
+            table = LatencyTable.load(path)
+            check_compatible(table, runtime_meta(threads, quant), path)
+    points_before = table.meta.get("points", 0) if table else 0
+    table = measure_table(graph, gs, round_to=round_to, min_channels=min_channels, threads=threads,
+                          quant=quant, table=table, progress=progress)
+    measured = table.meta.get("points", 0) - points_before
+    if path is not None and measured:
+        table.save(path)
+    info = {"threads": table.meta["threads"], "quantization": table.meta["quantization"],
+            "runtime": table.meta["runtime"], "points_measured": measured, "signatures": len(table.entries)}
+    if path is not None:
+        info["path"] = str(path)
+    return table, info
 
 
 def _report(graph, new, gs, keep, criterion, ratio, target_macs, used_ratio, notes) -> dict:
@@ -112,7 +167,7 @@ def _report(graph, new, gs, keep, criterion, ratio, target_macs, used_ratio, not
     }
     if target_macs is not None:
         report["target_macs"] = float(target_macs)
-    else:
+    elif ratio is not None:
         report["ratio"] = float(ratio)
     return report
 
@@ -128,3 +183,33 @@ def prune(model_path, output_path, *, custom_objects=None, safe_mode=True, **opt
     result.report["output"] = str(output_path)
     result.report["flavour"] = loaded.flavour
     return result
+
+
+def latency_table(model_path, output_path=None, *, threads=1, quantization="float32", round_to=1,
+                  min_channels=1, custom_objects=None, safe_mode=True, progress=None) -> dict:
+    """Measure the per-layer latency table of a model file (``edgeprune latency-table``).
+
+    The table is written (atomically) to ``output_path`` when given, extending a table from
+    an earlier run on this machine. Returns a summary: layers timed, points measured, seconds,
+    and the summed latency of the unpruned layers.
+    """
+    from edgeprune import model_io
+    from edgeprune.pruning.latency import layer_channels, signature
+
+    loaded = model_io.load_model(Path(model_path), custom_objects=custom_objects, safe_mode=safe_mode)
+    graph = trace(loaded.model)
+    gs = build_groups(graph)
+    if int(round_to) < 1 or int(min_channels) < 1:
+        raise InputError("round_to and min_channels must be >= 1")
+    table, info = _latency_table(graph, gs, output_path, round_to, min_channels, threads, quantization, progress)
+    layers = []
+    for node in graph.layers.values():
+        sig = signature(node, graph)
+        if sig is None or sig not in table.entries:
+            continue
+        cin, cout = layer_channels(node, graph, {})
+        layers.append({"name": node.name, "class_name": node.class_name, "cin": cin, "cout": cout,
+                       "us": round(table.layer_us(sig, cin, cout), 2)})
+    info.update(model=str(model_path), layers=layers, predicted_us=round(sum(r["us"] for r in layers), 1),
+                measure_s=table.meta.get("measure_s"), cpu=table.meta.get("cpu"))
+    return info

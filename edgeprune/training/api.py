@@ -133,16 +133,16 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
     pruned_report = None
     if prune_kwargs is not None:
         kwargs = dict(prune_kwargs)
-        ratio, target = kwargs.pop("ratio", None), kwargs.pop("target_macs", None)
+        targets = {key: kwargs.pop(key, None) for key in ("ratio", "target_macs", "target_latency")}
         if options.iterative_steps > 1:
             from edgeprune.training.iterative import iterative_prune
 
             model, pruned_report = iterative_prune(model, steps=options.iterative_steps, recover=recover_fn,
-                                                   ratio=ratio, target_macs=target, prune_kwargs=kwargs, output=output)
+                                                   prune_kwargs=kwargs, output=output, **targets)
         else:
             from edgeprune.pruning.api import prune_model
 
-            result = prune_model(model, ratio=ratio, target_macs=target, **kwargs)
+            result = prune_model(model, **targets, **kwargs)
             model, pruned_report = recover_fn(result.model), result.report
         report["recovery"] = _recovery_summary(options, trainable, recal_log)
     elif original is not None and original is not model and (trainable is not None or recal_x is not None):

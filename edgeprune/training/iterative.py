@@ -1,7 +1,8 @@
 """Iterative structured pruning: prune a step, recover, repeat until the target.
 
 A MAC target f (fraction of the original MACs kept) is spread geometrically: step i aims at
-f^(i/N) of the original. A channel ratio p becomes a per-step ratio 1-(1-p)^(1/N), so the
+f^(i/N) of the original; a latency target likewise, on the latency the measured per-layer
+table predicts (each step times the layers of the model it starts from). A channel ratio p becomes a per-step ratio 1-(1-p)^(1/N), so the
 kept fraction compounds to 1-p. Between steps the model is fine-tuned (or distilled from the
 original model) so each cut starts from recovered weights.
 """
@@ -13,20 +14,26 @@ from edgeprune.console import Output, default_output
 from edgeprune.errors import InputError
 
 
-def step_targets(steps: int, *, ratio: float | None = None, target_macs: float | None = None) -> list[dict]:
-    """Per-step targets relative to the ORIGINAL model: [{'ratio': r_i}] or [{'macs_fraction': f_i}]."""
+def step_targets(steps: int, *, ratio: float | None = None, target_macs: float | None = None,
+                 target_latency: float | None = None) -> list[dict]:
+    """Per-step targets relative to the ORIGINAL model: [{'ratio': r_i}], [{'macs_fraction': f_i}]
+    or [{'latency_fraction': f_i}]."""
     if steps < 1:
         raise InputError(f"--iterative-steps must be >= 1, got {steps}")
-    if (ratio is None) == (target_macs is None):
-        raise InputError("iterative pruning needs exactly one of ratio (--ratio) or target_macs (--target-macs)")
+    if sum(x is not None for x in (ratio, target_macs, target_latency)) != 1:
+        raise InputError("iterative pruning needs exactly one of ratio (--ratio), target_macs (--target-macs) "
+                         "or target_latency (--target-latency)")
     if target_macs is not None:
         return [{"macs_fraction": float(target_macs) ** (i / steps)} for i in range(1, steps + 1)]
+    if target_latency is not None:
+        return [{"latency_fraction": float(target_latency) ** (i / steps)} for i in range(1, steps + 1)]
     step_ratio = 1.0 - (1.0 - float(ratio)) ** (1.0 / steps)
     return [{"ratio": step_ratio} for _ in range(steps)]
 
 
 def iterative_prune(model, *, steps: int, recover: Callable | None, ratio: float | None = None,
-                    target_macs: float | None = None, prune_kwargs: dict | None = None,
+                    target_macs: float | None = None, target_latency: float | None = None,
+                    prune_kwargs: dict | None = None,
                     evaluate: Callable | None = None, output: Output | None = None):
     """Prune ``model`` in ``steps`` steps, calling ``recover(model) -> model`` after each.
 
@@ -38,10 +45,11 @@ def iterative_prune(model, *, steps: int, recover: Callable | None, ratio: float
 
     output = output or default_output()
     prune_kwargs = dict(prune_kwargs or {})
-    for key in ("ratio", "target_macs"):
+    for key in ("ratio", "target_macs", "target_latency"):
         prune_kwargs.pop(key, None)
-    targets = step_targets(steps, ratio=ratio, target_macs=target_macs)
+    targets = step_targets(steps, ratio=ratio, target_macs=target_macs, target_latency=target_latency)
     current, macs_original, macs_current = model, None, None
+    us_original = us_current = None
     rows = []
     last = None
     first_layers: dict = {}
@@ -55,6 +63,17 @@ def iterative_prune(model, *, steps: int, recover: Callable | None, ratio: float
                 output.debug(f"iterative step {index}: already at the MAC target, skipped")
                 continue
             last = prune_model(current, target_macs=relative, **prune_kwargs)
+        elif "latency_fraction" in target:
+            relative = target["latency_fraction"] if us_original is None else \
+                min(1.0, target["latency_fraction"] * us_original / us_current)
+            if relative >= 0.999:
+                output.debug(f"iterative step {index}: already at the latency target, skipped")
+                continue
+            last = prune_model(current, target_latency=relative, **prune_kwargs)
+            predicted = last.report["latency_table"]
+            if us_original is None:
+                us_original = us_current = predicted["predicted_us_before"]
+            us_current *= predicted["predicted_us_after"] / predicted["predicted_us_before"]
         else:
             last = prune_model(current, ratio=target["ratio"], **prune_kwargs)
         if macs_original is None:
@@ -84,6 +103,10 @@ def iterative_prune(model, *, steps: int, recover: Callable | None, ratio: float
     report["params_before"] = int(model.count_params())
     if target_macs is not None:
         report["target_macs"] = float(target_macs)
+    if target_latency is not None:
+        report["target_latency"] = float(target_latency)
+        report["latency_table"] = dict(report["latency_table"], target_latency=float(target_latency),
+                                       predicted_fraction=round(us_current / us_original, 4))
     if ratio is not None:
         report["ratio"] = float(ratio)
     return current, report

@@ -1,0 +1,63 @@
+"""``edgeprune latency-table``: time every layer shape of a model on this device (NetAdapt LUT)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeprune.cli import cli, get_output, json_option
+from edgeprune.errors import InputError
+
+
+@cli.command("latency-table")
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON table to write (an existing table from this device is extended).")
+@click.option("--target", "target", help="Device profile for threads and channel rounding.")
+@click.option("--threads", type=int, help="Interpreter threads (default: the profile's, else 1).")
+@click.option("--quantization", type=click.Choice(("float32", "int8")), default="float32", show_default=True,
+              help="Arithmetic the layers are timed in.")
+@click.option("--round-to", type=int, help="Channel step of the measured grid (default: profile, else 1).")
+@click.option("--min-channels", type=int, help="Smallest width measured (default: profile, else 1).")
+@click.option("--custom-objects", type=click.Path(path_type=Path), help="Python file defining custom layers.")
+@click.option("--unsafe", is_flag=True, help="Load models that need code (Lambda layers, custom objects).")
+@json_option
+@click.pass_context
+def latency_table_command(ctx, model, output, target, threads, quantization, round_to, min_channels,
+                          custom_objects, unsafe, json_mode):
+    """Measure how long each conv/dense layer of MODEL takes at several channel counts.
+
+    Run this on the device itself (e.g. on the Raspberry Pi) and pass the file to
+    `edgeprune prune --target-latency F --latency-table FILE` or `edgeprune compile
+    --prune-latency F --latency-table FILE` on any machine.
+    """
+    out = get_output(ctx, json_mode)
+    if not model.exists():
+        raise InputError(f"{model}: no such file or directory")
+    if output.suffix != ".json":
+        raise InputError(f"-o {output}: expected a .json file name")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
+    if target:
+        from edgeprune.profiles import load_profile
+
+        profile = load_profile(target)
+        threads = profile.threads if threads is None else threads
+        round_to = profile.pruning.round_to if round_to is None else round_to
+        min_channels = profile.pruning.min_channels if min_channels is None else min_channels
+    from edgeprune import model_io
+    from edgeprune.pruning.api import latency_table
+
+    objects = model_io.load_custom_objects(custom_objects) if custom_objects else None
+    with out.progress("measuring layer latency") as bar:
+        info = latency_table(model, output, threads=threads or 1, quantization=quantization,
+                             round_to=round_to or 1, min_channels=min_channels or 1, custom_objects=objects,
+                             safe_mode=not unsafe,
+                             progress=lambda done, total: bar.update(f"measuring layer latency {done}/{total}"))
+    out.emit_json(info)
+    if not out.json_mode:
+        out.table(f"Layer latency of {model} ({info['threads']} thread(s), {info['quantization']})",
+                  ["layer", "type", "in", "out", "us"],
+                  [(r["name"], r["class_name"], r["cin"], r["cout"], f"{r['us']:.1f}") for r in info["layers"]])
+        out.info(f"{len(info['layers'])} layers, {info['signatures']} shapes, {info['points_measured']} new points "
+                 f"measured; summed layer latency {info['predicted_us'] / 1000:.3f} ms; wrote {output}")

@@ -1,0 +1,313 @@
+"""Per-layer latency lookup tables measured with the real interpreter (NetAdapt-style).
+
+Why: MACs stop predicting latency once layers get thin. A depthwise conv or a 112x112
+layer with 16 channels runs at a third of the MAC rate of a 1x1 conv at 14x14, so a pruner
+that only counts MACs removes channels where they cost little time and keeps them where
+they cost a lot. A table maps each MAC-carrying layer, at a grid of (input, output) channel
+counts, to the microseconds that layer alone takes in the interpreter; the latency-target
+allocator (:func:`edgeprune.pruning.allocation.solve_target_latency`) sums it.
+
+Each grid point is one single-layer model: built from the layer's own config with the
+channel counts changed, converted from a concrete function (~30 ms) and timed by LiteRT
+with the target's thread count. Layers with the same signature (class, input size, kernel,
+strides, ...) share their entries, and a table saved to JSON is reused and extended.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune.errors import InputError
+from edgeprune.pruning import rules
+from edgeprune.pruning.graph import LayerGraph
+
+FORMAT = "edgeprune-latency-table/1"
+# config keys that change a layer's cost but not its channel counts
+_SHAPE_KEYS = ("kernel_size", "strides", "padding", "dilation_rate", "depth_multiplier", "groups",
+               "use_bias", "activation", "data_format", "output_padding")
+TIMED = rules.CONVS | rules.CONV_T | rules.DEPTHWISE | rules.SEPARABLE | {"Dense"}
+
+
+def _norm(value):
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    if isinstance(value, dict):  # serialized activation objects
+        return value.get("class_name", str(value))
+    return value
+
+
+def signature(node, graph: LayerGraph) -> str | None:
+    """What a layer's latency depends on besides its channel counts (None: not timed)."""
+    if node.class_name not in TIMED or not node.inputs or not node.outputs or node.calls != 1:
+        return None
+    tin = graph.tensors[node.inputs[0]]
+    if any(d is None for d in tin.shape):
+        return None  # unknown spatial size: nothing to time
+    if node.class_name in rules.CONVS and int(node.config.get("groups", 1) or 1) > 1:
+        return None  # grouped convs prune whole groups; their cost scales with MACs
+    cfg = {k: _norm(node.config[k]) for k in _SHAPE_KEYS if k in node.config}
+    cin, cout = layer_channels(node, graph, {})  # unpruned widths: the range the grid spans
+    return json.dumps({"class": node.class_name, "in": list(tin.shape[:-1]), "spatial": tin.spatial,
+                       "cin": cin, "cout": cout, **cfg}, sort_keys=True)
+
+
+def layer_channels(node, graph: LayerGraph, counts: dict) -> tuple[int, int]:
+    """(input channels, output channels) of a timed layer under ``counts``."""
+    tin, tout = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
+    cin = counts.get(tin.key, tin.channels)
+    if node.class_name in rules.DEPTHWISE:
+        return cin, cin  # output follows input (times the multiplier, fixed by the config)
+    return cin, counts.get(tout.key, tout.channels)
+
+
+@dataclass
+class LatencyTable:
+    """signature -> {"cin": [...], "cout": [...], "us": [[...]]} measured on one runtime setup."""
+
+    meta: dict
+    entries: dict = field(default_factory=dict)
+
+    # -- prediction -----------------------------------------------------------------------
+    def layer_us(self, sig: str, cin: int, cout: int) -> float:
+        e = self.entries[sig]
+        return float(_bilinear(e["cin"], e["cout"], e["us"], cin, cout))
+
+    def predict(self, graph: LayerGraph, counts: dict) -> float:
+        """Summed microseconds of every timed layer under ``counts`` (untimed layers count 0)."""
+        total = 0.0
+        for node in graph.layers.values():
+            sig = signature(node, graph)
+            if sig is not None and sig in self.entries:
+                total += self.layer_us(sig, *layer_channels(node, graph, counts))
+        return total
+
+    # -- persistence ----------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "meta": self.meta, "entries": self.entries}
+
+    def save(self, path: Path) -> None:
+        from edgeprune.artifacts import write_json
+
+        write_json(Path(path), self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> LatencyTable:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot read latency table ({exc})") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not a latency table (invalid JSON: {exc.msg} at line {exc.lineno})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise InputError(f"{path}: not a latency table (expected format '{FORMAT}')")
+        return cls(meta=data.get("meta", {}), entries=data.get("entries", {}))
+
+
+def _bilinear(xs, ys, grid, x, y) -> float:
+    """Interpolate grid[i][j] (at xs[i], ys[j], both ascending); clamp outside the grid."""
+    def locate(axis, v):
+        if len(axis) == 1:
+            return 0, 0, 0.0
+        v = min(max(v, axis[0]), axis[-1])
+        i = max(0, min(int(np.searchsorted(axis, v, side="right")) - 1, len(axis) - 2))
+        span = axis[i + 1] - axis[i]
+        return i, i + 1, (v - axis[i]) / span if span else 0.0
+
+    i0, i1, tx = locate(xs, x)
+    j0, j1, ty = locate(ys, y)
+    top = grid[i0][j0] * (1 - ty) + grid[i0][j1] * ty
+    bottom = grid[i1][j0] * (1 - ty) + grid[i1][j1] * ty
+    return top * (1 - tx) + bottom * tx
+
+
+def grid_points(full: int, variable: bool, step: int, minimum: int) -> list[int]:
+    """Channel counts to measure along one axis: full width, 1/2, 1/4 and the minimum."""
+    if not variable or full <= max(minimum, 1):
+        return [full]
+    lowest = min(full, max(minimum, step, 1))
+    lowest = min(full, -(-lowest // step) * step)
+    points = {full, lowest}
+    for frac in (0.5, 0.25):
+        p = int(full * frac) // step * step
+        if lowest < p < full:
+            points.add(p)
+    return sorted(points)
+
+
+def runtime_meta(threads: int, quant: str) -> dict:
+    """What a table is only valid for: runtime, threads, quantization, CPU."""
+    from edgeprune.harness.runner import cpu_model, find_runtime
+
+    name, version, _ = find_runtime()
+    return {"runtime": f"{name} {version}", "threads": int(threads), "quantization": quant,
+            "cpu": cpu_model(), "machine": platform.machine()}
+
+
+def check_compatible(table: LatencyTable, meta: dict, path) -> None:
+    """Threads and arithmetic must match what is asked; the device may differ (see ``is_foreign``)."""
+    for key in ("threads", "quantization"):
+        if table.meta.get(key) != meta.get(key):
+            raise InputError(f"{path}: latency table was measured with {key}={table.meta.get(key)!r}, "
+                             f"this run uses {meta.get(key)!r}; pass a different --latency-table file")
+
+
+def is_foreign(table: LatencyTable, meta: dict) -> bool:
+    """A table measured on another device or runtime: used as is, never extended here."""
+    return any(table.meta.get(key) != meta.get(key) for key in ("runtime", "cpu", "machine"))
+
+
+class LayerTimer:
+    """Builds, converts and times single-layer models."""
+
+    def __init__(self, threads: int = 1, quant: str = "float32", runs: int = 20, rounds: int = 5):
+        if quant not in ("float32", "int8"):
+            raise InputError(f"latency tables are measured in float32 or int8, not '{quant}'")
+        self.threads, self.quant, self.runs, self.rounds = int(threads), quant, runs, rounds
+
+    def _build(self, node, tin, cin, cout):
+        from edgeprune._env import tf_keras
+
+        K = tf_keras()
+        cfg = dict(node.config)
+        cfg["name"] = "timed"
+        if "filters" in cfg:
+            cfg["filters"] = int(cout)
+        if "units" in cfg:
+            cfg["units"] = int(cout)
+        for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer",
+                    "kernel_constraint", "bias_constraint", "depthwise_constraint", "pointwise_constraint"):
+            cfg.pop(key, None)
+        layer = K.layers.deserialize({"class_name": node.class_name, "config": cfg})
+        shape = tuple(tin.shape[:-1]) + (int(cin) * max(1, tin.spatial),)
+        x = K.Input(shape, batch_size=1)
+        return K.Model(x, layer(x))
+
+    def convert(self, model) -> bytes:
+        from edgeprune._env import quiet_native, tf
+
+        t = tf()
+        spec = t.TensorSpec(model.inputs[0].shape, t.float32)
+        fn = t.function(lambda a: model(a, training=False))
+        with quiet_native():
+            concrete = fn.get_concrete_function(spec)
+            conv = t.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+            if self.quant == "int8":
+                rng = np.random.default_rng(0)
+                shape = tuple(model.inputs[0].shape)
+
+                def rep():
+                    for _ in range(2):
+                        yield [rng.uniform(-1, 1, shape).astype(np.float32)]
+
+                conv.optimizations = [t.lite.Optimize.DEFAULT]
+                conv.representative_dataset = rep
+                conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            return conv.convert()
+
+    def time_blob(self, blob: bytes) -> float:
+        """Microseconds per invoke: the fastest of ``rounds`` rounds of ``runs`` invokes."""
+        from edgeprune._env import quiet_native
+        from edgeprune.harness.runner import find_runtime
+
+        _, _, Interpreter = find_runtime()
+        with quiet_native():
+            it = Interpreter(model_content=blob, num_threads=self.threads)
+            it.allocate_tensors()
+        d = it.get_input_details()[0]
+        it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        it.invoke()
+        t0 = time.perf_counter()
+        it.invoke()
+        first = time.perf_counter() - t0
+        # enough invokes for ~2 ms per round, at most ``runs``: big layers need few
+        runs = max(1, min(self.runs, int(0.002 / max(first, 1e-7)) + 1))
+        rounds = []
+        for _ in range(self.rounds):
+            t0 = time.perf_counter()
+            for _ in range(runs):
+                it.invoke()
+            rounds.append((time.perf_counter() - t0) / runs * 1e6)
+        return min(rounds)
+
+    def measure(self, node, graph, cin: int, cout: int) -> float:
+        model = self._build(node, graph.tensors[node.inputs[0]], cin, cout)
+        return self.time_blob(self.convert(model))
+
+
+def measure_table(graph: LayerGraph, gs, *, round_to: int = 1, min_channels: int = 1, threads: int = 1,
+                  quant: str = "float32", table: LatencyTable | None = None, progress=None,
+                  timer: LayerTimer | None = None) -> LatencyTable:
+    """Measure (or complete) the table for every timed layer of ``graph``.
+
+    An axis is measured at several widths only when pruning can change it: a layer reading
+    the model input keeps its input channels, a model output keeps its output channels.
+    """
+    timer = timer or LayerTimer(threads, quant)
+    meta = runtime_meta(timer.threads, timer.quant)
+    if table is None:
+        table = LatencyTable(meta=meta)
+    else:
+        check_compatible(table, meta, "latency table")
+    foreign = is_foreign(table, meta)
+    variable = set()
+    for g in gs.prunable:
+        variable.update(g.tensors)
+    jobs = []
+    for node in graph.layers.values():
+        sig = signature(node, graph)
+        if sig is None or sig in table.entries:
+            continue
+        tin, tout = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
+        cin, cout = layer_channels(node, graph, {})
+        cins = grid_points(cin, tin.key in variable, round_to, min_channels)
+        if node.class_name in rules.DEPTHWISE:
+            couts = [None]
+        else:
+            couts = grid_points(cout, tout.key in variable, round_to, min_channels)
+        table.entries[sig] = None  # reserve: one measurement per signature
+        jobs.append((sig, node, cins, couts))
+    if jobs and foreign:
+        for sig, *_ in jobs:
+            del table.entries[sig]
+        raise InputError(f"the latency table was measured on {table.meta.get('cpu')} "
+                         f"({table.meta.get('runtime')}) and lacks {len(jobs)} layer shape(s) of this model "
+                         f"(first: '{jobs[0][1].name}'); measure it on that device with "
+                         f"`edgeprune latency-table MODEL -o TABLE.json`")
+    total = sum(len(c) * len(o) for _, _, c, o in jobs)
+    done = 0
+    started = time.perf_counter()
+    for sig, node, cins, couts in jobs:
+        grid = []
+        for ci in cins:
+            row = []
+            for co in couts:
+                row.append(round(timer.measure(node, graph, ci, ci if co is None else co), 3))
+                done += 1
+                if progress:
+                    progress(done, total)
+            grid.append(row)
+        out_axis = [c for c in cins] if couts == [None] else couts
+        if couts == [None]:  # depthwise: output width is tied to input width
+            grid = [[row[0]] for row in grid]
+            out_axis = [0]
+        table.entries[sig] = {"layer": node.name, "cin": cins, "cout": out_axis, "us": grid}
+    table.meta["measure_s"] = round(table.meta.get("measure_s", 0.0) + time.perf_counter() - started, 2)
+    table.meta["points"] = int(table.meta.get("points", 0)) + total
+    return table
+
+
+def layers_by_tensor(graph: LayerGraph) -> dict:
+    """tensor key -> timed layers whose latency depends on it (reads it or writes it)."""
+    out: dict = {}
+    for node in graph.layers.values():
+        if signature(node, graph) is None:
+            continue
+        for key in (node.inputs[0], node.outputs[0]):
+            out.setdefault(key, []).append(node)
+    return out
