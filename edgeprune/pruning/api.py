@@ -101,6 +101,8 @@ def prune_model(model, *, ratio=None, target_macs=None, criterion="l1", protect=
                           "total": round(time.perf_counter() - t0, 3)}
     if latency is not None:
         report["latency_table"] = latency
+        for item in latency.get("untimed_layers", []):
+            report["notes"].append(f"not in the latency table (cannot be timed alone): {item}")
     if target_macs is not None and report["macs_after"] > float(target_macs) * report["macs_before"]:
         raise AssertionError("MAC target check failed after surgery")  # analytic count disagrees
     return PruneResult(model=new, report=report, latency_table=table)
@@ -129,7 +131,10 @@ def _latency_table(graph, gs, source, round_to, min_channels, threads, quant, pr
     if path is not None and measured:
         table.save(path)
     info = {"threads": table.meta["threads"], "quantization": table.meta["quantization"],
-            "runtime": table.meta["runtime"], "points_measured": measured, "signatures": len(table.entries)}
+            "runtime": table.meta["runtime"], "cpu": table.meta.get("cpu"), "points_measured": measured,
+            "signatures": len(table.entries)}
+    if table.meta.get("skipped"):
+        info["untimed_layers"] = table.meta["skipped"]
     if path is not None:
         info["path"] = str(path)
     return table, info
@@ -211,5 +216,5 @@ def latency_table(model_path, output_path=None, *, threads=1, quantization="floa
         layers.append({"name": node.name, "class_name": node.class_name, "cin": cin, "cout": cout,
                        "us": round(table.layer_us(sig, cin, cout), 2)})
     info.update(model=str(model_path), layers=layers, predicted_us=round(sum(r["us"] for r in layers), 1),
-                measure_s=table.meta.get("measure_s"), cpu=table.meta.get("cpu"))
+                measure_s=table.meta.get("measure_s"))
     return info

@@ -258,45 +258,42 @@ def measure_table(graph: LayerGraph, gs, *, round_to: int = 1, min_channels: int
     variable = set()
     for g in gs.prunable:
         variable.update(g.tensors)
-    jobs = []
+    jobs = {}  # signature -> (first layer with it, input widths, output widths)
     for node in graph.layers.values():
         sig = signature(node, graph)
-        if sig is None or sig in table.entries:
+        if sig is None or sig in table.entries or sig in jobs:
             continue
         tin, tout = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
         cin, cout = layer_channels(node, graph, {})
         cins = grid_points(cin, tin.key in variable, round_to, min_channels)
-        if node.class_name in rules.DEPTHWISE:
-            couts = [None]
-        else:
-            couts = grid_points(cout, tout.key in variable, round_to, min_channels)
-        table.entries[sig] = None  # reserve: one measurement per signature
-        jobs.append((sig, node, cins, couts))
+        # a depthwise layer's output width follows its input: one column, axis value 0
+        couts = [0] if node.class_name in rules.DEPTHWISE else \
+            grid_points(cout, tout.key in variable, round_to, min_channels)
+        jobs[sig] = (node, cins, couts)
     if jobs and foreign:
-        for sig, *_ in jobs:
-            del table.entries[sig]
+        first = next(iter(jobs.values()))[0].name
         raise InputError(f"the latency table was measured on {table.meta.get('cpu')} "
                          f"({table.meta.get('runtime')}) and lacks {len(jobs)} layer shape(s) of this model "
-                         f"(first: '{jobs[0][1].name}'); measure it on that device with "
+                         f"(first: '{first}'); measure it on that device with "
                          f"`edgeprune latency-table MODEL -o TABLE.json`")
-    total = sum(len(c) * len(o) for _, _, c, o in jobs)
+    total = sum(len(c) * len(o) for _, c, o in jobs.values())
     done = 0
     started = time.perf_counter()
-    for sig, node, cins, couts in jobs:
-        grid = []
-        for ci in cins:
-            row = []
-            for co in couts:
-                row.append(round(timer.measure(node, graph, ci, ci if co is None else co), 3))
-                done += 1
-                if progress:
-                    progress(done, total)
-            grid.append(row)
-        out_axis = [c for c in cins] if couts == [None] else couts
-        if couts == [None]:  # depthwise: output width is tied to input width
-            grid = [[row[0]] for row in grid]
-            out_axis = [0]
-        table.entries[sig] = {"layer": node.name, "cin": cins, "cout": out_axis, "us": grid}
+    skipped = []
+    for sig, (node, cins, couts) in jobs.items():
+        try:
+            grid = [[round(timer.measure(node, graph, ci, co or ci), 3) for co in couts] for ci in cins]
+        except Exception as exc:  # a layer the converter cannot take alone: leave it untimed
+            first_line = (str(exc).splitlines() or [""])[0][:120]
+            skipped.append(f"{node.name}: {type(exc).__name__}: {first_line}")
+            grid = None
+        done += len(cins) * len(couts)
+        if progress:
+            progress(done, total)
+        if grid is not None:
+            table.entries[sig] = {"layer": node.name, "cin": cins, "cout": couts, "us": grid}
+    if skipped:
+        table.meta["skipped"] = sorted(set(table.meta.get("skipped", [])) | set(skipped))
     table.meta["measure_s"] = round(table.meta.get("measure_s", 0.0) + time.perf_counter() - started, 2)
     table.meta["points"] = int(table.meta.get("points", 0)) + total
     return table
