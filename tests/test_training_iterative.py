@@ -59,3 +59,18 @@ def test_one_shot_stage_with_qat_converts_int8(tmp_path):
     tflite = to_tflite(stage.model, stage.quantization, representative=x[:100])
     result = check_accuracy_gate(tflite, original, stage.validation.x, stage.validation.y, options.max_accuracy_drop)
     assert result["passed"]
+
+
+def test_iterative_latency_target_compounds_over_steps():
+    """Each step times the model it starts from; the predicted latencies chain to the target."""
+    from test_pruning_latency import two_branch_model
+
+    from edgeprune.training.iterative import iterative_prune
+
+    model, report = iterative_prune(two_branch_model(), steps=2, recover=None, target_latency=0.5,
+                                    prune_kwargs={"round_to": 4, "min_channels": 4}, output=quiet())
+    assert len(report["iterative_steps"]) == 2
+    assert report["target_latency"] == 0.5
+    assert report["latency_table"]["predicted_fraction"] <= 0.5 + 1e-6
+    assert report["iterative_steps"][1]["macs"] < report["iterative_steps"][0]["macs"]
+    assert model.count_params() < two_branch_model().count_params()
