@@ -12,7 +12,7 @@ rounds, median) so machine drift cancels. Not a test: run it by hand, it takes m
 
     python benchmarks/prune_latency.py [--models mobilenetv2,resnet50] [--ratios 0.25,0.5,0.75]
         [--quant float32,int8] [--threads 1,2] [--runs 20] [--rounds 5] [--json out.json]
-        [--no-latency-aware] [--cache-dir DIR]
+        [--table-threads 1,2] [--cache-dir DIR]
 """
 from __future__ import annotations
 
@@ -103,28 +103,27 @@ def counts_in(graph, pruned) -> dict:
             if t.producer in names and t.spatial == 1}
 
 
-def latency_table_for(name, dense, log, cache_dir):
-    """The per-layer latency table of the dense model (1 thread, float32), cached as JSON."""
+def latency_table_for(name, dense, log, cache_dir, threads=1):
+    """The per-layer latency table of the dense model (float32, ``threads``), cached as JSON."""
     from edgeprune.pruning.api import _latency_table
     from edgeprune.pruning.graph import trace
     from edgeprune.pruning.groups import build_groups
 
     graph = trace(dense)
-    path = Path(cache_dir) / f"{name}_latency_{SIZE}.json" if cache_dir else None
+    path = Path(cache_dir) / f"{name}_latency_{SIZE}_{threads}t.json" if cache_dir else None
     t0 = time.perf_counter()
     table, info = _latency_table(graph, build_groups(graph), path, POLICY["round_to"], POLICY["min_channels"],
-                                 1, "float32", None)
-    log(f"{name}: latency table, {info['points_measured']} points measured in {time.perf_counter() - t0:.1f} s")
+                                 threads, "float32", None)
+    log(f"{name}: {threads}-thread latency table, {info['points_measured']} points measured in "
+        f"{time.perf_counter() - t0:.1f} s")
     return graph, table
 
 
-def make_variants(name: str, ratios, quants, log, cache_dir=None, latency_aware=True) -> list:
+def make_variants(name: str, ratios, quants, log, cache_dir=None, table_threads=(1,)) -> list:
     dense = build(name)
     base = macs_mod.count(dense)
     out = [Variant(name, "dense", dense, base["macs"], dense.count_params())]
-    if latency_aware:
-        graph, table = latency_table_for(name, dense, log, cache_dir)
-        dense_us = table.predict(graph, {})
+    tables = {t: latency_table_for(name, dense, log, cache_dir, t) for t in table_threads}
     for r in ratios:
         t0 = time.perf_counter()
         res = prune_model(dense, ratio=r, **POLICY)
@@ -132,15 +131,16 @@ def make_variants(name: str, ratios, quants, log, cache_dir=None, latency_aware=
             f"(analysis {res.report['timing_s']['analysis']} s, surgery {res.report['timing_s']['surgery']} s)")
         v = Variant(name, f"structured {r:.0%}", res.model, base["macs"], out[0].params, removed=res.report["ratio_used"])
         out.append(v)
-        if latency_aware:
-            fraction = table.predict(graph, counts_in(graph, res.model)) / dense_us
-            aware = prune_model(dense, target_latency=fraction, latency_table=table, latency_objective="macs",
-                                **POLICY)
+        for t, (graph, table) in tables.items():
+            # the latency the table predicts for the uniform ratio, met with the most MACs
+            fraction = table.predict(graph, counts_in(graph, res.model)) / table.predict(graph, {})
+            aware = prune_model(dense, target_latency=fraction, latency_table=table, threads=t,
+                                latency_objective="macs", **POLICY)
             lat = aware.report["latency_table"]
-            log(f"{name}: latency-aware at {fraction:.3f} of the predicted latency ({lat['allocation']}), "
-                f"{aware.report['ratio_used']:.1%} of channels removed")
-            out.append(Variant(name, f"latency-aware @{r:.0%} latency", aware.model, base["macs"], out[0].params,
-                               removed=aware.report["ratio_used"]))
+            log(f"{name}: latency-aware ({t}t table) at {fraction:.3f} of the predicted latency "
+                f"({lat['allocation']}), {aware.report['ratio_used']:.1%} of channels removed")
+            out.append(Variant(name, f"latency-aware @{r:.0%} ({t}t table)", aware.model, base["macs"],
+                               out[0].params, removed=aware.report["ratio_used"]))
         sparsity = 1 - v.params / out[0].params
         log(f"{name}: tfmot magnitude pruning at {sparsity:.1%} weight sparsity")
         out.append(Variant(name, f"tfmot {sparsity:.0%}", tfmot_pruned(name, sparsity), base["macs"], out[0].params))
@@ -267,7 +267,9 @@ def main(argv=None):
     ap.add_argument("--cache-dir", help="keep converted .tflite files here and reuse them (re-measure cheaply)")
     ap.add_argument("--size", type=int, default=224, help="input size (smaller only for a quick smoke run)")
     ap.add_argument("--target", default="x86-64", help="device profile whose pruning.round_to/min_channels to use")
-    ap.add_argument("--no-latency-aware", action="store_true", help="skip the latency-aware variants")
+    ap.add_argument("--table-threads", default="1",
+                    help="thread counts to measure latency tables with, one latency-aware variant per ratio "
+                         "each ('' for none)")
     args = ap.parse_args(argv)
     global SIZE
     SIZE = args.size
@@ -286,7 +288,8 @@ def main(argv=None):
 
     everything = []
     for name in args.models.split(","):
-        variants = make_variants(name, ratios, quants, log, args.cache_dir, not args.no_latency_aware)
+        table_threads = [int(t) for t in args.table_threads.split(",") if t]
+        variants = make_variants(name, ratios, quants, log, args.cache_dir, table_threads)
         measure(variants, quants, threads, args.runs, args.rounds, log)
         everything.extend(variants)
     text, data = report(everything, quants, threads)
