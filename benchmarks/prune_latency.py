@@ -105,14 +105,14 @@ def counts_in(graph, pruned) -> dict:
 
 def latency_table_for(name, dense, log, cache_dir, threads=1):
     """The per-layer latency table of the dense model (float32, ``threads``), cached as JSON."""
-    from edgeprune.pruning.api import _latency_table
+    from edgeprune.pruning.api import table_for_graph
     from edgeprune.pruning.graph import trace
     from edgeprune.pruning.groups import build_groups
 
     graph = trace(dense)
     path = Path(cache_dir) / f"{name}_latency_{SIZE}_{threads}t.json" if cache_dir else None
     t0 = time.perf_counter()
-    table, info = _latency_table(graph, build_groups(graph), path, POLICY["round_to"], POLICY["min_channels"],
+    table, info = table_for_graph(graph, build_groups(graph), path, POLICY["round_to"], POLICY["min_channels"],
                                  threads, "float32", None)
     log(f"{name}: {threads}-thread latency table, {info['points_measured']} points measured in "
         f"{time.perf_counter() - t0:.1f} s")

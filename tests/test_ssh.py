@@ -50,10 +50,13 @@ def remote_dirs(server) -> list[Path]:
     return sorted(server.remote_tmp.glob("edgeprune.*"))
 
 
-def sigint_default():
-    """Give the child Python's own Ctrl-C handling even when this run inherited SIGINT ignored
-    (a background job of a non-interactive shell starts that way, and Python keeps it)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def interruptible_popen(argv):
+    """Start ``argv`` so that SIGINT reaches it as Ctrl-C would, even when this test run
+    inherited SIGINT ignored (a background job of a non-interactive shell starts that way,
+    and an ignored signal stays ignored across exec). A handled signal resets to default."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_until(predicate, timeout=20.0, step=0.05):
@@ -239,8 +242,7 @@ def test_runner_killed_mid_run(server, models):
 def test_ctrl_c_stops_the_remote_run_and_cleans_up(server, models):
     argv = [PY, "-m", "edgeprune", "bench", str(models["f32"]), "--host", server.aliases[0], "--remote-python", PY,
             "--runs", "1000000000", "--ssh-config", str(server.config)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=sigint_default)
+    proc = interruptible_popen(argv)
     try:
         pid = wait_until(lambda: runner_pid(server), timeout=60)
         assert pid
@@ -319,8 +321,7 @@ def test_ctrl_c_during_a_fleet_run(server, models, tmp_path):
     fleet.write_text("".join(f"- host: {alias}\n  python: {PY}\n" for alias in server.aliases))
     argv = [PY, "-m", "edgeprune", "bench", str(models["f32"]), "--fleet", str(fleet), "--runs", "1000000000",
             "--ssh-config", str(server.config)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=sigint_default)
+    proc = interruptible_popen(argv)
     try:
         assert wait_until(lambda: len(remote_dirs(server)) == 2 and runner_pid(server), timeout=60)
         time.sleep(0.5)

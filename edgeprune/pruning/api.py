@@ -83,7 +83,7 @@ def prune_model(model, *, ratio=None, target_macs=None, criterion="l1", protect=
     if target_macs is not None:
         used_ratio, keep, _, _ = solve_target_macs(alloc, float(target_macs))
     elif target_latency is not None:
-        table, latency = _latency_table(graph, gs, latency_table, round_to, min_channels, threads,
+        table, latency = table_for_graph(graph, gs, latency_table, round_to, min_channels, threads,
                                         latency_quantization, progress)
         plan = LatencyAllocator(alloc, table, objective=latency_objective, max_ratio=max_ratio).solve(
             float(target_latency))
@@ -108,7 +108,7 @@ def prune_model(model, *, ratio=None, target_macs=None, criterion="l1", protect=
     return PruneResult(model=new, report=report, latency_table=table)
 
 
-def _latency_table(graph, gs, source, round_to, min_channels, threads, quant, progress):
+def table_for_graph(graph, gs, source, round_to, min_channels, threads, quant, progress):
     """The table for ``graph``: given, loaded from a path and completed, or measured now."""
     from edgeprune.pruning.latency import (
         LatencyTable,
@@ -206,7 +206,7 @@ def latency_table(model_path, output_path=None, *, threads=1, quantization="floa
     gs = build_groups(graph)
     if int(round_to) < 1 or int(min_channels) < 1:
         raise InputError("round_to and min_channels must be >= 1")
-    table, info = _latency_table(graph, gs, output_path, round_to, min_channels, threads, quantization, progress)
+    table, info = table_for_graph(graph, gs, output_path, round_to, min_channels, threads, quantization, progress)
     layers = []
     for node in graph.layers.values():
         sig = signature(node, graph)
