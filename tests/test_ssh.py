@@ -50,13 +50,26 @@ def remote_dirs(server) -> list[Path]:
     return sorted(server.remote_tmp.glob("edgeprune.*"))
 
 
-def interruptible_popen(argv):
-    """Start ``argv`` so that SIGINT reaches it as Ctrl-C would, even when this test run
-    inherited SIGINT ignored (a background job of a non-interactive shell starts that way,
-    and an ignored signal stays ignored across exec). A handled signal resets to default."""
+def ctrl_c_when_running(argv, server, running, settle=0.0):
+    """Start ``argv``, press Ctrl-C once ``running()`` holds, and check the exit code 130 and
+    that the device is left clean (no remote directory, no runner process).
+
+    SIGINT is restored in this process first: a test run started as a background job of a
+    non-interactive shell inherits it ignored, and an ignored signal stays ignored across exec.
+    """
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(running, timeout=60)
+        time.sleep(settle)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert wait_until(lambda: remote_dirs(server) == [] and runner_pid(server) is None, timeout=15)
 
 
 def wait_until(predicate, timeout=20.0, step=0.05):
@@ -242,17 +255,7 @@ def test_runner_killed_mid_run(server, models):
 def test_ctrl_c_stops_the_remote_run_and_cleans_up(server, models):
     argv = [PY, "-m", "edgeprune", "bench", str(models["f32"]), "--host", server.aliases[0], "--remote-python", PY,
             "--runs", "1000000000", "--ssh-config", str(server.config)]
-    proc = interruptible_popen(argv)
-    try:
-        pid = wait_until(lambda: runner_pid(server), timeout=60)
-        assert pid
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
-    assert wait_until(lambda: remote_dirs(server) == [] and runner_pid(server) is None, timeout=15)
+    ctrl_c_when_running(argv, server, lambda: runner_pid(server))
 
 
 def test_dropped_connection_is_retried(server, models):
@@ -321,17 +324,7 @@ def test_ctrl_c_during_a_fleet_run(server, models, tmp_path):
     fleet.write_text("".join(f"- host: {alias}\n  python: {PY}\n" for alias in server.aliases))
     argv = [PY, "-m", "edgeprune", "bench", str(models["f32"]), "--fleet", str(fleet), "--runs", "1000000000",
             "--ssh-config", str(server.config)]
-    proc = interruptible_popen(argv)
-    try:
-        assert wait_until(lambda: len(remote_dirs(server)) == 2 and runner_pid(server), timeout=60)
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
-    assert wait_until(lambda: remote_dirs(server) == [] and runner_pid(server) is None, timeout=15)
+    ctrl_c_when_running(argv, server, lambda: len(remote_dirs(server)) == 2 and runner_pid(server), settle=0.5)
 
 
 def test_device_out_of_disk(models, tmp_path):

@@ -201,20 +201,19 @@ def latency_table(model_path, output_path=None, *, threads=1, quantization="floa
     from edgeprune import model_io
     from edgeprune.pruning.latency import layer_channels, signature
 
-    loaded = model_io.load_model(Path(model_path), custom_objects=custom_objects, safe_mode=safe_mode)
-    graph = trace(loaded.model)
-    gs = build_groups(graph)
     if int(round_to) < 1 or int(min_channels) < 1:
         raise InputError("round_to and min_channels must be >= 1")
-    table, info = table_for_graph(graph, gs, output_path, round_to, min_channels, threads, quantization, progress)
+    loaded = model_io.load_model(Path(model_path), custom_objects=custom_objects, safe_mode=safe_mode)
+    graph = trace(loaded.model)
+    table, info = table_for_graph(graph, build_groups(graph), output_path, round_to, min_channels, threads,
+                                  quantization, progress)
     layers = []
     for node in graph.layers.values():
-        sig = signature(node, graph)
-        if sig is None or sig not in table.entries:
-            continue
-        cin, cout = layer_channels(node, graph, {})
-        layers.append({"name": node.name, "class_name": node.class_name, "cin": cin, "cout": cout,
-                       "us": round(table.layer_us(sig, cin, cout), 2)})
+        us = table.node_us(signature(node, graph), node, graph, {})
+        if us is not None:
+            cin, cout = layer_channels(node, graph, {})
+            layers.append({"name": node.name, "class_name": node.class_name, "cin": cin, "cout": cout,
+                           "us": round(us, 2)})
     info.update(model=str(model_path), layers=layers, predicted_us=round(sum(r["us"] for r in layers), 1),
                 measure_s=table.meta.get("measure_s"))
     return info

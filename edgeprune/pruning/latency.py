@@ -77,14 +77,15 @@ class LatencyTable:
         e = self.entries[sig]
         return float(_bilinear(e["cin"], e["cout"], e["us"], cin, cout))
 
+    def node_us(self, sig: str | None, node, graph: LayerGraph, counts: dict) -> float | None:
+        """Microseconds of one layer (``sig`` its signature) under ``counts``; None if untimed."""
+        if sig is None or sig not in self.entries:
+            return None
+        return self.layer_us(sig, *layer_channels(node, graph, counts))
+
     def predict(self, graph: LayerGraph, counts: dict) -> float:
         """Summed microseconds of every timed layer under ``counts`` (untimed layers count 0)."""
-        total = 0.0
-        for node in graph.layers.values():
-            sig = signature(node, graph)
-            if sig is not None and sig in self.entries:
-                total += self.layer_us(sig, *layer_channels(node, graph, counts))
-        return total
+        return sum(self.node_us(signature(n, graph), n, graph, counts) or 0.0 for n in graph.layers.values())
 
     # -- persistence ----------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -298,13 +299,3 @@ def measure_table(graph: LayerGraph, gs, *, round_to: int = 1, min_channels: int
     table.meta["points"] = int(table.meta.get("points", 0)) + total
     return table
 
-
-def layers_by_tensor(graph: LayerGraph) -> dict:
-    """tensor key -> timed layers whose latency depends on it (reads it or writes it)."""
-    out: dict = {}
-    for node in graph.layers.values():
-        if signature(node, graph) is None:
-            continue
-        for key in (node.inputs[0], node.outputs[0]):
-            out.setdefault(key, []).append(node)
-    return out

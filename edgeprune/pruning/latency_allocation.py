@@ -19,7 +19,7 @@ import numpy as np
 from edgeprune.errors import InputError
 from edgeprune.pruning import macs as macs_mod
 from edgeprune.pruning.allocation import Allocator
-from edgeprune.pruning.latency import LatencyTable, layer_channels, layers_by_tensor, signature
+from edgeprune.pruning.latency import LatencyTable, signature
 
 OBJECTIVES = ("macs", "importance")
 
@@ -44,7 +44,11 @@ class LatencyAllocator:
         self.gs = alloc.gs
         self.graph = self.gs.graph
         self.sigs = {n.name: signature(n, self.graph) for n in self.graph.layers.values()}
-        self.by_tensor = layers_by_tensor(self.graph)
+        self.by_tensor: dict = {}  # tensor key -> timed layers that read or write it
+        for node in self.graph.layers.values():
+            if self.sigs[node.name] is not None:
+                for key in (node.inputs[0], node.outputs[0]):
+                    self.by_tensor.setdefault(key, []).append(node)
         self.groups = {g.id: g for g in self.gs.prunable if g.id not in alloc.overrides}
         self.tensor_groups: dict = {}
         for g in self.groups.values():
@@ -58,10 +62,7 @@ class LatencyAllocator:
 
     # -- predictions ------------------------------------------------------------------------
     def node_us(self, node, counts) -> float:
-        sig = self.sigs[node.name]
-        if sig is None or sig not in self.table.entries:
-            return 0.0
-        return self.table.layer_us(sig, *layer_channels(node, self.graph, counts))
+        return self.table.node_us(self.sigs[node.name], node, self.graph, counts) or 0.0
 
     def predict(self, keep) -> float:
         counts = self.gs.channel_counts(keep)
