@@ -93,3 +93,18 @@ def keras3():
         import keras as _keras
 
     return _keras
+
+
+def is_keras3_model(model) -> bool:
+    """True for a Keras 3 model (or layer), False for a tf_keras one.
+
+    edgeprune keeps the flavour the user gave it: a Keras 3 file stays a Keras 3 model through
+    pruning, training and conversion. Code that needs Keras APIs for a model asks it here.
+    """
+    module = type(model).__module__
+    return module.startswith("keras.") or module == "keras"
+
+
+def keras_of(model):
+    """The Keras module (Keras 3 ``keras`` or ``tf_keras``) that ``model`` belongs to."""
+    return keras3() if is_keras3_model(model) else tf_keras()
