@@ -41,7 +41,7 @@ def check_options(quantization: str, io: str, representative, int8_only: bool) -
 
 def convert(model, quantization: str, *, representative: np.ndarray | None = None,
             io: str = "float", int8_only: bool = False) -> bytes:
-    """``model`` (functional tf_keras) → ``.tflite`` bytes.
+    """``model`` (functional Keras 3 or tf_keras) → ``.tflite`` bytes.
 
     int8 is full-integer (TFLITE_BUILTINS_INT8, io as asked); int16x8 uses int16 activations and
     int8 weights. With ``int8_only`` any float op left in the graph fails (VerificationError).
@@ -74,8 +74,13 @@ def convert(model, quantization: str, *, representative: np.ndarray | None = Non
         ]
     from edgeprune.tflm import capture_fds
 
+    import contextlib
+    import io as _io
+
     try:
-        with capture_fds() as printed:  # the converter prints from C++; keep the console clean
+        # the converter prints from C++, and Keras 3's export prints "Saved artifact at ..." to
+        # Python's stdout: keep the console (and --json output) clean
+        with capture_fds() as printed, contextlib.redirect_stdout(_io.StringIO()):
             tflite = converter.convert()
     except Exception as exc:  # ConverterError and friends: keep the first meaningful line
         text = str(exc) + "\n" + "".join(printed)

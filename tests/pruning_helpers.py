@@ -5,6 +5,9 @@ import numpy as np
 
 import edgeprune._env  # noqa: F401
 from edgeprune.pruning import rules
+from edgeprune.pruning.rules.conv import ConvRule, ConvTransposeRule, DepthwiseRule, SeparableRule
+from edgeprune.pruning.rules.dense import DenseRule
+from edgeprune.pruning.rules.recurrent import RecurrentRule, gate_columns
 from edgeprune.pruning.graph import trace
 from edgeprune.pruning.groups import build_groups
 
@@ -45,21 +48,29 @@ def kill_units(model, ratio, seed=0):
             node = g.layers[g.tensors[key].producer]
             w = node.layer.get_weights()
             cls = node.class_name
-            if cls in rules.CONVS or cls == "Dense":
+            rule = rules.rule_for(node)
+            if isinstance(rule, (ConvRule, DenseRule)):
                 w[0][..., chans] = 0
                 if len(w) > 1:
                     w[1][chans] = 0
-            elif cls in rules.SEPARABLE:
+            elif isinstance(rule, SeparableRule):
                 w[1][..., chans] = 0
                 if len(w) > 2:
                     w[2][chans] = 0
-            elif cls in rules.CONV_T:
+            elif isinstance(rule, ConvTransposeRule):
                 w[0][..., chans, :] = 0
                 if len(w) > 1:
                     w[1][chans] = 0
-            elif cls in rules.DEPTHWISE:
+            elif isinstance(rule, DepthwiseRule):
                 if len(w) > 1:
                     w[1][chans] = 0
+            elif isinstance(rule, RecurrentRule):
+                # every gate of a dead unit reads nothing and has no bias: its state stays 0
+                cols = gate_columns(chans, int(node.config["units"]), rule.gates)
+                w[0][:, cols] = 0
+                w[1][:, cols] = 0
+                if len(w) > 2:
+                    w[2][..., cols] = 0
             elif cls == "BatchNormalization":
                 names = [v.name.split("/")[-1].split(":")[0] for v in node.layer.weights]
                 for i, n in enumerate(names):

@@ -1,4 +1,5 @@
-"""Loading every Keras flavour into tf_keras, refusing bad or unsafe input, saving back."""
+"""Loading every Keras flavour as itself, refusing bad or unsafe input, saving back; the tf_keras
+translation at tfmot's door."""
 from __future__ import annotations
 
 import zipfile
@@ -8,7 +9,7 @@ import pytest
 
 import edgeprune._env as _env
 from edgeprune.errors import InputError, UnsafeModelError
-from edgeprune.model_io import load_model, save_model
+from edgeprune.model_io import load_model, save_model, to_tf_keras
 from helpers_models import digits_like, predict, tiny_keras3_cnn, tiny_keras3_resnet, tiny_tf_keras_cnn
 
 
@@ -25,6 +26,13 @@ def _is_functional_tf_keras(model) -> bool:
     return isinstance(model, tk.Model) and model._is_graph_network and not isinstance(model, tk.Sequential)
 
 
+def _is_functional_keras3(model) -> bool:
+    from keras.src.models.functional import Functional
+
+    k = _env.keras3()
+    return isinstance(model, Functional) and not isinstance(model, k.Sequential)
+
+
 def test_keras3_mobilenetv2_translates_bit_identically(tmp_path):
     import keras
 
@@ -33,17 +41,19 @@ def test_keras3_mobilenetv2_translates_bit_identically(tmp_path):
     model.save(path)
     loaded = load_model(path)
     assert loaded.flavour == "keras3" and loaded.kind == "keras_zip"
-    assert _is_functional_tf_keras(loaded.model)
+    assert _is_functional_keras3(loaded.model)  # Keras 3 stays Keras 3
     x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
     np.testing.assert_allclose(predict(loaded.model, x), predict(model, x), atol=1e-6)
-    assert loaded.translation["max_abs_diff"] <= 1e-6
-    assert loaded.model.count_params() == model.count_params()
+    translated = to_tf_keras(loaded.model)  # tfmot's door only
+    assert _is_functional_tf_keras(translated)
+    np.testing.assert_allclose(predict(translated, x), predict(model, x), atol=1e-6)
+    assert translated.count_params() == model.count_params()
 
 
 def test_keras3_residual_concat_nested_sequential(k3_file):
     path, model = k3_file
     loaded = load_model(path)
-    assert _is_functional_tf_keras(loaded.model)
+    assert _is_functional_keras3(loaded.model)
     assert [layer.name for layer in loaded.model.layers][1:4] == ["c1", "inner", "add"]
     x = digits_like(4)
     np.testing.assert_allclose(predict(loaded.model, x), predict(model, x), atol=1e-6)
@@ -56,7 +66,7 @@ def test_keras3_top_level_sequential_becomes_functional(tmp_path):
     seq = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, name="d"), keras.layers.BatchNormalization()])
     seq.save(tmp_path / "seq.keras")
     loaded = load_model(tmp_path / "seq.keras")
-    assert _is_functional_tf_keras(loaded.model)
+    assert _is_functional_keras3(loaded.model)
     x = np.random.default_rng(1).random((3, 5), dtype=np.float32)
     np.testing.assert_allclose(predict(loaded.model, x), predict(seq, x), atol=1e-6)
 
@@ -337,7 +347,9 @@ def test_keras3_custom_layer_with_tf_keras_twin(tmp_path):
     loaded = load_model(tmp_path / "k3custom.keras", custom_objects=tmp_path / "objs.py")
     x = np.ones((2, 3), np.float32)
     np.testing.assert_allclose(predict(loaded.model, x), predict(model, x), atol=1e-6)
+    assert _is_functional_tf_keras(to_tf_keras(loaded.model, custom_objects=objects))
     only_k3 = load_custom_objects(tmp_path / "objs.py")
     only_k3.tf_keras.clear()
+    loaded = load_model(tmp_path / "k3custom.keras", custom_objects=only_k3)  # Keras 3 needs no twin
     with pytest.raises(InputError, match="layer 'scale' \\(class Scale\\) has no tf_keras equivalent"):
-        load_model(tmp_path / "k3custom.keras", custom_objects=only_k3)
+        to_tf_keras(loaded.model, custom_objects=only_k3)  # tfmot's door does

@@ -1,7 +1,9 @@
-"""Model input and output: every Keras flavour in, one functional tf_keras model inside.
+"""Model input and output: every Keras flavour in, the same flavour inside and out.
 
 ``load_model`` accepts a Keras 3 ``.keras`` file, a tf_keras ``.keras``/``.h5`` file or a Keras
-SavedModel directory; Keras 3 models are rebuilt in tf_keras (see ``keras3_to_tfkeras``).
+SavedModel directory. A Keras 3 file gives a Keras 3 model and a tf_keras file a tf_keras model:
+the pruning engine, training and conversion work on either. The one place a Keras 3 model is
+translated to tf_keras is tfmot's door (QAT, gradual sparsity): :func:`to_tf_keras`.
 ``save_model`` writes back in the flavour the user gave us.
 """
 from __future__ import annotations
@@ -15,20 +17,21 @@ from edgeprune.model_io.detect import ModelFormat, detect, sha256_file
 from edgeprune.model_io.safety import CustomObjects, check_config, load_custom_objects
 from edgeprune.model_io.save import save_model
 
-__all__ = ["CustomObjects", "LoadedModel", "load_model", "save_model", "load_custom_objects", "detect", "sha256_file"]
+__all__ = ["CustomObjects", "LoadedModel", "load_model", "save_model", "load_custom_objects", "detect",
+           "sha256_file", "to_tf_keras"]
 
 
 @dataclass
 class LoadedModel:
     """A model ready for edgeprune: the functional tf_keras model and where it came from."""
 
-    model: "object"  # tf_keras.Model (functional)
+    model: "object"  # functional keras.Model (Keras 3) or tf_keras.Model, as in the file
     flavour: str  # "keras3" | "tf_keras"
     path: Path
     sha256: str  # of the file (or of the SavedModel's saved_model.pb)
     kind: str = "keras_zip"  # keras_zip | h5 | savedmodel
     keras_version: str | None = None
-    translation: dict = field(default_factory=dict)  # Keras 3 → tf_keras notes (diff, dropped keys)
+    translation: dict = field(default_factory=dict)  # notes of a translation, when one happened
 
 
 def _one_line(exc: BaseException) -> str:
@@ -50,11 +53,9 @@ def _split_custom(custom_objects: dict, tk) -> tuple[dict, dict]:
     return tk_objs, k3_objs
 
 
-def _load_keras3(path: Path, k3_objects: dict, all_objects: dict, safe_mode: bool):
+def _load_keras3(path: Path, k3_objects: dict, safe_mode: bool):
     from edgeprune._env import keras3
     keras = keras3()
-
-    from edgeprune.model_io.keras3_to_tfkeras import keras3_to_tfkeras
 
     try:
         k3 = keras.saving.load_model(path, custom_objects=k3_objects or None, compile=False,
@@ -63,7 +64,44 @@ def _load_keras3(path: Path, k3_objects: dict, all_objects: dict, safe_mode: boo
         raise
     except Exception as exc:
         raise InputError(f"{path}: Keras 3 could not load the model ({_one_line(exc)})") from None
-    return keras3_to_tfkeras(k3, custom_objects=all_objects, safe_mode=safe_mode, source=str(path))
+    return as_functional_keras3(k3, keras, str(path))
+
+
+def as_functional_keras3(model, keras, source: str):
+    """A functional Keras 3 model: Sequential becomes functional; subclassed models are refused."""
+    from keras.src.models.functional import Functional
+
+    if isinstance(model, keras.Sequential):
+        try:
+            inputs, outputs = model.inputs, model.outputs
+        except (AttributeError, ValueError):
+            inputs = None
+        if not inputs:
+            raise InputError(f"{source}: Sequential model was never built (no input shape)")
+        return keras.Model(inputs, outputs, name=model.name)
+    if isinstance(model, Functional):
+        return model
+    raise InputError(
+        f"{source}: a subclassed model ({type(model).__name__}) has no functional graph to prune; "
+        "rebuild it with the functional API or Sequential"
+    )
+
+
+def to_tf_keras(model, *, custom_objects=None, source: str = "model"):
+    """``model`` as a tf_keras model, for tfmot (QAT, gradual and M:N sparsity) only.
+
+    tf_keras models pass through. A Keras 3 model is rebuilt in tf_keras with the same weights
+    (checked numerically); a layer with no tf_keras equivalent raises InputError naming it.
+    """
+    from edgeprune._env import is_keras3_model
+
+    if not is_keras3_model(model):
+        return model
+    from edgeprune.model_io.keras3_to_tfkeras import keras3_to_tfkeras
+
+    rebuilt, _ = keras3_to_tfkeras(model, custom_objects=custom_objects or {}, safe_mode=True,
+                                   source=source)
+    return rebuilt
 
 
 def _load_tf_keras(path: Path, tk_objects: dict, safe_mode: bool):
@@ -98,7 +136,7 @@ def load_model(path, *, custom_objects=None, safe_mode: bool = True) -> LoadedMo
     tk_objects, k3_objects = _split_custom(custom_objects, tk)
     translation: dict = {}
     if fmt.flavour == "keras3":
-        model, translation = _load_keras3(path, k3_objects, custom_objects, safe_mode)
+        model = _load_keras3(path, k3_objects, safe_mode)
     else:
         from edgeprune.model_io.keras3_to_tfkeras import as_functional
 

@@ -86,6 +86,9 @@ def check_config(path: Path, config: dict | None, flavour: str, *, custom_object
             continue
         if cls in supplied or short in supplied:
             continue
+        module = _entry.get("module") if isinstance(_entry, dict) else None
+        if flavour == "keras3" and isinstance(module, str) and module.split(".")[0] == "keras":
+            continue  # Keras's own layers and operations (keras.src.ops.numpy.Add, LayerScale, ...)
         registered = _entry.get("registered_name") if isinstance(_entry, dict) else None
         if not _is_known(short if ">" in cls else cls, flavour) and not (
                 registered and _is_registered(registered, flavour)):

@@ -1,7 +1,8 @@
-"""Write a tf_keras model back to disk in the flavour the user gave us, atomically.
+"""Write a model back to disk in the flavour the user gave us, atomically.
 
-Keras 3 users get a file Keras 3 loads: we write a tf_keras HDF5 to a temp file, read it with
-Keras 3's legacy-HDF5 loader (made for exactly this) and save that as ``.keras``.
+A model of the asked flavour is saved by its own Keras. A tf_keras model that must become a
+Keras 3 file (it went through tfmot) is written as a tf_keras HDF5 to a temp file, read with
+Keras 3's legacy-HDF5 loader (made for exactly this) and saved as ``.keras``.
 """
 from __future__ import annotations
 
@@ -21,9 +22,15 @@ def _temp_beside(path: Path, suffix: str) -> Path:
     return Path(name)
 
 
-def save_model(model, path, *, flavour: str = "tf_keras") -> Path:
-    """Save ``model`` (tf_keras) to ``path`` as ``flavour``; the file appears whole or not at all."""
+def save_model(model, path, *, flavour: str | None = None) -> Path:
+    """Save ``model`` to ``path`` as ``flavour`` (default: the model's own); whole or not at all."""
+    from edgeprune._env import is_keras3_model
+
     path = Path(path)
+    own = "keras3" if is_keras3_model(model) else "tf_keras"
+    flavour = flavour or own
+    if own == "keras3" and flavour == "tf_keras":
+        raise InputError(f"{path}: a Keras 3 model cannot be saved as a tf_keras file")
     if flavour not in FLAVOURS:
         raise InputError(f"unknown model flavour '{flavour}' (choose from {', '.join(FLAVOURS)})")
     suffix = path.suffix.lower()
@@ -34,7 +41,7 @@ def save_model(model, path, *, flavour: str = "tf_keras") -> Path:
     tmp = _temp_beside(path, suffix)
     scratch = None
     try:
-        if flavour == "tf_keras":
+        if flavour == own:
             model.save(tmp)
         else:
             from edgeprune._env import keras3

@@ -1,7 +1,12 @@
-"""Trace a tf_keras model into a flat layer graph that the pruning rules can reason about.
+"""Trace a Keras model (Keras 3 or tf_keras) into a flat layer graph the pruning rules reason about.
 
-We work on ``model.get_config()`` (the functional wiring) plus the layer objects (weights,
-output shapes), so the same code serves models that came from Keras 3 or tf_keras files.
+We work on the functional config (the wiring) plus the layer objects (weights, output shapes).
+The two Keras flavours write a call differently (Keras 3: ``{"args", "kwargs"}`` holding
+``__keras_tensor__`` records; tf_keras: ``[layer, node, tensor, kwargs]`` lists), so the config is
+first put in one *neutral* form (the list form; a Keras 3 call keeps its positional structure
+under ``"__args__"`` in the first entry's kwargs). Everything downstream reads only that form.
+Rebuilding goes back through :func:`model_from_neutral`, which each flavour does with its own
+``from_config``: a Keras 3 model stays Keras 3 and a tf_keras model stays tf_keras.
 Sequential models and nested sub-models are turned into one flat functional model first.
 """
 from __future__ import annotations
@@ -27,6 +32,7 @@ class TensorInfo:
     producer: str
     consumers: list = field(default_factory=list)
     spatial: int = 1  # >1 after Flatten: channel c sits at c, c+C, c+2C, ... (NHWC)
+    symbolic: Any = None  # the model's own symbolic tensor (to build feature extractors)
 
     @property
     def width(self) -> int:
@@ -50,7 +56,19 @@ class LayerNode:
     outputs: list
     kwargs: dict
     calls: int
-    layer: Any  # the tf_keras layer object (weights)
+    layer: Any  # the layer (or Keras 3 operation) object: weights
+    args: list = field(default_factory=list)  # Keras 3 positional call structure (refs, constants)
+    is_op: bool = False  # a Keras 3 operation (``x + 3.0``), not a layer
+    registered_name: str | None = None
+
+    def weights(self) -> list:
+        """The layer's weight arrays ([] for weightless layers and operations)."""
+        get = getattr(self.layer, "get_weights", None)
+        return list(get()) if get is not None and getattr(self.layer, "weights", None) else []
+
+    @property
+    def params(self) -> int:
+        return int(sum(np.prod(w.shape) for w in self.weights()))
 
 
 @dataclass
@@ -68,9 +86,135 @@ class LayerGraph:
         return self.layers[self.tensors[key].producer]
 
 
-def _is_entry(obj) -> bool:
+def is_entry(obj) -> bool:
+    """A tensor reference of the neutral form: ``[layer, node, tensor]`` (+ kwargs)."""
     return (isinstance(obj, (list, tuple)) and len(obj) in (3, 4) and isinstance(obj[0], str)
-            and isinstance(obj[1], int) and isinstance(obj[2], int))
+            and isinstance(obj[1], int) and not isinstance(obj[1], bool) and isinstance(obj[2], int))
+
+
+_is_entry = is_entry
+
+
+def io_refs(struct) -> list:
+    """The tensor references of an ``input_layers``/``output_layers`` structure, in order."""
+    if is_entry(struct):
+        return [tuple(struct[:3])]
+    if isinstance(struct, dict):
+        return [r for v in struct.values() for r in io_refs(v)]
+    if isinstance(struct, (list, tuple)):
+        return [r for v in struct for r in io_refs(v)]
+    return []
+
+
+# ---------------------------------------------------------------- Keras 3 <-> neutral form
+
+def _is_k3_tensor(value) -> bool:
+    return isinstance(value, dict) and value.get("class_name") == "__keras_tensor__"
+
+
+def _k3_to_refs(value):
+    """Replace ``__keras_tensor__`` records by ``[layer, node, tensor]`` references."""
+    if _is_k3_tensor(value):
+        hist = (value.get("config") or {}).get("keras_history")
+        if not hist or len(hist) < 3:
+            raise InputError("malformed Keras 3 config: a tensor without keras_history")
+        return [hist[0], int(hist[1]), int(hist[2])]
+    if isinstance(value, dict):
+        return {k: _k3_to_refs(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_k3_to_refs(v) for v in value]
+    return value
+
+
+def _refs_in(value) -> list:
+    if is_entry(value):
+        return [list(value[:3])]
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in _refs_in(v)]
+    if isinstance(value, (list, tuple)):
+        return [r for v in value for r in _refs_in(v)]
+    return []
+
+
+def _k3_call_to_neutral(call, layer_name: str) -> list:
+    if isinstance(call, list):  # already the list form (legacy files)
+        return call
+    args = _k3_to_refs(list(call.get("args") or []))
+    kwargs = _k3_to_refs(dict(call.get("kwargs") or {}))
+    tensors = _refs_in(args) or _refs_in(kwargs)
+    if not tensors:
+        raise InputError(f"layer '{layer_name}': a call without tensor inputs is not supported")
+    extra = dict(kwargs, __args__=args)
+    return [ref + [extra if i == 0 else {}] for i, ref in enumerate(tensors)]
+
+
+def k3_to_neutral(cfg: dict) -> dict:
+    """A Keras 3 functional/sequential config in the neutral form (nested models too)."""
+    cfg = copy.deepcopy(cfg)
+    for layer in cfg.get("layers", []):
+        inner = layer.get("config") or {}
+        if layer.get("class_name") in _MODEL_CLASSES and "layers" in inner:
+            layer["config"] = k3_to_neutral(inner)
+        if "inbound_nodes" in layer:
+            name = layer.get("name") or inner.get("name")
+            layer["inbound_nodes"] = [_k3_call_to_neutral(c, name) for c in layer["inbound_nodes"]]
+    return cfg
+
+
+def _refs_to_k3(value):
+    if is_entry(value) and len(value) == 3:
+        return {"class_name": "__keras_tensor__",
+                "config": {"shape": [None], "dtype": "float32", "keras_history": list(value)}}
+    if isinstance(value, dict):
+        return {k: _refs_to_k3(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_refs_to_k3(v) for v in value]
+    return value
+
+
+def _neutral_call_to_k3(call) -> dict:
+    refs, extra = parse_call(call)
+    extra = dict(extra)
+    args = extra.pop("__args__", None)
+    if args is None:  # a call we wrote ourselves (Sequential chain): the tensors are the input
+        args = [list(refs[0])] if len(refs) == 1 else [[list(r) for r in refs]]
+    # Keras 3 serialises the first call argument of Add/Concatenate as one list of tensors
+    return {"args": _refs_to_k3(args), "kwargs": _refs_to_k3(extra)}
+
+
+def neutral_to_k3(cfg: dict) -> dict:
+    """The neutral form back to a Keras 3 functional config (flat models only)."""
+    cfg = copy.deepcopy(cfg)
+    for layer in cfg["layers"]:
+        layer["inbound_nodes"] = [_neutral_call_to_k3(c) for c in layer.get("inbound_nodes") or []]
+        layer.setdefault("module", None)
+    return cfg
+
+
+def neutral_config(model) -> dict:
+    """``model.get_config()`` in the neutral form, whatever the flavour."""
+    from edgeprune._env import is_keras3_model
+
+    cfg = model.get_config()
+    return k3_to_neutral(cfg) if is_keras3_model(model) else cfg
+
+
+def model_from_neutral(cfg: dict, like):
+    """Build a functional model of ``like``'s flavour from a flat neutral config."""
+    from edgeprune._env import is_keras3_model, keras_of
+
+    keras = keras_of(like)
+    objects = custom_objects_of(like)
+    if is_keras3_model(like):
+        with keras.saving.custom_object_scope(objects):
+            return keras.Model.from_config(neutral_to_k3(cfg))
+    with keras.utils.custom_object_scope(objects):
+        return keras.Model.from_config(cfg)
+
+
+def model_layers(model) -> list:
+    """Layers and (Keras 3) operations of a functional model."""
+    return list(getattr(model, "operations", None) or model.layers)
 
 
 def parse_call(call) -> tuple[list, dict]:
@@ -109,18 +253,25 @@ def _sequential_to_functional(cfg: dict, input_shape=None) -> dict:
     if not layers or layers[0]["class_name"] != "InputLayer":
         shape = None
         if layers:
-            shape = layers[0]["config"].get("batch_input_shape")
+            first = layers[0]["config"]
+            shape = first.get("batch_input_shape") or first.get("batch_shape")
         shape = shape or cfg.get("build_input_shape") or input_shape
         if shape is None:
             raise InputError(f"Sequential model '{cfg.get('name')}' has no input shape; build it first")
         name = f"{cfg.get('name', 'sequential')}_input"
-        layers.insert(0, {"class_name": "InputLayer",
-                          "config": {"batch_input_shape": list(shape), "dtype": "float32",
-                                     "sparse": False, "ragged": False, "name": name}})
+        if layers and "module" in layers[0]:  # Keras 3 form
+            layers.insert(0, {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
+                              "config": {"batch_shape": list(shape), "dtype": "float32",
+                                         "sparse": False, "name": name}})
+        else:
+            layers.insert(0, {"class_name": "InputLayer",
+                              "config": {"batch_input_shape": list(shape), "dtype": "float32",
+                                         "sparse": False, "ragged": False, "name": name}})
     prev = None
     for layer in layers:
         layer = dict(layer)
         layer["config"] = dict(layer["config"])
+        layer.pop("build_config", None)
         layer["name"] = layer["config"]["name"]
         layer["inbound_nodes"] = [] if prev is None else [[[prev, 0, 0, {}]]]
         prev = layer["name"]
@@ -192,7 +343,7 @@ def _inline(cfg: dict, taken: set) -> tuple[dict, bool]:
         layer["inbound_nodes"] = _map_entries(layer["inbound_nodes"], fix)
     cfg = dict(cfg)
     cfg["layers"] = layers_out
-    cfg["output_layers"] = [list(fix(list(r))) for r in cfg["output_layers"]]
+    cfg["output_layers"] = _map_entries(cfg["output_layers"], fix)
     return cfg, True
 
 
@@ -222,21 +373,26 @@ def _rewrite_nodes(nodes, rename, input_map):
 
 
 def flatten_model(model):
-    """Return a flat functional tf_keras model equivalent to ``model`` (same object if already flat).
+    """Return a flat functional model equivalent to ``model`` (same object if already flat).
 
     Sequential models become functional; nested models are inlined (inner layer names are
     kept unless they collide with an outer name, then prefixed with the sub-model's name).
+    The result has ``model``'s flavour (Keras 3 or tf_keras) and its weights.
     """
-    from edgeprune._env import tf_keras
+    from edgeprune._env import keras_of
 
-    keras = tf_keras()
-    cfg = model.get_config()
+    keras = keras_of(model)
+    cfg = neutral_config(model)
     is_seq = isinstance(model, keras.Sequential)
     nested = any(l["class_name"] in _MODEL_CLASSES for l in cfg.get("layers", [])) if not is_seq else True
     if not is_seq and not nested:
         return model
     if is_seq:
-        shape = getattr(model, "input_shape", None)
+        shape = None
+        try:
+            shape = model.input_shape
+        except (AttributeError, ValueError):
+            pass
         cfg = _sequential_to_functional(cfg, shape)
     taken = {l["name"] for l in cfg["layers"]}
     cfg, _ = _inline(cfg, taken)
@@ -244,19 +400,17 @@ def flatten_model(model):
     for l in cfg["layers"]:
         if "_origin" in l:
             origins[l["name"]] = l.pop("_origin")
-    objects = custom_objects_of(model)
-    with keras.utils.custom_object_scope(objects):
-        flat = keras.Model.from_config(cfg)
-    for layer in flat.layers:
-        if layer.__class__.__name__ == "InputLayer":
+    flat = model_from_neutral(cfg, model)
+    for layer in model_layers(flat):
+        if layer.__class__.__name__ == "InputLayer" or not getattr(layer, "weights", None):
             continue
-        src = _find_source_layer(model, layer.name, origins, keras)
+        src = _find_source_layer(model, layer.name, origins)
         if src is not None and src.weights:
             layer.set_weights(src.get_weights())
     return flat
 
 
-def _find_source_layer(model, name, origins, keras):
+def _find_source_layer(model, name, origins):
     path = []
     while name in origins:
         outer, inner = origins[name]
@@ -278,13 +432,22 @@ def _get_layer(model, name):
     return None
 
 
+_BUILTIN_MODULES = ("keras.", "tf_keras.", "tensorflow.", "keras_core.")
+
+
 def custom_objects_of(model) -> dict:
-    """Every layer class used in the model by its class name (lets from_config rebuild custom layers)."""
+    """The model's non-built-in layer classes by class name (lets from_config rebuild them).
+
+    Built-in classes are left out on purpose: Keras 3 operations share class names with
+    layers (``Add``), and a scope entry would shadow the layer of the same name.
+    """
     found = {}
 
     def walk(m):
         for layer in getattr(m, "layers", []):
-            found[layer.__class__.__name__] = layer.__class__
+            cls = layer.__class__
+            if not cls.__module__.startswith(_BUILTIN_MODULES):
+                found[cls.__name__] = cls
             if hasattr(layer, "layers"):
                 walk(layer)
 
@@ -296,28 +459,65 @@ def _node_map(model, layer) -> dict:
     """Config node index -> Node object (get_config renumbers the nodes a model uses)."""
     out, kept = {}, 0
     network_nodes = getattr(model, "_network_nodes", None)
+    prefix = layer.name
+    if network_nodes is None:  # Keras 3 keys nodes by the operation's id
+        network_nodes = getattr(model, "_nodes", None)
+        prefix = str(id(layer))
     for original_index, node in enumerate(layer._inbound_nodes):
-        key = f"{layer.name}_ib-{original_index}"
+        key = f"{prefix}_ib-{original_index}"
         if network_nodes is None or key in network_nodes:
             out[kept] = node
             kept += 1
     return out
 
 
-def trace(model) -> LayerGraph:
-    """Build the :class:`LayerGraph` of a (flattened) functional tf_keras model."""
-    from edgeprune._env import tf
+def _flat_outputs(node) -> list:
+    outs = node.outputs
+    if isinstance(outs, dict):
+        return list(outs.values())
+    if isinstance(outs, (list, tuple)):
+        flat = []
+        for o in outs:
+            flat.extend(_flat_outputs_value(o))
+        return flat
+    return [outs]
 
-    tfm = tf()
+
+def _flat_outputs_value(value) -> list:
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _flat_outputs_value(v)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _flat_outputs_value(v)]
+    return [value]
+
+
+def _shape_of(t) -> tuple:
+    shape = getattr(t, "shape", None)
+    if shape is None:
+        return ()
+    try:
+        dims = list(shape)
+    except (TypeError, ValueError):  # unknown rank
+        return ()
+    return tuple(None if d is None else int(d) for d in dims[1:])
+
+
+def trace(model) -> LayerGraph:
+    """Build the :class:`LayerGraph` of a functional model (flattened first) of either flavour."""
+    from edgeprune._env import is_keras3_model
+
     model = flatten_model(model)
-    cfg = model.get_config()
+    k3 = is_keras3_model(model)
+    cfg = neutral_config(model)
     names = {l["name"] for l in cfg["layers"]}
-    by_name = {l.name: l for l in model.layers}
+    by_name = {l.name: l for l in model_layers(model)}
     layers: dict = {}
     tensors: dict = {}
     for lc in cfg["layers"]:
         name = lc["name"]
-        obj = by_name[name]
+        obj = by_name.get(name)
+        if obj is None:
+            raise InputError(f"layer '{name}' of the config is not in the model")
         nodes = _node_map(model, obj)
         calls = lc.get("inbound_nodes") or []
         inputs, kwargs = ([], {})
@@ -326,26 +526,24 @@ def trace(model) -> LayerGraph:
             inputs = inputs + [r for r in kwarg_tensor_refs(kwargs, names) if r not in inputs]
         node_count = max(1, len(calls))
         outputs = []
-        node = nodes.get(0)
-        if node is None:
-            raise InputError(f"layer '{name}' has no graph node; is the model built?")
-        outs = tfm.nest.flatten(node.outputs)
-        for t_idx, t in enumerate(outs):
-            key = (name, 0, t_idx)
-            shape = tuple(t.shape[1:]) if t.shape.rank else ()
-            tensors[key] = TensorInfo(key=key, shape=shape, producer=name)
-            outputs.append(key)
-        for extra in range(1, node_count):  # further calls of a shared layer
-            n = nodes.get(extra)
-            if n is None:
+        for index in range(node_count):
+            node = nodes.get(index)
+            if node is None:
+                if index == 0:
+                    raise InputError(f"layer '{name}' has no graph node; is the model built?")
                 continue
-            for t_idx, t in enumerate(tfm.nest.flatten(n.outputs)):
-                key = (name, extra, t_idx)
-                tensors[key] = TensorInfo(key=key, shape=tuple(t.shape[1:]), producer=name)
+            for t_idx, t in enumerate(_flat_outputs(node)):
+                key = (name, index, t_idx)
+                tensors[key] = TensorInfo(key=key, shape=_shape_of(t), producer=name, symbolic=t)
                 outputs.append(key)
-        layers[name] = LayerNode(name=name, class_name=lc["class_name"], config=lc["config"],
-                                 inputs=inputs, outputs=outputs, kwargs=kwargs,
-                                 calls=node_count, layer=obj)
+        args = list(kwargs.get("__args__", [])) if isinstance(kwargs, dict) else []
+        module = str(lc.get("module") or "")
+        layers[name] = LayerNode(
+            name=name, class_name=lc["class_name"], config=lc.get("config") or {}, inputs=inputs,
+            outputs=outputs,
+            kwargs={k: v for k, v in (kwargs or {}).items() if k != "__args__"}, calls=node_count,
+            layer=obj, args=args, registered_name=lc.get("registered_name"),
+            is_op=k3 and (module.startswith("keras.src.ops") or module.startswith("keras.ops")))
     # all calls' inputs are consumers (shared layers get locked by the rules)
     for lc in cfg["layers"]:
         for call in lc.get("inbound_nodes") or []:
@@ -357,8 +555,8 @@ def trace(model) -> LayerGraph:
                     tensors[ref].consumers.append(lc["name"])
     order = _toposort(layers, tensors)
     layers = {n: layers[n] for n in order}
-    ins = [tuple(r[:3]) for r in cfg["input_layers"]]
-    outs = [tuple(r[:3]) for r in cfg["output_layers"]]
+    ins = io_refs(cfg["input_layers"])
+    outs = io_refs(cfg["output_layers"])
     return LayerGraph(model=model, config=cfg, layers=layers, tensors=tensors, inputs=ins, outputs=outs)
 
 

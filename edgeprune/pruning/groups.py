@@ -137,7 +137,7 @@ def build_groups(graph: LayerGraph, protect=()) -> GroupSet:
         producers, layers = [], []
         for k in tkeys:
             p = graph.tensors[k].producer
-            if graph.layers[p].class_name in rules.PRODUCERS and p not in producers:
+            if rules.is_producer(graph.layers[p]) and p not in producers:
                 producers.append(p)
             for name in [p] + graph.tensors[k].consumers:
                 if name not in layers:

@@ -16,11 +16,6 @@ from edgeprune.pruning.groups import GroupSet
 ACTIVATION_LAYERS = {"ReLU", "Activation", "LeakyReLU", "ELU", "PReLU", "ThresholdedReLU"}
 
 
-def _channel_norm(kernel: np.ndarray, axis: int, p: int) -> np.ndarray:
-    k = np.moveaxis(kernel, axis, -1).reshape(-1, kernel.shape[axis])
-    return np.abs(k).sum(0) if p == 1 else np.sqrt((k ** 2).sum(0))
-
-
 def _normalise(values: np.ndarray) -> np.ndarray:
     """Divide by the mean, preserving the order: non-negative scores are only divided by their
     mean; scores with negative entries (caller-supplied, e.g. loss deltas) are first shifted
@@ -74,21 +69,12 @@ class Criterion:
         return scores
 
 
-def _producer_members(gs: GroupSet, fn) -> list:
-    """(output tensor, fn(node, weights)) for every layer with a kernel over output channels."""
-    out = []
-    for node in gs.graph.layers.values():
-        if node.calls != 1 or not node.layer.weights:
-            continue
-        if node.class_name in rules.PRODUCERS | rules.DEPTHWISE:
-            values = fn(node, node.layer.get_weights())
-            if values is not None:
-                out.append((node.outputs[0], values))
-    return out
-
-
 class Magnitude(Criterion):
-    """L1/L2 norm of each filter (and of each consumer's input slice): cheap, data-free."""
+    """L1/L2 norm of each filter (and of each consumer's input slice): cheap, data-free.
+
+    Which weights are a layer's filters, and which read its input channels, is the layer
+    rule's knowledge (:meth:`LayerRule.filter_norms`, :meth:`LayerRule.input_norms`).
+    """
 
     def __init__(self, p: int, seed: int = 0):
         super().__init__(seed)
@@ -96,39 +82,21 @@ class Magnitude(Criterion):
         self.name = f"l{p}"
 
     def members(self, gs, data=None, labels=None):
-        p = self.p
-
-        def out_norm(node, w):
-            cls = node.class_name
-            if cls in rules.CONVS or cls == "Dense":
-                return _channel_norm(w[0], w[0].ndim - 1, p)
-            if cls in rules.CONV_T:
-                return _channel_norm(w[0], w[0].ndim - 2, p)
-            if cls in rules.SEPARABLE:
-                return _channel_norm(w[1], w[1].ndim - 1, p)
-            if cls in rules.DEPTHWISE:
-                k = w[0]
-                return _channel_norm(k.reshape(-1, k.shape[-2] * k.shape[-1]), 1, p)
-            return None
-
-        members = _producer_members(gs, out_norm)
-        for node in gs.graph.layers.values():  # consumers: the weights reading each channel
-            if node.calls != 1 or not node.layer.weights or not node.inputs:
+        members = []
+        for node in gs.graph.layers.values():
+            if node.calls != 1 or not node.outputs:
                 continue
-            cls, w = node.class_name, None
-            if cls in rules.CONVS and int(node.config.get("groups", 1) or 1) == 1:
-                w = node.layer.get_weights()[0]
-                values = _channel_norm(w, w.ndim - 2, p)
-            elif cls == "Dense":
-                w = node.layer.get_weights()[0]
-                tin = gs.graph.tensors[node.inputs[0]]
-                rows = np.abs(w).sum(1) if p == 1 else (w ** 2).sum(1)
-                values = rows.reshape(tin.spatial, tin.channels).sum(0) if tin.spatial > 1 else rows
-                if p == 2:
-                    values = np.sqrt(values)
-            else:
+            weights = node.weights()
+            if not weights:
                 continue
-            members.append((node.inputs[0], values))
+            rule = rules.rule_for(node)
+            values = rule.filter_norms(node, weights, self.p)
+            if values is not None:
+                members.append((node.outputs[0], values))
+            if node.inputs:
+                values = rule.input_norms(node, weights, self.p, gs.graph)
+                if values is not None:
+                    members.append((node.inputs[0], values))
         return members
 
 
@@ -141,7 +109,7 @@ class BNScale(Criterion):
         out = []
         for node in gs.graph.layers.values():
             if node.class_name == "BatchNormalization" and node.calls == 1 and node.config.get("scale", True):
-                out.append((node.outputs[0], np.abs(node.layer.gamma.numpy())))
+                out.append((node.outputs[0], np.abs(node.weights()[0])))
         return out
 
     def _fill_missing(self, gs, scores, data, labels):
@@ -205,12 +173,9 @@ def _group_taps(gs: GroupSet) -> list:
     return taps
 
 
-def _tap_outputs(model, taps) -> list:
-    outs = []
-    for k in taps:
-        t = model.get_layer(k[0]).get_output_at(k[1])
-        outs.append(t[k[2]] if isinstance(t, (list, tuple)) else t)
-    return outs
+def _tap_outputs(gs: GroupSet, taps) -> list:
+    """The model's own symbolic tensors for ``taps`` (to build a feature extractor)."""
+    return [gs.graph.tensors[k].symbolic for k in taps]
 
 
 class Taylor(Criterion):
@@ -226,14 +191,14 @@ class Taylor(Criterion):
     needs_data = True
 
     def members(self, gs, data=None, labels=None):
-        from edgeprune._env import tf, tf_keras
+        from edgeprune._env import keras_of, tf
 
-        tfm, keras = tf(), tf_keras()
         taps = _group_taps(gs)
         if not taps:
             return []
         model = gs.graph.model
-        extractor = keras.Model(model.inputs, _tap_outputs(model, taps) + [model.outputs[0]])
+        tfm, keras = tf(), keras_of(model)
+        extractor = keras.Model(model.inputs, _tap_outputs(gs, taps) + [model.outputs[0]])
         acc = [np.zeros(gs.graph.tensors[k].channels, dtype=np.float64) for k in taps]
         seen = 0
         for i, xb in _batches(np.asarray(data, dtype=np.float32)):
@@ -286,14 +251,14 @@ class ActivationStat(Criterion):
         return _group_taps(gs)
 
     def members(self, gs, data=None, labels=None):
-        from edgeprune._env import tf_keras
+        from edgeprune._env import keras_of
 
-        keras = tf_keras()
         taps = self._taps(gs)
         if not taps:
             return []
         model = gs.graph.model
-        outputs = _tap_outputs(model, taps)
+        keras = keras_of(model)
+        outputs = _tap_outputs(gs, taps)
         extractor = keras.Model(model.inputs, outputs)
         stats = [[] for _ in taps]
         for _, xb in _batches(np.asarray(data, dtype=np.float32)):

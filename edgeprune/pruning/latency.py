@@ -30,7 +30,6 @@ FORMAT = "edgeprune-latency-table/1"
 # config keys that change a layer's cost but not its channel counts
 _SHAPE_KEYS = ("kernel_size", "strides", "padding", "dilation_rate", "depth_multiplier", "groups",
                "use_bias", "activation", "data_format", "output_padding")
-TIMED = rules.CONVS | rules.CONV_T | rules.DEPTHWISE | rules.SEPARABLE | {"Dense"}
 
 
 def _norm(value):
@@ -43,13 +42,13 @@ def _norm(value):
 
 def signature(node, graph: LayerGraph) -> str | None:
     """What a layer's latency depends on besides its channel counts (None: not timed)."""
-    if node.class_name not in TIMED or not node.inputs or not node.outputs or node.calls != 1:
+    if not node.inputs or not node.outputs or node.calls != 1:
         return None
+    if not rules.rule_for(node).latency_signature(node):
+        return None  # not timed alone (e.g. grouped convs: whole groups go, cost follows MACs)
     tin = graph.tensors[node.inputs[0]]
     if any(d is None for d in tin.shape):
         return None  # unknown spatial size: nothing to time
-    if node.class_name in rules.CONVS and int(node.config.get("groups", 1) or 1) > 1:
-        return None  # grouped convs prune whole groups; their cost scales with MACs
     cfg = {k: _norm(node.config[k]) for k in _SHAPE_KEYS if k in node.config}
     cin, cout = layer_channels(node, graph, {})  # unpruned widths: the range the grid spans
     return json.dumps({"class": node.class_name, "in": list(tin.shape[:-1]), "spatial": tin.spatial,
@@ -58,11 +57,7 @@ def signature(node, graph: LayerGraph) -> str | None:
 
 def layer_channels(node, graph: LayerGraph, counts: dict) -> tuple[int, int]:
     """(input channels, output channels) of a timed layer under ``counts``."""
-    tin, tout = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
-    cin = counts.get(tin.key, tin.channels)
-    if node.class_name in rules.DEPTHWISE:
-        return cin, cin  # output follows input (times the multiplier, fixed by the config)
-    return cin, counts.get(tout.key, tout.channels)
+    return rules.rule_for(node).latency_channels(node, graph, counts)
 
 
 @dataclass
@@ -171,20 +166,14 @@ class LayerTimer:
             raise InputError(f"latency tables are measured in float32 or int8, not '{quant}'")
         self.threads, self.quant, self.runs, self.rounds = int(threads), quant, runs, rounds
 
-    def _build(self, node, tin, cin, cout):
-        from edgeprune._env import tf_keras
-
-        K = tf_keras()
-        cfg = dict(node.config)
+    def _build(self, node, tin, cin, cout, K):
+        cfg = rules.rule_for(node).latency_config(dict(node.config), cin, cout)
         cfg["name"] = "timed"
-        if "filters" in cfg:
-            cfg["filters"] = int(cout)
-        if "units" in cfg:
-            cfg["units"] = int(cout)
         for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer",
                     "kernel_constraint", "bias_constraint", "depthwise_constraint", "pointwise_constraint"):
             cfg.pop(key, None)
-        layer = K.layers.deserialize({"class_name": node.class_name, "config": cfg})
+        layer = K.layers.deserialize({"class_name": node.class_name, "config": cfg,
+                                      **({"module": "keras.layers"} if K.__name__ == "keras" else {})})
         shape = tuple(tin.shape[:-1]) + (int(cin) * max(1, tin.spatial),)
         x = K.Input(shape, batch_size=1)
         return K.Model(x, layer(x))
@@ -237,7 +226,9 @@ class LayerTimer:
         return min(rounds)
 
     def measure(self, node, graph, cin: int, cout: int) -> float:
-        model = self._build(node, graph.tensors[node.inputs[0]], cin, cout)
+        from edgeprune._env import keras_of
+
+        model = self._build(node, graph.tensors[node.inputs[0]], cin, cout, keras_of(graph.model))
         return self.time_blob(self.convert(model))
 
 
@@ -268,7 +259,7 @@ def measure_table(graph: LayerGraph, gs, *, round_to: int = 1, min_channels: int
         cin, cout = layer_channels(node, graph, {})
         cins = grid_points(cin, tin.key in variable, round_to, min_channels)
         # a depthwise layer's output width follows its input: one column, axis value 0
-        couts = [0] if node.class_name in rules.DEPTHWISE else \
+        couts = [0] if rules.rule_for(node).output_follows_input else \
             grid_points(cout, tout.key in variable, round_to, min_channels)
         jobs[sig] = (node, cins, couts)
     if jobs and foreign:

@@ -1,7 +1,9 @@
 """Rebuild a smaller model: new config (fewer filters/units) plus sliced weight arrays.
 
-The result is an ordinary tf_keras functional model with the same layer names and the same
-input/output signature; it saves and loads without any custom object of ours.
+The result is an ordinary functional model of the input's flavour (Keras 3 stays Keras 3,
+tf_keras stays tf_keras) with the same layer names and the same input/output signature; it
+saves and loads without any custom object of ours. What changes per layer type is the rule's
+business (:mod:`edgeprune.pruning.rules`).
 """
 from __future__ import annotations
 
@@ -10,15 +12,12 @@ import copy
 import numpy as np
 
 from edgeprune.pruning import rules
-from edgeprune.pruning.graph import custom_objects_of
+from edgeprune.pruning.graph import model_from_neutral, model_layers
 from edgeprune.pruning.groups import GroupSet
 
 
 def rebuild(gs: GroupSet, keep_unit: np.ndarray):
-    """The pruned tf_keras model for a boolean keep-mask over units."""
-    from edgeprune._env import tf_keras
-
-    keras = tf_keras()
+    """The pruned model for a boolean keep-mask over units."""
     g = gs.graph
     kept = gs.kept_channels(keep_unit)
     cfg = copy.deepcopy(g.config)
@@ -30,13 +29,12 @@ def rebuild(gs: GroupSet, keep_unit: np.ndarray):
         plans[node.name] = (kin, kout)
         lc["config"] = rules.new_config(node, lc["config"], kin, kout, g)
         lc.pop("build_config", None)
-    with keras.utils.custom_object_scope(custom_objects_of(g.model)):
-        new = keras.Model.from_config(cfg)
-    for layer in new.layers:
+    new = model_from_neutral(cfg, g.model)
+    for layer in model_layers(new):
         node = g.layers[layer.name]
-        if not node.layer.weights:
+        weights = node.weights()
+        if not weights:
             continue
         kin, kout = plans[layer.name]
-        weights = rules.slice_weights(node, node.layer.get_weights(), kin, kout, g)
-        layer.set_weights(weights)
+        layer.set_weights(rules.slice_weights(node, weights, kin, kout, g))
     return new

@@ -8,12 +8,18 @@ from edgeprune.errors import InputError
 
 def as_functional(model):
     """A functional view of ``model`` (Sequential models are re-wrapped, weights shared)."""
-    from edgeprune._env import tf_keras
+    from edgeprune._env import is_keras3_model, keras_of
 
-    keras = tf_keras()
+    keras = keras_of(model)
     if isinstance(model, keras.Sequential):
         return keras.Model(model.inputs, model.outputs, name=model.name)
-    if not getattr(model, "_is_graph_network", False):
+    if is_keras3_model(model):
+        from keras.src.models.functional import Functional
+
+        functional = isinstance(model, Functional)
+    else:
+        functional = getattr(model, "_is_graph_network", False)
+    if not functional:
         raise InputError(
             f"model '{model.name}' is a subclassed Keras model; training-aware compression "
             "needs a functional or Sequential model"
@@ -25,10 +31,10 @@ def copy_model(model, *, scope=None):
     """A fresh clone of ``model`` with the same weights, built inside ``scope`` if given."""
     from contextlib import nullcontext
 
-    from edgeprune._env import tf_keras
+    from edgeprune._env import keras_of
 
-    keras = tf_keras()
     model = as_functional(model)
+    keras = keras_of(model)
     with scope or nullcontext():
         clone = keras.models.clone_model(model)
         clone.set_weights(model.get_weights())
@@ -36,14 +42,14 @@ def copy_model(model, *, scope=None):
 
 
 def rebuild(config: dict, source_model, weights_for: Callable[[str], list | None] | None = None):
-    """Build a functional model from ``config`` and copy weights by layer name from ``source_model``.
+    """Build a functional model from a neutral ``config`` (:func:`edgeprune.pruning.graph.neutral_config`)
+    in ``source_model``'s flavour and copy weights by layer name from ``source_model``.
 
     ``weights_for(name)`` may return replacement weights for a layer (e.g. folded kernels).
     """
-    from edgeprune._env import tf_keras
+    from edgeprune.pruning.graph import model_from_neutral
 
-    keras = tf_keras()
-    new = keras.Model.from_config(config)
+    new = model_from_neutral(config, source_model)
     by_name = {layer.name: layer for layer in source_model.layers}
     for layer in new.layers:
         weights = weights_for(layer.name) if weights_for else None
@@ -123,8 +129,10 @@ def logits_model(model):
     model = as_functional(model)
     if not ends_in_softmax(model):
         return None
+    from edgeprune.pruning.graph import neutral_config
+
     layer = single_output_layer(model)
-    config = model.get_config()
+    config = neutral_config(model)
     entry = next(item for item in config["layers"] if item["name"] == layer.name)
     if type(layer).__name__ in ("Softmax", "Activation"):
         inbound = entry["inbound_nodes"][0]

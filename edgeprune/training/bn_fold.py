@@ -60,10 +60,11 @@ def _why_not(bn, producer, readers) -> str | None:
 
 def fold_batchnorm(model):
     """Return ``(folded_model, report)``; report lists folded pairs and BNs left in place (with why)."""
+    from edgeprune.pruning.graph import neutral_config
     from edgeprune.training._models import as_functional, consumers, rebuild, replace_refs
 
     model = as_functional(model)
-    config = model.get_config()
+    config = neutral_config(model)
     readers = consumers(config)
     folded: dict[str, list[np.ndarray]] = {}
     mapping = {}

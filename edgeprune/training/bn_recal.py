@@ -15,12 +15,12 @@ def recalibrate_batchnorm(model, x: np.ndarray, *, batch_size: int = 128) -> dic
 
     Modifies ``model`` in place; returns ``{"layers": [names], "samples": n}``.
     """
-    from edgeprune._env import tf_keras
+    from edgeprune._env import keras_of
 
     from edgeprune.training._models import as_functional
 
-    keras = tf_keras()
     model = as_functional(model)
+    keras = keras_of(model)
     x = np.asarray(x, dtype=np.float32)
     done = []
     for layer in model.layers:

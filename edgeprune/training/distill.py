@@ -39,7 +39,7 @@ def distillation_loss(student_logits, teacher_logits, y=None, *, temperature=4.0
 def teacher_logits_model(teacher, sample: np.ndarray):
     """(model, mode): a logits model and mode 'logits' (split at softmax / already logits) or
     'log-probs' (outputs look like probabilities: use log p)."""
-    from edgeprune._env import tf_keras
+    from edgeprune._env import is_keras3_model, keras_of
 
     from edgeprune.training._models import as_functional, logits_model
 
@@ -49,17 +49,18 @@ def teacher_logits_model(teacher, sample: np.ndarray):
     teacher = as_functional(teacher)
     out = teacher.predict(sample[:64], verbose=0)
     if np.all(out >= 0) and np.allclose(out.sum(axis=-1), 1.0, atol=1e-3):
-        keras = tf_keras()
-        log_out = keras.layers.Lambda(lambda p: keras.backend.log(p + _EPS), name="log_probs")(teacher.output)
+        keras = keras_of(teacher)
+        log = keras.ops.log if is_keras3_model(teacher) else keras.backend.log
+        log_out = keras.layers.Lambda(lambda p: log(p + _EPS), name="log_probs")(teacher.output)
         return keras.Model(teacher.inputs, log_out), "log-probs"
     return teacher, "logits"
 
 
-def _distiller_class():
-    from edgeprune._env import tf, tf_keras
+def _distiller_class(keras):
+    """The Distiller model class for ``keras`` (the student's Keras: Keras 3 or tf_keras)."""
+    from edgeprune._env import tf
 
     tf_ = tf()
-    keras = tf_keras()
 
     class Distiller(keras.Model):
         """Trains ``student`` (a logits model) against a frozen ``teacher`` (logits model)."""
@@ -125,6 +126,7 @@ def distill(student, teacher, train, val=None, *, task: str, temperature: float 
     ``train.y`` None means label-free distillation (teacher outputs only). The returned
     student has the original architecture (softmax included), plain and uncompiled.
     """
+    from edgeprune._env import keras_of
     from edgeprune.training._models import as_functional, copy_model, logits_model
 
     settings = settings or FitSettings(label="distill")
@@ -144,9 +146,11 @@ def distill(student, teacher, train, val=None, *, task: str, temperature: float 
                 f"teacher has {teacher_logits.outputs[0].shape[-1]} outputs, student "
                 f"{student_logits.outputs[0].shape[-1]}: distillation needs the same classes"
             )
-        distiller = _distiller_class()(student_logits, teacher_logits, temperature, alpha, "onehot" if task == "onehot" else "sparse", labelled)
+        keras = keras_of(student_logits)
+        distiller = _distiller_class(keras)(student_logits, teacher_logits, temperature, alpha,
+                                            "onehot" if task == "onehot" else "sparse", labelled)
         steps = int(np.ceil(len(train) / settings.batch_size))
-        distiller.compile(optimizer=make_optimizer(settings, steps))
+        distiller.compile(optimizer=make_optimizer(settings, steps, keras))
     output.debug(f"distillation: teacher read as {mode}, T={temperature}, alpha={alpha}, labelled={labelled}")
     history = fit_compiled(distiller, train, val, settings, monitor_acc=labelled and (val is None or val.y is not None), output=output)
     result = copy_model(student)

@@ -50,11 +50,22 @@ def strategy():
     return tf_.distribute.get_strategy()
 
 
-def loss_for(task: str, from_logits: bool):
-    """Keras loss and accuracy metric for a label kind from :func:`data.check_against_model`."""
+def _keras(keras):
+    """The Keras module to build training objects with (the model's own; tf_keras by default)."""
+    if keras is not None:
+        return keras
     from edgeprune._env import tf_keras
 
-    keras = tf_keras()
+    return tf_keras()
+
+
+def loss_for(task: str, from_logits: bool, keras=None):
+    """Keras loss and accuracy metric for a label kind from :func:`data.check_against_model`.
+
+    ``keras`` is the model's Keras module (``edgeprune._env.keras_of(model)``): Keras 3 models
+    train with Keras 3 losses and optimizers, tf_keras models with tf_keras ones.
+    """
+    keras = _keras(keras)
     if task == "sparse":
         return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits), [
             keras.metrics.SparseCategoricalAccuracy(name="accuracy")
@@ -80,10 +91,8 @@ def output_is_logits(model) -> bool:
     return not (name == "Softmax" or act in ("softmax", "sigmoid"))
 
 
-def make_optimizer(settings: FitSettings, steps_per_epoch: int):
-    from edgeprune._env import tf_keras
-
-    keras = tf_keras()
+def make_optimizer(settings: FitSettings, steps_per_epoch: int, keras=None):
+    keras = _keras(keras)
     lr = settings.learning_rate
     if settings.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(
@@ -100,10 +109,8 @@ class _Progress:
     """
 
     @staticmethod
-    def make(output: Output, label: str, epochs: int):
-        from edgeprune._env import tf_keras
-
-        keras = tf_keras()
+    def make(output: Output, label: str, epochs: int, keras=None):
+        keras = _keras(keras)
 
         class ProgressCallback(keras.callbacks.Callback):
             def __init__(self):
@@ -138,14 +145,13 @@ class _Progress:
         return ProgressCallback()
 
 
-def callbacks_for(settings: FitSettings, has_val: bool, monitor_acc: bool, output: Output) -> list:
+def callbacks_for(settings: FitSettings, has_val: bool, monitor_acc: bool, output: Output,
+                  keras=None) -> list:
     """Early stopping (best weights restored), optional plateau LR, progress reporting."""
-    from edgeprune._env import tf_keras
-
-    keras = tf_keras()
+    keras = _keras(keras)
     monitor = ("val_" if has_val else "") + ("accuracy" if monitor_acc else "loss")
     mode = "max" if monitor_acc else "min"
-    cbs = [_Progress.make(output, settings.label, settings.epochs)]
+    cbs = [_Progress.make(output, settings.label, settings.epochs, keras)]
     if settings.early_stopping:
         cbs.append(keras.callbacks.EarlyStopping(
             monitor=monitor, mode=mode, patience=settings.patience, restore_best_weights=True
@@ -159,7 +165,7 @@ def callbacks_for(settings: FitSettings, has_val: bool, monitor_acc: bool, outpu
 
 def fit_compiled(model, train, val, settings: FitSettings, *, monitor_acc: bool, output: Output) -> dict:
     """``model.fit`` with the standard callbacks on already-compiled ``model``; returns history."""
-    from edgeprune._env import tf
+    from edgeprune._env import keras_of, tf
 
     tf().random.set_seed(settings.seed)
     x, y = train.x, train.y
@@ -174,7 +180,7 @@ def fit_compiled(model, train, val, settings: FitSettings, *, monitor_acc: bool,
         validation_data=validation,
         shuffle=True,
         verbose=0,
-        callbacks=callbacks_for(settings, val is not None, monitor_acc, output),
+        callbacks=callbacks_for(settings, val is not None, monitor_acc, output, keras_of(model)),
     )
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
@@ -185,6 +191,7 @@ def finetune(model, train, val=None, *, task: str, settings: FitSettings | None 
     The returned model is a plain (uncompiled, default-strategy) copy holding the best
     weights seen on the validation data.
     """
+    from edgeprune._env import keras_of
     from edgeprune.training._models import copy_model
 
     settings = settings or FitSettings()
@@ -195,8 +202,9 @@ def finetune(model, train, val=None, *, task: str, settings: FitSettings | None 
     strat = strategy()
     with strat.scope():
         work = copy_model(model)
-        loss, metrics = loss_for(task, output_is_logits(model))
+        keras = keras_of(work)
+        loss, metrics = loss_for(task, output_is_logits(model), keras)
         steps = int(np.ceil(len(train) / settings.batch_size))
-        work.compile(optimizer=make_optimizer(settings, steps), loss=loss, metrics=metrics)
+        work.compile(optimizer=make_optimizer(settings, steps, keras), loss=loss, metrics=metrics)
     history = fit_compiled(work, train, val, settings, monitor_acc=bool(metrics), output=output)
     return copy_model(work), history

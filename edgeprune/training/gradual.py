@@ -41,8 +41,10 @@ def wrap_for_pruning(model, *, sparsity: float | None, schedule: str = "polynomi
     from edgeprune._env import tf_keras
     from edgeprune.training._models import as_functional
 
+    from edgeprune.model_io import to_tf_keras
+
     keras = tf_keras()
-    model = as_functional(model)
+    model = as_functional(to_tf_keras(model, source="gradual/M:N sparsity (tfmot needs tf_keras)"))
     per_layer = dict(per_layer or {})
     names = {layer.name for layer in model.layers}
     unknown = sorted(set(per_layer) - names)

@@ -57,6 +57,9 @@ def prepare_qat(model, *, prune_preserve: bool = False):
     from edgeprune.training._models import as_functional
     from edgeprune.training.bn_fold import fold_batchnorm
 
+    from edgeprune.model_io import to_tf_keras
+
+    model = to_tf_keras(model, source="quantization-aware training (tfmot needs tf_keras)")
     folded, fold_report = fold_batchnorm(as_functional(model))
     annotated, float_layers = annotate_supported(folded)
     with tfmot.quantization.keras.quantize_scope():
