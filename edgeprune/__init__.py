@@ -20,6 +20,12 @@ _API = {
     "load_profile": "edgeprune.profiles:load_profile",
     "list_profiles": "edgeprune.profiles:list_profiles",
     "demo": "edgeprune.demo:run_demo",
+    "render_report": "edgeprune.report:render_report",
+    "inspect": "edgeprune.inspection:inspect",
+    "quant_error": "edgeprune.quant_error:quant_error",
+    "verify": "edgeprune.verification:verify",
+    "pack": "edgeprune.bundle:pack",
+    "unpack": "edgeprune.bundle:unpack",
 }
 
 __all__ = ["__version__", *_API]

@@ -49,6 +49,9 @@ class CompileOptions:
     # training-aware compression (edgeprune.training): fine-tuning, distillation, iterative
     # pruning, gradual sparsity, QAT and the accuracy gate; None means defaults (no training).
     training: Any = None  # edgeprune.training.options.TrainingOptions
+    # selective quantization chosen by measurement (edgeprune.selective): None or "auto"
+    keep_float: str | None = None
+    labels: str | None = None  # text file, one class label per line (TFLite metadata + labels.txt)
 
     @property
     def prunes(self) -> bool:
@@ -267,10 +270,20 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
     representative = None if data is None else data[0]
     if representative is None and stage_result is not None and stage_result.validation is not None:
         representative = stage_result.validation.x[: options.num_samples or 200]
+    gate = _gate_data(stage_result, data, training, max_drop, out)
+    from edgeprune import shipping
+
+    shipping.check_options(options, quant, profile, max_drop if gate is not None else None)
     with stages.stage("convert", f"Converting to TFLite ({quant})") as entry:
         tflite = convert(model, quant, representative=representative, io=io,
                          int8_only=profile.operators.int8_only)
         entry["bytes"] = len(tflite)
+    if options.keep_float:
+        with stages.stage("keep_float", "Keeping the worst int8 layers in float (measured)") as entry:
+            tflite, report["keep_float"] = shipping.keep_float(model, original, tflite, representative, io, gate,
+                                                               max_drop, profile, out)
+            entry["kept_float"] = report["keep_float"]["kept_float"]
+    tflite = shipping.with_metadata(tflite, model, profile, options.labels)
 
     with stages.stage("check", "Checking the artifact") as entry:
         ios = io_details(tflite)
@@ -287,7 +300,6 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         budgets = _budgets(profile, len(tflite), arena["bytes"])
         entry["ops"] = sum(ops.values())
 
-    gate = _gate_data(stage_result, data, training, max_drop, out)
     if gate is not None:
         from edgeprune.training.gate import check_accuracy_gate
 
@@ -326,12 +338,14 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         "options": {k: v for k, v in asdict(options).items() if k not in ("custom_objects",)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    extra_files = shipping.extra_files(tflite, manifest, representative, options.labels)
 
     dest = Path(output_dir)
     with artifact as tmp:
         write_bytes_atomic(tmp / "model.tflite", tflite)
         write_json(tmp / "manifest.json", manifest)
         write_json(tmp / "report.json", report)
+        shipping.write_extras(tmp, extra_files, out)
         if gate_error is not None:
             write_json(tmp / "GATE_FAILED.json", report["accuracy_gate"])
             kept = artifact.reject()

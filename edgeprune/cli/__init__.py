@@ -40,7 +40,8 @@ def _register_commands() -> None:
     # only if it does not exist at all, never when it fails to import for another reason.
     import importlib
 
-    for name in ("targets_cmd", "compile_cmd", "bench_cmd", "prune_cmd", "latency_cmd", "demo_cmd", "search_cmd"):
+    for name in ("targets_cmd", "compile_cmd", "bench_cmd", "prune_cmd", "latency_cmd", "demo_cmd", "search_cmd",
+                 "report_cmd", "inspect_cmd", "verify_cmd", "pack_cmd"):
         try:
             importlib.import_module(f"edgeprune.cli.{name}")
         except ModuleNotFoundError as exc:

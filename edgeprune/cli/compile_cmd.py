@@ -38,6 +38,11 @@ from edgeprune.training.options import training_options
               help="Python file whose `custom_objects` dict (or classes) the model needs to load; "
                    "a `tf_keras_objects` dict gives tf_keras versions of Keras 3 custom layers.")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code from the model file).")
+@click.option("--keep-float", "keep_float", type=click.Choice(["auto"]), default=None,
+              help="int8 only: when the accuracy gate fails, keep the layers whose measured error is worst "
+                   "in float until it passes (needs --max-accuracy-drop and labelled data).")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Text file with one class label per line: embedded in the TFLite metadata and shipped as labels.txt.")
 @click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), required=True,
               help="Artifact directory to create.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
@@ -45,11 +50,12 @@ from edgeprune.training.options import training_options
 @json_option
 @click.pass_context
 def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, calibration, num_samples,
-                    seed, prune, prune_macs, prune_latency, latency_table, criterion, protect, custom_objects, unsafe, output_dir,
-                    force, json_mode, training) -> None:
+                    seed, prune, prune_macs, prune_latency, latency_table, criterion, protect, custom_objects, unsafe, keep_float, labels,
+                    output_dir, force, json_mode, training) -> None:
     """Prune (optional), quantize and lower MODEL to TFLite for a device profile.
 
-    Writes DIR/model.tflite, DIR/manifest.json and DIR/report.json atomically. Exits 1 when the
+    Writes DIR/model.tflite, DIR/manifest.json, DIR/report.json (with report.html and report.md
+    rendered from it) and DIR/reference_sample.npz (for `edgeprune verify`) atomically. Exits 1 when the
     artifact breaks a budget of the profile (the candidate is kept as DIR.rejected) or an
     int8-only target still has float ops, or when the accuracy gate (--max-accuracy-drop, or the
     profile's) fails; 2 on bad input.
@@ -66,7 +72,7 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
         seed=seed, custom_objects=str(custom_objects) if custom_objects else None, unsafe=unsafe,
         force=force, prune=prune, prune_macs=prune_macs, prune_latency=prune_latency,
         latency_table=str(latency_table) if latency_table else None, criterion=criterion, protect=tuple(protect),
-        training=training,
+        training=training, keep_float=keep_float, labels=str(labels) if labels else None,
     )
     result = run_compile(model, output_dir, options, output=out)
     summary = summarize(result)
@@ -83,6 +89,9 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
             out.info(f"pruning: MACs {pruning['macs_before']:,} -> {pruning['macs_after']:,} "
                      f"({pruning['macs_before'] / max(pruning['macs_after'], 1):.2f}x fewer), params "
                      f"{pruning['params_before']:,} -> {pruning['params_after']:,}; per-layer table in report.json")
+        if summary.get("keep_float"):
+            out.info(f"keep-float: {summary['keep_float']}")
+        out.info(f"report: {result.output_dir / 'report.html'}")
         if gate:
             out.info(f"accuracy gate: artifact {gate['candidate_accuracy']:.4f} vs original "
                      f"{gate['reference_accuracy']:.4f} on {gate['samples']} samples "
@@ -111,4 +120,6 @@ def summarize(result) -> dict:
         if "pruning" in r else None,
         "training": r.get("training"),
         "accuracy_gate": r.get("accuracy_gate"),
+        "keep_float": (r.get("keep_float") or {}).get("summary"),
+        "report_html": str(result.output_dir / "report.html"),
     }

@@ -1,0 +1,94 @@
+"""``edgeprune inspect MODEL.tflite|MODEL.keras|DIR``: what is inside, and where int8 loses accuracy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeprune.cli import cli, get_output, json_option
+
+
+@cli.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--quant-error", "quant_error", is_flag=True,
+              help="Compare every intermediate tensor of the artifact with the float --reference model on --data.")
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="With --quant-error: the float model (Keras file or float .tflite) the artifact was compiled from.")
+@click.option("--data", default=None, metavar="SRC",
+              help="With --quant-error: inputs (.npy/.npz, image folder, module:function).")
+@click.option("--num-samples", type=int, default=32, show_default=True, help="With --quant-error: samples to use.")
+@click.option("--top", type=int, default=15, show_default=True, help="Rows of the tables printed for people.")
+@click.option("--custom-objects", type=click.Path(path_type=Path), default=None, metavar="PY",
+              help="Python file with the `custom_objects` a Keras model needs.")
+@click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code from the model file).")
+@json_option
+@click.pass_context
+def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference, data, num_samples: int, top: int,
+                    custom_objects, unsafe: bool, json_mode: bool) -> None:
+    """Ops, tensors, dtypes, quantization, MACs, arena and XNNPACK coverage of a .tflite artifact;
+    layers, MACs and pruning groups (and why some are locked) of a Keras model.
+
+    With --quant-error --reference MODEL --data X: per-tensor error of the artifact, run by LiteRT,
+    against the float model (RMSE over scale, cosine, SQNR), worst first.
+    """
+    from edgeprune.errors import InputError
+
+    out = get_output(ctx, json_mode)
+    co = str(custom_objects) if custom_objects else None
+    if quant_error:
+        if reference is None or data is None:
+            raise InputError("--quant-error needs --reference MODEL and --data X")
+        from edgeprune.quant_error import quant_error as measure
+
+        result = measure(path, reference, data, num_samples=num_samples, custom_objects=co, unsafe=unsafe,
+                         output=out)
+        out.emit_json(result)
+        if not out.json_mode:
+            out.table(f"Quantization error of {result['artifact']} vs {reference} ({result['samples']} samples), worst first",
+                      ["rank", "tensor", "op", "SQNR dB", "local drop dB", "cosine", "RMSE/scale"],
+                      [(r["rank"], r["tensor"], r["op"], r["sqnr_db"], r.get("local_drop_db"), r["cosine"],
+                        r["rmse_over_scale"]) for r in result["layers"][:top]])
+            if result["unmatched"]:
+                out.warn(f"{len(result['unmatched'])} tensor(s) had no float counterpart: "
+                         f"{', '.join(result['unmatched'][:5])}")
+        return
+    if reference is not None or data is not None:
+        raise InputError("--reference and --data are used with --quant-error")
+    from edgeprune.inspection import inspect
+
+    with out.progress(f"Inspecting {path}"):
+        result = inspect(path, custom_objects=co, unsafe=unsafe)
+    out.emit_json(result)
+    if out.json_mode:
+        return
+    if result["kind"] == "tflite":
+        _print_tflite(out, result, top)
+    else:
+        _print_keras(out, result, top)
+
+
+def _print_tflite(out, r: dict, top: int) -> None:
+    out.table(f"{r['file']}: {r['bytes']:,} bytes, {r['macs']:,} MACs, arena {r['arena']['bytes']:,} bytes "
+              f"({r['arena']['method']})",
+              ["op", "count", "constant bytes", "MACs", "XNNPACK"],
+              [(op, n, r["size_by_op"].get(op, 0), r["macs_by_op"].get(op, 0),
+                f"{n - r['xnnpack']['fallback_op_counts'].get(op, 0)}/{n}")
+               for op, n in sorted(r["op_counts"].items(), key=lambda kv: -kv[1])])
+    rows = [t for t in r["tensors"] if not t["constant"]][:top]
+    out.table("Activation tensors", ["tensor", "shape", "dtype", "scale", "zero point"],
+              [(t["name"], t["shape"], t["dtype"], (t["quantization"] or {}).get("scale"),
+                (t["quantization"] or {}).get("zero_point")) for t in rows])
+    x = r["xnnpack"]
+    out.info(f"XNNPACK takes {x['delegated_count']} of {len(r['ops'])} ops ({x['partitions']} partitions); "
+             f"builtin fallback: {', '.join(f'{k} x{v}' for k, v in x['fallback_op_counts'].items()) or 'none'}")
+    if r.get("metadata"):
+        m = r["metadata"]
+        out.info(f"metadata: normalization {m.get('normalization')}, labels {len(m.get('labels') or [])}")
+
+
+def _print_keras(out, r: dict, top: int) -> None:
+    out.info(f"{r['file']} ({r['flavour']}): {r['params']:,} params, {r['macs']:,} MACs; "
+             f"{r['prunable_groups']} prunable groups ({r['prunable_channels']} channels), {r['locked_groups']} locked")
+    out.table("Pruning groups", ["group", "channels", "layers", "prunable", "locked because"],
+              [(g["name"], g["channels"], ", ".join(g["layers"][:6]), g["prunable"], g["locked"])
+               for g in r["groups"][: max(top, 30)]])

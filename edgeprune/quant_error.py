@@ -1,0 +1,209 @@
+"""Per-layer quantization error measured on the artifact itself.
+
+TensorFlow's QuantizationDebugger and ai-edge-quantizer compare layers inside the converter's
+own debug model. Here the shipped .tflite runs in the LiteRT interpreter with
+``experimental_preserve_all_tensors=True`` (builtin kernels, the default delegate off, because
+a delegate fuses its partition and its intermediates cannot be read), and so does a float
+.tflite of the reference model. Every op output of the artifact is matched to the float tensor
+of the same name (the converter keeps the Keras op names through quantization), or failing
+that to the same op type at the same position with the same shape, dequantized, and compared:
+
+- RMSE, and RMSE over the tensor's quantization scale (how many quantization steps off);
+- cosine similarity of the flattened tensors;
+- SQNR in dB: 10 log10(sum ref^2 / sum (q - ref)^2).
+
+Tensors are ranked worst first (lowest SQNR). Errors accumulate, so a layer's figure includes
+what the layers before it lost; the first layer where SQNR drops sharply is the one to keep in
+float (``compile --keep-float auto`` does this by measurement, edgeprune.selective).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune.errors import InputError
+
+_SKIP_OPS = ("DEQUANTIZE",)  # its output is its input dequantized: already measured
+
+
+def _interp(tflite: bytes):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from edgeprune._env import quiet_native
+
+    try:
+        with quiet_native():
+            it = Interpreter(model_content=tflite, experimental_preserve_all_tensors=True,
+                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            it.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"the LiteRT interpreter cannot load the model ({first})") from None
+    return it
+
+
+def _op_outputs(it) -> list[tuple[str, int, list[int]]]:
+    """(op name, first output tensor, input tensors) of every node, in execution order."""
+    raw = it._interpreter
+    rows = []
+    for i in range(raw.NumNodes()):
+        outs = [int(j) for j in raw.NodeOutputs(i) if j >= 0]
+        if outs:
+            rows.append((raw.NodeName(i), outs[0], [int(j) for j in raw.NodeInputs(i) if j >= 0]))
+    return rows
+
+
+def match_tensors(q_it, f_it) -> tuple[list[dict], list[str]]:
+    """Pairs of (quantized tensor, float tensor) per op output, and the names left unmatched.
+
+    A QUANTIZE of a float input is compared with that float input (the input's own error).
+    """
+    fd = {d["index"]: d for d in f_it.get_tensor_details()}
+    qd = {d["index"]: d for d in q_it.get_tensor_details()}
+    f_by_name = {d["name"]: d["index"] for d in fd.values()}
+    f_by_type: dict[str, list[int]] = {}
+    for op, t, _ in _op_outputs(f_it):
+        f_by_type.setdefault(op, []).append(t)
+    seen: dict[str, int] = {}
+    pairs, unmatched = [], []
+    for op, t, ins in _op_outputs(q_it):
+        k = seen.get(op, 0)
+        seen[op] = k + 1
+        if op in _SKIP_OPS:
+            continue
+        q = qd[t]
+        shape = list(q["shape"])
+        if op == "QUANTIZE":
+            src = qd[ins[0]] if ins else None
+            f = f_by_name.get(src["name"]) if src is not None and np.dtype(src["dtype"]).kind == "f" else None
+        else:
+            f = f_by_name.get(q["name"])
+            if f is None or list(fd[f]["shape"]) != shape:
+                cands = f_by_type.get(op, [])
+                f = cands[k] if k < len(cands) and list(fd[cands[k]]["shape"]) == shape else None
+        if f is None or list(fd[f]["shape"]) != shape:
+            unmatched.append(q["name"])
+            continue
+        pairs.append({"op": op, "tensor": q["name"], "float_tensor": fd[f]["name"], "q": t, "f": f,
+                      "inputs": ins, "shape": shape, "dtype": np.dtype(q["dtype"]).name})
+    return pairs, unmatched
+
+
+def _dequant(value: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if np.issubdtype(value.dtype, np.integer) and scale:
+        return (value.astype(np.float64) - zero) * scale
+    return value.astype(np.float64)
+
+
+def _set_input(it, x: np.ndarray) -> None:
+    from edgeprune.harness import runner
+
+    detail = it.get_input_details()[0]
+    it.set_tensor(detail["index"], runner.to_input_dtype(np.ascontiguousarray(x), detail, np))
+
+
+def measure(quantized: bytes, reference_float: bytes, x: np.ndarray, *, progress=None) -> dict:
+    """Compare every intermediate tensor of ``quantized`` with ``reference_float`` on ``x``."""
+    q_it, f_it = _interp(quantized), _interp(reference_float)
+    if len(q_it.get_input_details()) != 1:
+        raise InputError("--quant-error supports models with one input")
+    pairs, unmatched = match_tensors(q_it, f_it)
+    if not pairs:
+        raise InputError("--reference: no tensor of the artifact matches the reference model "
+                         "(is it the float model the artifact was compiled from, after pruning?)")
+    want = list(q_it.get_input_details()[0]["shape"])
+    if list(x.shape[1:]) != want[1:]:
+        raise InputError(f"--data: samples have shape {list(x.shape[1:])}, the artifact expects {want[1:]}")
+    qdet = {d["index"]: d for d in q_it.get_tensor_details()}
+    acc = {p["q"]: np.zeros(4) for p in pairs}  # sum err^2, sum ref^2, dot, sum q^2
+    counts = {p["q"]: 0 for p in pairs}
+    for i in range(len(x)):
+        sample = x[i:i + 1]
+        _set_input(q_it, sample)
+        _set_input(f_it, sample)
+        q_it.invoke()
+        f_it.invoke()
+        for p in pairs:
+            qv = _dequant(q_it.get_tensor(p["q"]), qdet[p["q"]]).ravel()
+            fv = f_it.get_tensor(p["f"]).astype(np.float64).ravel()
+            a = acc[p["q"]]
+            a += (float(np.sum((qv - fv) ** 2)), float(np.sum(fv * fv)), float(np.dot(qv, fv)), float(np.sum(qv * qv)))
+            counts[p["q"]] += qv.size
+        if progress is not None:
+            progress.advance()
+    rows = []
+    for p in pairs:
+        err2, ref2, dot, q2 = acc[p["q"]]
+        n = max(counts[p["q"]], 1)
+        rmse = float(np.sqrt(err2 / n))
+        scale = float(qdet[p["q"]].get("quantization", (0.0, 0))[0] or 0.0)
+        cosine = float(dot / np.sqrt(ref2 * q2)) if ref2 > 0 and q2 > 0 else (1.0 if err2 == 0 else 0.0)
+        # None when the tensor is exact (no error) or the reference is all zeros.
+        sqnr = float(10 * np.log10(ref2 / err2)) if err2 > 0 and ref2 > 0 else None
+        rows.append({"op": p["op"], "tensor": p["tensor"], "float_tensor": p["float_tensor"],
+                     "shape": p["shape"], "dtype": p["dtype"],
+                     "scale": scale or None, "rmse": rmse, "rmse_over_scale": rmse / scale if scale else None,
+                     "cosine": cosine, "sqnr_db": sqnr, "exact": err2 == 0})
+    # Error added by this op: SQNR of its (measured) inputs minus its own. Cumulative SQNR alone
+    # blames every layer after the culprit; the local drop points at the culprit itself.
+    by_q = {p["q"]: r for p, r in zip(pairs, rows)}
+    for p, r in zip(pairs, rows):
+        before = [by_q[j]["sqnr_db"] for j in p["inputs"] if j in by_q and by_q[j]["sqnr_db"] is not None]
+        own = r["sqnr_db"] if r["sqnr_db"] is not None else (1e9 if r["exact"] else -1e9)
+        r["local_drop_db"] = max(0.0, min(before) - own) if before and own < 1e8 else (
+            0.0 if r["exact"] else None)
+    order = {id(r): i for i, r in enumerate(rows)}
+    def badness(r):  # lowest SQNR first; exact tensors last, an all-zero reference with error first
+        if r["exact"]:
+            return float("inf")
+        return r["sqnr_db"] if r["sqnr_db"] is not None else float("-inf")
+
+    ranked = sorted(rows, key=lambda r: (badness(r), order[id(r)]))
+    for rank, r in enumerate(ranked, 1):
+        r["rank"] = rank
+    for i, r in enumerate(rows):
+        r["position"] = i
+    return {"samples": int(len(x)), "compared": len(rows), "unmatched": unmatched,
+            "method": "LiteRT builtin kernels, experimental_preserve_all_tensors; float reference = "
+                      "the reference model converted to float32 .tflite",
+            "layers": ranked}
+
+
+def float_reference(reference, *, custom_objects=None, unsafe: bool = False) -> bytes:
+    """Float32 .tflite bytes of the reference: a float .tflite as is, else a Keras model converted."""
+    from edgeprune.inspection import is_tflite
+
+    p = Path(reference)
+    if not p.exists():
+        raise InputError(f"--reference {p}: no such file")
+    if p.is_file() and is_tflite(p):
+        return p.read_bytes()
+    from edgeprune.convert import convert
+    from edgeprune.model_io import load_model
+
+    model = load_model(p, custom_objects=custom_objects, safe_mode=not unsafe).model
+    return convert(model, "float32")
+
+
+def quant_error(artifact, reference, data, *, num_samples: int = 32, seed: int = 0,
+                custom_objects=None, unsafe: bool = False, output=None) -> dict:
+    """Python API of ``edgeprune inspect ART --quant-error --reference MODEL --data X``."""
+    from edgeprune.datasets import load_arrays
+    from edgeprune.harness.artifact import resolve_artifact
+
+    art = resolve_artifact(artifact)
+    quantized = art.read_bytes()
+    ref = float_reference(reference, custom_objects=custom_objects, unsafe=unsafe)
+    q_it = _interp(quantized)
+    shape = tuple(int(d) for d in q_it.get_input_details()[0]["shape"])
+    x, _ = load_arrays(str(data), input_shape=(None, *shape[1:]), num_samples=num_samples, seed=seed)
+    x = np.asarray(x, np.float32)
+    if output is not None:
+        with output.progress("Comparing every tensor with the float reference", total=len(x)) as bar:
+            result = measure(quantized, ref, x, progress=bar)
+    else:
+        result = measure(quantized, ref, x)
+    result.update(artifact=str(art), reference=str(reference), data=str(data))
+    return result

@@ -1,0 +1,117 @@
+"""report.html and report.md beside report.json (which stays the source of truth).
+
+``render_report(DIR)`` reads DIR/report.json and DIR/manifest.json, inspects DIR/model.tflite
+(edgeprune.inspection) for size and quantization facts, draws the figures
+(edgeprune.report.plots) and writes:
+
+- ``report.html``: one self-contained file, figures embedded as base64 PNG, inline CSS, no
+  script, font, stylesheet or link that needs a network;
+- ``report.md`` with the figures beside it in ``report_files/`` (for pull requests).
+
+compile calls it in its write step; ``edgeprune report DIR`` re-renders (optionally merging a
+bench result or a search result into report.json first, so the HTML always derives from it).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeprune.artifacts import write_bytes_atomic, write_json
+from edgeprune.errors import InputError
+
+ASSETS = "report_files"
+
+
+@dataclass
+class Figure:
+    key: str
+    title: str
+    png: bytes
+
+
+@dataclass
+class ReportData:
+    report: dict
+    manifest: dict
+    info: dict | None
+    figures: list = field(default_factory=list)
+
+
+def _load(path: Path, what: str, required: bool = True) -> dict:
+    if not path.is_file():
+        if required:
+            raise InputError(f"{path}: missing ({what})")
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return value
+
+
+def collect(directory: Path) -> ReportData:
+    """Everything the writers need: the JSON files, the artifact's inspection and the figures."""
+    from edgeprune.report import plots
+
+    report = _load(directory / "report.json", "the compile report")
+    manifest = _load(directory / "manifest.json", "the artifact manifest", required=False)
+    model = directory / (manifest.get("artifact", {}).get("file") or "model.tflite")
+    info = None
+    if model.is_file():
+        from edgeprune.inspection import inspect_tflite
+
+        info = inspect_tflite(model.read_bytes(), name=model.name)
+    data = ReportData(report, manifest, info)
+    search = report.get("search")
+    makers = [
+        ("pruning", lambda: plots.pruning_layers(report.get("pruning"))),
+        ("size", lambda: plots.size_breakdown(info)),
+        ("quantization", lambda: plots.quantization(info)),
+        ("quant_error", lambda: plots.quant_error(report.get("keep_float") or report.get("quant_error"))),
+        ("accuracy", lambda: plots.accuracy(report.get("accuracy_gate"))),
+        ("latency", lambda: plots.latency(report.get("bench"))),
+        ("layer_time", lambda: plots.layer_time(report.get("layer_latency"))),
+        ("pareto", lambda: plots.pareto(search, (search or {}).get("shipped"))),
+    ]
+    for key, make in makers:
+        made = make()
+        if made is not None:
+            data.figures.append(Figure(key, made[0], made[1]))
+    return data
+
+
+def render_report(directory, *, bench=None, search=None) -> dict:
+    """Write report.html, report.md and report_files/*.png in ``directory``.
+
+    ``bench``/``search``: a result dict or JSON path (``edgeprune bench --json``, ``search --json``)
+    stored into report.json first, under "bench" / "search".
+    """
+    from edgeprune.report import html, markdown
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise InputError(f"{d}: not an artifact directory")
+    report_path = d / "report.json"
+    if bench is not None or search is not None:
+        report = _load(report_path, "the compile report")
+        for key, value in (("bench", bench), ("search", search)):
+            if value is not None:
+                report[key] = value if isinstance(value, dict) else _load(Path(value), f"--{key} result")
+        write_json(report_path, report)
+    data = collect(d)
+    for fig in data.figures:
+        write_bytes_atomic(d / ASSETS / f"{fig.key}.png", fig.png)
+    assets = d / ASSETS
+    if assets.is_dir():  # drop figures of sections that no longer exist
+        keep = {f"{fig.key}.png" for fig in data.figures}
+        for stale in assets.glob("*.png"):
+            if stale.name not in keep:
+                stale.unlink()
+    page = html.render(data)
+    write_bytes_atomic(d / "report.html", page.encode("utf-8"))
+    write_bytes_atomic(d / "report.md", markdown.render(data, ASSETS).encode("utf-8"))
+    return {"html": str(d / "report.html"), "markdown": str(d / "report.md"),
+            "figures": [f.key for f in data.figures], "html_bytes": len(page.encode("utf-8"))}

@@ -1,0 +1,145 @@
+"""`edgeprune verify`: is this artifact (directory or bundle) the one that was compiled, and does
+it still compute what it computed then?
+
+compile stores a small reference sample (``reference_sample.npz``: inputs ``x`` and the outputs
+``y`` the artifact produced on them, plain arrays, no pickles) and lists every file's sha256 in
+the manifest. verify checks the hashes (edgeprune.harness.artifact's manifest reader), loads
+the artifact with the LiteRT interpreter, runs the sample and compares within a tolerance of a
+couple of output quantization steps (float: 1e-4 relative). Any difference → VerificationError
+(exit 1) that says what differs.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune.artifacts import sha256_bytes
+from edgeprune.errors import InputError, VerificationError
+
+SAMPLE_FILE = "reference_sample.npz"
+SAMPLE_SIZE = 8
+
+
+def sample_inputs(input_detail: dict, data: np.ndarray | None, *, count: int = SAMPLE_SIZE, seed: int = 0) -> np.ndarray:
+    """Float inputs for the sample: the first rows of real data when there are some, else seeded noise."""
+    if data is not None and len(data):
+        return np.asarray(data[:count], np.float32)
+    shape = [int(d) for d in input_detail["shape"]][1:]
+    return np.random.default_rng(seed).random((count, *shape), dtype=np.float32)
+
+
+def tolerance(outputs_meta: list[dict], expected: np.ndarray) -> float:
+    """Largest acceptable abs difference: 2 output quantization steps, or 1e-4 of the output range."""
+    scale = max((float(o.get("scale") or 0.0) for o in outputs_meta), default=0.0)
+    return float(max(2.0 * scale, 1e-4 * max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)))
+
+
+def make_reference_sample(tflite: bytes, data: np.ndarray | None, outputs_meta: list[dict], input_detail: dict) -> tuple[bytes, dict]:
+    """(npz bytes, manifest entry) for the artifact's own outputs on a few inputs."""
+    from edgeprune.harness.api import evaluate_tflite
+
+    x = sample_inputs(input_detail, data)
+    y = np.asarray(evaluate_tflite(tflite, x)["outputs"], np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=y)
+    raw = buffer.getvalue()
+    entry = {"file": SAMPLE_FILE, "sha256": sha256_bytes(raw), "count": int(len(x)),
+             "source": "data" if data is not None and len(data) else "seeded noise",
+             "atol": tolerance(outputs_meta, y)}
+    return raw, entry
+
+
+def _load_sample(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return np.asarray(npz["x"]), np.asarray(npz["y"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise VerificationError(f"{path}: unreadable reference sample ({exc})") from None
+
+
+def _check_hashes(directory: Path, manifest: dict) -> list[dict]:
+    from edgeprune.harness.artifact import _sha_entries
+
+    entries: list[tuple[str | None, str]] = []
+    _sha_entries({k: v for k, v in manifest.items() if k not in ("source", "calibration")}, entries)
+    checked = []
+    for name, sha in entries:
+        if not name:
+            continue
+        path = directory / name
+        if not path.is_file():
+            raise VerificationError(f"{path}: listed in manifest.json but missing")
+        actual = sha256_bytes(path.read_bytes())
+        if actual != sha:
+            raise VerificationError(f"{path}: sha256 {actual[:16]}… does not match manifest.json ({sha[:16]}…): "
+                                    "the file changed after it was compiled")
+        checked.append({"file": name, "sha256": sha, "ok": True})
+    return checked
+
+
+def verify_directory(directory) -> dict:
+    """Check hashes, load the artifact and re-run the reference sample. Raises VerificationError."""
+    from edgeprune.harness.api import evaluate_tflite
+    from edgeprune.harness.verify import agreement
+
+    d = Path(directory)
+    manifest_path = d / "manifest.json"
+    if not manifest_path.is_file():
+        raise InputError(f"{d}: not an artifact directory (no manifest.json)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise VerificationError(f"{manifest_path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifact"), dict):
+        raise VerificationError(f"{manifest_path}: no 'artifact' entry")
+    hashes = _check_hashes(d, manifest)
+    art = d / manifest["artifact"].get("file", "model.tflite")
+    if not any(h["file"] == art.name for h in hashes):
+        raise VerificationError(f"{manifest_path}: no sha256 for {art.name}")
+    result = {"directory": str(d), "artifact": str(art), "hashes": hashes}
+    entry = manifest.get("reference_sample")
+    if not entry:
+        raise VerificationError(f"{manifest_path}: no reference sample recorded (compiled by an older edgeprune?)")
+    x, expected = _load_sample(d / entry["file"])
+    try:
+        actual = np.asarray(evaluate_tflite(art, x)["outputs"], np.float32)
+    except InputError as exc:
+        raise VerificationError(f"{art}: the artifact cannot run its reference sample ({exc})") from None
+    if actual.shape != expected.shape:
+        raise VerificationError(f"{art}: outputs have shape {list(actual.shape)}, the reference sample "
+                                f"recorded {list(expected.shape)}")
+    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    atol = float(entry.get("atol", 1e-4))
+    agree = agreement(actual, expected)
+    result["sample"] = {"count": int(len(x)), "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+                        "atol": atol, "top1_agreement": agree.get("top1_agreement")}
+    if diff.size and diff.max() > atol:
+        worst = np.unravel_index(int(np.argmax(diff)), diff.shape)
+        raise VerificationError(
+            f"{art}: reference sample differs: max abs difference {diff.max():.6g} > tolerance {atol:.3g} "
+            f"(sample {worst[0]}, output index {list(worst[1:])}: got {actual[worst]:.6g}, expected "
+            f"{expected[worst]:.6g}; top-1 agreement {agree.get('top1_agreement')})")
+    result["ok"] = True
+    return result
+
+
+def verify(path) -> dict:
+    """Python API of ``edgeprune verify DIR|BUNDLE``."""
+    from edgeprune.bundle import unpack
+
+    p = Path(path)
+    if p.is_dir():
+        return verify_directory(p)
+    if not p.is_file():
+        raise InputError(f"{p}: no such artifact directory or bundle")
+    with tempfile.TemporaryDirectory(prefix="edgeprune-verify-") as tmp:
+        dest = Path(tmp) / "bundle"
+        unpack(p, dest)
+        result = verify_directory(dest)
+    result["bundle"] = str(p)
+    result["directory"] = None
+    return result
