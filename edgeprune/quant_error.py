@@ -154,6 +154,7 @@ def measure(quantized: bytes, reference_float: bytes, x: np.ndarray, *, progress
         own = r["sqnr_db"] if r["sqnr_db"] is not None else (1e9 if r["exact"] else -1e9)
         r["local_drop_db"] = max(0.0, min(before) - own) if before and own < 1e8 else (
             0.0 if r["exact"] else None)
+        r["inputs"] = [by_q[j]["float_tensor"] for j in p["inputs"] if j in by_q]
     order = {id(r): i for i, r in enumerate(rows)}
     def badness(r):  # lowest SQNR first; exact tensors last, an all-zero reference with error first
         if r["exact"]:

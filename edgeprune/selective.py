@@ -4,7 +4,9 @@ When the int8 artifact fails the accuracy gate, the per-tensor error of the arti
 measured against the float model (edgeprune.quant_error). Ops are ranked by the error they
 add (SQNR of their inputs minus their own), and the worst are kept in float one at a time,
 re-quantizing with the converter's selective path, until the gate passes or ``max_layers`` ops
-are float. Each step records what it cost: artifact bytes and latency in the local interpreter.
+are float. When keeping an op alone does not lower the drop, the damage is in the tensor it
+reads, so the op is tried together with that tensor's producer; a trial that does not lower the
+drop is undone, so every op that stays float earned its place. Each step records what it cost: artifact bytes and latency in the local interpreter.
 
 How selective quantization works in TF 2.21 (the path tf.lite.experimental.QuantizationDebugger
 uses for ``denylisted_nodes``): calibrate only (``converter._experimental_calibrate_only``
@@ -82,29 +84,46 @@ def keep_float_auto(model, original, tflite: bytes, *, representative, io: str, 
         return tflite, report
     x_err = np.asarray(gate_x[:ERROR_SAMPLES], np.float32)
     errors = measure(tflite, convert(model, "float32"), x_err)
-    report["layers"] = errors["layers"]
     candidates = [r for r in errors["layers"] if r["op"] not in ("QUANTIZE", "DEQUANTIZE")]
+    report["layers"] = [{k: v for k, v in r.items() if k != "inputs"} for r in errors["layers"]]
     candidates.sort(key=lambda r: (-(r.get("local_drop_db") or 0.0), r["sqnr_db"] if r["sqnr_db"] is not None else 1e9))
     calibrated = calibrate(model, representative)
+    producers = {r["float_tensor"]: r for r in errors["layers"] if r["op"] not in ("QUANTIZE", "DEQUANTIZE")}
     current, deny, prev_ms, prev_bytes = tflite, [], base_ms, len(tflite)
-    passed = False
-    for r in candidates[:max_layers]:
-        deny.append(r["float_tensor"])
-        try:
-            candidate = quantize(calibrated, io, deny)
-        except Exception as exc:  # the converter refuses this node: skip it, keep going
-            deny.pop()
-            if output is not None:
-                output.debug(f"keep-float: cannot keep {r['tensor']} in float ({str(exc).splitlines()[0][:120]})")
+    prev_drop, passed, tried = start["drop_points"], False, 0
+    for r in candidates:
+        if passed or len(deny) >= max_layers or tried >= 3 * max_layers:
+            break
+        if r["float_tensor"] in deny:
             continue
-        gate = _drop(candidate, original, gate_x, gate_y)
-        ms = timer.time_blob(candidate) / 1000.0
-        report["steps"].append({"tensor": r["tensor"], "op": r["op"], "sqnr_db": r["sqnr_db"],
-                                "local_drop_db": r.get("local_drop_db"), "drop_points_after": gate["drop_points"],
-                                "bytes_added": len(candidate) - prev_bytes, "latency_ms_added": round(ms - prev_ms, 4)})
-        current, prev_ms, prev_bytes = candidate, ms, len(candidate)
-        if gate["drop_points"] <= max_drop + 1e-9:
-            passed = True
+        # Try the op alone; if that does not help, the damage is in the tensor it reads, so try it
+        # together with the op(s) producing that tensor. A trial that does not lower the drop is undone.
+        options = [[r["float_tensor"]]]
+        feeders = [t for t in r.get("inputs", []) if t in producers and t not in deny]
+        if feeders:
+            options.append([r["float_tensor"], *feeders])
+        for extra in options:
+            tried += 1
+            try:
+                candidate = quantize(calibrated, io, deny + extra)
+            except Exception as exc:  # the converter refuses this node: skip it
+                if output is not None:
+                    output.debug(f"keep-float: cannot keep {extra} in float ({str(exc).splitlines()[0][:120]})")
+                continue
+            gate = _drop(candidate, original, gate_x, gate_y)
+            if gate["drop_points"] >= prev_drop - 1e-9:
+                continue
+            ms = timer.time_blob(candidate) / 1000.0
+            for name in extra:
+                row = producers.get(name, r)
+                report["steps"].append({"tensor": name, "op": row["op"], "sqnr_db": row["sqnr_db"],
+                                        "local_drop_db": row.get("local_drop_db"),
+                                        "drop_points_after": gate["drop_points"],
+                                        "bytes_added": (len(candidate) - prev_bytes) if name == extra[-1] else 0,
+                                        "latency_ms_added": round(ms - prev_ms, 4) if name == extra[-1] else 0.0})
+            deny += extra
+            current, prev_ms, prev_bytes, prev_drop = candidate, ms, len(candidate), gate["drop_points"]
+            passed = prev_drop <= max_drop + 1e-9
             break
     report["kept_float"] = [s["tensor"] for s in report["steps"]]
     report["passed"] = passed

@@ -118,7 +118,7 @@ def verify_directory(directory) -> dict:
     result["sample"] = {"count": int(len(x)), "max_abs_diff": float(diff.max()) if diff.size else 0.0,
                         "atol": atol, "top1_agreement": agree.get("top1_agreement")}
     if diff.size and diff.max() > atol:
-        worst = np.unravel_index(int(np.argmax(diff)), diff.shape)
+        worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
         raise VerificationError(
             f"{art}: reference sample differs: max abs difference {diff.max():.6g} > tolerance {atol:.3g} "
             f"(sample {worst[0]}, output index {list(worst[1:])}: got {actual[worst]:.6g}, expected "

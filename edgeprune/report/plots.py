@@ -199,7 +199,8 @@ def quant_error(qe: dict | None):
     fig, ax = plt.subplots(figsize=(10, max(2.5, 0.28 * len(layers) + 1.2)))
     kept = set((qe or {}).get("kept_float", []))
     ax.barh([_short(r["tensor"], 40) + f" [{r['op']}]" for r in layers], [r["sqnr_db"] for r in layers],
-            color=[_COLORS["mark"] if r["tensor"] in kept else _COLORS["after"] for r in layers])
+            color=[_COLORS["mark"] if {r["tensor"], r.get("float_tensor")} & kept else _COLORS["after"]
+                   for r in layers])
     ax.invert_yaxis()
     ax.tick_params(axis="y", labelsize=7)
     ax.set_xlabel("SQNR, dB (higher is better)")

@@ -1,0 +1,138 @@
+"""`edgeprune inspect` on artifacts and Keras models, per-tensor quantization error measured on
+the artifact, and `compile --keep-float auto` choosing float layers by measurement."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeprune.convert import convert, read_graph
+from helpers_models import invoke_cli, tiny_keras3_resnet
+from report_helpers import labelled_by, outlier_model, prunable_cnn
+
+SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inspect")
+    model = prunable_cnn()
+    model.save(root / "m.h5")
+    x, y = labelled_by(model, 32)
+    np.savez(root / "x.npz", x=x, y=y)
+    (root / "int8.tflite").write_bytes(convert(model, "int8", representative=x))
+    (root / "float.tflite").write_bytes(convert(model, "float32"))
+    tiny_keras3_resnet().save(root / "k3.keras")
+    return root
+
+
+def _json(args):
+    code, result = invoke_cli([*args, "--json"])
+    assert code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_inspect_int8_artifact(files):
+    r = _json(["inspect", files / "int8.tflite"])
+    graph = read_graph((files / "int8.tflite").read_bytes())
+    assert r["kind"] == "tflite" and sum(r["op_counts"].values()) == len(graph["ops"]) == len(r["ops"])
+    # conv1 3x3x1x8 on 6x6, conv2 3x3x8x8 on 4x4, head 128x10
+    assert r["macs"] == 6 * 6 * 8 * 9 + 4 * 4 * 8 * 72 + 128 * 10
+    conv = [t for t in r["tensors"] if not t["constant"] and t["dtype"] == "int8"]
+    assert conv and all(t["quantization"]["scale"] > 0 for t in conv)
+    weights = [t for t in r["tensors"] if t["constant"] and t["dtype"] == "int8" and len(t["shape"]) == 4]
+    assert weights and all(t["quantization"]["channels"] == t["shape"][0] for t in weights)  # per-channel
+    assert r["constant_bytes"] == sum(r["size_by_op"].values()) == sum(r["size_by_dtype"].values())
+    x = r["xnnpack"]
+    assert sorted(x["delegated_ops"] + x["fallback_ops"]) == list(range(len(r["ops"])))
+    assert x["delegated_count"] > 0 and r["arena"]["bytes"] > 0
+
+
+def test_inspect_float_tflite_runs_fully_on_xnnpack(files):
+    r = _json(["inspect", files / "float.tflite"])
+    assert r["xnnpack"]["fallback_ops"] == [] and r["xnnpack"]["partitions"] >= 1
+    assert set(r["size_by_dtype"]) <= {"float32", "int32"}
+
+
+def test_inspect_keras_groups_and_locks(files):
+    r = _json(["inspect", files / "k3.keras"])
+    assert r["kind"] == "keras" and r["flavour"] == "keras3" and r["params"] > 0 and r["macs"] > 0
+    locked = {g["name"]: g["locked"] for g in r["groups"] if not g["prunable"]}
+    assert any("output" in reason for reason in locked.values())
+    # the residual Add couples c1 and the nested inner_conv into one group
+    coupled = [g for g in r["groups"] if "c1" in g["layers"] and "add" in g["layers"]]
+    assert coupled and coupled[0]["channels"] == 4
+
+
+def test_inspect_errors_are_one_line(files, tmp_path):
+    (tmp_path / "junk.tflite").write_bytes(b"not a model at all")
+    code, result = invoke_cli(["inspect", tmp_path / "junk.tflite"])
+    assert code == 2
+    code, result = invoke_cli(["inspect", files / "int8.tflite", "--quant-error"])
+    assert code == 2 and "--reference" in str(result.exception)
+
+
+def test_quant_error_on_the_artifact(files):
+    r = _json(["inspect", files / "int8.tflite", "--quant-error", "--reference", files / "m.h5",
+               "--data", files / "x.npz", "--num-samples", "16"])
+    assert r["samples"] == 16 and r["compared"] >= 4 and not r["unmatched"]
+    ops = {row["op"] for row in r["layers"]}
+    assert {"CONV_2D", "FULLY_CONNECTED"} <= ops
+    sqnr = [row["sqnr_db"] for row in r["layers"] if row["sqnr_db"] is not None]
+    assert sqnr == sorted(sqnr)  # worst first
+    assert all(10 < s < 80 for s in sqnr) and all(row["cosine"] > 0.9 for row in r["layers"])
+    # the same measurement against the float .tflite gives the same numbers
+    r2 = _json(["inspect", files / "int8.tflite", "--quant-error", "--reference", files / "float.tflite",
+                "--data", files / "x.npz", "--num-samples", "16"])
+    assert [row["tensor"] for row in r2["layers"]] == [row["tensor"] for row in r["layers"]]
+    assert np.allclose([row["rmse"] for row in r2["layers"]], [row["rmse"] for row in r["layers"]], rtol=1e-4)
+
+
+def test_quant_error_finds_the_outlier_layer(tmp_path):
+    from edgeprune.quant_error import measure
+
+    model = outlier_model()
+    x, _ = labelled_by(model, 16)
+    q = convert(model, "int8", representative=x)
+    r = measure(q, convert(model, "float32"), x)
+    worst_local = max(r["layers"], key=lambda row: row["local_drop_db"] or 0)
+    assert worst_local["op"] == "FULLY_CONNECTED" and "head" in worst_local["tensor"]
+    assert r["layers"][0]["sqnr_db"] < 10  # the output is ruined
+
+
+@pytest.mark.slow
+def test_keep_float_auto_passes_the_gate_by_measurement(tmp_path):
+    model = outlier_model()
+    model.save(tmp_path / "o.h5")
+    x, y = labelled_by(model, 48)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    base = ["compile", tmp_path / "o.h5", "--quantize", "int8", "--calibration", tmp_path / "d.npz",
+            "--max-accuracy-drop", "5"]
+    code, _ = invoke_cli([*base, "-o", tmp_path / "plain"])
+    assert code == 1  # all-int8 fails the gate
+    summary = _json([*base, "-o", tmp_path / "kf", "--keep-float", "auto"])
+    assert summary["accuracy_gate"]["passed"]
+    report = json.loads((tmp_path / "kf" / "report.json").read_text())
+    kf = report["keep_float"]
+    assert kf["passed"] and 1 <= len(kf["kept_float"]) < 4 and kf["drop_points_int8"] > 5
+    assert all("bytes_added" in s and "latency_ms_added" in s for s in kf["steps"])
+    graph = read_graph((tmp_path / "kf" / "model.tflite").read_bytes())
+    float_fc = [op for op, ins, outs in graph["ops"] if op == "FULLY_CONNECTED"
+                and graph["tensors"][outs[0]].type == "FLOAT32"]
+    assert float_fc  # a kept layer really runs in float in the artifact
+    assert "kept in float" in (tmp_path / "kf" / "report.html").read_text()
+
+
+def test_keep_float_needs_a_gate(tmp_path):
+    model = outlier_model()
+    model.save(tmp_path / "o.h5")
+    x, y = labelled_by(model, 8)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    code, result = invoke_cli(["compile", tmp_path / "o.h5", "--quantize", "int8", "--calibration",
+                               tmp_path / "d.npz", "--keep-float", "auto", "-o", tmp_path / "o"])
+    assert code == 2 and "--max-accuracy-drop" in str(result.exception)
+    code, result = invoke_cli(["compile", tmp_path / "o.h5", "--quantize", "float32", "--keep-float", "auto",
+                               "--max-accuracy-drop", "1", "--calibration", tmp_path / "d.npz", "-o", tmp_path / "o"])
+    assert code == 2 and "int8" in str(result.exception)
