@@ -28,4 +28,23 @@ if [ "$with_test" = 1 ] && [ ! -x /usr/sbin/sshd ]; then
     echo "[setup] warning: /usr/sbin/sshd missing and cannot apt-get install it; SSH tests will be skipped" >&2
   fi
 fi
+if [ "$with_test" = 1 ]; then
+  # tflite-support's MetadataDisplayer is the reference reader of TFLite metadata in the tests. It
+  # pins protobuf<4, which TensorFlow 2.21 cannot use, so it is installed without its dependencies
+  # (only its metadata module, which needs flatbuffers and libusb, is used).
+  .venv/bin/python -m pip install --quiet --no-deps tflite-support==0.4.4 \
+    || echo "[setup] warning: tflite-support not installable; the metadata reader test will be skipped" >&2
+  # report.html is rendered by headless Chromium in the tests (screenshot + DOM checks).
+  missing=""
+  command -v chromium >/dev/null || missing="chromium"
+  ldconfig -p 2>/dev/null | grep -q libusb-1.0 || missing="$missing libusb-1.0-0"
+  if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "[setup] installing $missing for the report and metadata tests"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    else
+      echo "[setup] warning: cannot apt-get install $missing; the Chromium/metadata-reader tests will be skipped" >&2
+    fi
+  fi
+fi
 echo "[setup] done: $(.venv/bin/edgeprune --version)"

@@ -176,7 +176,9 @@ def test_existing_output_needs_force(files, tmp_path):
     code, result = invoke_cli(["compile", files / "tiny.h5", "-o", out])
     assert code == 2 and "--force" in str(result.exception)
     code, result = invoke_cli(["compile", files / "tiny.h5", "-o", out, "--force"])
-    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.tflite", "report.json"]
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == [
+        "manifest.json", "model.tflite", "reference_sample.npz", "report.html", "report.json", "report.md",
+        "report_files"]
     assert _leftovers(tmp_path, "again") == []
 
 
