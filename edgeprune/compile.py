@@ -150,6 +150,10 @@ def _stage_prune(model, options, profile, data, stages) -> tuple[Any, dict | Non
 
     with stages.stage("prune", "Pruning channels") as entry:
         result = pruning_api.prune_model(model, **_prune_kwargs(options, profile, data))
+        if result.latency_table is not None:  # per-layer time vs MACs for report.html
+            from edgeprune.shipping import layer_latency
+
+            result.report["layer_latency"] = layer_latency(model, result.model, result.latency_table)
         entry.update({k: result.report.get(k) for k in ("macs_before", "macs_after", "params_before", "params_after")})
     return result.model, result.report
 

@@ -74,3 +74,30 @@ def write_extras(directory: Path, files: dict[str, bytes], out) -> None:
         write_bytes_atomic(directory / name, data)
     with out.progress("Writing report.html and report.md"):
         render_report(directory)
+
+
+def layer_latency(original, pruned, table) -> list[dict]:
+    """Per-layer µs (from the latency table the pruning used) and MACs, before and after pruning.
+
+    Table entries are keyed by the unpruned layer's signature, so both phases are read on the
+    original graph: "after" uses the pruned model's channel counts (layer names are kept)."""
+    from edgeprune.pruning.graph import trace
+    from edgeprune.pruning.latency import signature
+    from edgeprune.pruning.macs import full_counts, layer_macs
+
+    graph = trace(original)
+    after_graph = trace(pruned)
+    before = full_counts(graph)
+    after = dict(before)
+    for key, t in graph.tensors.items():
+        producer = after_graph.layers.get(t.producer)
+        if producer is not None and producer.outputs:
+            after[key] = after_graph.tensors[producer.outputs[0]].channels
+    rows = []
+    for phase, counts in (("before", before), ("after", after)):
+        for name, node in graph.layers.items():
+            us = table.node_us(signature(node, graph), node, graph, counts)
+            if us is not None:
+                rows.append({"name": name, "phase": phase, "macs": int(layer_macs(node, graph, counts)),
+                             "us": round(float(us), 3)})
+    return rows

@@ -109,3 +109,21 @@ def test_chromium_renders_the_plots(compiled, tmp_path):
     # The bars of the plots are drawn in the report's blue: only a rendered plot paints them.
     blue = np.all(np.abs(pixels - BLUE) < 12, axis=-1)
     assert blue.sum() > 2000, f"only {blue.sum()} plot-blue pixels in the screenshot"
+
+
+@pytest.mark.slow
+def test_latency_pruning_plots_time_against_macs(tmp_path):
+    model = prunable_cnn()
+    model.save(tmp_path / "m.h5")
+    x, y = labelled_by(model, 16)
+    np.savez(tmp_path / "cal.npz", x=x, y=y)
+    out = tmp_path / "art"
+    code, result = invoke_cli(["compile", tmp_path / "m.h5", "-o", out, "--target", SMALL_CPU,
+                               "--calibration", tmp_path / "cal.npz", "--prune-latency", "0.95"])
+    assert code == 0, result.output
+    rows = json.loads((out / "report.json").read_text())["pruning"]["layer_latency"]
+    names = {r["name"] for r in rows}
+    assert {"conv1", "conv2"} <= names and {r["phase"] for r in rows} == {"before", "after"}
+    assert all(r["us"] > 0 and r["macs"] > 0 for r in rows)
+    html = (out / "report.html").read_text()
+    assert "Per-layer time against MACs" in html and (out / "report_files" / "layer_time.png").is_file()

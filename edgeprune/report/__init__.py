@@ -73,7 +73,7 @@ def collect(directory: Path) -> ReportData:
         ("quant_error", lambda: plots.quant_error(report.get("keep_float") or report.get("quant_error"))),
         ("accuracy", lambda: plots.accuracy(report.get("accuracy_gate"))),
         ("latency", lambda: plots.latency(report.get("bench"))),
-        ("layer_time", lambda: plots.layer_time(report.get("layer_latency"))),
+        ("layer_time", lambda: plots.layer_time((report.get("pruning") or {}).get("layer_latency"))),
         ("pareto", lambda: plots.pareto(search, (search or {}).get("shipped"))),
     ]
     for key, make in makers:
