@@ -104,8 +104,13 @@ def _set_input(it, x: np.ndarray) -> None:
     it.set_tensor(detail["index"], runner.to_input_dtype(np.ascontiguousarray(x), detail, np))
 
 
-def measure(quantized: bytes, reference_float: bytes, x: np.ndarray, *, progress=None) -> dict:
-    """Compare every intermediate tensor of ``quantized`` with ``reference_float`` on ``x``."""
+def measure(quantized: bytes, reference_float: bytes, x: np.ndarray, *, progress=None,
+            device_values: dict | None = None) -> dict:
+    """Compare every intermediate tensor of ``quantized`` with ``reference_float`` on ``x``.
+
+    ``device_values`` (tensor index -> array of one row per sample, from the runner's
+    ``dump_tensors`` on a device) replaces running the artifact here.
+    """
     q_it, f_it = _interp(quantized), _interp(reference_float)
     if len(q_it.get_input_details()) != 1:
         raise InputError("--quant-error supports models with one input")
@@ -121,12 +126,14 @@ def measure(quantized: bytes, reference_float: bytes, x: np.ndarray, *, progress
     counts = {p["q"]: 0 for p in pairs}
     for i in range(len(x)):
         sample = x[i:i + 1]
-        _set_input(q_it, sample)
         _set_input(f_it, sample)
-        q_it.invoke()
         f_it.invoke()
+        if device_values is None:
+            _set_input(q_it, sample)
+            q_it.invoke()
         for p in pairs:
-            qv = _dequant(q_it.get_tensor(p["q"]), qdet[p["q"]]).ravel()
+            raw = q_it.get_tensor(p["q"]) if device_values is None else device_values[p["q"]][i]
+            qv = _dequant(raw, qdet[p["q"]]).ravel()
             fv = f_it.get_tensor(p["f"]).astype(np.float64).ravel()
             a = acc[p["q"]]
             a += (float(np.sum((qv - fv) ** 2)), float(np.sum(fv * fv)), float(np.dot(qv, fv)), float(np.sum(qv * qv)))
@@ -188,9 +195,46 @@ def float_reference(reference, *, custom_objects=None, unsafe: bool = False) -> 
     return convert(model, "float32")
 
 
+def run_on_device(artifact: Path, x: np.ndarray, *, target=None, host=None, remote_python=None) -> tuple[dict, str]:
+    """Intermediate tensors of the artifact computed by the runner on a device (or locally in the
+    runner's own process with ``host='local'``): ({tensor index: array}, device label)."""
+    import base64
+    import io
+    import tempfile
+
+    from edgeprune.harness.api import _resolve_devices
+    from edgeprune.harness.artifact import sha256_of
+    from edgeprune.harness.jobs import EVAL_X, RunRequest
+    from edgeprune.harness.local import run_local
+    from edgeprune.harness.remote import SshSettings, run_remote
+    from edgeprune.profiles import load_profile
+
+    profile = load_profile(target) if target is not None else None
+    devices = _resolve_devices(profile, [host] if host else [], None, remote_python)
+    device = devices[0]
+    with tempfile.TemporaryDirectory(prefix="edgeprune-qerr-") as work:
+        ex = Path(work) / EVAL_X
+        np.save(ex, x, allow_pickle=False)
+        request = RunRequest(artifact=Path(artifact).resolve(), sha256=sha256_of(Path(artifact).read_bytes()),
+                             threads=(1,), runs=1, warmup=0, eval_x=ex, extra={"dump_tensors": True})
+        if device.is_local:
+            raw = run_local(request, python=device.python, label=device.label)
+        else:
+            raw = run_remote(request, device.ssh, python=device.python or "python3", settings=SshSettings.from_env())
+    dump = raw.get("dump") or {}
+    with np.load(io.BytesIO(base64.b64decode(dump.get("npz_b64", ""))), allow_pickle=False) as npz:
+        values = {int(k[1:]): np.asarray(npz[k]) for k in npz.files}
+    return values, device.label
+
+
 def quant_error(artifact, reference, data, *, num_samples: int = 32, seed: int = 0,
-                custom_objects=None, unsafe: bool = False, output=None) -> dict:
-    """Python API of ``edgeprune inspect ART --quant-error --reference MODEL --data X``."""
+                custom_objects=None, unsafe: bool = False, output=None, target=None, host=None,
+                remote_python=None) -> dict:
+    """Python API of ``edgeprune inspect ART --quant-error --reference MODEL --data X``.
+
+    ``host`` (an ssh spec, or 'local' for the runner in its own process) or an ssh ``target``
+    profile: the artifact runs there through the bench runner; the float reference runs here.
+    """
     from edgeprune.datasets import load_arrays
     from edgeprune.harness.artifact import resolve_artifact
 
@@ -201,10 +245,24 @@ def quant_error(artifact, reference, data, *, num_samples: int = 32, seed: int =
     shape = tuple(int(d) for d in q_it.get_input_details()[0]["shape"])
     x, _ = load_arrays(str(data), input_shape=(None, *shape[1:]), num_samples=num_samples, seed=seed)
     x = np.asarray(x, np.float32)
+    values, where = None, "this machine (in process)"
+    remote = host is not None or (target is not None and _is_ssh(target))
+    if remote:
+        from contextlib import nullcontext
+
+        ctx = output.progress(f"Running the artifact on {host or target}") if output is not None else nullcontext()
+        with ctx:
+            values, where = run_on_device(art, x, target=target, host=host, remote_python=remote_python)
     if output is not None:
         with output.progress("Comparing every tensor with the float reference", total=len(x)) as bar:
-            result = measure(quantized, ref, x, progress=bar)
+            result = measure(quantized, ref, x, progress=bar, device_values=values)
     else:
-        result = measure(quantized, ref, x)
-    result.update(artifact=str(art), reference=str(reference), data=str(data))
+        result = measure(quantized, ref, x, device_values=values)
+    result.update(artifact=str(art), reference=str(reference), data=str(data), device=where)
     return result
+
+
+def _is_ssh(target) -> bool:
+    from edgeprune.profiles import load_profile
+
+    return load_profile(target).connection.kind == "ssh"

@@ -136,3 +136,36 @@ def test_keep_float_needs_a_gate(tmp_path):
     code, result = invoke_cli(["compile", tmp_path / "o.h5", "--quantize", "float32", "--keep-float", "auto",
                                "--max-accuracy-drop", "1", "--calibration", tmp_path / "d.npz", "-o", tmp_path / "o"])
     assert code == 2 and "int8" in str(result.exception)
+
+
+def test_quant_error_through_the_runner_matches_in_process(files):
+    """--host local runs the artifact in the bench runner's own process, exactly as on a device."""
+    args = ["inspect", files / "int8.tflite", "--quant-error", "--reference", files / "m.h5",
+            "--data", files / "x.npz", "--num-samples", "8"]
+    here = _json(args)
+    runner = _json([*args, "--host", "local"])
+    assert runner["device"] == "local" and here["device"].startswith("this machine")
+    assert [r["tensor"] for r in runner["layers"]] == [r["tensor"] for r in here["layers"]]
+    assert np.allclose([r["rmse"] for r in runner["layers"]], [r["rmse"] for r in here["layers"]], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_quant_error_on_an_ssh_device(files, tmp_path, monkeypatch):
+    import sshd
+
+    if not sshd.sshd_available():
+        pytest.skip("OpenSSH server not installed (scripts/setup.sh --test installs it)")
+    import sys
+
+    server = sshd.start_sshd(tmp_path / "sshd")
+    try:
+        monkeypatch.setenv("EDGEPRUNE_SSH_CONFIG", str(server.config))
+        args = ["inspect", files / "int8.tflite", "--quant-error", "--reference", files / "m.h5",
+                "--data", files / "x.npz", "--num-samples", "8"]
+        remote = _json([*args, "--host", "edgeprune-test", "--remote-python", sys.executable])
+        here = _json(args)
+        assert remote["device"] == "edgeprune-test"
+        assert np.allclose([r["sqnr_db"] or 0 for r in remote["layers"]], [r["sqnr_db"] or 0 for r in here["layers"]])
+        assert sorted(server.remote_tmp.glob("edgeprune.*")) == []  # the device is left clean
+    finally:
+        server.stop()

@@ -17,19 +17,25 @@ from edgeprune.cli import cli, get_output, json_option
 @click.option("--data", default=None, metavar="SRC",
               help="With --quant-error: inputs (.npy/.npz, image folder, module:function).")
 @click.option("--num-samples", type=int, default=32, show_default=True, help="With --quant-error: samples to use.")
+@click.option("--target", "target", default=None, metavar="NAME|PATH",
+              help="With --quant-error: run the artifact on this profile's ssh device through the bench runner.")
+@click.option("--host", "host", default=None, metavar="HOST",
+              help="With --quant-error: run the artifact on this ssh host ('local': the runner in its own process).")
+@click.option("--remote-python", metavar="PATH", default=None, help="python3 on the device (default: profile or python3).")
 @click.option("--top", type=int, default=15, show_default=True, help="Rows of the tables printed for people.")
 @click.option("--custom-objects", type=click.Path(path_type=Path), default=None, metavar="PY",
               help="Python file with the `custom_objects` a Keras model needs.")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code from the model file).")
 @json_option
 @click.pass_context
-def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference, data, num_samples: int, top: int,
-                    custom_objects, unsafe: bool, json_mode: bool) -> None:
+def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference, data, num_samples: int, target,
+                    host, remote_python, top: int, custom_objects, unsafe: bool, json_mode: bool) -> None:
     """Ops, tensors, dtypes, quantization, MACs, arena and XNNPACK coverage of a .tflite artifact;
     layers, MACs and pruning groups (and why some are locked) of a Keras model.
 
-    With --quant-error --reference MODEL --data X: per-tensor error of the artifact, run by LiteRT,
-    against the float model (RMSE over scale, cosine, SQNR), worst first.
+    With --quant-error --reference MODEL --data X: per-tensor error of the artifact, run by LiteRT
+    (here, or on a device with --host/--target through the bench runner), against the float model
+    (RMSE over scale, cosine, SQNR), worst first.
     """
     from edgeprune.errors import InputError
 
@@ -41,10 +47,11 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
         from edgeprune.quant_error import quant_error as measure
 
         result = measure(path, reference, data, num_samples=num_samples, custom_objects=co, unsafe=unsafe,
-                         output=out)
+                         output=out, target=target, host=host, remote_python=remote_python)
         out.emit_json(result)
         if not out.json_mode:
-            out.table(f"Quantization error of {result['artifact']} vs {reference} ({result['samples']} samples), worst first",
+            out.table(f"Quantization error of {result['artifact']} on {result['device']} vs {reference} "
+                      f"({result['samples']} samples), worst first",
                       ["rank", "tensor", "op", "SQNR dB", "local drop dB", "cosine", "RMSE/scale"],
                       [(r["rank"], r["tensor"], r["op"], r["sqnr_db"], r.get("local_drop_db"), r["cosine"],
                         r["rmse_over_scale"]) for r in result["layers"][:top]])
@@ -52,8 +59,8 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
                 out.warn(f"{len(result['unmatched'])} tensor(s) had no float counterpart: "
                          f"{', '.join(result['unmatched'][:5])}")
         return
-    if reference is not None or data is not None:
-        raise InputError("--reference and --data are used with --quant-error")
+    if reference is not None or data is not None or host is not None or target is not None:
+        raise InputError("--reference, --data, --target and --host are used with --quant-error")
     from edgeprune.inspection import inspect
 
     with out.progress(f"Inspecting {path}"):

@@ -493,6 +493,37 @@ def evaluate(cls, artifact, job, numpy):
     return result
 
 
+def dump_tensors(cls, artifact, job, numpy):
+    """Every op output of the artifact on each eval input, for per-layer quantization error.
+
+    Builtin kernels without the default delegate (a delegate fuses its partition and hides the
+    intermediates) and experimental_preserve_all_tensors, as edgeprune.quant_error does locally.
+    """
+    x = load_npy(job["eval_inputs"], numpy, "eval inputs")
+    module = sys.modules.get(cls.__module__)
+    resolver = getattr(module, "OpResolverType", None)
+    kwargs = {"experimental_preserve_all_tensors": True}
+    if resolver is not None and hasattr(resolver, "BUILTIN_WITHOUT_DEFAULT_DELEGATES"):
+        kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        interpreter = cls(model_path=artifact, num_threads=1, **kwargs)
+    except TypeError:  # an old runtime without these options
+        raise RunnerFailure("unsupported_dump", "this TFLite runtime cannot preserve intermediate tensors")
+    allocate(interpreter, artifact)
+    detail = interpreter.get_input_details()[0]
+    outs = sorted(set(int(j) for op in interpreter._get_ops_details() for j in op["outputs"] if j >= 0))
+    store = dict((t, []) for t in outs)
+    for i in range(len(x)):
+        interpreter.set_tensor(detail["index"], to_input_dtype(numpy.ascontiguousarray(x[i:i + 1]), detail, numpy))
+        interpreter.invoke()
+        for t in outs:
+            store[t].append(numpy.array(interpreter.get_tensor(t)))
+    buffer = io.BytesIO()
+    numpy.savez(buffer, **dict(("t%d" % t, numpy.stack(v)) for t, v in store.items()))
+    return {"samples": int(len(x)), "tensors": len(outs),
+            "npz_b64": base64.b64encode(buffer.getvalue()).decode("ascii")}
+
+
 def sha256_file(path):
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -560,6 +591,10 @@ def run(job):
         "job": {k: job.get(k) for k in ("threads", "runs", "warmup", "min_duration_s", "seed")},
         "results": [],
     }
+    if job.get("dump_tensors"):
+        log("running %s with every intermediate tensor kept" % job["eval_inputs"])
+        result["dump"] = dump_tensors(cls, artifact, job, numpy)
+        return result
     for threads in threads_list:
         log("benchmarking with %d thread(s)" % threads)
         result["results"].append(bench_threads(cls, artifact, threads, job, numpy))
