@@ -127,3 +127,20 @@ def test_latency_pruning_plots_time_against_macs(tmp_path):
     assert all(r["us"] > 0 and r["macs"] > 0 for r in rows)
     html = (out / "report.html").read_text()
     assert "Per-layer time against MACs" in html and (out / "report_files" / "layer_time.png").is_file()
+
+
+@pytest.mark.slow
+def test_search_result_adds_the_pareto_plot(compiled, tmp_path):
+    root, out = compiled
+    art = tmp_path / "art"
+    shutil.copytree(out, art)
+    code, search = invoke_cli(["search", root / "m.h5", "--target", SMALL_CPU, "--val-data", root / "cal.npz",
+                               "--ratios", "0,0.5", "--quantize", "float32", "--latency-runs", "3", "--json"])
+    assert code == 0, search.output
+    (tmp_path / "search.json").write_text(search.stdout)
+    code, result = invoke_cli(["report", art, "--search", tmp_path / "search.json", "--json"])
+    assert code == 0, result.output
+    assert "pareto" in json.loads(result.stdout)["figures"]
+    html = (art / "report.html").read_text()
+    assert "Search Pareto front" in html and "shipped trial" in html
+    _no_network(html)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 
+MAX_ROWS = 60  # bars per plot; tables in the report list everything
 _COLORS = {"before": "#9aa5b1", "after": "#1f6feb", "bad": "#d1242f", "ok": "#1a7f37", "mark": "#bf8700"}
 
 
@@ -38,6 +39,11 @@ def pruning_layers(pruning: dict | None):
     layers = (pruning or {}).get("layers") or []
     if not layers:
         return None
+    title = "Per-layer channels, MACs and parameters before/after pruning"
+    if len(layers) > MAX_ROWS:  # keep the plot readable: the layers with the most MACs, in order
+        keep = set(sorted(range(len(layers)), key=lambda i: -layers[i]["macs_before"])[:MAX_ROWS])
+        layers = [layer for i, layer in enumerate(layers) if i in keep]
+        title += f" ({MAX_ROWS} layers with the most MACs; all are in the table)"
     plt = _plt()
     names = [_short(layer["name"]) for layer in layers]
     height = max(2.5, 0.28 * len(layers) + 1.2)
@@ -56,7 +62,7 @@ def pruning_layers(pruning: dict | None):
     axes[0].invert_yaxis()
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle("Model before and after pruning, per layer")
-    return "Per-layer channels, MACs and parameters before/after pruning", _png(fig)
+    return title, _png(fig)
 
 
 def size_breakdown(info: dict | None):
@@ -90,6 +96,10 @@ def quantization(info: dict | None):
             and t["quantization"].get("scale")]
     if not rows:
         return None
+    title = "Quantization per tensor"
+    if len(rows) > MAX_ROWS:
+        title += f" (first {MAX_ROWS} of {len(rows)} activation tensors; all are in the table)"
+        rows = rows[:MAX_ROWS]
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, max(3.0, 0.25 * len(rows) + 1.5)),
                              gridspec_kw={"width_ratios": [3, 1]})
@@ -105,7 +115,7 @@ def quantization(info: dict | None):
         counts[t["dtype"]] = counts.get(t["dtype"], 0) + 1
     axes[1].bar(list(counts), list(counts.values()), color=_COLORS["before"])
     axes[1].set_title("Tensors by dtype")
-    return "Quantization per tensor", _png(fig)
+    return title, _png(fig)
 
 
 def accuracy(gate: dict | None):
@@ -124,7 +134,9 @@ def accuracy(gate: dict | None):
     drop = gate.get("drop_points", ref - cand)
     ci = gate.get("drop_ci95")
     err = None
-    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+    if isinstance(ci, (int, float)) and not isinstance(ci, bool):  # a half-width
+        err = [[abs(ci)], [abs(ci)]]
+    elif isinstance(ci, (list, tuple)) and len(ci) == 2:
         err = [[max(drop - ci[0], 0)], [max(ci[1] - drop, 0)]]
     elif isinstance(ci, dict) and "low" in ci:
         err = [[max(drop - ci["low"], 0)], [max(ci["high"] - drop, 0)]]
@@ -153,12 +165,15 @@ def latency(bench: dict | None):
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, max(2.5, 0.5 * len(rows) + 1.2)))
-    stats = [{"label": name, "whislo": s["min_ms"], "q1": s.get("p50_ms") - (s.get("p50_ms") - s["min_ms"]) / 2,
-              "med": s["p50_ms"], "q3": s["p90_ms"], "whishi": s.get("p99_ms", s["max_ms"]),
-              "fliers": [s["max_ms"]]} for name, s in rows]
+    # The runner reports percentiles, not raw times: box p50..p90, whiskers min..p99, max as a flier.
+    stats = [{"label": name, "whislo": s["min_ms"], "q1": s["p50_ms"], "med": s["p50_ms"], "q3": s["p90_ms"],
+              "whishi": s.get("p99_ms", s["max_ms"]), "fliers": [s["max_ms"]]} for name, s in rows]
     ax.bxp(stats, orientation="horizontal", showfliers=True)
     for i, (_, s) in enumerate(rows, 1):
         ax.plot([s["mean_ms"]], [i], "D", color=_COLORS["mark"], markersize=5)
+    lo = min(s["min_ms"] for _, s in rows)
+    if lo > 0 and max(s["max_ms"] for _, s in rows) / lo > 20:
+        ax.set_xscale("log")
     ax.set_xlabel("ms per inference (box: p50..p90, whiskers: min..p99, ◇ mean, ○ max)")
     ax.grid(axis="x", alpha=0.3)
     ax.set_title("Latency distribution per device")
@@ -198,13 +213,18 @@ def quant_error(qe: dict | None):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, max(2.5, 0.28 * len(layers) + 1.2)))
     kept = set((qe or {}).get("kept_float", []))
-    ax.barh([_short(r["tensor"], 40) + f" [{r['op']}]" for r in layers], [r["sqnr_db"] for r in layers],
-            color=[_COLORS["mark"] if {r["tensor"], r.get("float_tensor")} & kept else _COLORS["after"]
-                   for r in layers])
+    is_kept = [bool({r["tensor"], r.get("float_tensor")} & kept) for r in layers]
+    labels = [_short(r["tensor"], 40) + f" [{r['op']}]" + (" → kept float" if k else "")
+              for r, k in zip(layers, is_kept)]
+    values = [r["sqnr_db"] for r in layers]
+    ax.barh(labels, values, color=[_COLORS["mark"] if k else _COLORS["after"] for k in is_kept])
+    for i, v in enumerate(values):
+        ax.text(max(v, 0), i, f" {v:.1f} dB", va="center", fontsize=7)
     ax.invert_yaxis()
     ax.tick_params(axis="y", labelsize=7)
     ax.set_xlabel("SQNR, dB (higher is better)")
-    ax.set_title("Quantization error per tensor, measured on the artifact (worst first)")
+    ax.set_title("Quantization error per tensor, measured on the artifact (worst first)"
+                 + ("\nof the all-int8 candidate; orange: kept in float by --keep-float auto" if kept else ""))
     ax.grid(axis="x", alpha=0.3)
     return "Per-layer quantization error", _png(fig)
 
