@@ -41,7 +41,11 @@ def calibrate(model, representative: np.ndarray) -> bytes:
     converter.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.experimental_mlir_quantizer = True
     converter._experimental_calibrate_only = True
-    with quiet_native():
+    import contextlib
+    import io
+
+    # Keras 3's export prints "Saved artifact at ..." on Python's stdout (see edgeprune.convert)
+    with quiet_native(), contextlib.redirect_stdout(io.StringIO()):
         return converter.convert()
 
 
