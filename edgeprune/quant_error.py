@@ -173,7 +173,11 @@ def measure(quantized: bytes, reference_float: bytes, x: np.ndarray, *, progress
         r["rank"] = rank
     for i, r in enumerate(rows):
         r["position"] = i
-    return {"samples": int(len(x)), "compared": len(rows), "unmatched": unmatched,
+    note = None
+    if unmatched and len(unmatched) >= len(rows):
+        note = (f"{len(unmatched)} of {len(unmatched) + len(rows)} tensors have no float counterpart of the same "
+                "shape: is --reference the model before pruning? Pass the pruned float model for a per-layer view")
+    return {"samples": int(len(x)), "compared": len(rows), "unmatched": unmatched, "note": note,
             "method": "LiteRT builtin kernels, experimental_preserve_all_tensors; float reference = "
                       "the reference model converted to float32 .tflite",
             "layers": ranked}

@@ -144,3 +144,15 @@ def test_search_result_adds_the_pareto_plot(compiled, tmp_path):
     html = (art / "report.html").read_text()
     assert "Search Pareto front" in html and "shipped trial" in html
     _no_network(html)
+
+
+def test_plain_float_compile_still_has_plots(tmp_path):
+    """No pruning, no quantization, no gate: stages, size and compute are still drawn."""
+    from helpers_models import tiny_keras3_cnn
+
+    tiny_keras3_cnn().save(tmp_path / "k3.keras")
+    code, result = invoke_cli(["compile", tmp_path / "k3.keras", "-o", tmp_path / "f32"])
+    assert code == 0, result.output
+    html = (tmp_path / "f32" / "report.html").read_text()
+    assert len(PNG_IMG.findall(html)) >= 2
+    _no_network(html)

@@ -55,7 +55,9 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
                       ["rank", "tensor", "op", "SQNR dB", "local drop dB", "cosine", "RMSE/scale"],
                       [(r["rank"], r["tensor"], r["op"], r["sqnr_db"], r.get("local_drop_db"), r["cosine"],
                         r["rmse_over_scale"]) for r in result["layers"][:top]])
-            if result["unmatched"]:
+            if result.get("note"):
+                out.warn(result["note"])
+            elif result["unmatched"]:
                 out.warn(f"{len(result['unmatched'])} tensor(s) had no float counterpart: "
                          f"{', '.join(result['unmatched'][:5])}")
         return

@@ -68,7 +68,9 @@ def collect(directory: Path) -> ReportData:
     search = report.get("search")
     makers = [
         ("pruning", lambda: plots.pruning_layers(report.get("pruning"))),
+        ("stages", lambda: plots.stages(report)),
         ("size", lambda: plots.size_breakdown(info)),
+        ("compute", lambda: plots.compute(info)),
         ("quantization", lambda: plots.quantization(info)),
         ("quant_error", lambda: plots.quant_error(report.get("keep_float") or report.get("quant_error"))),
         ("accuracy", lambda: plots.accuracy(report.get("accuracy_gate"))),

@@ -72,7 +72,8 @@ def size_breakdown(info: dict | None):
     plt = _plt()
     by_op = [(k, v) for k, v in info["size_by_op"].items() if v > 0]
     tensors = info.get("largest_tensors", [])[:12]
-    fig, axes = plt.subplots(1, 2, figsize=(13, max(3.0, 0.3 * max(len(by_op), len(tensors)) + 1.5)))
+    fig, axes = plt.subplots(1, 2, figsize=(13, max(3.0, 0.3 * max(len(by_op), len(tensors)) + 1.5)),
+                             gridspec_kw={"wspace": 0.9})  # room for the tensor names between the panels
     axes[0].barh([k for k, _ in by_op], [v / 1024 for _, v in by_op], color=_COLORS["after"])
     axes[0].invert_yaxis()
     axes[0].set_xlabel("KiB of weights/constants")
@@ -86,6 +87,45 @@ def size_breakdown(info: dict | None):
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(axis="x", alpha=0.3)
     return "Artifact size by op and by tensor", _png(fig)
+
+
+def compute(info: dict | None):
+    """MACs of every op that has any, in execution order, coloured by who runs it (XNNPACK or builtin)."""
+    ops = [o for o in (info or {}).get("ops", []) if o.get("macs")]
+    if not ops:
+        return None
+    title = "MACs per op"
+    if len(ops) > MAX_ROWS:
+        keep = set(sorted(range(len(ops)), key=lambda i: -ops[i]["macs"])[:MAX_ROWS])
+        ops = [o for i, o in enumerate(ops) if i in keep]
+        title += f" ({MAX_ROWS} largest)"
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(11, max(2.5, 0.28 * len(ops) + 1.2)))
+    ax.barh([f"#{o['index']} {_short(o.get('output') or '', 34)} [{o['op']}]" for o in ops], [o["macs"] for o in ops],
+            color=[_COLORS["after"] if o.get("xnnpack") else _COLORS["bad"] for o in ops])
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_xlabel("multiply-accumulates per inference")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title + " (blue: run by XNNPACK, red: builtin kernel fallback)")
+    return "Compute per op and who runs it", _png(fig)
+
+
+def stages(report: dict | None):
+    """Seconds spent in each compile stage."""
+    rows = [(s.get("name"), s.get("seconds") or 0.0) for s in (report or {}).get("stages", [])]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    ax.barh([r[0] for r in rows], [r[1] for r in rows], color=_COLORS["before"])
+    ax.invert_yaxis()
+    for i, (_, v) in enumerate(rows):
+        ax.text(v, i, f" {v:.2f} s", va="center", fontsize=8)
+    ax.set_xlabel("seconds")
+    ax.set_title(f"Compile stages ({sum(r[1] for r in rows):.1f} s in all)")
+    ax.grid(axis="x", alpha=0.3)
+    return "Time per compile stage", _png(fig)
 
 
 def quantization(info: dict | None):

@@ -52,7 +52,7 @@ def build(data) -> list[tuple[str, list]]:
     budgets = r.get("budgets") or []
     blocks = []
     if stages:
-        blocks.append(("table", ["stage", "seconds"], [(s.get("name"), _fmt(s.get("seconds"))) for s in stages]))
+        blocks.append(("figure", "stages"))
     if budgets:
         blocks.append(("table", ["budget", "limit", "actual", "ok"],
                        [(b["budget"], _fmt(b["limit"]), _fmt(b["actual"]), _fmt(b["ok"])) for b in budgets]))
@@ -75,7 +75,7 @@ def build(data) -> list[tuple[str, list]]:
         out.append(("Pruning: before and after, per layer", blocks))
 
     if info:
-        blocks = [("figure", "size"),
+        blocks = [("figure", "size"), ("figure", "compute"),
                   ("table", ["op", "count", "constant bytes", "MACs"],
                    [(op, n, _fmt_bytes(info["size_by_op"].get(op, 0)), _fmt(info["macs_by_op"].get(op, 0)))
                     for op, n in sorted(info["op_counts"].items(), key=lambda kv: -kv[1])])]
@@ -84,7 +84,7 @@ def build(data) -> list[tuple[str, list]]:
             fb = ", ".join(f"{k} ×{v}" for k, v in xnn.get("fallback_op_counts", {}).items()) or "none"
             blocks.append(("text", f"XNNPACK takes {xnn.get('delegated_count')} of {len(info['ops'])} ops in "
                                    f"{xnn.get('partitions')} partition(s); builtin kernels run: {fb}."))
-        out.append(("Size by op and by tensor", blocks))
+        out.append(("Size and compute by op", blocks))
         if "quantization" in figs:
             rows = [(t["name"], t["dtype"], _fmt(t["quantization"].get("scale")),
                      _fmt(t["quantization"].get("zero_point")))
