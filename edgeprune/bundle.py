@@ -17,11 +17,11 @@ from pathlib import Path, PurePosixPath
 
 from edgeprune.artifacts import ArtifactDir, write_bytes_atomic
 from edgeprune.errors import InputError
+from edgeprune.report import ASSETS as REPORT_ASSETS  # report_files/
 
 # What a bundle carries: fixed names, plus everything under the report's image folder.
 BUNDLE_FILES = ("model.tflite", "manifest.json", "labels.txt", "report.json", "report.html", "report.md",
                 "reference_sample.npz")
-REPORT_ASSETS = "report_files"
 MAX_MEMBER_BYTES = 4 << 30
 
 

@@ -65,7 +65,15 @@ def _check_hashes(directory: Path, manifest: dict) -> list[dict]:
     from edgeprune.harness.artifact import _sha_entries
 
     entries: list[tuple[str | None, str]] = []
-    _sha_entries({k: v for k, v in manifest.items() if k not in ("source", "calibration")}, entries)
+    # source/calibration hash what compile read, not files of the artifact; report_files carry
+    # paths relative to the directory (report_files/x.png), read below.
+    _sha_entries({k: v for k, v in manifest.items() if k not in ("source", "calibration", "report_files")}, entries)
+    for item in manifest.get("report_files") or []:
+        rel = str(item.get("path", ""))
+        parts = Path(rel).parts
+        if not rel or Path(rel).is_absolute() or ".." in parts:
+            raise VerificationError(f"manifest.json: report file path '{rel}' is not inside the artifact")
+        entries.append((rel, str(item.get("sha256", "")).lower()))
     checked = []
     for name, sha in entries:
         if not name:

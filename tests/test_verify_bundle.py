@@ -41,7 +41,9 @@ def test_verify_fresh_artifact(artifact):
     code, result = invoke_cli(["verify", artifact, "--json"])
     assert code == 0, result.output
     r = json.loads(result.stdout)
-    assert {h["file"] for h in r["hashes"]} == {"model.tflite", "reference_sample.npz", "labels.txt"}
+    files = {h["file"] for h in r["hashes"]}
+    assert {"model.tflite", "reference_sample.npz", "labels.txt", "report.json", "report.html", "report.md"} <= files
+    assert any(f.startswith("report_files/") and f.endswith(".png") for f in files)
     assert r["sample"]["count"] == 8 and r["sample"]["max_abs_diff"] <= r["sample"]["atol"]
     with np.load(artifact / "reference_sample.npz", allow_pickle=False) as npz:
         assert npz["x"].shape == (8, 8, 8, 1) and npz["y"].shape == (8, 10)
@@ -55,6 +57,18 @@ def test_verify_flipped_byte_exits_1(artifact, tmp_path, offset):
     (art / "model.tflite").write_bytes(bytes(data))
     code, result = invoke_cli(["verify", art])
     assert code == 1 and "model.tflite" in str(result.exception) and "sha256" in str(result.exception)
+
+
+def test_verify_covers_the_reports_and_a_rerender_updates_them(artifact, tmp_path):
+    art = _copy(artifact, tmp_path / "a")
+    page = (art / "report.html").read_text()
+    (art / "report.html").write_text(page.replace("edgeprune compile report", "edgeprune compile rep0rt", 1))
+    code, result = invoke_cli(["verify", art])
+    assert code == 1 and "report.html" in str(result.exception)
+    code, _ = invoke_cli(["report", art])  # re-rendering records the new hashes
+    assert code == 0
+    code, result = invoke_cli(["verify", art])
+    assert code == 0, result.output
 
 
 def test_verify_reports_what_differs_when_outputs_change(artifact, tmp_path):

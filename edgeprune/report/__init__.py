@@ -115,5 +115,29 @@ def render_report(directory, *, bench=None, search=None) -> dict:
     page = html.render(data)
     write_bytes_atomic(d / "report.html", page.encode("utf-8"))
     write_bytes_atomic(d / "report.md", markdown.render(data, ASSETS).encode("utf-8"))
+    _record_hashes(d)
     return {"html": str(d / "report.html"), "markdown": str(d / "report.md"),
             "figures": [f.key for f in data.figures], "html_bytes": len(page.encode("utf-8"))}
+
+
+def report_files(directory: Path) -> list[str]:
+    """The report's files, relative to the artifact directory."""
+    names = [n for n in ("report.json", "report.html", "report.md") if (directory / n).is_file()]
+    assets = directory / ASSETS
+    if assets.is_dir():
+        names += [f"{ASSETS}/{p.name}" for p in sorted(assets.glob("*.png"))]
+    return names
+
+
+def _record_hashes(directory: Path) -> None:
+    """List the report files with their sha256 in manifest.json, so `edgeprune verify` checks them too
+    (a re-render updates the list: the manifest always describes what the directory holds)."""
+    from edgeprune.artifacts import sha256_bytes
+
+    path = directory / "manifest.json"
+    if not path.is_file():
+        return
+    manifest = _load(path, "the artifact manifest")
+    manifest["report_files"] = [{"path": n, "sha256": sha256_bytes((directory / n).read_bytes())}
+                                for n in report_files(directory)]
+    write_json(path, manifest)
