@@ -78,7 +78,8 @@ def _quant(detail: dict) -> dict | None:
     return out
 
 
-def _interpreter(tflite: bytes, delegates: bool, **kw):
+def interpreter(tflite: bytes, delegates: bool, **kw):
+    """A LiteRT interpreter, allocated; ``delegates=False`` runs builtin kernels only."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from edgeprune._env import quiet_native
@@ -94,7 +95,9 @@ def _interpreter(tflite: bytes, delegates: bool, **kw):
     return interp
 
 
-def _node_list(interp) -> list[tuple[str, list[int], list[int]]]:
+def node_list(interp) -> list[tuple[str, list[int], list[int]]]:
+    """(op name, input tensors, output tensors) of every node in the interpreter's node list
+    (after delegation, DELEGATE nodes are appended to the original ones)."""
     raw = interp._interpreter  # the wrapper: NumNodes/NodeName/NodeInputs/NodeOutputs
     return [(raw.NodeName(i), [int(j) for j in raw.NodeInputs(i) if j >= 0],
              [int(j) for j in raw.NodeOutputs(i) if j >= 0]) for i in range(raw.NumNodes())]
@@ -102,7 +105,7 @@ def _node_list(interp) -> list[tuple[str, list[int], list[int]]]:
 
 def xnnpack_partition(tflite: bytes, ops: list[tuple[str, list[int], list[int]]]) -> dict:
     """Which original op indices the default XNNPACK delegate took, and which run on builtins."""
-    nodes = _node_list(_interpreter(tflite, delegates=True))
+    nodes = node_list(interpreter(tflite, delegates=True))
     n = len(ops)
     producer = {}
     for i, (_, _, outs) in enumerate(ops):
@@ -139,7 +142,7 @@ def inspect_tflite(data: bytes, *, name: str = "model.tflite", tflm: bool = Fals
         raise InputError(f"{name}: not a TFLite model (expected the 'TFL3' flatbuffer identifier)")
     graph = read_graph(data)
     tensors, ops = graph["tensors"], graph["ops"]
-    interp = _interpreter(data, delegates=False)
+    interp = interpreter(data, delegates=False)
     details = {d["index"]: d for d in interp.get_tensor_details()}
     xnn = xnnpack_partition(data, ops)
     delegated = set(xnn["delegated_ops"])

@@ -28,30 +28,16 @@ _SKIP_OPS = ("DEQUANTIZE",)  # its output is its input dequantized: already meas
 
 
 def _interp(tflite: bytes):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from edgeprune.inspection import interpreter
 
-    from edgeprune._env import quiet_native
-
-    try:
-        with quiet_native():
-            it = Interpreter(model_content=tflite, experimental_preserve_all_tensors=True,
-                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-            it.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"the LiteRT interpreter cannot load the model ({first})") from None
-    return it
+    return interpreter(tflite, delegates=False, experimental_preserve_all_tensors=True)
 
 
 def _op_outputs(it) -> list[tuple[str, int, list[int]]]:
     """(op name, first output tensor, input tensors) of every node, in execution order."""
-    raw = it._interpreter
-    rows = []
-    for i in range(raw.NumNodes()):
-        outs = [int(j) for j in raw.NodeOutputs(i) if j >= 0]
-        if outs:
-            rows.append((raw.NodeName(i), outs[0], [int(j) for j in raw.NodeInputs(i) if j >= 0]))
-    return rows
+    from edgeprune.inspection import node_list
+
+    return [(name, outs[0], ins) for name, ins, outs in node_list(it) if outs]
 
 
 def match_tensors(q_it, f_it) -> tuple[list[dict], list[str]]:
