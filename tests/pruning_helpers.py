@@ -6,8 +6,8 @@ import numpy as np
 import edgeprune._env  # noqa: F401
 from edgeprune.pruning import rules
 from edgeprune.pruning.rules.conv import ConvRule, ConvTransposeRule, DepthwiseRule, SeparableRule
-from edgeprune.pruning.rules.dense import DenseRule
-from edgeprune.pruning.rules.recurrent import RecurrentRule, gate_columns
+from edgeprune.pruning.rules.dense import DenseRule, EmbeddingRule, TimeDistributedRule
+from edgeprune.pruning.rules.recurrent import GATES, BidirectionalRule, RecurrentRule, gate_columns
 from edgeprune.pruning.graph import trace
 from edgeprune.pruning.groups import build_groups
 
@@ -46,10 +46,12 @@ def kill_units(model, ratio, seed=0):
             if not chans.size:
                 continue
             node = g.layers[g.tensors[key].producer]
-            w = node.layer.get_weights()
+            w = node.weights()
+            if not w:
+                continue
             cls = node.class_name
             rule = rules.rule_for(node)
-            if isinstance(rule, (ConvRule, DenseRule)):
+            if isinstance(rule, (ConvRule, DenseRule, TimeDistributedRule)):  # TimeDistributed(Dense)
                 w[0][..., chans] = 0
                 if len(w) > 1:
                     w[1][chans] = 0
@@ -61,6 +63,8 @@ def kill_units(model, ratio, seed=0):
                 w[0][..., chans, :] = 0
                 if len(w) > 1:
                     w[1][chans] = 0
+            elif isinstance(rule, EmbeddingRule):
+                w[0][:, chans] = 0
             elif isinstance(rule, DepthwiseRule):
                 if len(w) > 1:
                     w[1][chans] = 0
@@ -71,6 +75,16 @@ def kill_units(model, ratio, seed=0):
                 w[1][:, cols] = 0
                 if len(w) > 2:
                     w[2][..., cols] = 0
+            elif isinstance(rule, BidirectionalRule):
+                inner = node.config["layer"]["config"]
+                units = int(inner["units"])
+                cols = gate_columns(np.unique(chans % units), units, GATES[node.config["layer"]["class_name"]])
+                half = len(w) // 2
+                for part in (w[:half], w[half:]):
+                    part[0][:, cols] = 0
+                    part[1][:, cols] = 0
+                    if len(part) > 2:
+                        part[2][..., cols] = 0
             elif cls == "BatchNormalization":
                 names = [v.name.split("/")[-1].split(":")[0] for v in node.layer.weights]
                 for i, n in enumerate(names):

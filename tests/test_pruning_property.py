@@ -1,8 +1,11 @@
 """Property: pruning channels that carry no signal leaves the outputs unchanged.
 
 Random architectures (conv, depthwise, separable, BN, ReLU, pooling, residual adds, concat,
-squeeze-and-excitation, flatten/dense heads) get some channels of every group zeroed; the
-pruned model must match the original within float tolerance and really be smaller.
+squeeze-and-excitation, flatten/dense heads, operation nodes such as ``x + 3.0`` and
+``x * gate``) in both Keras flavours, and random multi-input/multi-output recurrent models
+(LSTM/GRU/SimpleRNN units, Bidirectional, Embedding, dilated Conv1D), get some channels of
+every group zeroed; the pruned model must match the original within float tolerance and
+really be smaller.
 """
 import os
 
@@ -11,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import edgeprune._env  # noqa: F401
-from edgeprune._env import tf_keras
+from edgeprune._env import keras3, tf_keras
 from edgeprune.pruning import prune_model
 from edgeprune.pruning.importance import FixedScores
 
@@ -19,11 +22,11 @@ from pruning_helpers import kill_units, max_abs_diff, randomize_bn
 
 BLOCKS = ["conv", "conv_nobias", "depthwise", "depthwise_m2", "separable", "bn", "relu", "relu6",
           "maxpool", "avgpool", "residual", "concat", "se", "dropout", "pad", "dense_pointwise",
-          "upsample", "leaky", "prelu", "grouped"]
+          "upsample", "leaky", "prelu", "grouped", "hard_swish_op", "gate_op"]
 
 
-def _build(blocks, head, widths, seed):
-    K = tf_keras()
+def _build(blocks, head, widths, seed, K=None):
+    K = K or tf_keras()
     L = K.layers
     rng = np.random.default_rng(seed)
     inp = K.Input((8, 8, 3))
@@ -83,6 +86,10 @@ def _build(blocks, head, widths, seed):
             x = L.Conv2D(w, 3)(x)
         elif b == "dense_pointwise":
             x = L.Dense(w)(x)
+        elif b == "hard_swish_op":  # operation nodes: Keras 3 ops / tf_keras TFOpLambda
+            x = L.Multiply()([x, L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)])
+        elif b == "gate_op":  # tensor x tensor through an operator, not a layer
+            x = x * L.Conv2D(c, 1, activation="sigmoid")(x)
     if head == "flatten":
         x = L.Flatten()(x)
         x = L.Dense(6)(x)
@@ -99,23 +106,84 @@ def _build(blocks, head, widths, seed):
 
 
 @settings(max_examples=int(os.environ.get("EDGEPRUNE_PROPERTY_EXAMPLES", "25")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(blocks=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=7),
+@given(flavour=st.sampled_from(["tf_keras", "keras3"]),
+       blocks=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=7),
        head=st.sampled_from(["flatten", "gap", "gmp"]),
        widths=st.lists(st.sampled_from([4, 6, 8, 12]), min_size=1, max_size=3),
        ratio=st.sampled_from([0.25, 0.5, 0.7]),
        seed=st.integers(0, 1000))
-def test_dead_channels_prune_exactly(blocks, head, widths, ratio, seed):
-    tf_keras().backend.clear_session()
-    model = _build(blocks, head, widths, seed)
+def test_dead_channels_prune_exactly(flavour, blocks, head, widths, ratio, seed):
+    K = keras3() if flavour == "keras3" else tf_keras()
+    K.backend.clear_session()
+    model = _build(blocks, head, widths, seed, K)
     scores, dead = kill_units(model, ratio, seed)
     result = prune_model(model, ratio=ratio, criterion=FixedScores(scores))
     pruned = result.model
     x = np.random.default_rng(seed).normal(size=(3, 8, 8, 3)).astype(np.float32)
     diff, scale = max_abs_diff(model, pruned, x)
     assert diff <= 1e-4 * max(1.0, scale), (blocks, head, diff)
+    assert type(pruned).__module__.split(".")[0] == type(model).__module__.split(".")[0]  # same flavour
     assert [l.name for l in pruned.layers] == [l.name for l in model.layers]
-    assert pruned.output_shape == model.output_shape
+    assert [tuple(t.shape) for t in pruned.outputs] == [tuple(t.shape) for t in model.outputs]
     if dead.any():
         assert result.report["params_after"] < result.report["params_before"]
         assert result.report["macs_after"] <= result.report["macs_before"]
+    assert pruned.count_params() == result.report["params_after"]
+
+
+def _build_sequence(cell, bidirectional, embed, seed, K):
+    """Two inputs (a token sequence or a feature sequence, and a metadata vector), two heads."""
+    L = K.layers
+    rng = np.random.default_rng(seed)
+    if embed:
+        tokens = K.Input((10,), dtype="int32", name="tokens")
+        x = L.Embedding(20, 8)(tokens)
+    else:
+        tokens = K.Input((10, 5), name="tokens")
+        x = L.Conv1D(8, 3, dilation_rate=2, padding="causal", activation="relu")(tokens)
+    x = L.Conv1D(6, 3, padding="same")(x)
+    x = L.BatchNormalization()(x)
+    layer = getattr(L, cell)(int(rng.integers(4, 9)), return_sequences=bool(rng.integers(2)))
+    x = (L.Bidirectional(layer) if bidirectional else layer)(x)
+    if len(x.shape) == 3:
+        x = L.TimeDistributed(L.Dense(7, activation="relu"))(x)
+        x = L.GlobalAveragePooling1D()(x)
+    meta = K.Input((3,), name="meta")
+    m = L.Dense(5, activation="relu")(meta)
+    h = L.Concatenate()([x, m])
+    h = L.Dense(9, activation="relu")(h)
+    cls = L.Dense(4, activation="softmax", name="class_head")(h)
+    reg = L.Dense(1, name="value_head")(h)
+    model = K.Model([tokens, meta], [cls, reg])
+    randomize_bn(model, seed)
+    return model
+
+
+@settings(max_examples=int(os.environ.get("EDGEPRUNE_PROPERTY_EXAMPLES", "25")) // 2, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(flavour=st.sampled_from(["tf_keras", "keras3"]),
+       cell=st.sampled_from(["LSTM", "GRU", "SimpleRNN"]),
+       bidirectional=st.booleans(), embed=st.booleans(),
+       ratio=st.sampled_from([0.25, 0.5]), seed=st.integers(0, 1000))
+def test_dead_recurrent_units_prune_exactly_multi_io(flavour, cell, bidirectional, embed, ratio, seed):
+    K = keras3() if flavour == "keras3" else tf_keras()
+    K.backend.clear_session()
+    model = _build_sequence(cell, bidirectional, embed, seed, K)
+    scores, dead = kill_units(model, ratio, seed)
+    result = prune_model(model, ratio=ratio, criterion=FixedScores(scores))
+    pruned = result.model
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, 20, (3, 10)).astype(np.int32) if embed else rng.normal(size=(3, 10, 5)).astype(np.float32)
+    x = [tokens, rng.normal(size=(3, 3)).astype(np.float32)]
+    before, after = model(x, training=False), pruned(x, training=False)
+    for a, b in zip(before, after):  # both heads, locked, unchanged
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape
+        assert np.max(np.abs(a - b)) <= 1e-4 * max(1.0, float(np.max(np.abs(a)))), (cell, bidirectional)
+    rnn = next(l for l in pruned.layers if type(l).__name__ in (cell, "Bidirectional"))
+    original = next(l for l in model.layers if l.name == rnn.name)
+    units = lambda l: (l.forward_layer if hasattr(l, "forward_layer") else l).units  # noqa: E731
+    if dead.any():
+        assert result.report["params_after"] < result.report["params_before"]
+        assert units(rnn) <= units(original)
     assert pruned.count_params() == result.report["params_after"]

@@ -16,6 +16,16 @@ from edgeprune.pruning.graph import model_from_neutral, model_layers
 from edgeprune.pruning.groups import GroupSet
 
 
+def _without_build_configs(value):
+    """Drop recorded build shapes (also of wrapped layers: TimeDistributed, Bidirectional):
+    they describe the unpruned widths; layers build from the tensors they are called on."""
+    if isinstance(value, dict):
+        return {k: _without_build_configs(v) for k, v in value.items() if k != "build_config"}
+    if isinstance(value, list):
+        return [_without_build_configs(v) for v in value]
+    return value
+
+
 def rebuild(gs: GroupSet, keep_unit: np.ndarray):
     """The pruned model for a boolean keep-mask over units."""
     g = gs.graph
@@ -27,7 +37,7 @@ def rebuild(gs: GroupSet, keep_unit: np.ndarray):
         kin = [kept[k] for k in node.inputs]
         kout = [kept[k] for k in node.outputs]
         plans[node.name] = (kin, kout)
-        lc["config"] = rules.new_config(node, lc["config"], kin, kout, g)
+        lc["config"] = _without_build_configs(rules.new_config(node, lc["config"], kin, kout, g))
         lc.pop("build_config", None)
     new = model_from_neutral(cfg, g.model)
     for layer in model_layers(new):
