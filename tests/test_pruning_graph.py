@@ -424,3 +424,67 @@ def test_tf_op_with_constant_array_is_locked():
     assert "constant" in (group_with(groups_of(m), "a").locked or "")
     r = prune_model(m, ratio=0.5)
     assert channels(r.model, "a") == 4 and channels(r.model, "b") == 2
+
+
+_RULE_SRC = '''
+import keras
+from edgeprune.pruning.rules import PassRule
+
+
+@keras.saving.register_keras_serializable(package="edgeprune_rules_test")
+class Gain(keras.layers.Layer):
+    """Multiplies every channel by one scalar: channel i in is channel i out."""
+
+    def __init__(self, gain=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.gain = gain
+
+    def call(self, x):
+        return x * self.gain
+
+    def get_config(self):
+        return {**super().get_config(), "gain": self.gain}
+
+
+custom_objects = {"Gain": Gain}
+pruning_rules = {"Gain": PassRule()}
+'''
+
+
+def test_custom_layer_becomes_prunable_with_a_registered_rule(tmp_path):
+    """Without a rule a custom layer locks its group; a rule from --custom-objects unlocks it."""
+    import keras
+
+    from edgeprune.model_io import load_custom_objects, load_model
+    from edgeprune.pruning import rules
+
+    (tmp_path / "objs.py").write_text(_RULE_SRC)
+    rules._REGISTRY.pop("Gain", None)
+    try:
+        objects = load_custom_objects(tmp_path / "objs.py")
+        assert isinstance(rules.registered()["Gain"], rules.PassRule)
+        inp = keras.Input((8, 8, 3))
+        x = keras.layers.Conv2D(8, 3, name="conv")(inp)
+        x = objects["Gain"](name="gain")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        model = keras.Model(inp, keras.layers.Dense(2, name="out")(x))
+        model.save(tmp_path / "m.keras")
+        loaded = load_model(tmp_path / "m.keras", custom_objects=objects)
+        result = prune_model(loaded.model, ratio=0.5)
+        assert result.model.get_layer("conv").filters == 4
+        x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+        assert np.asarray(result.model(x)).shape == (2, 2)
+        rules._REGISTRY.pop("Gain")
+        locked = prune_model(loaded.model, ratio=0.5)
+        assert locked.model.get_layer("conv").filters == 8
+        assert any("no pruning rule for Gain" in reason for reason in locked.report["locked"])
+    finally:
+        rules._REGISTRY.pop("Gain", None)
+
+
+def test_register_rule_refuses_non_rules():
+    from edgeprune.errors import InputError
+    from edgeprune.pruning.rules import register_rule
+
+    with pytest.raises(InputError, match="must be a LayerRule"):
+        register_rule("Thing", object())

@@ -109,11 +109,28 @@ class CustomObjects(dict):
         self.tf_keras = dict(tf_keras or {})
 
 
+def _register_pruning_rules(module, path: Path) -> None:
+    """A module-level ``pruning_rules = {"MyLayer": LayerRule}`` makes custom layers prunable."""
+    rules = getattr(module, "pruning_rules", None)
+    if rules is None:
+        return
+    if not isinstance(rules, dict):
+        raise InputError(f"--custom-objects {path}: `pruning_rules` must be a dict, found {type(rules).__name__}")
+    from edgeprune.pruning.rules import register_rule
+
+    for name, rule in rules.items():
+        try:
+            register_rule(name, rule)
+        except InputError as exc:
+            raise InputError(f"--custom-objects {path}: {exc}") from None
+
+
 def load_custom_objects(path: str | Path | None) -> dict:
     """Import a user's ``--custom-objects`` file: its ``custom_objects`` dict, else its classes.
 
     An optional module-level ``tf_keras_objects`` dict supplies tf_keras versions of Keras 3
-    custom layers (same names) for the rebuild.
+    custom layers (same names) for tfmot's door; an optional ``pruning_rules`` dict registers
+    layer rules (:mod:`edgeprune.pruning.rules`) so those layers prune instead of locking.
     """
     if path is None:
         return CustomObjects()
@@ -123,6 +140,7 @@ def load_custom_objects(path: str | Path | None) -> dict:
     if path.suffix != ".py":
         raise InputError(f"--custom-objects {path}: expected a Python .py file")
     module = import_python_file(path, f"--custom-objects {path}")
+    _register_pruning_rules(module, path)
     twins = getattr(module, "tf_keras_objects", None)
     if twins is not None and not isinstance(twins, dict):
         raise InputError(f"--custom-objects {path}: `tf_keras_objects` must be a dict, found {type(twins).__name__}")
