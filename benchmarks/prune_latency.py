@@ -1,5 +1,8 @@
 """Does structured pruning buy real latency? MobileNetV2 / ResNet50 (224x224, random weights).
 
+Models are the Keras 3 ``keras.applications`` builds users have (``--keras tf_keras`` for the
+Keras 2 builds); the tfmot comparison is built in tf_keras, the only Keras tfmot runs on.
+
 For each model: the dense network, edgeprune structured pruning at ~25/50/75% of channels
 (channels rounded as the --target profile says: x86-64 rounds to 16), tfmot unstructured magnitude pruning at the same weight sparsity (stripped and
 converted, no training needed for latency), latency-aware structured pruning (a per-layer
@@ -26,16 +29,18 @@ from pathlib import Path
 import numpy as np
 
 import edgeprune._env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from edgeprune._env import tf, tf_keras
+from edgeprune._env import keras3, tf, tf_keras
 from edgeprune.pruning import macs as macs_mod
 from edgeprune.pruning import prune_model
 
 SIZE = 224
 
 
-def build(name: str, alpha: float = 1.0):
-    K = tf_keras()
-    K.backend.clear_session()
+FLAVOUR = {"keras": "keras3"}  # replaced from --keras in main()
+
+
+def build(name: str, alpha: float = 1.0, flavour: str | None = None):
+    K = keras3() if (flavour or FLAVOUR["keras"]) == "keras3" else tf_keras()
     if name == "mobilenetv2":
         return K.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), alpha=alpha, weights=None)
     if name == "resnet50":
@@ -44,6 +49,9 @@ def build(name: str, alpha: float = 1.0):
 
 
 def convert(model, quant: str) -> bytes:
+    import contextlib
+    import io
+
     t = tf()
     conv = t.lite.TFLiteConverter.from_keras_model(model)
     if quant == "int8":
@@ -56,7 +64,8 @@ def convert(model, quant: str) -> bytes:
         conv.optimizations = [t.lite.Optimize.DEFAULT]
         conv.representative_dataset = rep
         conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return conv.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras 3's export prints "Saved artifact"
+        return conv.convert()
 
 
 def tfmot_pruned(name: str, sparsity: float):
@@ -64,7 +73,7 @@ def tfmot_pruned(name: str, sparsity: float):
     import tensorflow_model_optimization as tfmot
 
     K = tf_keras()
-    model = build(name)
+    model = build(name, flavour="tf_keras")  # tfmot runs on Keras 2 only
     sched = tfmot.sparsity.keras.ConstantSparsity(sparsity, begin_step=0, frequency=1)
     pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=sched)
     pruned.compile(optimizer=K.optimizers.SGD(learning_rate=0.0), loss="mse")
@@ -99,7 +108,7 @@ POLICY = {"round_to": 16, "min_channels": 16}  # replaced from --target in main(
 def counts_in(graph, pruned) -> dict:
     """Channel count of every tensor of the dense ``graph`` in ``pruned`` (same layer names)."""
     names = {layer.name for layer in pruned.layers}
-    return {key: pruned.get_layer(t.producer).output_shape[-1] for key, t in graph.tensors.items()
+    return {key: int(pruned.get_layer(t.producer).output.shape[-1]) for key, t in graph.tensors.items()
             if t.producer in names and t.spatial == 1}
 
 
@@ -266,11 +275,14 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--cache-dir", help="keep converted .tflite files here and reuse them (re-measure cheaply)")
     ap.add_argument("--size", type=int, default=224, help="input size (smaller only for a quick smoke run)")
+    ap.add_argument("--keras", default="keras3", choices=["keras3", "tf_keras"],
+                    help="which Keras builds the applications (keras3: what TF 2.16+ users have)")
     ap.add_argument("--target", default="x86-64", help="device profile whose pruning.round_to/min_channels to use")
     ap.add_argument("--table-threads", default="1",
                     help="thread counts to measure latency tables with, one latency-aware variant per ratio "
                          "each ('' for none)")
     args = ap.parse_args(argv)
+    FLAVOUR["keras"] = args.keras
     global SIZE
     SIZE = args.size
     from edgeprune.profiles import load_profile
