@@ -216,8 +216,49 @@ def _io_layers(value: Any) -> list:
     return value
 
 
+# Keras 3 operations (``x * gate``, ``x + 3.0`` in a functional graph) -> the TF function a
+# tf_keras ``TFOpLambda`` wraps; binary ones take their second operand as ``y``.
+_OPS_AS_TF = {
+    "Add": "math.add", "Subtract": "math.subtract", "Multiply": "math.multiply",
+    "Divide": "math.truediv", "TrueDivide": "math.truediv", "Maximum": "math.maximum",
+    "Minimum": "math.minimum", "Relu": "nn.relu", "Relu6": "nn.relu6", "Sigmoid": "math.sigmoid",
+    "Tanh": "math.tanh", "Silu": "nn.silu", "Exp": "math.exp", "Negative": "math.negative",
+    "Square": "math.square", "Abs": "math.abs", "Absolute": "math.abs",
+}
+_COMMUTATIVE = {"math.add", "math.multiply", "math.maximum", "math.minimum"}
+
+
+def _op_entry(entry: dict, name: str) -> dict:
+    """A Keras 3 operation node as a tf_keras TFOpLambda entry, or InputError naming it."""
+    fn = _OPS_AS_TF.get(entry["class_name"])
+    if fn is None:
+        raise InputError(f"layer '{name}' (Keras 3 operation {entry['class_name']}) has no tf_keras "
+                         "equivalent; tfmot (QAT, gradual and M:N sparsity) needs tf_keras")
+    calls = []
+    for node in entry.get("inbound_nodes") or []:
+        args = list(node.get("args") or [])
+        tensors = [i for i, a in enumerate(args) if _is_tensor(a)]
+        if not tensors or node.get("kwargs"):
+            raise InputError(f"layer '{name}': Keras 3 operation call with keyword arguments cannot "
+                             "be translated to tf_keras for tfmot")
+        if tensors[0] != 0:
+            if fn not in _COMMUTATIVE or len(args) != 2:
+                raise InputError(f"layer '{name}': Keras 3 operation with a constant first operand "
+                                 "cannot be translated to tf_keras for tfmot")
+            args = [args[1], args[0]]
+        extra = {"name": None}
+        if len(args) == 2:
+            extra["y"] = _tensors_to_lists(args[1])
+        calls.append(_history(args[0]) + [extra])  # TFOpLambda: one entry per call, not a list
+    return {"class_name": "TFOpLambda", "name": name,
+            "config": {"name": name, "trainable": True, "dtype": "float32", "function": fn},
+            "inbound_nodes": calls}
+
+
 def _entry(entry: dict, ctx: _Ctx) -> dict:
     """Translate one layer entry of a functional/sequential config (recursively for models)."""
+    if str(entry.get("module") or "").startswith("keras.src.ops"):
+        return _op_entry(entry, entry.get("name") or entry["config"].get("name"))
     class_name = entry["class_name"]
     cfg = entry.get("config") or {}
     name = entry.get("name") or cfg.get("name")
