@@ -1,10 +1,12 @@
-"""Lower a tf_keras model to TFLite bytes in one quantization mode, and inspect the result.
+"""Lower a Keras model (either flavour) or a bare SavedModel to TFLite bytes in one quantization mode, and inspect the result.
 
 Inspection reads the flatbuffer directly (ops, tensor types, constant buffers) so the compile
 can prove an int8-only target really got an all-integer graph, and estimate the tensor arena.
 """
 from __future__ import annotations
 
+import contextlib
+import io as _io
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,30 +41,198 @@ def check_options(quantization: str, io: str, representative, int8_only: bool) -
         )
 
 
-def convert(model, quantization: str, *, representative: np.ndarray | None = None,
-            io: str = "float", int8_only: bool = False) -> bytes:
-    """``model`` (functional Keras 3 or tf_keras) → ``.tflite`` bytes.
+# Keras layer classes that become a WHILE loop or a fused sequence op in TFLite. Calibrating
+# them (int8, int16x8) crashes the TFLite converter of TensorFlow 2.21 with a segfault that
+# takes the whole process down (tensorflow/tensorflow#41305), so they are refused up front.
+_RECURRENT = {"LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D",
+              "ConvLSTM3D", "CuDNNLSTM", "CuDNNGRU", "LSTMV1", "GRUV1"}
+_LOOP_OPS = ("WHILE", "UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM",
+             "UNIDIRECTIONAL_SEQUENCE_RNN", "BIDIRECTIONAL_SEQUENCE_RNN")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input as the converter sees it: batch fixed to 1, other dims as known."""
+
+    name: str
+    shape: tuple  # full shape, batch first; None for a dimension left dynamic
+    dtype: str  # numpy dtype name
+
+    @property
+    def unknown(self) -> list[int]:
+        return [i for i, d in enumerate(self.shape) if d is None]
+
+
+def _clean_name(name: str, index: int) -> str:
+    """A TensorFlow-valid op name for a signature argument (Keras names may hold ':' or spaces)."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_.\-/]", "_", str(name).split(":")[0]).lstrip("_-/") or f"input_{index}"
+    return name if name[0].isalnum() or name[0] == "." else f"x{name}"
+
+
+def input_specs(model, input_shape=None) -> list[InputSpec]:
+    """The inputs of ``model`` (Keras of either flavour, or a bare SavedModel) with batch 1.
+
+    ``input_shape`` (see :mod:`edgeprune.shapes`) fixes unknown dimensions; without it they
+    stay None (dynamic) and the caller decides whether that is allowed.
+    """
+    from edgeprune.shapes import apply_input_shape, input_names
+
+    raw = []
+    for i, (name, tensor) in enumerate(zip(input_names(model), model.inputs)):
+        dtype = getattr(tensor, "dtype", "float32")
+        dtype = getattr(dtype, "name", dtype)
+        raw.append((_clean_name(name, i), tuple(None if d is None else int(d) for d in tensor.shape), str(dtype)))
+    shapes = apply_input_shape([(n, s) for n, s, _ in raw], input_shape)
+    return [InputSpec(n, (1,) + tuple(shape[1:]), d) for (n, _, d), shape in zip(raw, shapes)]
+
+
+def recurrent_layers(model) -> list[str]:
+    """'name (Class)' of every recurrent layer in ``model``, nested models and wrappers included."""
+    found, seen = [], set()
+
+    def walk(layer):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        if type(layer).__name__ in _RECURRENT:
+            found.append(f"{layer.name} ({type(layer).__name__})")
+            return
+        for sub in list(getattr(layer, "layers", None) or []) + [getattr(layer, "layer", None)]:
+            if sub is not None and sub is not layer:
+                walk(sub)
+
+    for layer in getattr(model, "layers", None) or []:
+        walk(layer)
+    return found
+
+
+def _check_calibration_possible(model, specs, quantization: str) -> None:
+    """Refuse a calibrated conversion that cannot work, in one line, before the converter runs."""
+    if quantization not in NEEDS_DATA:
+        return
+    for spec in specs:
+        if spec.unknown:
+            dims = ", ".join(str(i) for i in spec.unknown)
+            raise InputError(
+                f"--quantize {quantization}: input '{spec.name}' has unknown dimension(s) {dims} "
+                f"(shape {_fmt(spec.shape)}) and calibration needs fixed shapes; pass --input-shape "
+                f"{spec.name}={_fmt(spec.shape, example=True)}"
+            )
+    rnn = recurrent_layers(model)
+    if rnn:
+        raise InputError(
+            f"--quantize {quantization}: the model has recurrent layer {rnn[0]}; calibrating recurrent "
+            "layers crashes the TFLite converter of this TensorFlow (tensorflow#41305): use "
+            "--quantize dynamic, float16 or float32"
+        )
+
+
+def _fmt(shape, example: bool = False) -> str:
+    return "x".join(("N" if example else "?") if d is None else str(d) for d in shape)
+
+
+def _converter(tf, model, specs: list[InputSpec]):
+    """A TFLiteConverter for ``model``: a batch-1 concrete function, or the SavedModel itself.
+
+    Tracing the Keras call with a batch-1 signature (either Keras flavour) gives recurrent
+    layers the static shapes the converter needs to lower them to builtins (a WHILE loop, or
+    tf_keras' fused UNIDIRECTIONAL_SEQUENCE_LSTM), where ``from_keras_model``'s dynamic batch
+    fails on ``tf.TensorListReserve``. Converting the concrete function without its trackable
+    object freezes the variables into constants.
+    """
+    saved = getattr(model, "saved_model_dir", None)
+    if saved is not None:
+        return model.converter(tf, specs)
+    tf_specs = [tf.TensorSpec(list(s.shape), tf.as_dtype(s.dtype), name=s.name) for s in specs]
+    several = len(specs) > 1
+
+    def call(*xs):
+        out = model(list(xs) if several else xs[0], training=False)
+        if isinstance(out, dict):
+            out = [out[k] for k in getattr(model, "output_names", None) or sorted(out)]
+        return list(out) if isinstance(out, (list, tuple)) else out
+
+    concrete = tf.function(call, input_signature=tf_specs).get_concrete_function()
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+
+
+def _representative(representative, specs: list[InputSpec]):
+    """A representative_dataset generator: one sample per step, cast to each input's dtype.
+
+    ``representative`` is one array (one input), a list/tuple of arrays (one per input, in
+    order) or a dict keyed by input name.
+    """
+    if isinstance(representative, dict):
+        arrays = [representative[s.name] if s.name in representative else list(representative.values())[i]
+                  for i, s in enumerate(specs)]
+    elif isinstance(representative, (list, tuple)) and len(specs) > 1:
+        arrays = list(representative)
+    else:
+        arrays = [representative]
+    arrays = [np.asarray(a).astype(s.dtype if s.dtype != "bool" else "bool", copy=False)
+              for a, s in zip(arrays, specs)]
+    n = min(len(a) for a in arrays)
+
+    def representative_dataset():
+        for i in range(n):
+            yield [a[i:i + 1] for a in arrays]
+
+    return representative_dataset
+
+
+def _conversion_error(exc, printed, quantization, specs) -> VerificationError:
+    """One line from the converter's many: the first error, plus a hint where we know one."""
+    text = str(exc) + "\n" + "".join(printed)
+    lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower()]
+    detail = (lines or [str(exc).strip() or type(exc).__name__])[0]
+    if "error:" in detail:
+        detail = detail[detail.rindex("error:") + 6:].strip() or detail
+    hint = ""
+    unknown = [(s.name, i) for s in specs for i in s.unknown]
+    if unknown:
+        name, dim = unknown[0]
+        spec = next(s for s in specs if s.name == name)
+        hint = (f"; input '{name}' dimension {dim} is unknown: pass --input-shape "
+                f"{name}={_fmt(spec.shape, example=True)}")
+    elif "TensorListReserve" in text:
+        hint = ("; a recurrent loop needs static shapes: export the SavedModel with a batch-1 "
+                "input signature (tf.TensorSpec([1, ...]))")
+    return VerificationError(f"TFLite conversion ({quantization}) failed: {detail[:300]}{hint}")
+
+
+def convert(model, quantization: str, *, representative=None, io: str = "float",
+            int8_only: bool = False, input_shape=None) -> bytes:
+    """``model`` (Keras 3 or tf_keras, or a bare SavedModel) → ``.tflite`` bytes, batch 1.
 
     int8 is full-integer (TFLITE_BUILTINS_INT8, io as asked); int16x8 uses int16 activations and
     int8 weights. With ``int8_only`` any float op left in the graph fails (VerificationError).
+    ``input_shape`` fixes unknown input dimensions (``--input-shape``); unknown dimensions are
+    otherwise kept dynamic, which calibration cannot do (InputError naming the dimension).
     """
     from edgeprune._env import tf
 
     check_options(quantization, io, representative, int8_only)
     tf = tf()
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    specs = input_specs(model, input_shape)
+    _check_calibration_possible(model, specs, quantization)
+    from edgeprune.tflm import capture_fds
+
+    error = None
+    with capture_fds() as printed:  # tracing prints from C++ too; keep the console clean
+        try:
+            converter = _converter(tf, model, specs)
+        except Exception as exc:  # tracing the model failed (bad shape, broken layer)
+            error = exc
+    if error is not None:
+        raise _conversion_error(error, printed, quantization, specs) from None
     if quantization != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantization in NEEDS_DATA:
-        data = np.asarray(representative, np.float32)
-
-        def representative_dataset():
-            for i in range(len(data)):
-                yield [data[i:i + 1]]
-
-        converter.representative_dataset = representative_dataset
+        converter.representative_dataset = _representative(representative, specs)
     if quantization == "int8":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if io != "float":
@@ -72,21 +242,13 @@ def convert(model, quantization: str, *, representative: np.ndarray | None = Non
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
         ]
-    from edgeprune.tflm import capture_fds
-
-    import contextlib
-    import io as _io
-
     try:
-        # the converter prints from C++, and Keras 3's export prints "Saved artifact at ..." to
+        # the converter prints from C++, and Keras 3 may print "Saved artifact at ..." to
         # Python's stdout: keep the console (and --json output) clean
         with capture_fds() as printed, contextlib.redirect_stdout(_io.StringIO()):
             tflite = converter.convert()
     except Exception as exc:  # ConverterError and friends: keep the first meaningful line
-        text = str(exc) + "\n" + "".join(printed)
-        lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower()]
-        detail = (lines or [str(exc).strip() or type(exc).__name__])[0][:300]
-        raise VerificationError(f"TFLite conversion ({quantization}) failed: {detail}") from None
+        raise _conversion_error(exc, printed, quantization, specs) from None
     if int8_only:
         bad = float_ops(tflite)
         if bad:
@@ -95,6 +257,11 @@ def convert(model, quantization: str, *, representative: np.ndarray | None = Non
                 f"first {bad[0]}"
             )
     return tflite
+
+
+def loop_ops(tflite: bytes) -> dict[str, int]:
+    """Recurrent loop ops of a converted graph (WHILE, fused sequence LSTM/RNN) and their counts."""
+    return {k: v for k, v in op_counts(tflite).items() if k in _LOOP_OPS}
 
 
 # --- flatbuffer inspection -----------------------------------------------------------------

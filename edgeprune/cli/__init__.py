@@ -1,7 +1,9 @@
 """The ``edgeprune`` command line: a Click group whose subcommands live one per module.
 
 Errors raised as :class:`edgeprune.errors.EdgepruneError` become one line on stderr and
-the error's exit code (1 verification/budget/device, 2 bad input); Ctrl-C exits 130.
+the error's exit code (1 verification/budget/device, 2 bad input); Ctrl-C exits 130. Anything
+else is a bug in edgeprune or in a library below it: it is still one line (``internal error``,
+exit 1), and ``-v`` prints the traceback, so no Python traceback reaches a user by default.
 """
 from __future__ import annotations
 
@@ -52,12 +54,41 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _verbose_requested(argv: list[str] | None) -> bool:
+    """Whether -v/--verbose was given to the group (read before Click has parsed, or after it failed)."""
+    args = sys.argv[1:] if argv is None else argv
+    for arg in args:
+        if arg in ("-v", "--verbose"):
+            return True
+        if arg == "--" or not arg.startswith("-"):
+            break  # the group's options come before the command name
+        if arg.startswith("-") and not arg.startswith("--") and "v" in arg[1:]:
+            return True  # combined short flags such as -vq
+    return False
+
+
+def _internal_error(exc: BaseException, argv: list[str] | None) -> None:
+    """One line for an unexpected exception; the traceback only with -v."""
+    text = " ".join(str(exc).split())
+    detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if len(detail) > 300:
+        detail = detail[:297] + "..."
+    if _verbose_requested(argv):
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        click.echo(f"edgeprune: internal error: {detail}", err=True)
+    else:
+        click.echo(f"edgeprune: internal error: {detail} (run with -v for the traceback)", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
         cli.main(args=argv, prog_name="edgeprune", standalone_mode=False)
     except EdgepruneError as exc:
-        click.echo(f"edgeprune: error: {exc}", err=True)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        click.echo(f"edgeprune: error: {message}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("edgeprune: interrupted", err=True)
@@ -70,4 +101,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except MemoryError:
+        click.echo("edgeprune: error: out of memory", err=True)
+        sys.exit(1)
+    except Exception as exc:  # a bug: one line, never a traceback (unless -v)
+        _internal_error(exc, argv)
+        sys.exit(1)
     sys.exit(0)
