@@ -25,7 +25,8 @@ __all__ = ["CustomObjects", "LoadedModel", "load_model", "save_model", "load_cus
 class LoadedModel:
     """A model ready for edgeprune: the functional tf_keras model and where it came from."""
 
-    model: "object"  # functional keras.Model (Keras 3) or tf_keras.Model, as in the file
+    model: "object"  # functional keras.Model (Keras 3) or tf_keras.Model, as in the file;
+    # a SavedModelGraph for kind "savedmodel_bare" (no Keras graph)
     flavour: str  # "keras3" | "tf_keras"
     path: Path
     sha256: str  # of the file (or of the SavedModel's saved_model.pb)
@@ -131,12 +132,22 @@ def load_model(path, *, custom_objects=None, safe_mode: bool = True) -> LoadedMo
     if not isinstance(custom_objects, dict):
         custom_objects = load_custom_objects(custom_objects)
     fmt: ModelFormat = detect(path)
+    if fmt.kind == "savedmodel_bare":  # no Keras graph: compile (quantize and lower) only
+        from edgeprune.model_io.savedmodel import SavedModelGraph
+
+        return LoadedModel(model=SavedModelGraph(path), flavour=fmt.flavour, path=path,
+                           sha256=sha256_file(path / "saved_model.pb"), kind=fmt.kind)
     check_config(path, fmt.config, fmt.flavour, custom_objects=custom_objects, safe_mode=safe_mode)
     tk = tf_keras()
     tk_objects, k3_objects = _split_custom(custom_objects, tk)
     translation: dict = {}
     if fmt.flavour == "keras3":
         model = _load_keras3(path, k3_objects, safe_mode)
+    elif fmt.kind == "h5_legacy":  # Keras 1.x-2.3: config translated by detect, weights by tf_keras
+        from edgeprune.model_io import legacy_h5
+        from edgeprune.model_io.keras3_to_tfkeras import as_functional
+
+        model = as_functional(legacy_h5.load(path, fmt.config, tk_objects), tk, str(path))
     else:
         from edgeprune.model_io.keras3_to_tfkeras import as_functional
 

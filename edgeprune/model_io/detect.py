@@ -19,7 +19,9 @@ _H5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 @dataclass(frozen=True)
 class ModelFormat:
-    """What is on disk: ``kind`` is "keras_zip", "h5" or "savedmodel"; flavour "keras3"|"tf_keras"."""
+    """What is on disk: ``kind`` is "keras_zip", "h5", "h5_legacy" (Keras 1.x-2.3, config already
+    translated by :mod:`legacy_h5`), "savedmodel" or "savedmodel_bare" (no Keras metadata:
+    compile only); flavour "keras3" | "tf_keras" | "savedmodel"."""
 
     kind: str
     flavour: str
@@ -81,6 +83,12 @@ def _sniff_h5(path: Path) -> ModelFormat:
         config = json.loads(raw)
     except ValueError:
         raise InputError(f"{path}: HDF5 model_config is not valid JSON") from None
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise InputError(f"{path}: HDF5 model_config is not a Keras model config")
+    from edgeprune.model_io import legacy_h5
+
+    if legacy_h5.is_legacy(config, version):
+        return ModelFormat("h5_legacy", "tf_keras", version, legacy_h5.modernize(config, path, version))
     return ModelFormat("h5", _flavour_of(version), version, config)
 
 
@@ -89,16 +97,15 @@ def detect(path: Path) -> ModelFormat:
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     if path.is_dir():
+        if not (path / "saved_model.pb").is_file() and (path / "saved_model.pbtxt").is_file():
+            raise InputError(f"{path}: a text SavedModel (saved_model.pbtxt); save it in binary form")
         if not (path / "saved_model.pb").is_file():
             raise InputError(
                 f"{path}: a directory but not a SavedModel (no saved_model.pb); "
                 "expected a .keras file, an .h5 file or a SavedModel directory"
             )
         if not (path / "keras_metadata.pb").is_file():
-            raise InputError(
-                f"{path}: a bare SavedModel with no Keras graph to prune (no keras_metadata.pb); "
-                "save the model from Keras (.keras or .h5) instead"
-            )
+            return ModelFormat("savedmodel_bare", "savedmodel", None, None)
         return ModelFormat("savedmodel", "tf_keras", None, None)
     with open(path, "rb") as fh:
         head = fh.read(8)
