@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _API = {
     "compile": "edgeprune.compile:compile",
     "bench": "edgeprune.harness.api:bench",
-    "prune": "edgeprune.pruning.api:prune",
+    "prune": "edgeprune.prune_pipeline:prune",
     "latency_table": "edgeprune.pruning.api:latency_table",
     "prune_model": "edgeprune.pruning.api:prune_model",
     "register_rule": "edgeprune.pruning.rules:register_rule",

@@ -39,10 +39,11 @@ class CompileOptions:
     custom_objects: str | dict | None = None
     unsafe: bool = False
     force: bool = False
-    # pruning (edgeprune.pruning.api.prune_model)
-    prune: float | None = None  # channel ratio
-    prune_macs: float | None = None  # target MACs as a fraction of the original
-    prune_latency: float | None = None  # target predicted latency as a fraction of the original
+    input_shape: Any = None  # --input-shape: fixes unknown input dimensions (edgeprune.shapes)
+    # pruning (edgeprune.pruning.api.prune_model); the same names as `edgeprune prune`
+    ratio: float | None = None  # channel ratio
+    target_macs: float | None = None  # target MACs as a fraction of the original
+    target_latency: float | None = None  # target predicted latency as a fraction of the original
     latency_table: str | None = None  # JSON latency table to reuse/extend (see pruning.latency)
     criterion: str = "l1"
     protect: tuple[str, ...] = ()
@@ -55,7 +56,7 @@ class CompileOptions:
 
     @property
     def prunes(self) -> bool:
-        return any(x is not None for x in (self.prune, self.prune_macs, self.prune_latency))
+        return any(x is not None for x in (self.ratio, self.target_macs, self.target_latency))
 
 
 @dataclass
@@ -120,24 +121,49 @@ def _resolve_modes(options: CompileOptions, profile) -> tuple[str, str]:
     return quant, io
 
 
-def _input_shape(model) -> tuple:
+def _input_shape(model, fixed=None) -> tuple:
     if len(model.inputs) != 1:
         raise InputError(f"models with {len(model.inputs)} inputs are not supported yet (one input expected)")
-    return tuple(model.inputs[0].shape)
+    from edgeprune.shapes import apply_input_shape, input_names
+
+    return tuple(apply_input_shape([(input_names(model)[0], tuple(model.inputs[0].shape))], fixed)[0])
+
+
+def _with_input_shape(loaded, options):
+    """The model compile works on: ``--input-shape`` applied to a Keras graph; a bare SavedModel
+    as it is, after refusing what needs a Keras graph (pruning, training)."""
+    from edgeprune.model_io.savedmodel import is_bare, require_keras
+
+    if is_bare(loaded.model):
+        training = options.training
+        if options.prunes:
+            require_keras(loaded.model, "pruning", loaded.path)
+        if training is not None and training.wants_training:
+            require_keras(loaded.model, "training (fine-tuning, distillation, sparsity, QAT)", loaded.path)
+        return loaded.model
+    from edgeprune.shapes import with_input_shape
+
+    return with_input_shape(loaded.model, options.input_shape)
+
+
+def _float_input(model) -> bool:
+    """Whether the (first) input takes real numbers: integer inputs (token ids) skip the range check."""
+    dtype = getattr(model.inputs[0], "dtype", "float32")
+    return str(getattr(dtype, "name", dtype)).startswith(("float", "bfloat", "half"))
 
 
 def _prune_kwargs(options, profile, data) -> dict:
     kwargs = dict(
-        ratio=options.prune, target_macs=options.prune_macs, criterion=options.criterion,
+        ratio=options.ratio, target_macs=options.target_macs, criterion=options.criterion,
         protect=tuple(options.protect), round_to=profile.pruning.round_to,
         min_channels=profile.pruning.min_channels,
         data=None if data is None else data[0], labels=None if data is None else data[1],
         seed=options.seed,
     )
-    if options.prune_latency is not None:
+    if options.target_latency is not None:
         qat = options.training is not None and options.training.qat
         quant = "int8" if qat else (options.quantize or profile.quantization.default.value)
-        kwargs.update(target_latency=options.prune_latency, latency_table=options.latency_table,
+        kwargs.update(target_latency=options.target_latency, latency_table=options.latency_table,
                       threads=profile.threads, latency_quantization="int8" if quant == "int8" else "float32")
     return kwargs
 
@@ -216,12 +242,12 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
     out = output or default_output()
     profile = load_profile(options.target)
     quant, io = _resolve_modes(options, profile)
-    if sum(x is not None for x in (options.prune, options.prune_macs, options.prune_latency)) > 1:
-        raise InputError("give at most one of --prune, --prune-macs and --prune-latency")
-    if options.latency_table and options.prune_latency is None:
-        raise InputError("--latency-table is used with --prune-latency only")
-    if options.prune_latency is not None and profile.connection.kind != "local" and not options.latency_table:
-        raise InputError(f"--prune-latency: profile '{profile.name}' is a remote device; measure its latency "
+    if sum(x is not None for x in (options.ratio, options.target_macs, options.target_latency)) > 1:
+        raise InputError("give at most one of --ratio, --target-macs and --target-latency")
+    if options.latency_table and options.target_latency is None:
+        raise InputError("--latency-table is used with --target-latency only")
+    if options.target_latency is not None and profile.connection.kind != "local" and not options.latency_table:
+        raise InputError(f"--target-latency: profile '{profile.name}' is a remote device; measure its latency "
                          f"table there (`edgeprune latency-table MODEL -o TABLE.json --target {profile.name}`) "
                          f"and pass --latency-table TABLE.json")
     artifact = ArtifactDir(output_dir, force=options.force)  # refuses an existing DIR early
@@ -230,12 +256,12 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
 
     with stages.stage("load", f"Loading {model_path}") as entry:
         loaded = load_model(model_path, custom_objects=options.custom_objects, safe_mode=not options.unsafe)
-        model = loaded.model
+        model = _with_input_shape(loaded, options)
         entry.update({"flavour": loaded.flavour, "kind": loaded.kind})
         if loaded.translation:
             entry["translation"] = loaded.translation
     source_params = int(model.count_params())
-    input_shape = _input_shape(model)
+    input_shape = _input_shape(model, options.input_shape)
 
     data = None
     calibration_info = None
@@ -243,7 +269,7 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         with stages.stage("calibration", "Reading calibration data") as entry:
             data = load_arrays(options.calibration, input_shape=input_shape,
                                preprocessing=profile.preprocessing, num_samples=options.num_samples,
-                               seed=options.seed)
+                               seed=options.seed, check_range=_float_input(model))
             calibration_info = {"source": str(options.calibration), "sha256": array_sha256(data[0]),
                                 "count": int(len(data[0])), "seed": options.seed,
                                 "num_samples": options.num_samples, "labelled": data[1] is not None}
@@ -280,7 +306,7 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
     shipping.check_options(options, quant, profile, max_drop if gate is not None else None)
     with stages.stage("convert", f"Converting to TFLite ({quant})") as entry:
         tflite = convert(model, quant, representative=representative, io=io,
-                         int8_only=profile.operators.int8_only)
+                         int8_only=profile.operators.int8_only, input_shape=options.input_shape)
         entry["bytes"] = len(tflite)
     if options.keep_float:
         with stages.stage("keep_float", "Keeping the worst int8 layers in float (measured)") as entry:
@@ -365,12 +391,22 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
     return CompileResult(dest, dest / "model.tflite", manifest, report)
 
 
+# Option names before every command used the same ones (kept as deprecated aliases).
+_RENAMED = {"prune": "ratio", "prune_macs": "target_macs", "prune_latency": "target_latency"}
+
+
 def compile(model_path, output_dir, *, target: str = DEFAULT_TARGET, output: Output | None = None,
             **options) -> CompileResult:
     """Python API: ``edgeprune.compile("m.keras", "out/", target="cortex-m7", quantize="int8", ...)``.
 
     Keyword arguments are :class:`CompileOptions` fields.
     """
+    for old, new in _RENAMED.items():
+        if old in options:
+            import warnings
+
+            warnings.warn(f"compile({old}=...) is deprecated: use {new}=...", DeprecationWarning, stacklevel=2)
+            options.setdefault(new, options.pop(old))
     known = {f for f in CompileOptions.__dataclass_fields__}
     unknown = sorted(set(options) - known)
     if unknown:

@@ -139,6 +139,12 @@ def with_input_shape(model, input_shape):
     shapes = apply_input_shape(list(zip(names, current)), input_shape)
     if shapes == current:
         return model
+    return rebuild_with_shapes(model, shapes)
+
+
+def rebuild_with_shapes(model, shapes: list[tuple]):
+    """``model`` rebuilt from its config with its Input layers set to ``shapes`` (input order),
+    and the same weights."""
     config = model.get_config()
     layers = config.get("layers") or []
     input_layers = [layer for layer in layers if layer.get("class_name") == "InputLayer"]

@@ -20,6 +20,46 @@ json_option = click.option(
 )
 
 
+input_shape_option = click.option(
+    "--input-shape", "input_shape", multiple=True, metavar="[NAME=]DIMS",
+    help="Fix unknown input dimensions (sequence length, image size), e.g. 128, 1x224x224x3 or "
+         "tokens=1x128 (repeat for several inputs); used for conversion, calibration and MAC counting.")
+
+
+def deprecated_aliases(*pairs: tuple):
+    """Old flag names kept working, hidden from --help: ``("--prune-macs", "--target-macs", float)``.
+
+    One option has one name in every command; an old name sets the new option's value and
+    prints a one-line deprecation warning. Giving both is refused.
+    """
+    import functools
+
+    def key(flag: str) -> str:
+        return flag.lstrip("-").replace("-", "_")
+
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            from edgeprune.errors import InputError
+
+            for old, new, *_ in pairs:
+                value = kwargs.pop(f"alias_{key(old)}", None)
+                if value is None or value == ():
+                    continue
+                if kwargs.get(key(new)) not in (None, ()):
+                    raise InputError(f"{old} is the old name of {new}: give only {new}")
+                click.echo(f"edgeprune: warning: {old} is deprecated, use {new}", err=True)
+                kwargs[key(new)] = value
+            return func(*args, **kwargs)
+
+        for old, new, *kind in reversed(pairs):
+            wrapper = click.option(old, f"alias_{key(old)}", default=None, hidden=True,
+                                   type=kind[0] if kind else str)(wrapper)
+        return wrapper
+
+    return decorate
+
+
 def get_output(ctx: click.Context, json_mode: bool = False) -> Output:
     """The Output for this invocation, honouring the group's -v/-q and the command's --json."""
     root = ctx.find_root().obj or {}

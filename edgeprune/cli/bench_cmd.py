@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from edgeprune.cli import cli, get_output, json_option
+from edgeprune.cli import cli, deprecated_aliases, get_output, json_option
 from edgeprune.errors import EdgepruneError
 
 
@@ -82,7 +82,7 @@ def _pct(value):
 
 @cli.command("bench")
 @click.argument("artifact", type=click.Path(path_type=str))
-@click.option("--target", "target", metavar="NAME|PATH", help="Device profile: its ssh connection, threads and budgets.")
+@click.option("--target", "-t", "target", metavar="NAME|PATH", help="Device profile: its ssh connection, threads and budgets.")
 @click.option("--host", "hosts", multiple=True, metavar="HOST",
               help="ssh alias or user@host[:port] (repeatable; 'local' = this machine). Hosts run in parallel.")
 @click.option("--fleet", type=click.Path(path_type=str), help="YAML list of hosts (host, python?, threads?).")
@@ -91,7 +91,8 @@ def _pct(value):
 @click.option("--warmup", type=int, default=5, show_default=True, help="Warm-up runs after the first inference.")
 @click.option("--min-duration", "min_duration", type=float, default=0.0, show_default=True,
               help="Keep running until at least this many seconds of steady state.")
-@click.option("--eval", "eval_data", type=click.Path(path_type=str), help=".npz with x and y: accuracy on the device.")
+@click.option("--val-data", "val_data", type=click.Path(path_type=str),
+              help="Labelled validation data (.npz with x and y): accuracy on the device.")
 @click.option("--reference", "reference", type=click.Path(path_type=str),
               help="Source Keras model: its accuracy and output agreement, computed here.")
 @click.option("--max-accuracy-drop", type=float, metavar="POINTS",
@@ -104,8 +105,9 @@ def _pct(value):
 @click.option("--ssh-config", type=click.Path(path_type=str), help="ssh config file to use (ssh -F; also EDGEPRUNE_SSH_CONFIG).")
 @click.option("--connect-timeout", type=int, default=10, show_default=True, help="ssh ConnectTimeout in seconds.")
 @json_option
+@deprecated_aliases(("--eval", "--val-data"))
 @click.pass_context
-def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, min_duration, eval_data, reference,
+def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, min_duration, val_data, reference,
                   max_accuracy_drop, max_latency_ms, remote_python, ssh_options, ssh_config, connect_timeout,
                   json_mode):
     """Benchmark ARTIFACT (.tflite or an artifact directory) with the real LiteRT interpreter,
@@ -113,7 +115,7 @@ def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, mi
 
     \b
     edgeprune bench model.tflite --threads 1,2,4
-    edgeprune bench model.tflite --target rpi4 --eval val.npz --reference model.keras --max-accuracy-drop 1
+    edgeprune bench model.tflite --target rpi4 --val-data val.npz --reference model.keras --max-accuracy-drop 1
     edgeprune bench model.tflite --host pi@10.0.0.7 --host rpi5 --json
     """
     out = get_output(ctx, json_mode)
@@ -122,7 +124,7 @@ def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, mi
 
     try:
         result = bench(artifact, target=target, hosts=hosts, threads=parse_threads(threads, "--threads"), runs=runs,
-                       warmup=warmup, min_duration_s=min_duration, eval_data=eval_data, reference_model=reference,
+                       warmup=warmup, min_duration_s=min_duration, eval_data=val_data, reference_model=reference,
                        max_accuracy_drop=max_accuracy_drop, remote_python=remote_python, output=out, fleet=fleet,
                        max_latency_ms=max_latency_ms, ssh_options=ssh_options, ssh_config=ssh_config,
                        connect_timeout=connect_timeout)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from edgeprune.cli import cli, get_output, json_option
+from edgeprune.cli import cli, deprecated_aliases, get_output, input_shape_option, json_option
 from edgeprune.training.options import training_options
 
 
@@ -23,15 +23,16 @@ from edgeprune.training.options import training_options
 @click.option("--num-samples", type=int, default=200, show_default=True,
               help="Calibration samples to use (seeded random subset).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling and pruning.")
-@click.option("--prune", type=float, default=None, metavar="R",
-              help="Remove this fraction of channels (structured pruning).")
-@click.option("--prune-macs", type=float, default=None, metavar="F",
-              help="Prune until MACs are this fraction of the original.")
-@click.option("--prune-latency", type=float, default=None, metavar="F",
+@click.option("--ratio", type=float, default=None, metavar="R",
+              help="Prune: remove this fraction of channels from every prunable group (0-1).")
+@click.option("--target-macs", type=float, default=None, metavar="F",
+              help="Prune until MACs are at most this fraction of the original (0-1].")
+@click.option("--target-latency", type=float, default=None, metavar="F",
               help="Prune until the latency predicted by a per-layer table (measured with the "
                    "interpreter, the profile's threads) is this fraction of the original.")
 @click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="With --prune-latency: JSON latency table to reuse and extend (required for remote profiles).")
+              help="With --target-latency: JSON latency table to reuse and extend (required for remote profiles).")
+@input_shape_option
 @click.option("--criterion", default="l1", show_default=True, help="Channel importance criterion for pruning.")
 @click.option("--protect", multiple=True, metavar="REGEX", help="Never prune layers matching REGEX (repeatable).")
 @click.option("--custom-objects", type=click.Path(path_type=Path), default=None, metavar="PY",
@@ -48,10 +49,12 @@ from edgeprune.training.options import training_options
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @training_options
 @json_option
+@deprecated_aliases(("--prune", "--ratio", float), ("--prune-macs", "--target-macs", float),
+                    ("--prune-latency", "--target-latency", float))
 @click.pass_context
 def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, calibration, num_samples,
-                    seed, prune, prune_macs, prune_latency, latency_table, criterion, protect, custom_objects, unsafe, keep_float, labels,
-                    output_dir, force, json_mode, training) -> None:
+                    seed, ratio, target_macs, target_latency, latency_table, input_shape, criterion, protect,
+                    custom_objects, unsafe, keep_float, labels, output_dir, force, json_mode, training) -> None:
     """Prune (optional), quantize and lower MODEL to TFLite for a device profile.
 
     Writes DIR/model.tflite, DIR/manifest.json, DIR/report.json (with report.html and report.md
@@ -60,6 +63,7 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
     int8-only target still has float ops, or when the accuracy gate (--max-accuracy-drop, or the
     profile's) fails; 2 on bad input.
 
+    Pruning uses the options of `edgeprune prune` (--ratio, --target-macs, --target-latency).
     Recovery after pruning: --train-data/--val-data with --finetune-epochs, --distill (label-free
     from --calibration images when no labels), --iterative-steps N; pruning during training with
     --gradual-sparsity or --sparsity-m-by-n 2:4 (tfmot); --qat for quantization-aware training.
@@ -70,7 +74,8 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
     options = CompileOptions(
         target=target, quantize=quantize, io=io, calibration=calibration, num_samples=num_samples,
         seed=seed, custom_objects=str(custom_objects) if custom_objects else None, unsafe=unsafe,
-        force=force, prune=prune, prune_macs=prune_macs, prune_latency=prune_latency,
+        force=force, ratio=ratio, target_macs=target_macs, target_latency=target_latency,
+        input_shape=tuple(input_shape) or None,
         latency_table=str(latency_table) if latency_table else None, criterion=criterion, protect=tuple(protect),
         training=training, keep_float=keep_float, labels=str(labels) if labels else None,
     )

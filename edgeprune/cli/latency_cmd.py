@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from edgeprune.cli import cli, get_output, json_option
+from edgeprune.cli import cli, deprecated_aliases, get_output, input_shape_option, json_option
 from edgeprune.errors import InputError
 
 
@@ -13,23 +13,25 @@ from edgeprune.errors import InputError
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="JSON table to write (an existing table from this device is extended).")
-@click.option("--target", "target", help="Device profile for threads and channel rounding.")
+@click.option("--target", "-t", "target", help="Device profile for threads and channel rounding.")
 @click.option("--threads", type=int, help="Interpreter threads (default: the profile's, else 1).")
-@click.option("--quantization", type=click.Choice(("float32", "int8")), default="float32", show_default=True,
-              help="Arithmetic the layers are timed in.")
+@click.option("--latency-quantization", type=click.Choice(("float32", "int8")), default="float32", show_default=True,
+              help="Arithmetic the layers are timed in (the same option as in `edgeprune prune`).")
+@input_shape_option
 @click.option("--round-to", type=int, help="Channel step of the measured grid (default: profile, else 1).")
 @click.option("--min-channels", type=int, help="Smallest width measured (default: profile, else 1).")
 @click.option("--custom-objects", type=click.Path(path_type=Path), help="Python file defining custom layers.")
 @click.option("--unsafe", is_flag=True, help="Load models that need code (Lambda layers, custom objects).")
 @json_option
+@deprecated_aliases(("--quantization", "--latency-quantization", click.Choice(("float32", "int8"))))
 @click.pass_context
-def latency_table_command(ctx, model, output, target, threads, quantization, round_to, min_channels,
-                          custom_objects, unsafe, json_mode):
+def latency_table_command(ctx, model, output, target, threads, latency_quantization, input_shape, round_to,
+                          min_channels, custom_objects, unsafe, json_mode):
     """Measure how long each conv/dense layer of MODEL takes at several channel counts.
 
     Run this on the device itself (e.g. on the Raspberry Pi) and pass the file to
     `edgeprune prune --target-latency F --latency-table FILE` or `edgeprune compile
-    --prune-latency F --latency-table FILE` on any machine.
+    --target-latency F --latency-table FILE` on any machine.
     """
     out = get_output(ctx, json_mode)
     if not model.exists():
@@ -50,9 +52,9 @@ def latency_table_command(ctx, model, output, target, threads, quantization, rou
 
     objects = model_io.load_custom_objects(custom_objects) if custom_objects else None
     with out.progress("measuring layer latency") as bar:
-        info = latency_table(model, output, threads=threads or 1, quantization=quantization,
+        info = latency_table(model, output, threads=threads or 1, quantization=latency_quantization,
                              round_to=round_to or 1, min_channels=min_channels or 1, custom_objects=objects,
-                             safe_mode=not unsafe,
+                             safe_mode=not unsafe, input_shape=tuple(input_shape) or None,
                              progress=lambda done, total: bar.update(f"measuring layer latency {done}/{total}"))
     out.emit_json(info)
     if not out.json_mode:

@@ -177,21 +177,15 @@ def _report(graph, new, gs, keep, criterion, ratio, target_macs, used_ratio, not
     return report
 
 
-def prune(model_path, output_path, *, custom_objects=None, safe_mode=True, **options) -> PruneResult:
-    """Prune a model file and save the result in the same Keras flavour (atomically)."""
-    from edgeprune import model_io
+def prune(model_path, output_path, **options) -> PruneResult:
+    """``edgeprune prune`` as a function; see :func:`edgeprune.prune_pipeline.prune`."""
+    from edgeprune.prune_pipeline import prune as prune_file
 
-    loaded = model_io.load_model(Path(model_path), custom_objects=custom_objects, safe_mode=safe_mode)
-    result = prune_model(loaded.model, **options)
-    model_io.save_model(result.model, Path(output_path), flavour=loaded.flavour)
-    result.report["input"] = str(model_path)
-    result.report["output"] = str(output_path)
-    result.report["flavour"] = loaded.flavour
-    return result
+    return prune_file(model_path, output_path, **options)
 
 
 def latency_table(model_path, output_path=None, *, threads=1, quantization="float32", round_to=1,
-                  min_channels=1, custom_objects=None, safe_mode=True, progress=None) -> dict:
+                  min_channels=1, custom_objects=None, safe_mode=True, progress=None, input_shape=None) -> dict:
     """Measure the per-layer latency table of a model file (``edgeprune latency-table``).
 
     The table is written (atomically) to ``output_path`` when given, extending a table from
@@ -203,8 +197,12 @@ def latency_table(model_path, output_path=None, *, threads=1, quantization="floa
 
     if int(round_to) < 1 or int(min_channels) < 1:
         raise InputError("round_to and min_channels must be >= 1")
+    from edgeprune.model_io.savedmodel import require_keras
+    from edgeprune.shapes import with_input_shape
+
     loaded = model_io.load_model(Path(model_path), custom_objects=custom_objects, safe_mode=safe_mode)
-    graph = trace(loaded.model)
+    require_keras(loaded.model, "a latency table", model_path)
+    graph = trace(with_input_shape(loaded.model, input_shape))
     table, info = table_for_graph(graph, build_groups(graph), output_path, round_to, min_channels, threads,
                                   quantization, progress)
     layers = []
