@@ -133,14 +133,13 @@ def _fmt(shape, example: bool = False) -> str:
     return "x".join(("N" if example else "?") if d is None else str(d) for d in shape)
 
 
-def _converter(tf, model, specs: list[InputSpec]):
+def _converter(tf, model, specs: list[InputSpec], fuse_lstm: bool = True):
     """A TFLiteConverter for ``model``: a batch-1 concrete function, or the SavedModel itself.
 
     Tracing the Keras call with a batch-1 signature (either Keras flavour) gives recurrent
     layers the static shapes the converter needs to lower them to builtins (a WHILE loop, or
     tf_keras' fused UNIDIRECTIONAL_SEQUENCE_LSTM), where ``from_keras_model``'s dynamic batch
-    fails on ``tf.TensorListReserve``. Converting the concrete function without its trackable
-    object freezes the variables into constants.
+    fails on ``tf.TensorListReserve``.
     """
     saved = getattr(model, "saved_model_dir", None)
     if saved is not None:
@@ -155,7 +154,21 @@ def _converter(tf, model, specs: list[InputSpec]):
         return list(out) if isinstance(out, (list, tuple)) else out
 
     concrete = tf.function(call, input_signature=tf_specs).get_concrete_function()
-    return tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], _trackable(model, fuse_lstm))
+
+
+def _trackable(model, fuse_lstm: bool = True):
+    """The object the converter reads variables from, or None to freeze them from the graph.
+
+    With the tf_keras model as trackable object the converter keeps the functions Keras marks
+    as ``lstm`` and fuses them into UNIDIRECTIONAL_SEQUENCE_LSTM. A Keras 3 model there would
+    keep its variables as resource variables (VAR_HANDLE ops), so Keras 3 graphs are frozen.
+    ``fuse_lstm=False`` freezes tf_keras graphs too, which keeps LSTMs as WHILE loops (the
+    benchmark compares both).
+    """
+    from edgeprune._env import is_keras3_model
+
+    return None if is_keras3_model(model) or not fuse_lstm else model
 
 
 def _representative(representative, specs: list[InputSpec]):
@@ -203,13 +216,14 @@ def _conversion_error(exc, printed, quantization, specs) -> VerificationError:
 
 
 def convert(model, quantization: str, *, representative=None, io: str = "float",
-            int8_only: bool = False, input_shape=None) -> bytes:
+            int8_only: bool = False, input_shape=None, fuse_lstm: bool = True) -> bytes:
     """``model`` (Keras 3 or tf_keras, or a bare SavedModel) → ``.tflite`` bytes, batch 1.
 
     int8 is full-integer (TFLITE_BUILTINS_INT8, io as asked); int16x8 uses int16 activations and
     int8 weights. With ``int8_only`` any float op left in the graph fails (VerificationError).
     ``input_shape`` fixes unknown input dimensions (``--input-shape``); unknown dimensions are
     otherwise kept dynamic, which calibration cannot do (InputError naming the dimension).
+    ``fuse_lstm=False`` keeps tf_keras LSTMs as WHILE loops instead of the fused op.
     """
     from edgeprune._env import tf
 
@@ -222,7 +236,7 @@ def convert(model, quantization: str, *, representative=None, io: str = "float",
     error = None
     with capture_fds() as printed:  # tracing prints from C++ too; keep the console clean
         try:
-            converter = _converter(tf, model, specs)
+            converter = _converter(tf, model, specs, fuse_lstm)
         except Exception as exc:  # tracing the model failed (bad shape, broken layer)
             error = exc
     if error is not None:

@@ -27,7 +27,7 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 
 def test_json_document(models, capsys):
     code, out, err = run_cli(capsys, models["int8"], "--threads", "1,2", "--runs", "10", "--warmup", "1",
-                             "--eval", models["eval"], "--json")
+                             "--val-data", models["eval"], "--json")
     assert code == 0, err
     doc = json.loads(out)  # stdout is exactly one JSON document
     dev = doc["devices"][0]
@@ -41,7 +41,7 @@ def test_json_document(models, capsys):
 
 
 def test_table_output(models, capsys):
-    code, out, err = run_cli(capsys, models["f32"], "--runs", "10", "--eval", models["eval"], "--reference",
+    code, out, err = run_cli(capsys, models["f32"], "--runs", "10", "--val-data", models["eval"], "--reference",
                              models["reference"], "--max-accuracy-drop", "1")
     assert code == 0, err
     assert "p99" in out and "RSS MB" in out and "agree" in out and "gate" in out and "PASS" in out
@@ -55,7 +55,7 @@ def test_min_duration_keeps_running(models, capsys):
 
 
 def test_gates_exit_1(models, capsys):
-    code, out, err = run_cli(capsys, models["other"], "--runs", "5", "--eval", models["eval"], "--reference",
+    code, out, err = run_cli(capsys, models["other"], "--runs", "5", "--val-data", models["eval"], "--reference",
                              models["reference"], "--max-accuracy-drop", "1", "--json")
     assert code == 1
     line = err.strip().splitlines()[-1]
@@ -68,9 +68,9 @@ def test_gates_exit_1(models, capsys):
 @pytest.mark.parametrize("args, message", [
     (["missing.tflite"], "missing.tflite: artifact not found"),
     (["{junk}"], "not a TFLite model"),
-    (["{f32}", "--eval", "{eval_bad_shape}"], "per-sample shape [9, 9, 1], the model input expects [8, 8, 1]"),
+    (["{f32}", "--val-data", "{eval_bad_shape}"], "per-sample shape [9, 9, 1], the model input expects [8, 8, 1]"),
     (["{f32}", "--threads", "1,x"], "--threads: expected a comma-separated list"),
-    (["{f32}", "--eval", "missing.npz"], "missing.npz: eval data not found"),
+    (["{f32}", "--val-data", "missing.npz"], "missing.npz: eval data not found"),
     (["{f32}", "--fleet", "{bad_fleet}"], "hosts[0]: unknown key(s) port"),
     (["{f32}", "--host", "a b"], "--host 'a b': expected an ssh alias"),
     (["{f32}", "--host", "pi@h:99999"], "port must be a number"),
@@ -94,7 +94,7 @@ def test_bad_input_exits_2(models, capsys, tmp_path, args, message):
 def test_help_is_fast_and_lists_options():
     proc = subprocess.run([sys.executable, "-m", "edgeprune", "bench", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
-    for flag in ("--target", "--host", "--fleet", "--threads", "--runs", "--warmup", "--min-duration", "--eval",
+    for flag in ("--target", "--host", "--fleet", "--threads", "--runs", "--warmup", "--min-duration", "--val-data",
                  "--reference", "--max-accuracy-drop", "--max-latency-ms", "--remote-python", "--json"):
         assert flag in proc.stdout
     check = subprocess.run([sys.executable, "-c", "import edgeprune.cli.bench_cmd, sys; "

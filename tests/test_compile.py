@@ -202,14 +202,14 @@ def test_prune_stage(tmp_path):
     outputs = tk.layers.Dense(10, name="head")(tk.layers.GlobalAveragePooling2D()(h))
     tk.Model(inputs, outputs).save(tmp_path / "wide.h5")
     out = tmp_path / "pruned"
-    code, result = invoke_cli(["compile", tmp_path / "wide.h5", "-o", out, "--prune", "0.5",
+    code, result = invoke_cli(["compile", tmp_path / "wide.h5", "-o", out, "--ratio", "0.5",
                                "--protect", "head", "--target", SMALL_CPU])
     assert code == 0, result.output
     manifest, report = _read(out)
     assert [s["name"] for s in report["stages"]] == ["load", "prune", "convert", "check"]
     assert report["pruning"]["params_after"] < report["pruning"]["params_before"]
     assert report["sizes"]["pruned_params"] < report["sizes"]["source_params"]
-    assert manifest["options"]["prune"] == 0.5
+    assert manifest["options"]["ratio"] == 0.5
 
 
 def test_subprocess_json_and_exit_codes(files, tmp_path):

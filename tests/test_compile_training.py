@@ -26,7 +26,7 @@ def files(tmp_path_factory):
 def test_prune_distill_and_gate_pass(files, tmp_path):
     out = tmp_path / "art"
     code, result = invoke_cli([
-        "compile", files / "m.h5", "-o", out, "--prune", "0.5", "--target", SMALL_CPU, "--train-data", files / "train.npz",
+        "compile", files / "m.h5", "-o", out, "--ratio", "0.5", "--target", SMALL_CPU, "--train-data", files / "train.npz",
         "--val-data", files / "val.npz", "--finetune-epochs", "3", "--distill",
         "--max-accuracy-drop", "5", "--json"])
     assert code == 0, result.output
@@ -44,7 +44,7 @@ def test_prune_distill_and_gate_pass(files, tmp_path):
 def test_gate_failure_ships_nothing_and_keeps_the_candidate(files, tmp_path):
     out = tmp_path / "art"
     code, result = invoke_cli([
-        "compile", files / "m.h5", "-o", out, "--prune", "0.75", "--target", SMALL_CPU, "--val-data", files / "val.npz",
+        "compile", files / "m.h5", "-o", out, "--ratio", "0.75", "--target", SMALL_CPU, "--val-data", files / "val.npz",
         "--max-accuracy-drop", "0.01"])
     assert code == 1
     assert "accuracy gate" in str(result.exception) and "art.rejected" in str(result.exception)

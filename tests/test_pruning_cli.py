@@ -95,7 +95,7 @@ def test_protect_per_layer_and_data_driven_criterion(tfk_model, tmp_path, capsys
     np.savez(tmp_path / "cal.npz", x=x)
     out = tmp_path / "p.keras"
     code, stdout, err = run(["prune", str(tfk_model), "--ratio", "0.5", "--protect", "conv.*",
-                             "--per-layer", "block_a=0.25", "--criterion", "apoz", "--data",
+                             "--per-layer", "block_a=0.25", "--criterion", "apoz", "--calibration",
                              str(tmp_path / "cal.npz"), "-o", str(out), "--json"], capsys)
     assert code == 0, err
     back = tf_keras().models.load_model(out, compile=False)

@@ -226,7 +226,7 @@ def test_compile_prune_latency(tmp_path, capsys):
     two_branch_model().save(src)
     out_dir = tmp_path / "art"
     code, stdout, err = run(["compile", str(src), "--target", "tests/data/small-cpu.yaml",
-                             "--prune-latency", "0.5", "-o", str(out_dir), "--json"], capsys)
+                             "--target-latency", "0.5", "-o", str(out_dir), "--json"], capsys)
     assert code == 0, err
     assert json.loads(stdout)["pruning"]["macs_after"] < json.loads(stdout)["pruning"]["macs_before"]
     report = json.loads((out_dir / "report.json").read_text())
@@ -238,7 +238,7 @@ def test_compile_prune_latency(tmp_path, capsys):
 def test_compile_prune_latency_on_remote_profile_needs_a_table(tmp_path, capsys):
     src = tmp_path / "m.keras"
     two_branch_model().save(src)
-    code, _, err = run(["compile", str(src), "--target", "rpi4", "--quantize", "float32", "--prune-latency", "0.5",
+    code, _, err = run(["compile", str(src), "--target", "rpi4", "--quantize", "float32", "--target-latency", "0.5",
                         "-o", str(tmp_path / "art")], capsys)
     assert code == 2 and "remote device" in err and "edgeprune latency-table" in err
     assert not (tmp_path / "art").exists()

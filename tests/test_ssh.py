@@ -120,7 +120,7 @@ def one_line_error(proc) -> str:
 
 def test_end_to_end_user_at_host_port(server, models):
     proc = cli(server, models["int8"], "--host", server.spec, "--remote-python", PY, "--threads", "1,2",
-               "--runs", "10", "--warmup", "1", "--eval", models["eval"], "--json")
+               "--runs", "10", "--warmup", "1", "--val-data", models["eval"], "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     dev = doc["devices"][0]
@@ -130,7 +130,7 @@ def test_end_to_end_user_at_host_port(server, models):
     assert [r["threads"] for r in dev["results"]] == [1, 2]
     assert all(r["steady"]["p50_ms"] <= r["steady"]["p99_ms"] for r in dev["results"])
     local = json.loads(subprocess.run([PY, "-m", "edgeprune", "bench", str(models["int8"]), "--runs", "2",
-                                       "--eval", str(models["eval"]), "--json"],
+                                       "--val-data", str(models["eval"]), "--json"],
                                       capture_output=True, text=True, check=True).stdout)
     assert dev["eval"]["accuracy"] == local["devices"][0]["eval"]["accuracy"]
     remote_dir = dev["transport"]["remote_dir"]

@@ -20,7 +20,7 @@ def _names(value: str) -> tuple[str, ...]:
 
 @cli.command("search")
 @click.argument("model", type=click.Path(dir_okay=True))
-@click.option("--target", default="x86-64", show_default=True, help="Device profile name or YAML path.")
+@click.option("--target", "-t", default="x86-64", show_default=True, help="Device profile name or YAML path.")
 @click.option("--val-data", required=True, help="Labelled validation data (.npz with x and y, or an image folder).")
 @click.option("--calibration", help="Calibration data for int8 and data-driven criteria (default: the validation x).")
 @click.option("--ratios", default="0,0.25,0.5,0.75", show_default=True, help="Channel ratios to try.")
