@@ -92,7 +92,11 @@ def test_tf_keras_sequential_h5_becomes_functional(tmp_path):
     assert _is_functional_tf_keras(load_model(tmp_path / "s.h5").model)
 
 
-def test_bare_savedmodel_is_refused(tmp_path):
+def test_bare_savedmodel_loads_for_compile_only(tmp_path):
+    import numpy as np
+
+    from edgeprune.model_io.savedmodel import require_keras
+
     tf = _env.tf()
 
     class Doubler(tf.Module):
@@ -101,8 +105,11 @@ def test_bare_savedmodel_is_refused(tmp_path):
             return 2 * x
 
     tf.saved_model.save(Doubler(), str(tmp_path / "bare"))
-    with pytest.raises(InputError, match="no Keras graph to prune"):
-        load_model(tmp_path / "bare")
+    loaded = load_model(tmp_path / "bare")
+    assert loaded.kind == "savedmodel_bare" and loaded.model.inputs[0].shape == (None, 4)
+    np.testing.assert_allclose(loaded.model.predict(np.ones((3, 4), np.float32)), 2 * np.ones((3, 4)))
+    with pytest.raises(InputError, match="pruning needs a Keras graph"):
+        require_keras(loaded.model, "pruning")
 
 
 @pytest.mark.parametrize("make, reason", [
