@@ -68,6 +68,7 @@ def _run(tflite: bytes, x: np.ndarray) -> np.ndarray:
     return interp.get_tensor(interp.get_output_details()[0]["index"])
 
 
+@pytest.mark.slow  # eight conversions; a tf_keras recurrent model takes 10-30 s to convert
 @pytest.mark.parametrize("flavour", FLAVOURS)
 @pytest.mark.parametrize("kind", ["lstm_text", "gru_timedistributed", "bidirectional", "conv1d_dilated"])
 def test_sequence_models_convert_to_builtins_and_match_keras(flavour, kind):
