@@ -76,7 +76,7 @@ def test_inspect_errors_are_one_line(files, tmp_path):
 
 def test_quant_error_on_the_artifact(files):
     r = _json(["inspect", files / "int8.tflite", "--quant-error", "--reference", files / "m.h5",
-               "--data", files / "x.npz", "--num-samples", "16"])
+               "--calibration", files / "x.npz", "--num-samples", "16"])
     assert r["samples"] == 16 and r["compared"] >= 4 and not r["unmatched"]
     ops = {row["op"] for row in r["layers"]}
     assert {"CONV_2D", "FULLY_CONNECTED"} <= ops
@@ -85,7 +85,7 @@ def test_quant_error_on_the_artifact(files):
     assert all(10 < s < 80 for s in sqnr) and all(row["cosine"] > 0.9 for row in r["layers"])
     # the same measurement against the float .tflite gives the same numbers
     r2 = _json(["inspect", files / "int8.tflite", "--quant-error", "--reference", files / "float.tflite",
-                "--data", files / "x.npz", "--num-samples", "16"])
+                "--calibration", files / "x.npz", "--num-samples", "16"])
     assert [row["tensor"] for row in r2["layers"]] == [row["tensor"] for row in r["layers"]]
     assert np.allclose([row["rmse"] for row in r2["layers"]], [row["rmse"] for row in r["layers"]], rtol=1e-4)
 
@@ -141,7 +141,7 @@ def test_keep_float_needs_a_gate(tmp_path):
 def test_quant_error_through_the_runner_matches_in_process(files):
     """--host local runs the artifact in the bench runner's own process, exactly as on a device."""
     args = ["inspect", files / "int8.tflite", "--quant-error", "--reference", files / "m.h5",
-            "--data", files / "x.npz", "--num-samples", "8"]
+            "--calibration", files / "x.npz", "--num-samples", "8"]
     here = _json(args)
     runner = _json([*args, "--host", "local"])
     assert runner["device"] == "local" and here["device"].startswith("this machine")
@@ -161,7 +161,7 @@ def test_quant_error_on_an_ssh_device(files, tmp_path, monkeypatch):
     try:
         monkeypatch.setenv("EDGEPRUNE_SSH_CONFIG", str(server.config))
         args = ["inspect", files / "int8.tflite", "--quant-error", "--reference", files / "m.h5",
-                "--data", files / "x.npz", "--num-samples", "8"]
+                "--calibration", files / "x.npz", "--num-samples", "8"]
         remote = _json([*args, "--host", "edgeprune-test", "--remote-python", sys.executable])
         here = _json(args)
         assert remote["device"] == "edgeprune-test"

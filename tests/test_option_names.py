@@ -15,7 +15,8 @@ from helpers_models import invoke_cli, tiny_tf_keras_cnn
 
 RENAMED = {("compile", "--prune"): "--ratio", ("compile", "--prune-macs"): "--target-macs",
            ("compile", "--prune-latency"): "--target-latency", ("prune", "--data"): "--calibration",
-           ("latency-table", "--quantization"): "--latency-quantization", ("bench", "--eval"): "--val-data"}
+           ("latency-table", "--quantization"): "--latency-quantization", ("bench", "--eval"): "--val-data",
+           ("inspect", "--data"): "--calibration"}
 
 
 def _options(command):

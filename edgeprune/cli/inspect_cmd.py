@@ -5,19 +5,19 @@ from pathlib import Path
 
 import click
 
-from edgeprune.cli import cli, get_output, json_option
+from edgeprune.cli import cli, deprecated_aliases, get_output, json_option
 
 
 @cli.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--quant-error", "quant_error", is_flag=True,
-              help="Compare every intermediate tensor of the artifact with the float --reference model on --data.")
+              help="Compare every intermediate tensor of the artifact with the float --reference model on --calibration.")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
               help="With --quant-error: the float model (Keras file or float .tflite) the artifact was compiled from.")
-@click.option("--data", default=None, metavar="SRC",
-              help="With --quant-error: inputs (.npy/.npz, image folder, module:function).")
+@click.option("--calibration", "calibration", default=None, metavar="SRC",
+              help="With --quant-error: inputs (.npy/.npz, image folder, module:function), as in compile.")
 @click.option("--num-samples", type=int, default=32, show_default=True, help="With --quant-error: samples to use.")
-@click.option("--target", "target", default=None, metavar="NAME|PATH",
+@click.option("--target", "-t", "target", default=None, metavar="NAME|PATH",
               help="With --quant-error: run the artifact on this profile's ssh device through the bench runner.")
 @click.option("--host", "host", default=None, metavar="HOST",
               help="With --quant-error: run the artifact on this ssh host ('local': the runner in its own process).")
@@ -27,13 +27,14 @@ from edgeprune.cli import cli, get_output, json_option
               help="Python file with the `custom_objects` a Keras model needs.")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code from the model file).")
 @json_option
+@deprecated_aliases(("--data", "--calibration"))
 @click.pass_context
-def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference, data, num_samples: int, target,
+def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference, calibration, num_samples: int, target,
                     host, remote_python, top: int, custom_objects, unsafe: bool, json_mode: bool) -> None:
     """Ops, tensors, dtypes, quantization, MACs, arena and XNNPACK coverage of a .tflite artifact;
     layers, MACs and pruning groups (and why some are locked) of a Keras model.
 
-    With --quant-error --reference MODEL --data X: per-tensor error of the artifact, run by LiteRT
+    With --quant-error --reference MODEL --calibration X: per-tensor error of the artifact, run by LiteRT
     (here, or on a device with --host/--target through the bench runner), against the float model
     (RMSE over scale, cosine, SQNR), worst first.
     """
@@ -42,11 +43,11 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
     out = get_output(ctx, json_mode)
     co = str(custom_objects) if custom_objects else None
     if quant_error:
-        if reference is None or data is None:
-            raise InputError("--quant-error needs --reference MODEL and --data X")
+        if reference is None or calibration is None:
+            raise InputError("--quant-error needs --reference MODEL and --calibration X")
         from edgeprune.quant_error import quant_error as measure
 
-        result = measure(path, reference, data, num_samples=num_samples, custom_objects=co, unsafe=unsafe,
+        result = measure(path, reference, calibration, num_samples=num_samples, custom_objects=co, unsafe=unsafe,
                          output=out, target=target, host=host, remote_python=remote_python)
         out.emit_json(result)
         if not out.json_mode:
@@ -61,8 +62,8 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
                 out.warn(f"{len(result['unmatched'])} tensor(s) had no float counterpart: "
                          f"{', '.join(result['unmatched'][:5])}")
         return
-    if reference is not None or data is not None or host is not None or target is not None:
-        raise InputError("--reference, --data, --target and --host are used with --quant-error")
+    if reference is not None or calibration is not None or host is not None or target is not None:
+        raise InputError("--reference, --calibration, --target and --host are used with --quant-error")
     from edgeprune.inspection import inspect
 
     with out.progress(f"Inspecting {path}"):
