@@ -146,6 +146,13 @@ def _with_input_shape(loaded, options):
     return with_input_shape(loaded.model, options.input_shape)
 
 
+def _dynamic_inputs(model, fixed) -> list[str]:
+    """"input 'NAME' dimension I" for every input dimension left unknown in the artifact."""
+    from edgeprune.convert import input_specs
+
+    return [f"input '{s.name}' dimension {i}" for s in input_specs(model, fixed) for i in s.unknown]
+
+
 def _float_input(model) -> bool:
     """Whether the (first) input takes real numbers: integer inputs (token ids) skip the range check."""
     dtype = getattr(model.inputs[0], "dtype", "float32")
@@ -308,6 +315,11 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         tflite = convert(model, quant, representative=representative, io=io,
                          int8_only=profile.operators.int8_only, input_shape=options.input_shape)
         entry["bytes"] = len(tflite)
+        dynamic = _dynamic_inputs(model, options.input_shape)
+        if dynamic:
+            entry["dynamic_dims"] = dynamic
+            out.warn(f"{dynamic[0]} is dynamic in the artifact (the interpreter allocates it as 1 until "
+                     f"resized); pass --input-shape to fix it")
     if options.keep_float:
         with stages.stage("keep_float", "Keeping the worst int8 layers in float (measured)") as entry:
             tflite, report["keep_float"] = shipping.keep_float(model, original, tflite, representative, io, gate,
