@@ -127,11 +127,7 @@ def _run(capsys, argv) -> tuple[int, str]:
 
 # Bugs the corpus found in other parts of issue 9 (the pruning engine). They already print
 # one line, as every failure must; remove an entry when it is fixed.
-KNOWN_INTERNAL_ERRORS = {
-    ("prune", "k3_gru_timedistributed"): "recurrent-unit pruning of GRU -> TimeDistributed(Dense) -> "
-                                         "Bidirectional(LSTM) rebuilds TimeDistributed with the old width "
-                                         "(issue 9, item 5, pruning engine)",
-}
+KNOWN_INTERNAL_ERRORS: dict[tuple[str, str], str] = {}
 
 
 def _check(code: int, err: str, what: tuple[str, str]) -> None:
