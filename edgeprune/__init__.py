@@ -29,6 +29,9 @@ _API = {
     "verify": "edgeprune.verification:verify",
     "pack": "edgeprune.bundle:pack",
     "unpack": "edgeprune.bundle:unpack",
+    "search": "edgeprune.search.run:search",
+    "sensitivity": "edgeprune.search.sensitivity:sensitivity",
+    "compile_from_study": "edgeprune.search.ship:compile_from_study",
 }
 
 __all__ = ["__version__", *_API]

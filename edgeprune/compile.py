@@ -47,6 +47,9 @@ class CompileOptions:
     latency_table: str | None = None  # JSON latency table to reuse/extend (see pruning.latency)
     criterion: str = "l1"
     protect: tuple[str, ...] = ()
+    per_layer: dict | None = None  # layer name/regex -> ratio, overriding ``ratio`` (search's per-stage ratios)
+    round_to: int | None = None  # None: the profile's pruning.round_to
+    study: dict | None = None  # provenance from ``compile --from-study`` (storage, study, trial)
     # training-aware compression (edgeprune.training): fine-tuning, distillation, iterative
     # pruning, gradual sparsity, QAT and the accuracy gate; None means defaults (no training).
     training: Any = None  # edgeprune.training.options.TrainingOptions
@@ -162,7 +165,8 @@ def _float_input(model) -> bool:
 def _prune_kwargs(options, profile, data) -> dict:
     kwargs = dict(
         ratio=options.ratio, target_macs=options.target_macs, criterion=options.criterion,
-        protect=tuple(options.protect), round_to=profile.pruning.round_to,
+        protect=tuple(options.protect), per_layer=options.per_layer,
+        round_to=options.round_to or profile.pruning.round_to,
         min_channels=profile.pruning.min_channels,
         data=None if data is None else data[0], labels=None if data is None else data[1],
         seed=options.seed,
@@ -378,6 +382,7 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         "inputs": ios["inputs"],
         "outputs": ios["outputs"],
         "options": {k: v for k, v in asdict(options).items() if k not in ("custom_objects",)},
+        "study": options.study,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     extra_files = shipping.extra_files(tflite, manifest, representative, options.labels)

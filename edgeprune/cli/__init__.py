@@ -83,7 +83,7 @@ def _register_commands() -> None:
     import importlib
 
     for name in ("targets_cmd", "compile_cmd", "bench_cmd", "prune_cmd", "latency_cmd", "demo_cmd", "search_cmd",
-                 "report_cmd", "inspect_cmd", "verify_cmd", "pack_cmd"):
+                 "report_cmd", "inspect_cmd", "verify_cmd", "pack_cmd", "sensitivity_cmd"):
         try:
             importlib.import_module(f"edgeprune.cli.{name}")
         except ModuleNotFoundError as exc:

@@ -10,7 +10,7 @@ from edgeprune.training.options import training_options
 
 
 @cli.command("compile")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path), required=False)
 @click.option("--target", "-t", default="x86-64", show_default=True,
               help="Device profile: a bundled name (see `edgeprune targets list`) or a YAML path.")
 @click.option("--quantize", "quantize", default=None, metavar="MODE",
@@ -47,6 +47,12 @@ from edgeprune.training.options import training_options
 @click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), required=True,
               help="Artifact directory to create.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--from-study", "from_study", default=None, metavar="STORAGE",
+              help="Rebuild a trial of an `edgeprune search` study (Optuna storage URL); MODEL is then "
+                   "optional (the study's) and every other setting comes from the trial.")
+@click.option("--study-name", default=None, help="With --from-study: the study.")
+@click.option("--pick", default="best", show_default=True,
+              help="With --from-study: best | pareto:K (K-th fastest of the front, from 1) | a trial number.")
 @training_options
 @json_option
 @deprecated_aliases(("--prune", "--ratio", float), ("--prune-macs", "--target-macs", float),
@@ -54,7 +60,8 @@ from edgeprune.training.options import training_options
 @click.pass_context
 def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, calibration, num_samples,
                     seed, ratio, target_macs, target_latency, latency_table, input_shape, criterion, protect,
-                    custom_objects, unsafe, keep_float, labels, output_dir, force, json_mode, training) -> None:
+                    custom_objects, unsafe, keep_float, labels, output_dir, force, from_study, study_name, pick,
+                    json_mode, training) -> None:
     """Prune (optional), quantize and lower MODEL to TFLite for a device profile.
 
     Writes DIR/model.tflite, DIR/manifest.json, DIR/report.json (with report.html and report.md
@@ -71,6 +78,20 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
     from edgeprune.compile import CompileOptions, run_compile
 
     out = get_output(ctx, json_mode)
+    if from_study:
+        given = [flag for flag, value in (("--quantize", quantize), ("--io", io), ("--calibration", calibration),
+                                          ("--ratio", ratio), ("--target-macs", target_macs),
+                                          ("--target-latency", target_latency), ("--protect", protect)) if value]
+        if given:
+            raise click.UsageError(f"--from-study takes every setting from the trial; drop {', '.join(given)}")
+        from edgeprune.search.ship import compile_from_study
+
+        result = compile_from_study(from_study, study_name, output_dir, pick=pick, model=model, force=force,
+                                    output=out)
+        _print(out, result, model or result.manifest["source"]["path"])
+        return
+    if model is None:
+        raise click.UsageError("missing argument MODEL (or --from-study STORAGE --study-name NAME)")
     options = CompileOptions(
         target=target, quantize=quantize, io=io, calibration=calibration, num_samples=num_samples,
         seed=seed, custom_objects=str(custom_objects) if custom_objects else None, unsafe=unsafe,
@@ -80,6 +101,10 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
         training=training, keep_float=keep_float, labels=str(labels) if labels else None,
     )
     result = run_compile(model, output_dir, options, output=out)
+    _print(out, result, model)
+
+
+def _print(out, result, model) -> None:
     summary = summarize(result)
     out.emit_json(summary)
     if not out.json_mode:
@@ -127,4 +152,5 @@ def summarize(result) -> dict:
         "accuracy_gate": r.get("accuracy_gate"),
         "keep_float": (r.get("keep_float") or {}).get("summary"),
         "report_html": str(result.output_dir / "report.html"),
+        "study": m.get("study"),
     }

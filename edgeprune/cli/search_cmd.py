@@ -1,85 +1,140 @@
-"""``edgeprune search``: pruning ratio x criterion x quantization under a device budget."""
+"""``edgeprune search``: Optuna search over compile's pipeline under the profile's budgets."""
 from __future__ import annotations
 
 import click
 
 from edgeprune.cli import cli, get_output, json_option
-from edgeprune.errors import VerificationError
+from edgeprune.errors import BudgetError
 
 
-def _floats(value: str) -> tuple[float, ...]:
+def _floats(value: str) -> list[float]:
     try:
-        return tuple(float(v) for v in value.split(",") if v.strip())
+        return [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers, got '{value}'") from None
 
 
-def _names(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 @cli.command("search")
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("--target", "-t", default="x86-64", show_default=True, help="Device profile name or YAML path.")
 @click.option("--val-data", required=True, help="Labelled validation data (.npz with x and y, or an image folder).")
+@click.option("--train-data", help="Training data for fine-tuning trials (finetune_epochs > 0 in the space).")
 @click.option("--calibration", help="Calibration data for int8 and data-driven criteria (default: the validation x).")
-@click.option("--ratios", default="0,0.25,0.5,0.75", show_default=True, help="Channel ratios to try.")
+@click.option("--space", "space_file", type=click.Path(dir_okay=False),
+              help="YAML search space (ratios, per_stage, stage_ratios, criteria, round_to, quantizations, "
+                   "finetune_epochs, distill); overrides the flags below.")
+@click.option("--ratios", default="0,0.25,0.5,0.75", show_default=True, help="Global channel ratios to try.")
+@click.option("--per-stage", is_flag=True, help="One ratio per stage (groups at one spatial resolution) instead of one global ratio.")
 @click.option("--criteria", default="l1", show_default=True, help="Importance criteria to try.")
 @click.option("--quantize", "quantizations", default=None,
               help="Quantization modes to try (default: every mode the profile allows).")
-@click.option("--sampler", type=click.Choice(["grid", "random", "bayes"]), default="grid", show_default=True)
-@click.option("--trials", type=int, default=None, help="Number of trials (default: the whole grid).")
-@click.option("--finetune-epochs", type=int, default=0, show_default=True, help="Fine-tune each pruned candidate.")
-@click.option("--train-data", help="Training data for --finetune-epochs.")
+@click.option("--finetune-epochs", default="0", show_default=True, help="Fine-tuning epochs to try (needs --train-data).")
+@click.option("--sampler", type=click.Choice(["grid", "random", "tpe", "bayes", "nsga2"]), default="tpe",
+              show_default=True, help="Optuna sampler; bayes is an alias of tpe; nsga2 is multi-objective.")
+@click.option("--objectives", default=None,
+              help="Comma list from accuracy,latency,size (default: accuracy; nsga2: accuracy,latency,size).")
+@click.option("--trials", type=int, default=None, help="Trials of the study in all (default: the grid, or 20).")
+@click.option("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUTPUT/study.db); "
+              "postgresql://... for workers on several machines.")
+@click.option("--study-name", default=None, help="Study name (default: MODEL-TARGET).")
+@click.option("--worker", is_flag=True, help="Only run trials of the shared study (no final measurement/plot).")
+@click.option("-o", "--output", "output_dir", default="edgeprune-search", show_default=True,
+              help="Directory for the study database, trial artifacts, results.json and pareto.png.")
+@click.option("--latency-table", type=click.Path(dir_okay=False),
+              help="Predict latency from this table (measured on the target: `edgeprune latency-table`); "
+                   "the final Pareto candidates are then measured on the device.")
+@click.option("--host", "hosts", multiple=True, help="Measure on this SSH host instead of the profile's (repeatable).")
+@click.option("--fleet", type=click.Path(dir_okay=False), help="Fleet YAML: measure on all its devices (slowest counts).")
 @click.option("--latency-runs", type=int, default=20, show_default=True)
+@click.option("--heartbeat", type=float, default=30, show_default=True,
+              help="Seconds between worker heartbeats; a trial silent for twice this is marked failed.")
+@click.option("--max-accuracy-drop", type=float, default=None, help="Accuracy budget in points (default: the profile's).")
+@click.option("--sensitivity", "sensitivity_file", type=click.Path(exists=True, dir_okay=False),
+              help="Sensitivity JSON (`edgeprune sensitivity`): its allocations are the first trials.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--custom-objects", type=click.Path(exists=True, dir_okay=False))
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers / arbitrary code in the model file.")
 @json_option
 @click.pass_context
-def search_cmd(ctx, model, target, val_data, calibration, ratios, criteria, quantizations, sampler,
-               trials, finetune_epochs, train_data, latency_runs, seed, custom_objects, unsafe, json_mode):
-    """Search pruning ratios, criteria and quantization for the most accurate model within budget.
+def search_cmd(ctx, model, target, val_data, train_data, calibration, space_file, ratios, per_stage, criteria,
+               quantizations, finetune_epochs, sampler, objectives, trials, storage, study_name, worker,
+               output_dir, latency_table, hosts, fleet, latency_runs, heartbeat, max_accuracy_drop,
+               sensitivity_file, seed, custom_objects, unsafe, json_mode):
+    """Search pruning ratios (global or per stage), criteria, rounding, quantization and recovery.
 
-    Every trial is pruned, converted and measured with the real interpreter; trials that break
-    the profile's budgets (size, latency, accuracy drop) are reported but never chosen. Exit 1
-    when no trial fits the budget.
+    Every trial runs compile's pipeline (prune, recover, convert, budgets, accuracy gate); its
+    artifact's accuracy is measured with the interpreter and its latency on the profile's
+    device (or predicted from --latency-table). Budgets are Optuna constraints: trials over a
+    budget are reported, never picked. Several `--worker` processes may share one --storage
+    study. Ship a trial with `edgeprune compile --from-study STORAGE --study-name NAME --pick best`.
+    Exit 1 when no trial fits the budgets.
     """
-    from edgeprune.profiles import load_profile
-    from edgeprune.search import SearchSpace, search
+    from edgeprune.search import SpaceConfig, load_space, search
 
     out = get_output(ctx, json_mode)
-    profile = load_profile(target)
-    space = SearchSpace(
-        ratios=_floats(ratios),
-        criteria=_names(criteria),
-        quantizations=_names(quantizations) if quantizations
-        else tuple(q.value for q in profile.quantization.allowed),
-    )
-    result = search(
-        model, target=target, val_data=val_data, calibration=calibration, space=space,
-        sampler=sampler, trials=trials, finetune_epochs=finetune_epochs, train_data=train_data,
-        latency_runs=latency_runs, seed=seed, safe_mode=not unsafe, custom_objects=custom_objects,
-        output=out,
-    )
+    if space_file:
+        space = load_space(space_file)
+    else:
+        try:
+            space = SpaceConfig(ratios=_floats(ratios), per_stage=per_stage, criteria=_names(criteria),
+                                quantizations=_names(quantizations) if quantizations else None,
+                                finetune_epochs=[int(e) for e in _floats(finetune_epochs)])
+        except Exception as exc:  # pydantic ValidationError
+            raise click.BadParameter(str(exc).splitlines()[-1] if str(exc) else "invalid search space") from None
+    result = search(model, target=target, val_data=val_data, train_data=train_data, calibration=calibration,
+                    space=space, sampler=sampler, trials=trials, objectives=objectives, storage=storage,
+                    study_name=study_name, output_dir=output_dir, worker=worker, latency_table=latency_table,
+                    hosts=hosts, fleet=fleet, latency_runs=latency_runs, heartbeat=heartbeat, seed=seed,
+                    max_accuracy_drop=max_accuracy_drop, sensitivity=sensitivity_file,
+                    custom_objects=custom_objects, unsafe=unsafe, output=out)
     out.emit_json(result)
+    study = result["study"]
+    if worker:
+        out.info(f"worker {result['worker']}: ran trials {result['trials_run_here']} of study "
+                 f"'{study['name']}' ({study['counts']})")
+        return
     pareto = set(result["pareto"])
+    stage_cols = [k for k in result["space"]["distributions"] if k != "ratio"]
     out.table(
-        f"Search on {result['target']} ({result['sampler']}); baseline accuracy "
+        f"Study '{study['name']}' on {result['target']} ({result['sampler']}); unpruned accuracy "
         f"{result['baseline']['accuracy']:.4f}",
-        ["#", "ratio", "criterion", "quant", "accuracy", "latency ms", "bytes", "fits", "pareto", "note"],
+        ["#", "state", "ratio", *stage_cols, "accuracy", "latency ms", "bytes", "fits", "pareto", "note"],
         [
-            (t["number"], t["ratio"], t["criterion"], t["quantization"], t["accuracy"],
-             t["latency_ms"], t["model_bytes"], "yes" if t["feasible"] else "no",
-             "*" if t["number"] in pareto else "", t["error"] or "; ".join(t["violations"]))
+            (t["number"], t["state"].lower(), t["params"].get("ratio", "-"),
+             *[t["params"].get(k) for k in stage_cols], t["accuracy"], _latency(t), t["model_bytes"],
+             "yes" if t["feasible"] else "no", "*" if t["number"] in pareto else "", _note(t))
             for t in result["trials"]
         ],
     )
+    out.info(f"plot: {result['plot']}; results: {result['results']}")
     best = result["best"]
     if best is None:
-        raise VerificationError(f"no trial fits the budgets of '{result['target']}'")
-    out.info(
-        f"best: ratio {best['ratio']} criterion {best['criterion']} quantization "
-        f"{best['quantization']} -> accuracy {best['accuracy']:.4f}, {best['latency_ms']:.3f} ms, "
-        f"{best['model_bytes']} B"
-    )
+        raise BudgetError(f"no trial of study '{study['name']}' fits the budgets of '{result['target']}'")
+    lat = f", {_latency(best)} ms" if best["latency_ms"] is not None else ""
+    out.info(f"best: trial {best['number']} {best['params']} -> accuracy {best['accuracy']:.4f}{lat}, "
+             f"{best['model_bytes']} B; ship it: edgeprune compile --from-study '{study['storage']}' "
+             f"--study-name {study['name']} --pick best -o DIR")
+
+
+def _latency(t) -> str | None:
+    if t["latency_ms"] is None:
+        return None
+    text = f"{t['latency_ms']:.3f}"
+    if t.get("latency_source") == "predicted":
+        text += " (table)"
+    measured = t.get("latency_measured")
+    if measured:
+        text += f" / {measured['latency_ms']:.3f} measured"
+    return text
+
+
+def _note(t) -> str:
+    if t.get("same_as") is not None:
+        return f"same point as #{t['same_as']}"
+    if t.get("error"):
+        return t["error"]
+    return "; ".join(t.get("violations") or [])

@@ -1,0 +1,55 @@
+"""``edgeprune sensitivity``: per-stage pruning curves measured on the artifact."""
+from __future__ import annotations
+
+import click
+
+from edgeprune.cli import cli, get_output, json_option
+from edgeprune.cli.search_cmd import _floats
+
+
+@cli.command("sensitivity")
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("--target", "-t", default="x86-64", show_default=True, help="Device profile name or YAML path.")
+@click.option("--val-data", required=True, help="Labelled validation data (.npz with x and y, or an image folder).")
+@click.option("--calibration", help="Calibration data for int8 and data-driven criteria (default: the validation x).")
+@click.option("--ratios", default="0.25,0.5,0.75", show_default=True, help="Ratios each stage is pruned at, alone.")
+@click.option("--quantize", default=None, help="Quantization of the measured artifacts (default: the profile's).")
+@click.option("--criterion", default="l1", show_default=True)
+@click.option("--target-macs", default="0.75,0.5", show_default=True,
+              help="MAC fractions to compute the greedy per-stage allocation for.")
+@click.option("--plot", type=click.Path(dir_okay=False), default="sensitivity.png", show_default=True,
+              help="PNG of the curves.")
+@click.option("-o", "--output", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the curves and allocations as JSON (the prior for `search --sensitivity`).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--custom-objects", type=click.Path(exists=True, dir_okay=False))
+@click.option("--unsafe", is_flag=True, help="Allow Lambda layers / arbitrary code in the model file.")
+@json_option
+@click.pass_context
+def sensitivity_cmd(ctx, model, target, val_data, calibration, ratios, quantize, criterion, target_macs, plot,
+                    json_path, seed, custom_objects, unsafe, json_mode):
+    """Prune each stage of MODEL alone at several ratios and measure the artifact's accuracy.
+
+    Stages are the prunable channel groups at one spatial resolution. The curves go to a PNG;
+    the AIMET-style greedy allocation per --target-macs gives per-stage ratios (and the
+    `prune --per-layer` entries) that keep the accuracy threshold highest.
+    """
+    from edgeprune.search.sensitivity import sensitivity
+
+    out = get_output(ctx, json_mode)
+    result = sensitivity(model, val_data=val_data, target=target, ratios=_floats(ratios), quantize=quantize,
+                         criterion=criterion, calibration=calibration, target_macs=_floats(target_macs),
+                         plot=plot, json_path=json_path, seed=seed, custom_objects=custom_objects,
+                         unsafe=unsafe, output=out)
+    out.emit_json(result)
+    ratios_seen = [p["ratio"] for p in result["stages"][0]["points"]]
+    out.table(f"Accuracy of the artifact with one stage pruned ({result['target']}, {result['quantization']}); "
+              f"unpruned {result['baseline']['accuracy']:.4f}",
+              ["stage", "channels", *[f"r={r:g}" for r in ratios_seen]],
+              [(c["name"], c["channels"], *[p["accuracy"] for p in c["points"]]) for c in result["stages"]])
+    out.table("Greedy allocations (AIMET-style)", ["MAC target", "reached", "estimated MACs", "accuracy >=", "per stage"],
+              [(a["target_macs"], "yes" if a["reached"] else "no", a["estimated_macs_fraction"],
+                a["accuracy_threshold"], ", ".join(f"{k}={v:g}" for k, v in a["per_stage"].items()))
+               for a in result["allocations"]])
+    if result.get("plot"):
+        out.info(f"plot: {result['plot']}")

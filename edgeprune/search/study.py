@@ -1,0 +1,191 @@
+"""Optuna studies: storage, samplers, constraints, and reading trials back.
+
+A study lives in any storage Optuna supports. RDB URLs (SQLite by default, PostgreSQL for
+several machines) get a heartbeat: a worker that dies mid-trial stops beating, the next
+worker to start a trial marks it failed, and ``RetryFailedTrialCallback`` queues its
+parameters again, so the study goes on. Budgets are Optuna constraints
+(``constraints_func``): a value per budget, feasible when <= 0, never folded into the
+objective as a penalty.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+from edgeprune.errors import BudgetError, InputError
+
+SAMPLERS = ("grid", "random", "tpe", "bayes", "nsga2")  # bayes: the old name of tpe
+OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "size": "minimize"}
+ATTR_CONFIG = "edgeprune"  # study user attr holding the study's configuration
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password (for manifests and messages)."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", str(url))
+
+
+def storage_for(url: str, heartbeat: float | None):
+    """An Optuna storage for ``--storage URL``; RDB URLs get the heartbeat."""
+    import optuna
+
+    if "://" not in str(url):
+        raise InputError(f"--storage {url}: expected a URL such as sqlite:///study.db or "
+                         "postgresql://user@host/db")
+    scheme = str(url).split("://", 1)[0].split("+")[0]
+    if scheme not in ("sqlite", "postgresql", "postgres", "mysql", "oracle", "mssql"):
+        raise InputError(f"--storage {redact(url)}: unsupported scheme '{scheme}' "
+                         "(sqlite, postgresql, mysql)")
+    kwargs = {}
+    if heartbeat:
+        kwargs = dict(heartbeat_interval=int(max(1, heartbeat)), grace_period=int(max(2, 2 * heartbeat)),
+                      failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+    engine = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(str(url), engine_kwargs=engine, **kwargs)
+    except ModuleNotFoundError as exc:
+        raise InputError(f"--storage {redact(url)}: the database driver '{exc.name}' is not installed "
+                         "(PostgreSQL: pip install psycopg2-binary)") from None
+    except Exception as exc:  # sqlalchemy OperationalError, bad URL, server down...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"--storage {redact(url)}: cannot open the study storage ({first})") from None
+
+
+def constraints_of(trial) -> list[float]:
+    """The constraints_func Optuna's samplers call: the trial's recorded budget excesses."""
+    return [float(v) for v in (trial.user_attrs.get("constraints") or {}).values()] or [0.0]
+
+
+def make_sampler(name: str, distributions: dict, *, seed: int, trials: int):
+    import optuna
+
+    if name == "grid":
+        return optuna.samplers.GridSampler(distributions, seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name in ("tpe", "bayes"):
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints_of,
+                                          n_startup_trials=max(3, min(10, trials // 4)))
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints_of,
+                                             population_size=max(4, min(20, trials // 4)))
+    raise InputError(f"--sampler: unknown sampler '{name}' (choose from {', '.join(SAMPLERS)})")
+
+
+def open_study(storage, name: str, *, sampler, directions: list[str], config: dict | None):
+    """Create the study (recording ``config``) or join it; returns (study, created).
+
+    Joining checks that the study was made for the same model, target, space and objectives:
+    workers of one study must agree, or their trials would not be comparable.
+    """
+    import optuna
+
+    try:
+        study = optuna.create_study(storage=storage, sampler=sampler, study_name=name,
+                                    directions=directions, load_if_exists=False)
+        if config is not None:
+            study.set_user_attr(ATTR_CONFIG, config)
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        pass
+    try:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    except KeyError:
+        raise InputError(f"--study-name {name}: no such study in the storage") from None
+    stored = None
+    for _ in range(100):  # the creator records its config right after creating the study
+        stored = study.user_attrs.get(ATTR_CONFIG)
+        if stored is not None or config is None:
+            break
+        time.sleep(0.1)
+    if config is not None:
+        if stored is None:
+            raise InputError(f"--study-name {name}: the study exists but was not made by edgeprune search")
+        for key, what in (("model_sha256", "model"), ("target", "--target"), ("space", "search space"),
+                          ("objectives", "--objectives"), ("sampler", "--sampler"),
+                          ("latency", "latency source")):
+            if stored.get(key) != config.get(key):
+                raise InputError(f"--study-name {name}: the study was created with another {what} "
+                                 f"({_short(stored.get(key))} vs {_short(config.get(key))}); "
+                                 "use another --study-name")
+    return study, False
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def rows(study) -> list[dict]:
+    """Every trial of the study as a flat dict (params, metrics, state), by number."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        out.append({
+            "number": t.number, "state": t.state.name, "params": dict(t.params),
+            "values": list(t.values) if t.values is not None else None,
+            "accuracy": a.get("accuracy"), "latency_ms": a.get("latency_ms"),
+            "latency_source": a.get("latency_source"), "model_bytes": a.get("model_bytes"),
+            "arena_bytes": a.get("arena_bytes"), "macs": a.get("macs"), "sha256": a.get("sha256"),
+            "device": a.get("device"), "worker": a.get("worker"), "artifact": a.get("artifact"),
+            "feasible": t.state.name == "COMPLETE" and all(v <= 0 for v in constraints_of(t)),
+            "violations": a.get("violations", []), "same_as": a.get("same_as"),
+            "error": a.get("error"), "seconds": a.get("seconds"),
+        })
+    return out
+
+
+def _rank_key(r: dict):
+    return (-(r["accuracy"] or 0.0), r["latency_ms"] if r["latency_ms"] is not None else float("inf"),
+            r["model_bytes"] or 0)
+
+
+def best(trial_rows: list[dict]) -> dict | None:
+    """The most accurate feasible trial (ties: faster, then smaller)."""
+    feasible = [r for r in trial_rows if r["feasible"] and r["same_as"] is None]
+    return min(feasible, key=_rank_key) if feasible else None
+
+
+def pareto(trial_rows: list[dict]) -> list[dict]:
+    """Feasible trials no other feasible trial beats on accuracy, latency and size; fastest first."""
+    pts = [r for r in trial_rows if r["feasible"] and r["same_as"] is None and r["accuracy"] is not None]
+
+    def vec(r):
+        lat = r["latency_ms"] if r["latency_ms"] is not None else 0.0
+        return (-r["accuracy"], lat, r["model_bytes"] or 0)
+
+    front = []
+    for r in pts:
+        v = vec(r)
+        if not any(all(a <= b for a, b in zip(vec(o), v)) and vec(o) != v for o in pts):
+            if not any(vec(f) == v for f in front):
+                front.append(r)
+    return sorted(front, key=lambda r: (r["latency_ms"] or 0.0, -r["accuracy"]))
+
+
+def pick(trial_rows: list[dict], how: str, study_name: str) -> dict:
+    """``best``, ``pareto:K`` (K-th of the Pareto front, fastest first, from 1) or a trial number."""
+    how = str(how).strip()
+    if how == "best":
+        chosen = best(trial_rows)
+        if chosen is None:
+            raise BudgetError(f"study '{study_name}': no completed trial fits the budgets")
+        return chosen
+    if how.startswith("pareto:"):
+        try:
+            k = int(how.split(":", 1)[1])
+        except ValueError:
+            raise InputError(f"--pick {how}: expected pareto:K with K a number from 1") from None
+        front = pareto(trial_rows)
+        if not 1 <= k <= len(front):
+            raise InputError(f"--pick {how}: the Pareto front of study '{study_name}' has {len(front)} trial(s)")
+        return front[k - 1]
+    try:
+        number = int(how)
+    except ValueError:
+        raise InputError(f"--pick {how}: expected best, pareto:K or a trial number") from None
+    for r in trial_rows:
+        if r["number"] == number:
+            if r["state"] != "COMPLETE":
+                raise InputError(f"--pick {how}: trial {number} of study '{study_name}' is {r['state']}, not COMPLETE")
+            return r
+    raise InputError(f"--pick {how}: study '{study_name}' has no trial {number}")
