@@ -47,4 +47,13 @@ if [ "$with_test" = 1 ]; then
     fi
   fi
 fi
+if [ "$with_test" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+  # The shared-study search tests start a real PostgreSQL server (initdb/pg_ctl) on 127.0.0.1.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing postgresql for the shared-study search tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "[setup] warning: PostgreSQL (initdb) missing and cannot apt-get install it; its tests will be skipped" >&2
+  fi
+fi
 echo "[setup] done: $(.venv/bin/edgeprune --version)"

@@ -128,7 +128,9 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
                                    sampler=st.make_sampler(sampler, sp.distributions(), seed=seed, trials=n_wanted))
     stored = study.user_attrs.get(st.ATTR_CONFIG, study_config)
     n_wanted = int(stored["trials"])
-    if not created:  # another worker created it: its own seed, so two random workers differ
+    grid = stored["sampler"] == "grid"
+    if not created and not grid:  # another worker created it: its own seed, so two random workers
+        # differ (a grid keeps the creator's seed: it fixes the order of the grid's points)
         study.sampler = st.make_sampler(sampler, sp.distributions(), seed=seed + 1 + os.getpid() % 100_000,
                                         trials=n_wanted)
         out.info(f"joined study '{study_name}' ({_counts(study)})")
@@ -142,19 +144,19 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
 
     def objective(trial):
         trial.set_user_attr("worker", worker_label())
-        if _budget_reached(study, trial.number, n_wanted):
+        if _budget_reached(study, trial.number, n_wanted, grid):
             trial.set_user_attr("skipped", "the study has its trials")
             study.stop()
             raise optuna.TrialPruned()
         choice = sp.suggest(trial)
         twin = _twin(study, trial.number, trial.params)
-        if twin is not None and twin.state == optuna.trial.TrialState.COMPLETE:
+        if twin is not None and twin.state == optuna.trial.TrialState.COMPLETE and not grid:
             for key, value in twin.user_attrs.items():
                 if key not in ("worker", "seconds", "same_as"):
                     trial.set_user_attr(key, value)
             trial.set_user_attr("same_as", twin.number)
             return tuple(twin.values)
-        if twin is not None:  # the same point is running on another worker
+        if twin is not None:  # the same point is running on another worker (or a grid point is done)
             trial.set_user_attr("duplicate_of", twin.number)
             raise optuna.TrialPruned()
         started = time.perf_counter()
@@ -176,7 +178,7 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
         return tuple(_value(n, res) for n in names)
 
     def stop_when_done(study_, _trial):
-        if _budget_reached(study_, None, n_wanted):
+        if _budget_reached(study_, None, n_wanted, grid):
             study_.stop()
 
     done_before = _complete(study)
@@ -234,14 +236,18 @@ def _counts(study) -> dict:
     return counts
 
 
-def _budget_reached(study, number: int | None, wanted: int) -> bool:
-    """Completed trials plus those running with a lower number (they started first) >= wanted."""
+def _budget_reached(study, number: int | None, wanted: int, grid: bool) -> bool:
+    """Completed trials plus those running elsewhere >= wanted.
+
+    A grid counts every other running trial (each holds its own grid point); the other
+    samplers count the running trials that started first (lower number), so that of two
+    workers asking at once for the last trial, exactly one runs it."""
     import optuna
 
     S = optuna.trial.TrialState
     n = 0
     for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.RUNNING)):
-        if t.state == S.COMPLETE or (number is not None and t.number < number):
+        if t.state == S.COMPLETE or (number is not None and t.number != number and (grid or t.number < number)):
             n += 1
     return n >= wanted
 

@@ -40,14 +40,20 @@ def storage_for(url: str, heartbeat: float | None):
         kwargs = dict(heartbeat_interval=int(max(1, heartbeat)), grace_period=int(max(2, 2 * heartbeat)),
                       failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
     engine = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(str(url), engine_kwargs=engine, **kwargs)
-    except ModuleNotFoundError as exc:
-        raise InputError(f"--storage {redact(url)}: the database driver '{exc.name}' is not installed "
-                         "(PostgreSQL: pip install psycopg2-binary)") from None
-    except Exception as exc:  # sqlalchemy OperationalError, bad URL, server down...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"--storage {redact(url)}: cannot open the study storage ({first})") from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(str(url), engine_kwargs=engine, **kwargs)
+        except (ModuleNotFoundError, ImportError) as exc:
+            raise InputError(f"--storage {redact(url)}: the database driver is not installed ({exc}; "
+                             "PostgreSQL: pip install 'psycopg[binary]')") from None
+        except Exception as exc:  # sqlalchemy OperationalError, bad URL, server down...
+            # Workers starting together on an empty database race to create Optuna's schema;
+            # the loser sees "already exists" and succeeds on a second try.
+            if "already exists" in str(exc) and attempt < 4:
+                time.sleep(0.5 + attempt)
+                continue
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"--storage {redact(url)}: cannot open the study storage ({first})") from None
 
 
 def constraints_of(trial) -> list[float]:
