@@ -98,7 +98,8 @@ def search_cmd(ctx, model, target, val_data, train_data, calibration, space_file
                  f"'{study['name']}' ({study['counts']})")
         return
     pareto = set(result["pareto"])
-    stage_cols = [k for k in result["space"]["distributions"] if k != "ratio"]
+    # the params that vary (fixed ones are in --json and results.json)
+    stage_cols = [k for k, v in result["space"]["distributions"].items() if k != "ratio" and len(v) > 1]
     out.table(
         f"Study '{study['name']}' on {result['target']} ({result['sampler']}); unpruned accuracy "
         f"{result['baseline']['accuracy']:.4f}",

@@ -79,9 +79,15 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
         raise InputError(f"--latency-table: target '{profile.name}' is emulated and has no latency")
     if latency_runs < 1:
         raise InputError("--latency-runs must be at least 1")
-    config = space if isinstance(space, SpaceConfig) else (
-        SpaceConfig.model_validate(space) if isinstance(space, dict) else
-        load_space(space) if space is not None else SpaceConfig())
+    if isinstance(space, dict):
+        from pydantic import ValidationError
+
+        try:
+            space = SpaceConfig.model_validate(space)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise InputError(f"search space: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+    config = space if isinstance(space, SpaceConfig) else load_space(space) if space is not None else SpaceConfig()
 
     loaded = load_model(model_path, custom_objects=custom_objects, safe_mode=not unsafe)
     stages = find_stages(loaded.model, protect)

@@ -27,6 +27,8 @@ def options_from_study(storage: str, study_name: str, pick: str = "best", *, mod
         raise InputError("--from-study needs --study-name")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if str(storage).startswith("sqlite:///") and not Path(str(storage)[len("sqlite:///"):]).is_file():
+        raise InputError(f"--from-study {storage}: no such file")
     rdb = st.storage_for(storage, None)
     try:
         study = optuna.load_study(study_name=study_name, storage=rdb)
