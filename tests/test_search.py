@@ -197,6 +197,14 @@ def test_sensitivity_curves_plot_and_greedy_allocation(files, tmp_path):
         assert alloc["estimated_macs_fraction"] <= 0.6
     assert json.loads((tmp_path / "sens.json").read_text())["format"] == "edgeprune-sensitivity/1"
 
+    # the prior: search runs the allocation first (snapped to the space's stage ratios)
+    found = search(str(files / "digits.h5"), val_data=str(files / "val.npz"), target=SMALL_CPU,
+                   sampler="random", trials=1, latency_runs=3, sensitivity=str(tmp_path / "sens.json"),
+                   space={"per_stage": True, "stage_ratios": [0.0, 0.5, 0.75], "quantizations": ["float32"]},
+                   output_dir=tmp_path / "prior")
+    first = found["trials"][0]["params"]
+    assert {k[len("stage:"):]: v for k, v in first.items() if k.startswith("stage:")} == alloc["per_stage"]
+
 
 def test_greedy_allocation_keeps_the_highest_accuracy_threshold():
     # stage a is robust, stage b is fragile: an 80 % MAC target must come from a first
