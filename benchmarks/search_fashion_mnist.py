@@ -75,8 +75,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--train", type=int, default=12000, help="images to train the CNN on")
-    ap.add_argument("--finetune", type=int, default=1000, help="training subset for fine-tuning trials")
+    ap.add_argument("--finetune", type=int, default=500, help="training subset for fine-tuning trials")
     ap.add_argument("--val", type=int, default=1000, help="test images each artifact is scored on")
+    ap.add_argument("--calib", type=int, default=32, help="calibration images for int8 (the converter dominates a trial)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--budget", type=float, default=0.5, help="latency budget, fraction of the unpruned model's")
     ap.add_argument("--json", type=Path)
@@ -118,7 +119,7 @@ def main() -> None:
                          criteria=["l1", "l2"], quantizations=["float32", "int8"], finetune_epochs=[0, 1])
     space = Space(config, profile, stages)
     base = Base(model=str(files["model"]), target=str(profile_path), val_data=str(files["val"]),
-                train_data=str(files["train"]), seed=0, batch_size=64)
+                train_data=str(files["train"]), num_samples=args.calib, seed=0, batch_size=64)
     x_val, y_val = load_arrays(str(files["val"]))
     cache: dict = {}
     seconds = []
