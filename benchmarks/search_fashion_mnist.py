@@ -90,7 +90,7 @@ def main() -> None:
     from edgeprune.pruning.api import latency_table
     from edgeprune.search.pipeline import Base, Latency, run_trial
     from edgeprune.search.space import Space, SpaceConfig, decode, find_stages
-    from edgeprune.search.study import constraints_of, make_sampler
+    from edgeprune.search.study import make_sampler
     from edgeprune.datasets import load_arrays
     from edgeprune.model_io import load_model
 

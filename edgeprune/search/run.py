@@ -9,6 +9,7 @@ running elsewhere is skipped, so no point is computed twice.
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -145,7 +146,7 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
     if created and sensitivity:
         _enqueue_prior(study, sp, sensitivity, out)
 
-    trials_dir = out_dir / "trials"
+    trials_dir = out_dir / "trials" / re.sub(r"[^A-Za-z0-9_.-]", "_", study_name)
     mine: list[int] = []
 
     def objective(trial):
@@ -167,7 +168,7 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
             raise optuna.TrialPruned()
         started = time.perf_counter()
         try:
-            res = run_trial(base, choice, stages, trials_dir / f"{study_name}-{trial.number:05d}",
+            res = run_trial(base, choice, stages, trials_dir / f"{trial.number:05d}",
                             eval_data=(x_val, y_val), latency=latency, profile=profile,
                             baseline_macs=baseline_macs)
         except DeviceError:
