@@ -56,9 +56,15 @@ def storage_for(url: str, heartbeat: float | None):
             raise InputError(f"--storage {redact(url)}: cannot open the study storage ({first})") from None
 
 
+CONSTRAINTS = ("max_model_bytes", "max_arena_bytes", "max_latency_ms", "max_accuracy_drop")
+
+
 def constraints_of(trial) -> list[float]:
-    """The constraints_func Optuna's samplers call: the trial's recorded budget excesses."""
-    return [float(v) for v in (trial.user_attrs.get("constraints") or {}).values()] or [0.0]
+    """The constraints_func Optuna's samplers call: the trial's recorded budget excesses, one
+    per budget in a fixed order (Optuna needs the same length for every trial); a budget the
+    profile does not set, or a trial did not measure, counts as met (0)."""
+    recorded = trial.user_attrs.get("constraints") or {}
+    return [float(recorded.get(name, 0.0)) for name in CONSTRAINTS]
 
 
 def make_sampler(name: str, distributions: dict, *, seed: int, trials: int):
