@@ -134,6 +134,8 @@ def rows(study) -> list[dict]:
         a = t.user_attrs
         out.append({
             "number": t.number, "state": t.state.name, "params": dict(t.params),
+            # the common params flat as well (edgeprune report's search section reads these)
+            **{k: t.params.get(k) for k in ("ratio", "criterion", "quantization")},
             "values": list(t.values) if t.values is not None else None,
             "accuracy": a.get("accuracy"), "latency_ms": a.get("latency_ms"),
             "latency_source": a.get("latency_source"), "model_bytes": a.get("model_bytes"),
