@@ -260,3 +260,43 @@ def test_emulated_target_refuses_latency_objectives(files, tmp_path):
     with pytest.raises(InputError, match="emulated"):
         search(str(files / "digits.h5"), val_data=str(files / "val.npz"), target=str(profile),
                latency_table=str(tmp_path / "t.json"), output_dir=tmp_path / "e")
+
+
+@pytest.mark.slow
+def test_an_interrupted_grid_search_resumes_and_runs_the_interrupted_point(files, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    import optuna
+
+    out = tmp_path / "i"
+    cmd = [sys.executable, "-m", "edgeprune", "search", str(files / "digits.h5"), "--target", SMALL_CPU,
+           "--val-data", str(files / "val.npz"), "--sampler", "grid", "--ratios", "0,0.5",
+           "--quantize", "float32,int8", "--latency-runs", "3", "-o", str(out), "--study-name", "int"]
+    root = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": root})
+    url = f"sqlite:///{(out / 'study.db').resolve()}"
+    deadline, running = time.time() + 120, None
+    while time.time() < deadline and running is None:
+        time.sleep(0.3)
+        try:
+            running = next((t.number for t in _load(url, "int").trials
+                            if t.state.name == "RUNNING" and t.params), None)
+        except Exception:  # the study is not created yet
+            continue
+    assert running is not None
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    study = _load(url, "int")
+    assert study.trials[running].state == optuna.trial.TrialState.FAIL
+    lost = study.trials[running].params
+
+    result = search(str(files / "digits.h5"), val_data=str(files / "val.npz"), target=SMALL_CPU, sampler="grid",
+                    latency_runs=3, space={"ratios": [0.0, 0.5], "quantizations": ["float32", "int8"]},
+                    output_dir=out, study_name="int")
+    done = [t["params"] for t in result["trials"] if t["state"] == "COMPLETE"]
+    assert lost in done and len(done) == 4
+    assert len({(p["ratio"], p["quantization"]) for p in done}) == 4

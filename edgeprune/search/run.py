@@ -143,6 +143,9 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
         out.info(f"joined study '{study_name}' ({_counts(study)})")
     if heartbeat:
         optuna.storages.fail_stale_trials(study)
+    requeued = st.requeue_interrupted(study)
+    if requeued:
+        out.info(f"study '{study_name}': trial(s) {requeued} were interrupted; their points are queued again")
     if created and sensitivity:
         _enqueue_prior(study, sp, sensitivity, out)
 

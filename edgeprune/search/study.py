@@ -67,11 +67,46 @@ def constraints_of(trial) -> list[float]:
     return [float(recorded.get(name, 0.0)) for name in CONSTRAINTS]
 
 
+def _grid_sampler(distributions: dict, seed: int):
+    import optuna
+
+    class Grid(optuna.samplers.GridSampler):
+        """GridSampler that also accepts re-queued trials (a failed point run again), which carry
+        fixed params but no grid id; Optuna's own after_trial looks the id up unconditionally."""
+
+        def after_trial(self, study, trial, state, values):
+            try:
+                super().after_trial(study, trial, state, values)
+            except KeyError:
+                if not self._get_unvisited_grid_ids(study):
+                    study.stop()
+
+    return Grid(distributions, seed=seed)
+
+
+def requeue_interrupted(study) -> list[int]:
+    """Queue again the points of trials that failed without an error of their own (Ctrl-C, a
+    killed worker): a grid counts a failed point as visited and would never run it again.
+    Trials that failed with an edgeprune error are not retried (they would fail again)."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    live = [t.system_attrs.get("fixed_params", t.params) for t in trials if t.state in (S.COMPLETE, S.RUNNING, S.WAITING)]
+    queued = []
+    for t in trials:
+        if t.state == S.FAIL and t.params and "error" not in t.user_attrs and dict(t.params) not in live:
+            study.enqueue_trial(dict(t.params), user_attrs={"requeued_from": t.number})
+            live.append(dict(t.params))
+            queued.append(t.number)
+    return queued
+
+
 def make_sampler(name: str, distributions: dict, *, seed: int, trials: int):
     import optuna
 
     if name == "grid":
-        return optuna.samplers.GridSampler(distributions, seed=seed)
+        return _grid_sampler(distributions, seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name in ("tpe", "bayes"):
