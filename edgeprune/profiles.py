@@ -72,14 +72,19 @@ class PruningPolicy(_Strict):
 class Connection(_Strict):
     """How to reach the device for benchmarking."""
 
-    kind: Literal["local", "ssh"] = "local"
+    kind: Literal["local", "ssh", "emulated"] = "local"
     host: Optional[str] = None  # an SSH host alias from ~/.ssh/config, or user@host[:port]
     python: str = "python3"
+    # emulated: the system `edgeprune targets emulate NAME` prepared; reached over ssh to an
+    # sshd started inside it for each run (latency there is emulated and never gated)
+    system: Optional[str] = None
 
     @model_validator(mode="after")
     def _ssh_needs_host(self):
         if self.kind == "ssh" and not self.host:
             raise ValueError("an ssh connection needs 'host'")
+        if self.kind == "emulated" and not self.system:
+            raise ValueError("an emulated connection needs 'system' (e.g. rpi4)")
         return self
 
 

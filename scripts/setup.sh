@@ -19,13 +19,21 @@ extras=""
 echo "[setup] installing edgeprune$extras with the pinned set in constraints.txt"
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".$extras"
 
-if [ "$with_test" = 1 ] && [ ! -x /usr/sbin/sshd ]; then
-  # The remote-target tests start a real sshd on 127.0.0.1.
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "[setup] installing openssh-server for the SSH target tests"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null
-  else
-    echo "[setup] warning: /usr/sbin/sshd missing and cannot apt-get install it; SSH tests will be skipped" >&2
+if [ "$with_test" = 1 ]; then
+  # The remote-target tests start a real sshd on 127.0.0.1; the emulated tier (pytest -m emulated)
+  # builds an arm64 Debian with debootstrap and runs it through qemu-user-static/binfmt_misc.
+  missing=""
+  [ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
+  command -v qemu-aarch64-static >/dev/null || missing="$missing qemu-user-static"
+  command -v update-binfmts >/dev/null || missing="$missing binfmt-support"
+  command -v debootstrap >/dev/null || missing="$missing debootstrap"
+  if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "[setup] installing$missing for the SSH and emulated-target tests"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    else
+      echo "[setup] warning: missing$missing and cannot apt-get install them; SSH/emulated tests will be skipped" >&2
+    fi
   fi
 fi
 if [ "$with_test" = 1 ]; then

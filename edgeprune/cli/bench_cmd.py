@@ -14,9 +14,11 @@ def _mb(kb):
 def _render(out, result: dict) -> None:
     for dev in result["devices"]:
         d = dev["device"]
-        title = (f"{dev['host']}: {d['hostname']}, {d['cpu']}, {d['cores']} cores, {d['os']}, "
+        title = (f"{dev['host']}: {d['hostname']}, {d['machine']}, {d['cpu']}, {d['cores']} cores, {d['os']}, "
                  f"{d['runtime']} {d['runtime_version']}, python {d['python']}; "
                  f"{dev['results'][0]['steady']['count'] if dev['results'] else 0} runs, times in ms")
+        if dev.get("emulated"):
+            title = "EMULATED " + title + " (emulated latency: not a device figure)"
         rows = []
         for r in dev["results"]:
             s = r["steady"]
@@ -25,15 +27,20 @@ def _render(out, result: dict) -> None:
                          _ms(s["p50_ms"]), _ms(s["p90_ms"]), _ms(s["p99_ms"]), _ms(_mb(r["peak_rss_kb"]))))
         _table(out, title, ["thr", "load", "init", "first", "warmup", "mean", "std", "p50", "p90",
                             "p99", "RSS MB"], rows)
+        _render_state(out, dev)
+        _render_protocol(out, dev)
+        _render_per_layer(out, dev)
     if result.get("eval"):
         ref = result.get("reference") or {}
         columns = {"device": [], "acc %": [], "mse": [], "ref %": [], "drop pts": [],
-                   "top-1 agree %": [], "max abs err": []}
+                   "top-1 agree %": [], "max abs err": [], "vs x86 max err": []}
         for dev in result["devices"]:
             ev, ag = dev.get("eval") or {}, dev.get("agreement") or {}
+            host_ag = dev.get("agreement_with_host") or {}
             for key, value in zip(columns, (dev["host"], _pct(ev.get("accuracy")), ev.get("mse"),
                                             _pct(ref.get("accuracy")), ev.get("accuracy_drop_points"),
-                                            _pct(ag.get("top1_agreement")), ag.get("max_abs_error"))):
+                                            _pct(ag.get("top1_agreement")), ag.get("max_abs_error"),
+                                            host_ag.get("max_abs_error"))):
                 columns[key].append(value)
         keep = [k for k, values in columns.items() if k == "device" or any(v is not None for v in values)]
         _table(out, f"Verification on {result['eval']['samples']} samples ({result['eval']['path']})", keep,
@@ -49,9 +56,57 @@ def _render(out, result: dict) -> None:
             out.info(f"  {failure}")
     manifest = result["artifact"].get("manifest")
     if manifest:
-        facts = ", ".join(f"{k}={manifest[k]}" for k in ("profile", "target", "quantization") if k in manifest)
+        def short(value):  # a manifest may hold the whole profile / quantization mapping
+            return value.get("name") or value.get("mode") or value if isinstance(value, dict) else value
+
+        facts = ", ".join(f"{k}={short(manifest[k])}" for k in ("profile", "target", "quantization") if k in manifest)
         checked = "sha256 matches the manifest" if manifest.get("sha256_checked") else "no sha256 in the manifest"
         out.info(f"manifest: {facts} ({checked})")
+
+
+def _render_state(out, dev: dict) -> None:
+    """One line of what skews latency (governor, clocks, temperature, throttling, load)."""
+    before, after = dev.get("state_before") or {}, dev.get("state_after") or {}
+    parts = []
+    if before.get("governor"):
+        parts.append(f"governor {before['governor']}")
+    if before.get("cpu_mhz"):
+        parts.append(f"{min(before['cpu_mhz'])}-{max(before['cpu_mhz'])} MHz")
+    for label, state in (("before", before), ("after", after)):
+        if state.get("temperature_c"):
+            parts.append(f"{max(state['temperature_c'].values()):.1f} °C {label}")
+    if before.get("throttled") or after.get("throttled"):
+        parts.append(f"throttled {before.get('throttled')} -> {after.get('throttled')}")
+    if before.get("load_average"):
+        parts.append(f"load {before['load_average'][0]:.2f} -> {(after.get('load_average') or ['?'])[0]}")
+    if parts:
+        out.info(f"{dev['host']} state: " + ", ".join(parts))
+
+
+def _render_protocol(out, dev: dict) -> None:
+    for r in dev["results"]:
+        proto = r.get("protocol")
+        if not proto:
+            continue
+        p90s = ", ".join(_ms(x["p90_ms"]) for x in proto["repeats"])
+        flag = " [red]SPREAD > 5 %[/red]" if proto["spread_flagged"] else ""
+        label = " (emulated)" if dev.get("emulated") else ""
+        out.info(f"{dev['host']} {proto['name']}{label}, {r['threads']} thread(s): p90 {_ms(proto['p90_ms'])} ms "
+                 f"(median of {len(proto['repeats'])} repeats: {p90s}), spread {proto['spread_pct']:.1f} %{flag}")
+
+
+def _render_per_layer(out, dev: dict) -> None:
+    per = dev.get("per_layer")
+    if not per:
+        return
+    rows = [(r["layer"], r["op"].replace("_2D", "").lower(), r["macs"], r["us"],
+             None if r["share"] is None else f"{r['share'] * 100:.1f}",
+             None if r["macs_per_us"] is None else f"{r['macs_per_us']:.0f}") for r in per["layers"]]
+    label = "EMULATED " if per.get("emulated") else ""
+    total = f"{per['total_us']:.1f}" if per.get("total_us") is not None else "?"
+    _table(out, f"{label}Per layer on {dev['host']} ({per['threads']} thread(s)); layers sum {per['sum_us']:.1f} us "
+                f"of {total} us p50 (each op timed alone)", ["layer", "op", "MACs", "us", "% of total", "MACs/us"],
+           rows)
 
 
 def _table(out, title, columns, rows) -> None:
@@ -104,12 +159,16 @@ def _pct(value):
               help="Extra ssh -o option (repeatable; also EDGEPRUNE_SSH_OPTIONS).")
 @click.option("--ssh-config", type=click.Path(path_type=str), help="ssh config file to use (ssh -F; also EDGEPRUNE_SSH_CONFIG).")
 @click.option("--connect-timeout", type=int, default=10, show_default=True, help="ssh ConnectTimeout in seconds.")
+@click.option("--per-layer", is_flag=True, help="Time each conv/dense layer on the device: its share of the total "
+              "and MACs per microsecond.")
+@click.option("--protocol", type=click.Choice(["mlperf"]), help="mlperf: MLPerf Mobile single-stream rules "
+              "(>= 1024 queries and 60 s, p90, 5 repeats with pauses, spread flagged above 5 percent).")
 @json_option
 @deprecated_aliases(("--eval", "--val-data"))
 @click.pass_context
 def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, min_duration, val_data, reference,
                   max_accuracy_drop, max_latency_ms, remote_python, ssh_options, ssh_config, connect_timeout,
-                  json_mode):
+                  per_layer, protocol, json_mode):
     """Benchmark ARTIFACT (.tflite or an artifact directory) with the real LiteRT interpreter,
     on this machine or on devices over SSH, and optionally verify its accuracy.
 
@@ -117,6 +176,7 @@ def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, mi
     edgeprune bench model.tflite --threads 1,2,4
     edgeprune bench model.tflite --target rpi4 --val-data val.npz --reference model.keras --max-accuracy-drop 1
     edgeprune bench model.tflite --host pi@10.0.0.7 --host rpi5 --json
+    edgeprune bench model.tflite --target rpi4-emulated --eval val.npz --reference model.keras
     """
     out = get_output(ctx, json_mode)
     from edgeprune.harness.api import bench
@@ -127,7 +187,7 @@ def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, mi
                        warmup=warmup, min_duration_s=min_duration, eval_data=val_data, reference_model=reference,
                        max_accuracy_drop=max_accuracy_drop, remote_python=remote_python, output=out, fleet=fleet,
                        max_latency_ms=max_latency_ms, ssh_options=ssh_options, ssh_config=ssh_config,
-                       connect_timeout=connect_timeout)
+                       connect_timeout=connect_timeout, per_layer=per_layer, protocol=protocol)
     except EdgepruneError as exc:
         partial = getattr(exc, "result", None)
         if partial is not None:

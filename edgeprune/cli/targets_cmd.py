@@ -25,11 +25,50 @@ def targets_list(ctx: click.Context, json_mode: bool) -> None:
         ["name", "cpu", "threads", "default quant", "runtime", "reach", "description"],
         [
             (p.name, p.cpu, p.threads, p.quantization.default.value, p.operators.runtime,
-             p.connection.kind if p.connection.kind == "local" else f"ssh {p.connection.host}",
+             _reach(p.connection),
              p.description)
             for p in profiles
         ],
     )
+
+
+def _reach(connection) -> str:
+    if connection.kind == "ssh":
+        return f"ssh {connection.host}"
+    if connection.kind == "emulated":
+        return f"emulated {connection.system}"
+    return connection.kind
+
+
+@targets.command("emulate")
+@click.argument("name", type=click.Choice(["rpi4"]))
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=str),
+              help="Where the emulated system lives (default: ~/.cache/edgeprune/emulated/NAME).")
+@click.option("--rebuild", is_flag=True, help="Build it again even if a finished build is there.")
+@click.option("--mirror", metavar="URL", help="Debian archive (default: the one apt uses on this machine).")
+@json_option
+@click.pass_context
+def targets_emulate(ctx: click.Context, name: str, directory, rebuild: bool, mirror, json_mode: bool) -> None:
+    """Prepare (once) an emulated NAME: arm64 Debian bookworm, the base of Raspberry Pi OS
+    64-bit, with python3, numpy and the aarch64 LiteRT wheels, run through qemu-user-static.
+
+    Needs root (debootstrap, chroot, binfmt_misc). Then `edgeprune bench ART --target
+    rpi4-emulated` runs the artifact on the aarch64 LiteRT build over SSH, as on a real Pi.
+    """
+    out = get_output(ctx, json_mode)
+    from edgeprune.harness.emulated import prepare
+
+    facts = prepare(name, directory, rebuild=rebuild, mirror=mirror, output=out)
+    out.emit_json(facts)
+    if not out.json_mode:
+        if facts["reused"]:
+            out.info(f"{name}: reusing the emulated system in {facts['path']} (built {facts.get('built_at')} in "
+                     f"{facts.get('build_seconds', 0):.0f} s; --rebuild to build it again)")
+        else:
+            out.info(f"{name}: built the emulated system in {facts['path']} in {facts['build_seconds']:.0f} s")
+        out.info(f"  {facts.get('machine')}, python {facts.get('python_version')}, numpy {facts.get('numpy')}, "
+                 f"{facts.get('runtime')}, {facts.get('host', {}).get('qemu')}")
+        out.info(f"  bench with: edgeprune bench ARTIFACT --target {name}-emulated")
 
 
 @targets.command("show")

@@ -4,7 +4,9 @@ Also ``evaluate_tflite`` for an in-process accuracy check with the local interpr
 """
 from __future__ import annotations
 
+import platform
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterable
 
@@ -18,7 +20,14 @@ from edgeprune.harness.evaldata import load_eval_data
 from edgeprune.harness.fleet import LOCAL, Device, device_for, load_fleet, parse_threads, run_parallel
 from edgeprune.harness.jobs import EVAL_X, EVAL_Y, RunRequest
 from edgeprune.harness.local import run_local
-from edgeprune.harness.remote import SshSettings, run_remote
+from edgeprune.harness.remote import SshSettings, parse_host, run_remote
+
+# MLPerf Mobile single-stream: >= 1024 queries and >= 60 s per run, p90, 5 runs with a pause
+MLPERF = {"name": "mlperf", "min_queries": 1024, "min_duration_s": 60.0, "repeats": 5, "pause_s": 10.0,
+          "max_spread_pct": 5.0}
+PROTOCOLS = {"mlperf": MLPERF}
+EMULATED_NOTE = ("emulated (qemu-user on the host's CPU): shows that the artifact runs on this build, "
+                 "not how fast a device runs it; never compared with devices nor gated")
 
 
 def _with_result(error_cls, message: str, result: dict):
@@ -47,8 +56,16 @@ def _resolve_devices(profile, hosts: Iterable[str], fleet, remote_python) -> lis
     return devices
 
 
-def _device_entry(device: Device, raw: dict, eval_data, ref_outputs, reference) -> dict:
+def _device_entry(device: Device, raw: dict, eval_data, ref_outputs, reference, host_outputs=None) -> dict:
     entry = {"host": device.label, "transport": raw.pop("transport", None), **raw}
+    if device.emulated:
+        from edgeprune.harness.emulated import label_device
+
+        entry["emulated"] = True
+        label_device(entry["device"])
+        entry["latency_note"] = EMULATED_NOTE
+        for row in entry.get("results", []):
+            row["emulated"] = True
     ev = entry.get("eval")
     if ev is not None:
         outputs = ev.pop("outputs", None)
@@ -57,6 +74,11 @@ def _device_entry(device: Device, raw: dict, eval_data, ref_outputs, reference) 
             ev.update(verify.metrics(outputs, eval_data.y))
             if ref_outputs is not None:
                 entry["agreement"] = verify.agreement(outputs, ref_outputs)
+            if host_outputs is not None and not device.is_local:
+                # int8 kernels differ between builds (x86 AVX vs ARM NEON): by how much, here
+                same = verify.agreement(outputs, host_outputs)
+                entry["agreement_with_host"] = {"host_machine": platform.machine(), **same,
+                                                "identical": same["max_abs_error"] == 0.0}
             if reference is not None and reference.get("accuracy") is not None and ev.get("accuracy") is not None:
                 ev["accuracy_drop_points"] = (reference["accuracy"] - ev["accuracy"]) * 100.0
             entry["_outputs"] = outputs
@@ -67,7 +89,8 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
           min_duration_s=0.0, eval_data=None, reference_model=None,
           max_accuracy_drop=None, remote_python=None, output: Output | None = None,
           fleet=None, max_latency_ms=None, ssh_options=(), ssh_config=None,
-          connect_timeout: int = 10, retries: int = 2, keep_outputs: bool = False) -> dict:
+          connect_timeout: int = 10, retries: int = 2, keep_outputs: bool = False, per_layer: bool = False,
+          protocol: str | None = None, protocol_settings: dict | None = None) -> dict:
     """Benchmark ``artifact`` on this machine or devices and verify it; return one result dict.
 
     threads: thread counts to sweep (default: the profile's ``threads``, else 1).
@@ -76,6 +99,14 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     max_accuracy_drop (points) / max_latency_ms (default: profile budgets) make it a gate:
     VerificationError (exit 1) when broken. Device failures raise DeviceError naming the
     host and the cause. Both errors carry the partial result as ``.result``.
+    A profile reached by emulation (``rpi4-emulated``) gets an sshd started inside the emulated
+    system for this call; its latency is labelled emulated and never gated. Remote devices' eval
+    outputs are also compared with this machine's interpreter on the same artifact
+    (``agreement_with_host``).
+    per_layer: time each conv/dense op on the device (``per_layer`` of each device entry).
+    protocol: "mlperf" repeats the steady state per MLPerf Mobile single-stream rules
+    (``protocol_settings`` overrides its numbers for quick checks; the result says whether the
+    run still meets the rules).
     """
     out = output or default_output()
     from edgeprune.profiles import load_profile
@@ -88,10 +119,18 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     if max_latency_ms is not None and max_latency_ms <= 0:
         raise InputError(f"--max-latency-ms: expected a positive number of ms, found {max_latency_ms:g}")
     threads = parse_threads(threads if threads else ((profile.threads,) if profile else (1,)), "--threads")
+    protocol_job = _protocol(protocol, protocol_settings)
     info = inspect_artifact(artifact)
-    devices = _resolve_devices(profile, hosts, fleet, remote_python)
+    emulated = profile is not None and profile.connection.kind == "emulated" and not hosts and fleet is None
+    if emulated and ssh_config:
+        raise InputError(f"--ssh-config: target {profile.name} is reached through its own throwaway ssh config")
+    devices = [] if emulated else _resolve_devices(profile, hosts, fleet, remote_python)
     if max_latency_ms is None and profile is not None:
         max_latency_ms = profile.budgets.max_latency_ms
+    if emulated:
+        if max_latency_ms is not None and max_latency_ms != profile.budgets.max_latency_ms:
+            out.warn(f"--max-latency-ms is not checked on {profile.name}: emulated latency is never a gate")
+        max_latency_ms = None  # emulated latency says nothing about the device
     if max_accuracy_drop is None and profile is not None and reference_model is not None:
         max_accuracy_drop = profile.budgets.max_accuracy_drop
     if reference_model is not None and eval_data is None:
@@ -99,7 +138,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     if max_accuracy_drop is not None and reference_model is None:
         raise InputError("--max-accuracy-drop needs --reference MODEL and --eval DATA")
     settings = SshSettings.from_env(ssh_options, ssh_config, connect_timeout=connect_timeout, retries=retries) \
-        if any(not d.is_local for d in devices) else None
+        if emulated or any(not d.is_local for d in devices) else None
 
     data = None
     if eval_data is not None:
@@ -115,7 +154,12 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
             ref_outputs = reference_outputs(reference_model, data.x)
         reference = {"path": str(reference_model), **verify.metrics(ref_outputs, data.y)}
 
-    with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as work:
+    host_outputs = None
+    if data is not None and (emulated or any(not d.is_local for d in devices)):
+        host_outputs = evaluate_tflite(info.path, data.x)["outputs"]
+
+    with ExitStack() as stack:
+        work = stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-bench-"))
         ex = ey = None
         if data is not None:
             ex = Path(work) / EVAL_X
@@ -123,8 +167,25 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
             if data.y is not None:
                 ey = Path(work) / EVAL_Y
                 np.save(ey, data.y, allow_pickle=False)
+        layers = []
+        if per_layer:
+            from edgeprune.harness.layers import cut_layers
+
+            layer_dir = Path(work) / "layers"
+            layer_dir.mkdir()
+            layers = cut_layers(info.path, layer_dir)
+        extra = {"protocol": protocol_job} if protocol_job else {}
         request = RunRequest(artifact=info.path, sha256=info.sha256, threads=threads, runs=runs,
-                             warmup=warmup, min_duration_s=min_duration_s, eval_x=ex, eval_y=ey)
+                             warmup=warmup, min_duration_s=min_duration_s, eval_x=ex, eval_y=ey, extra=extra,
+                             models=tuple(layer.path for layer in layers if layer.path is not None))
+        if emulated:
+            from edgeprune.harness.emulated import emulated_sshd
+
+            with out.progress(f"Starting sshd inside the emulated {profile.connection.system}"):
+                emu = stack.enter_context(emulated_sshd(profile.connection.system))
+            settings = SshSettings.from_env(ssh_options, str(emu.config), connect_timeout=max(connect_timeout, 30),
+                                            retries=retries)
+            devices = [Device(profile.name, parse_host(emu.name), remote_python or emu.python, None, emulated=True)]
 
         def work_on(device: Device) -> dict:
             req = request.with_threads(device.threads)
@@ -144,6 +205,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
         "eval": None if data is None else {"path": str(data.path), "samples": data.samples,
                                            "labels": data.y is not None},
         "reference": reference,
+        "protocol": None if protocol_job is None else {**protocol_job, "compliant": _compliant(protocol_job)},
         "devices": [],
         "errors": [],
     }
@@ -151,7 +213,15 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
         if error is not None:
             result["errors"].append({"host": device.label, "error": error})
             continue
-        entry = _device_entry(device, raw, data, ref_outputs, reference)
+        entry = _device_entry(device, raw, data, ref_outputs, reference, host_outputs)
+        if per_layer:
+            from edgeprune.harness.layers import per_layer_report
+
+            rows = (entry.pop("timings", None) or {}).get("models", [])  # in the order of request.models
+            timings = {path.name: row for path, row in zip(request.models, rows)}
+            first = entry["results"][0] if entry.get("results") else None
+            entry["per_layer"] = per_layer_report(layers, timings, first["steady"].get("p50_ms") if first else None,
+                                                  first["threads"] if first else 1, device.emulated)
         if entry["artifact"]["sha256"] != info.sha256:
             result["errors"].append({"host": device.label, "error":
                                      f"{device.label}: the artifact's sha256 on the device "
@@ -165,15 +235,40 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     failures = []
     for entry in result["devices"]:
         failures += verify.gate_failures(entry, reference=reference, max_accuracy_drop=max_accuracy_drop,
-                                         max_latency_ms=max_latency_ms)
+                                         max_latency_ms=None if entry.get("emulated") else max_latency_ms)
     gated = max_latency_ms is not None or max_accuracy_drop is not None
     result["gate"] = {"max_latency_ms": max_latency_ms, "max_accuracy_drop": max_accuracy_drop,
                       "checked": gated, "passed": (not failures) if gated else None, "failures": failures}
+    if emulated or any(d.emulated for d in devices):
+        result["gate"]["note"] = "emulated latency is never gated"
     if result["errors"]:
         raise _with_result(DeviceError, "; ".join(e["error"] for e in result["errors"]), result)
     if failures:
         raise _with_result(VerificationError, "; ".join(failures), result)
     return result
+
+
+def _protocol(name: str | None, overrides: dict | None) -> dict | None:
+    if name is None:
+        if overrides:
+            raise InputError("protocol settings need --protocol")
+        return None
+    if name not in PROTOCOLS:
+        raise InputError(f"--protocol: unknown protocol '{name}' (choose from {', '.join(PROTOCOLS)})")
+    spec = dict(PROTOCOLS[name])
+    unknown = set(overrides or {}) - set(spec)
+    if unknown:
+        raise InputError(f"protocol settings: unknown key(s) {', '.join(sorted(unknown))}")
+    spec.update(overrides or {})
+    if spec["min_queries"] < 1 or spec["repeats"] < 1 or spec["min_duration_s"] < 0 or spec["pause_s"] < 0:
+        raise InputError("protocol settings: min_queries and repeats must be >= 1, durations >= 0")
+    return spec
+
+
+def _compliant(spec: dict) -> bool:
+    """Whether a run with these settings still meets the protocol's published minimums."""
+    rules = PROTOCOLS[spec["name"]]
+    return all(spec[k] >= rules[k] for k in ("min_queries", "min_duration_s", "repeats"))
 
 
 def evaluate_tflite(tflite_path_or_bytes, x, y=None, *, threads: int = 1) -> dict:

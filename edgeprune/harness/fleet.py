@@ -22,6 +22,7 @@ class Device:
     ssh: SshHost | None = None
     python: str | None = None
     threads: tuple[int, ...] | None = None
+    emulated: bool = False  # reached by emulation: its latency is labelled, never gated
 
     @property
     def is_local(self) -> bool:

@@ -9,12 +9,21 @@ EVAL_X = "eval_x.npy"
 EVAL_Y = "eval_y.npy"
 
 
+def model_name(index: int) -> str:
+    """Name of the index-th timed model on the device (no user file name reaches it)."""
+    return f"timed-{index:05d}.tflite"
+
+
 @dataclass(frozen=True)
 class RunRequest:
-    """One benchmark job: the same for every device except the thread counts."""
+    """One benchmark job: the same for every device except the thread counts.
 
-    artifact: Path
-    sha256: str
+    ``models``: further .tflite files to time one by one (latency tables, per-layer timing);
+    with no ``artifact`` the job only times them.
+    """
+
+    artifact: Path | None
+    sha256: str | None
     threads: tuple[int, ...] = (1,)
     runs: int = 50
     warmup: int = 5
@@ -23,13 +32,17 @@ class RunRequest:
     eval_x: Path | None = None
     eval_y: Path | None = None
     extra: dict = field(default_factory=dict)
+    models: tuple[Path, ...] = ()
 
     def with_threads(self, threads) -> "RunRequest":
         return replace(self, threads=tuple(threads)) if threads else self
 
     def files(self) -> dict[str, Path]:
         """Name on the device -> local file, for the remote working directory."""
-        files = {"runner.py": RUNNER_PATH, self.artifact.name: self.artifact}
+        files = {"runner.py": RUNNER_PATH}
+        if self.artifact is not None:
+            files[self.artifact.name] = self.artifact
+        files.update({model_name(i): path for i, path in enumerate(self.models)})
         if self.eval_x is not None:
             files[EVAL_X] = self.eval_x
         if self.eval_y is not None:
@@ -44,7 +57,7 @@ class RunRequest:
             return name if remote else str(local)
 
         job = {
-            "artifact": self.artifact.name if remote else str(self.artifact),
+            "artifact": None if self.artifact is None else self.artifact.name if remote else str(self.artifact),
             "threads": list(self.threads),
             "runs": self.runs,
             "warmup": self.warmup,
@@ -54,6 +67,10 @@ class RunRequest:
             "eval_labels": where(self.eval_y, EVAL_Y),
             "watch_stdin": True,
         }
+        if job["artifact"] is None:
+            del job["artifact"]
+        if self.models:
+            job["time_models"] = [model_name(i) if remote else str(p) for i, p in enumerate(self.models)]
         if outputs_path is not None:
             job["outputs_path"] = str(outputs_path)
         job.update(self.extra)

@@ -12,7 +12,10 @@ Usage:  python3 runner.py JOB.json      (or the job as a JSON string, or '-' for
 Job keys: artifact (path), threads [1], runs 50, warmup 5, min_duration_s 0, seed 0,
 eval_inputs (.npy, optional), eval_labels (.npy, optional), outputs_path (write the eval
 outputs there instead of inline base64), watch_stdin (exit when stdin reaches EOF, i.e. the
-controller went away).
+controller went away), protocol ({"name": "mlperf", "min_queries", "min_duration_s",
+"repeats", "pause_s"}: repeated single-stream runs instead of one steady state),
+time_models (list of .tflite paths: microseconds per invoke of each, e.g. the single-layer
+models of a latency table; ``artifact`` may then be omitted), time_runs/time_rounds.
 
 Output: exactly one JSON document on stdout; logs go to stderr. On a failure it is
 {"error": {"kind": ..., "message": ...}} with exit code 3 (missing dependency) or 4 (bad
@@ -226,6 +229,68 @@ def device_info(runtime_name, runtime_version, numpy):
     }
 
 
+def _first_line(path):
+    text = _read(path).strip()
+    return text.splitlines()[0].strip() if text else None
+
+
+def _int_or_none(text):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def device_state():
+    """What skews latency, where the device exposes it: governor, frequencies, temperatures,
+    throttling and load average (None when a fact is not readable, e.g. in a container)."""
+    state = {}
+    try:
+        state["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        state["load_average"] = None
+    base = "/sys/devices/system/cpu"
+    governors, freqs = {}, []
+    try:
+        cpus = sorted((n for n in os.listdir(base) if n.startswith("cpu") and n[3:].isdigit()),
+                      key=lambda n: int(n[3:]))
+    except OSError:
+        cpus = []
+    for cpu in cpus:
+        gov = _first_line("%s/%s/cpufreq/scaling_governor" % (base, cpu))
+        if gov:
+            governors[gov] = governors.get(gov, 0) + 1
+        khz = _int_or_none(_first_line("%s/%s/cpufreq/scaling_cur_freq" % (base, cpu)))
+        if khz:
+            freqs.append(khz // 1000)
+    state["governor"] = ",".join(sorted(governors)) if governors else None
+    state["cpu_mhz"] = freqs or None
+    temps = {}
+    try:
+        zones = sorted(n for n in os.listdir("/sys/class/thermal") if n.startswith("thermal_zone"))
+    except OSError:
+        zones = []
+    for zone in zones:
+        milli = _int_or_none(_first_line("/sys/class/thermal/%s/temp" % zone))
+        if milli is not None:
+            kind = _first_line("/sys/class/thermal/%s/type" % zone) or zone
+            temps[kind] = milli / 1000.0
+    state["temperature_c"] = temps or None
+    # Raspberry Pi firmware: bit 0 under-voltage, 1 frequency capped, 2 throttled, 3 soft temp limit
+    throttled = _first_line("/sys/devices/platform/soc/soc:firmware/get_throttled")
+    if throttled is None:
+        try:
+            import subprocess
+
+            out = subprocess.run(["vcgencmd", "get_throttled"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, timeout=5).stdout.decode("ascii", "replace")
+            throttled = out.strip().partition("=")[2] or None
+        except Exception:
+            throttled = None
+    state["throttled"] = throttled
+    return state
+
+
 # --------------------------------------------------------------------------- memory
 
 def _status_kb(field):
@@ -426,6 +491,94 @@ def bench_threads(cls, artifact, threads, job, numpy):
     return result
 
 
+def bench_protocol(cls, artifact, threads, job, numpy):
+    """MLPerf Mobile single-stream: ``repeats`` runs of at least ``min_queries`` queries and
+    ``min_duration_s`` seconds each, a pause between them; p90 per repeat and the spread."""
+    spec = job["protocol"]
+    queries, duration = int(spec.get("min_queries", 1024)), float(spec.get("min_duration_s", 60.0))
+    repeats, pause = int(spec.get("repeats", 5)), float(spec.get("pause_s", 10.0))
+    clock = time.perf_counter
+    interpreter = load_interpreter(cls, artifact, threads)
+    allocate(interpreter, artifact)
+    rng = numpy.random.default_rng(int(job.get("seed", 0)))
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], random_input(detail, rng, numpy))
+    for _ in range(max(1, int(job.get("warmup", 5)))):
+        interpreter.invoke()
+    rows = []
+    for repeat in range(repeats):
+        if repeat:
+            time.sleep(pause)
+        before = device_state()
+        times = []
+        start = clock()
+        while len(times) < queries or clock() - start < duration:
+            s = clock()
+            interpreter.invoke()
+            times.append(clock() - s)
+        rows.append({"repeat": repeat + 1, "state_before": before, "state_after": device_state(),
+                     **summarize(times, numpy)})
+        log("threads %d repeat %d/%d: p90 %.4f ms over %d queries"
+            % (threads, repeat + 1, repeats, rows[-1]["p90_ms"], len(times)))
+    p90s = [r["p90_ms"] for r in rows]
+    median = float(numpy.median(p90s))
+    spread = (max(p90s) - min(p90s)) / median * 100.0 if median > 0 else 0.0
+    del interpreter
+    return {"name": spec.get("name", "mlperf"), "min_queries": queries, "min_duration_s": duration,
+            "repeats": rows, "pause_s": pause, "p90_ms": median, "spread_pct": spread,
+            "spread_flagged": spread > float(spec.get("max_spread_pct", 5.0))}
+
+
+def time_model(cls, path, threads, numpy, runs=20, rounds=5):
+    """Microseconds per invoke of the (small) model at ``path``; see time_model_interpreter."""
+    interpreter = load_interpreter(cls, path, threads)
+    allocate(interpreter, path)
+    return time_model_interpreter(interpreter, numpy, runs, rounds)
+
+
+def time_model_interpreter(interpreter, numpy, runs=20, rounds=5):
+    """Microseconds per invoke of an allocated interpreter: the fastest of ``rounds`` rounds.
+
+    Each round runs enough invokes for about 2 ms, at most ``runs``, so big layers need few.
+    The minimum, not the mean, because a table must not carry the noise of a busy moment.
+    """
+    rng = numpy.random.default_rng(0)
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], random_input(detail, rng, numpy))
+    clock = time.perf_counter
+    interpreter.invoke()
+    t0 = clock()
+    interpreter.invoke()
+    first = clock() - t0
+    n = max(1, min(int(runs), int(0.002 / max(first, 1e-7)) + 1))
+    best = None
+    for _ in range(int(rounds)):
+        t0 = clock()
+        for _ in range(n):
+            interpreter.invoke()
+        us = (clock() - t0) / n * 1e6
+        best = us if best is None else min(best, us)
+    return best
+
+
+def time_models(cls, job, numpy):
+    """``time_models`` of a job: [{"name", "us"} or {"name", "error"}] at the job's first thread count."""
+    threads = int((job.get("threads") or [1])[0])
+    runs, rounds = int(job.get("time_runs", 20)), int(job.get("time_rounds", 5))
+    rows = []
+    for index, path in enumerate(job["time_models"]):
+        try:
+            rows.append({"name": os.path.basename(path), "us": time_model(cls, path, threads, numpy, runs, rounds)})
+        except RunnerFailure as exc:
+            rows.append({"name": os.path.basename(path), "error": exc.message})
+        except (RuntimeError, ValueError) as exc:  # the runtime cannot run this one (e.g. an op it lacks)
+            rows.append({"name": os.path.basename(path), "error": "%s: %s" % (
+                type(exc).__name__, (str(exc).strip().splitlines() or [""])[0][:200])})
+        if (index + 1) % 10 == 0:
+            log("timed %d/%d models" % (index + 1, len(job["time_models"])))
+    return {"threads": threads, "runs": runs, "rounds": rounds, "models": rows}
+
+
 def run_eval(interpreter, x, numpy, batch=64):
     """Float32 outputs (first output, dequantized) for every row of x.
 
@@ -545,8 +698,8 @@ def read_job(argv):
         job = json.loads(text)
     except (IOError, OSError, ValueError) as exc:
         raise RunnerFailure("bad_job", "cannot read the job %s: %s" % (source[:80], exc))
-    if not isinstance(job, dict) or "artifact" not in job:
-        raise RunnerFailure("bad_job", "the job must be a JSON object with an 'artifact' key")
+    if not isinstance(job, dict) or not ("artifact" in job or "time_models" in job):
+        raise RunnerFailure("bad_job", "the job must be a JSON object with an 'artifact' or 'time_models' key")
     job["_from_stdin"] = source == "-"
     for key, default in (("threads", [1]), ("runs", 50), ("warmup", 5), ("min_duration_s", 0.0), ("seed", 0)):
         if job.get(key) is None:
@@ -577,30 +730,43 @@ def watch_stdin():
 
 def run(job):
     numpy = import_numpy()
-    artifact = job["artifact"]
-    if not os.path.isfile(artifact):
+    artifact = job.get("artifact")
+    if artifact is not None and not os.path.isfile(artifact):
         raise RunnerFailure("missing_artifact", "artifact %s not found on the device" % artifact)
-    runtime, version, cls = find_runtime(probe=artifact)
+    for path in job.get("time_models") or ():
+        if not os.path.isfile(path):
+            raise RunnerFailure("missing_artifact", "model %s not found on the device" % path)
+    probe = artifact or (job.get("time_models") or [None])[0]
+    runtime, version, cls = find_runtime(probe=probe)
     threads_list = [int(t) for t in (job.get("threads") or [1])]
     log("runtime %s %s, numpy %s; artifact %s" % (runtime, version, numpy.__version__, artifact))
     result = {
-        "runner_version": 1,
+        "runner_version": 2,
         "device": device_info(runtime, version, numpy),
-        "artifact": {"name": os.path.basename(artifact), "bytes": os.path.getsize(artifact),
-                     "sha256": sha256_file(artifact)},
-        "job": {k: job.get(k) for k in ("threads", "runs", "warmup", "min_duration_s", "seed")},
+        "state_before": device_state(),
+        "job": {k: job.get(k) for k in ("threads", "runs", "warmup", "min_duration_s", "seed", "protocol")},
         "results": [],
     }
-    if job.get("dump_tensors"):
-        log("running %s with every intermediate tensor kept" % job["eval_inputs"])
-        result["dump"] = dump_tensors(cls, artifact, job, numpy)
-        return result
-    for threads in threads_list:
-        log("benchmarking with %d thread(s)" % threads)
-        result["results"].append(bench_threads(cls, artifact, threads, job, numpy))
-    if job.get("eval_inputs"):
-        log("evaluating %s" % job["eval_inputs"])
-        result["eval"] = evaluate(cls, artifact, job, numpy)
+    if artifact is not None:
+        result["artifact"] = {"name": os.path.basename(artifact), "bytes": os.path.getsize(artifact),
+                              "sha256": sha256_file(artifact)}
+        if job.get("dump_tensors"):
+            log("running %s with every intermediate tensor kept" % job["eval_inputs"])
+            result["dump"] = dump_tensors(cls, artifact, job, numpy)
+            return result
+        for threads in threads_list:
+            log("benchmarking with %d thread(s)" % threads)
+            row = bench_threads(cls, artifact, threads, job, numpy)
+            if job.get("protocol"):
+                row["protocol"] = bench_protocol(cls, artifact, threads, job, numpy)
+            result["results"].append(row)
+        if job.get("eval_inputs"):
+            log("evaluating %s" % job["eval_inputs"])
+            result["eval"] = evaluate(cls, artifact, job, numpy)
+    if job.get("time_models"):
+        log("timing %d models" % len(job["time_models"]))
+        result["timings"] = time_models(cls, job, numpy)
+    result["state_after"] = device_state()
     return result
 
 

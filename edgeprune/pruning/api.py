@@ -108,8 +108,9 @@ def prune_model(model, *, ratio=None, target_macs=None, criterion="l1", protect=
     return PruneResult(model=new, report=report, latency_table=table)
 
 
-def table_for_graph(graph, gs, source, round_to, min_channels, threads, quant, progress):
-    """The table for ``graph``: given, loaded from a path and completed, or measured now."""
+def table_for_graph(graph, gs, source, round_to, min_channels, threads, quant, progress, timer=None):
+    """The table for ``graph``: given, loaded from a path and completed, or measured now
+    (by ``timer``: default this process; ``edgeprune.harness.device_timer`` for a device)."""
     from edgeprune.pruning.latency import (
         LatencyTable,
         check_compatible,
@@ -123,15 +124,17 @@ def table_for_graph(graph, gs, source, round_to, min_channels, threads, quant, p
         path = Path(source)
         if path.exists():
             table = LatencyTable.load(path)
-            check_compatible(table, runtime_meta(threads, quant), path)
+            check_compatible(table, timer.meta() if timer else runtime_meta(threads, quant), path)
     points_before = table.meta.get("points", 0) if table else 0
     table = measure_table(graph, gs, round_to=round_to, min_channels=min_channels, threads=threads,
-                          quant=quant, table=table, progress=progress)
+                          quant=quant, table=table, progress=progress, timer=timer)
     measured = table.meta.get("points", 0) - points_before
     if path is not None and measured:
         table.save(path)
     info = {"threads": table.meta["threads"], "quantization": table.meta["quantization"],
             "runtime": table.meta["runtime"], "cpu": table.meta.get("cpu"), "points_measured": measured,
+            "device": table.meta.get("device", "local"), "machine": table.meta.get("machine"),
+            "emulated": bool(table.meta.get("emulated")),
             "signatures": len(table.entries)}
     if table.meta.get("skipped"):
         info["untimed_layers"] = table.meta["skipped"]
@@ -185,12 +188,15 @@ def prune(model_path, output_path, **options) -> PruneResult:
 
 
 def latency_table(model_path, output_path=None, *, threads=1, quantization="float32", round_to=1,
-                  min_channels=1, custom_objects=None, safe_mode=True, progress=None, input_shape=None) -> dict:
+                  min_channels=1, custom_objects=None, safe_mode=True, progress=None, input_shape=None,
+                  timer=None) -> dict:
     """Measure the per-layer latency table of a model file (``edgeprune latency-table``).
 
     The table is written (atomically) to ``output_path`` when given, extending a table from
     an earlier run on this machine. Returns a summary: layers timed, points measured, seconds,
     and the summed latency of the unpruned layers.
+    ``timer``: where the layers are timed (default: this process); see
+    :func:`edgeprune.harness.device_timer.device_timer` for a device over SSH.
     """
     from edgeprune import model_io
     from edgeprune.pruning.latency import layer_channels, signature
@@ -204,7 +210,7 @@ def latency_table(model_path, output_path=None, *, threads=1, quantization="floa
     require_keras(loaded.model, "a latency table", model_path)
     graph = trace(with_input_shape(loaded.model, input_shape))
     table, info = table_for_graph(graph, build_groups(graph), output_path, round_to, min_channels, threads,
-                                  quantization, progress)
+                                  quantization, progress, timer)
     layers = []
     for node in graph.layers.values():
         us = table.node_us(signature(node, graph), node, graph, {})

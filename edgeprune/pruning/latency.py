@@ -11,9 +11,15 @@ Each grid point is one single-layer model: built from the layer's own config wit
 channel counts changed, converted from a concrete function (~30 ms) and timed by LiteRT
 with the target's thread count. Layers with the same signature (class, input size, kernel,
 strides, ...) share their entries, and a table saved to JSON is reused and extended.
+
+Building needs TensorFlow and happens here; timing needs only numpy and a runtime, so
+``LayerTimer.time_blobs`` can be replaced: ``edgeprune.harness.device_timer`` sends the
+.tflite files to a device over SSH and the runner times them there.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import platform
 import time
@@ -181,12 +187,20 @@ class LayerTimer:
     def convert(self, model) -> bytes:
         from edgeprune._env import quiet_native, tf
 
+        from edgeprune._env import keras_of
+
         t = tf()
-        spec = t.TensorSpec(model.inputs[0].shape, t.float32)
-        fn = t.function(lambda a: model(a, training=False))
         with quiet_native():
-            concrete = fn.get_concrete_function(spec)
-            conv = t.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+            if keras_of(model).__name__ == "keras":
+                # Keras 3 layers traced in a tf.function keep their weights as resource
+                # variables (VAR_HANDLE/READ_VARIABLE, uninitialised on a device) and lose the
+                # fused kernels; the Keras converter path freezes them as a real model would be.
+                conv = t.lite.TFLiteConverter.from_keras_model(model)
+            else:
+                spec = t.TensorSpec(model.inputs[0].shape, t.float32)
+                fn = t.function(lambda a: model(a, training=False))
+                concrete = fn.get_concrete_function(spec)
+                conv = t.lite.TFLiteConverter.from_concrete_functions([concrete], model)
             if self.quant == "int8":
                 rng = np.random.default_rng(0)
                 shape = tuple(model.inputs[0].shape)
@@ -198,38 +212,49 @@ class LayerTimer:
                 conv.optimizations = [t.lite.Optimize.DEFAULT]
                 conv.representative_dataset = rep
                 conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            return conv.convert()
+            with contextlib.redirect_stdout(io.StringIO()):  # Keras 3's export prints to stdout
+                return conv.convert()
+
+    def meta(self) -> dict:
+        """What the timings are valid for (runtime, threads, quantization, CPU)."""
+        return runtime_meta(self.threads, self.quant)
+
+    def blob(self, node, graph, cin: int, cout: int) -> bytes:
+        """The single-layer .tflite model of one grid point (built and converted here)."""
+        from edgeprune._env import keras_of
+
+        return self.convert(self._build(node, graph.tensors[node.inputs[0]], cin, cout, keras_of(graph.model)))
+
+    def time_blobs(self, blobs: list[bytes], progress=None) -> list[float | str]:
+        """Microseconds per invoke of each model (or an error line), in this process."""
+        from edgeprune._env import quiet_native
+        from edgeprune.harness import runner
+
+        _, _, Interpreter = runner.find_runtime()
+        times = []
+        for i, blob in enumerate(blobs):
+            try:
+                with quiet_native():
+                    it = runner.load_interpreter(Interpreter, None, self.threads, blob)
+                    runner.allocate(it, None)
+                times.append(runner.time_model_interpreter(it, np, self.runs, self.rounds))
+            except runner.RunnerFailure as exc:
+                times.append(exc.message)
+            except (RuntimeError, ValueError) as exc:  # the runtime cannot run this one
+                times.append(f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}")
+            if progress:
+                progress(i + 1)
+        return times
 
     def time_blob(self, blob: bytes) -> float:
         """Microseconds per invoke: the fastest of ``rounds`` rounds of ``runs`` invokes."""
-        from edgeprune._env import quiet_native
-        from edgeprune.harness.runner import find_runtime
-
-        _, _, Interpreter = find_runtime()
-        with quiet_native():
-            it = Interpreter(model_content=blob, num_threads=self.threads)
-            it.allocate_tensors()
-        d = it.get_input_details()[0]
-        it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-        it.invoke()
-        t0 = time.perf_counter()
-        it.invoke()
-        first = time.perf_counter() - t0
-        # enough invokes for ~2 ms per round, at most ``runs``: big layers need few
-        runs = max(1, min(self.runs, int(0.002 / max(first, 1e-7)) + 1))
-        rounds = []
-        for _ in range(self.rounds):
-            t0 = time.perf_counter()
-            for _ in range(runs):
-                it.invoke()
-            rounds.append((time.perf_counter() - t0) / runs * 1e6)
-        return min(rounds)
+        us = self.time_blobs([blob])[0]
+        if isinstance(us, str):
+            raise RuntimeError(us)
+        return us
 
     def measure(self, node, graph, cin: int, cout: int) -> float:
-        from edgeprune._env import keras_of
-
-        model = self._build(node, graph.tensors[node.inputs[0]], cin, cout, keras_of(graph.model))
-        return self.time_blob(self.convert(model))
+        return self.time_blob(self.blob(node, graph, cin, cout))
 
 
 def measure_table(graph: LayerGraph, gs, *, round_to: int = 1, min_channels: int = 1, threads: int = 1,
@@ -241,7 +266,7 @@ def measure_table(graph: LayerGraph, gs, *, round_to: int = 1, min_channels: int
     the model input keeps its input channels, a model output keeps its output channels.
     """
     timer = timer or LayerTimer(threads, quant)
-    meta = runtime_meta(timer.threads, timer.quant)
+    meta = timer.meta()
     if table is None:
         table = LatencyTable(meta=meta)
     else:
@@ -269,21 +294,39 @@ def measure_table(graph: LayerGraph, gs, *, round_to: int = 1, min_channels: int
                          f"(first: '{first}'); measure it on that device with "
                          f"`edgeprune latency-table MODEL -o TABLE.json`")
     total = sum(len(c) * len(o) for _, c, o in jobs.values())
-    done = 0
     started = time.perf_counter()
     skipped = []
+    # 1. build every point's model here (needs TensorFlow) ...
+    points, blobs = [], []
     for sig, (node, cins, couts) in jobs.items():
         try:
-            grid = [[round(timer.measure(node, graph, ci, co or ci), 3) for co in couts] for ci in cins]
+            built = [(ci, co, timer.blob(node, graph, ci, co or ci)) for ci in cins for co in couts]
         except Exception as exc:  # a layer the converter cannot take alone: leave it untimed
             first_line = (str(exc).splitlines() or [""])[0][:120]
             skipped.append(f"{node.name}: {type(exc).__name__}: {first_line}")
-            grid = None
-        done += len(cins) * len(couts)
+            built = []
+        for ci, co, blob in built:
+            points.append((sig, ci, co))
+            blobs.append(blob)
         if progress:
-            progress(done, total)
-        if grid is not None:
-            table.entries[sig] = {"layer": node.name, "cin": cins, "cout": couts, "us": grid}
+            progress(len(points) // 2, total)
+    # 2. ... and time them all where the table is for (this process, or a device)
+    times = timer.time_blobs(blobs, progress=(lambda k: progress((len(points) + k) // 2, total)) if progress else None)
+    grids: dict = {}
+    for (sig, ci, co), us in zip(points, times):
+        grids.setdefault(sig, {})[(ci, co)] = us
+    for sig, (node, cins, couts) in jobs.items():
+        got = grids.get(sig)
+        if not got:
+            continue
+        bad = next((us for us in got.values() if isinstance(us, str)), None)
+        if bad is not None:
+            skipped.append(f"{node.name}: {bad[:120]}")
+            continue
+        table.entries[sig] = {"layer": node.name, "cin": cins, "cout": couts,
+                              "us": [[round(got[(ci, co)], 3) for co in couts] for ci in cins]}
+    if progress:
+        progress(total, total)
     if skipped:
         table.meta["skipped"] = sorted(set(table.meta.get("skipped", [])) | set(skipped))
     table.meta["measure_s"] = round(table.meta.get("measure_s", 0.0) + time.perf_counter() - started, 2)
