@@ -79,7 +79,7 @@ def sshd_processes(root: str) -> list[int]:
 
 def test_int8_artifact_on_the_aarch64_build_agrees_with_x86(system, models):
     proc = subprocess.run([PY, "-m", "edgeprune", "bench", str(models["int8"]), "--target", "rpi4-emulated",
-                           "--eval", str(models["eval"]), "--reference", str(models["reference"]), "--threads", "1",
+                           "--val-data", str(models["eval"]), "--reference", str(models["reference"]), "--threads", "1",
                            "--runs", "5", "--warmup", "1", "--per-layer", "--json"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr

@@ -176,7 +176,7 @@ def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, mi
     edgeprune bench model.tflite --threads 1,2,4
     edgeprune bench model.tflite --target rpi4 --val-data val.npz --reference model.keras --max-accuracy-drop 1
     edgeprune bench model.tflite --host pi@10.0.0.7 --host rpi5 --json
-    edgeprune bench model.tflite --target rpi4-emulated --eval val.npz --reference model.keras
+    edgeprune bench model.tflite --target rpi4-emulated --val-data val.npz --reference model.keras
     """
     out = get_output(ctx, json_mode)
     from edgeprune.harness.api import bench
