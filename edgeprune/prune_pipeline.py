@@ -62,13 +62,15 @@ def prune(model_path, output_path, *, ratio: float | None = None, target_macs: f
           min_channels: int | None = None, target: str | None = None, threads: int | None = None,
           latency_table=None, latency_objective: str = "macs", latency_quantization: str = "float32",
           calibration=None, seed: int = 0, input_shape=None, custom_objects=None, safe_mode: bool = True,
-          training=None, output: Output | None = None, **training_kwargs: Any):
+          training=None, sensitivity=None, output: Output | None = None, **training_kwargs: Any):
     """Prune the model file ``model_path`` and save it to ``output_path`` in the same Keras flavour.
 
     The options are those of ``edgeprune prune`` (one keyword per flag, same names).
     ``training`` is a TrainingOptions or a dict; training flags may also be given directly
     (``train_data=``, ``finetune_epochs=``, ``distill=``, ``iterative_steps=`` ...).
     ``calibration`` is a data source (.npy/.npz, image folder, module:function) or an array.
+    ``sensitivity`` (a file from ``edgeprune sensitivity``) with ``target_macs``: per-stage ratios
+    chosen by the AIMET-style greedy allocation on the measured accuracy curves.
     Returns :class:`edgeprune.pruning.api.PruneResult` whose ``report`` is what ``--json`` prints.
     """
     import numpy as np
@@ -82,6 +84,15 @@ def prune(model_path, output_path, *, ratio: float | None = None, target_macs: f
             calibration = value if calibration is None else calibration
     out = output or default_output()
     options = _training_options(training, training_kwargs)
+    greedy = None
+    if sensitivity is not None:
+        if target_macs is None:
+            raise InputError("--sensitivity needs --target-macs (the MAC fraction to allocate for)")
+        from edgeprune.search.sensitivity import per_layer_from_file
+
+        greedy = per_layer_from_file(sensitivity, target_macs)
+        per_layer = {**greedy["per_layer"], **(per_layer or {})}
+        ratio, target_macs = 0.0, None
     check_prune_options(ratio, target_macs, target_latency, latency_table, threads, criterion, calibration,
                         output_path, options)
     model_path, output_path = Path(model_path), Path(output_path)
@@ -151,6 +162,8 @@ def prune(model_path, output_path, *, ratio: float | None = None, target_macs: f
                           "round_to": round_to, "min_channels": min_channels, "target": target})
     if input_shape:
         result.report["input_shape"] = [list(s) for s in (tuple(t.shape) for t in model.inputs)]
+    if greedy is not None:
+        result.report["sensitivity_allocation"] = {k: v for k, v in greedy.items() if k != "per_layer"}
     return result
 
 

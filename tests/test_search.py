@@ -205,6 +205,20 @@ def test_sensitivity_curves_plot_and_greedy_allocation(files, tmp_path):
     first = found["trials"][0]["params"]
     assert {k[len("stage:"):]: v for k, v in first.items() if k.startswith("stage:")} == alloc["per_stage"]
 
+    # one more allocation next to MAC and latency targets: prune --sensitivity FILE --target-macs F
+    import edgeprune
+
+    pruned = edgeprune.prune(files / "digits.h5", tmp_path / "greedy.h5", target_macs=0.6,
+                             sensitivity=tmp_path / "sens.json")
+    assert pruned.report["sensitivity_allocation"]["per_stage"] == alloc["per_stage"]
+    by_name = {layer["name"]: layer for layer in pruned.report["layers"]}
+    for stage in result["stages"]:
+        for name in stage["producers"]:
+            shrank = by_name[name]["channels_after"] < by_name[name]["channels_before"]
+            assert shrank == (alloc["per_stage"][stage["name"]] > 0), name
+    with pytest.raises(InputError, match="--sensitivity needs --target-macs"):
+        edgeprune.prune(files / "digits.h5", tmp_path / "g2.h5", ratio=0.5, sensitivity=tmp_path / "sens.json")
+
 
 def test_greedy_allocation_keeps_the_highest_accuracy_threshold():
     # stage a is robust, stage b is fragile: an 80 % MAC target must come from a first

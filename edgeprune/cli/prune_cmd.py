@@ -68,6 +68,9 @@ def _render(out, report: dict) -> None:
               help="Channel importance criterion.")
 @click.option("--protect", multiple=True, metavar="REGEX", help="Layers (name or regex) whose outputs stay intact.")
 @click.option("--per-layer", multiple=True, metavar="NAME_OR_REGEX=R", help="Ratio for matching layers.")
+@click.option("--sensitivity", "sensitivity", type=click.Path(dir_okay=False), default=None,
+              help="A file from `edgeprune sensitivity --json`: with --target-macs F, per-stage ratios "
+                   "come from the greedy allocation on its measured accuracy curves (AIMET-style).")
 @click.option("--global-ranking", is_flag=True, help="Rank channels across groups (max 90% of any group).")
 @click.option("--max-ratio", type=float, default=0.9, show_default=True,
               help="With --global-ranking: never remove more than this fraction of one group.")
@@ -86,9 +89,9 @@ def _render(out, report: dict) -> None:
 @deprecated_aliases(("--data", "--calibration"))
 @click.pass_context
 def prune_command(ctx, model, ratio, target_macs, target_latency, latency_table, latency_objective, threads,
-                  latency_quantization, criterion, protect, per_layer, global_ranking, max_ratio, round_to,
-                  min_channels, target, calibration, input_shape, seed, custom_objects, unsafe, output, json_mode,
-                  training):
+                  latency_quantization, criterion, protect, per_layer, sensitivity, global_ranking, max_ratio,
+                  round_to, min_channels, target, calibration, input_shape, seed, custom_objects, unsafe, output,
+                  json_mode, training):
     """Remove whole filters, channels and neurons from MODEL and write a smaller model to -o.
 
     With --train-data the pruned model is fine-tuned (--distill: from the unpruned model;
@@ -104,7 +107,8 @@ def prune_command(ctx, model, ratio, target_macs, target_latency, latency_table,
                    min_channels=min_channels, target=target, threads=threads, latency_table=latency_table,
                    latency_objective=latency_objective, latency_quantization=latency_quantization,
                    calibration=calibration, seed=seed, input_shape=tuple(input_shape) or None,
-                   custom_objects=custom_objects, safe_mode=not unsafe, training=training, output=out)
+                   custom_objects=custom_objects, safe_mode=not unsafe, training=training,
+                   sensitivity=sensitivity, output=out)
     out.emit_json(result.report)
     if not out.json_mode or not out.quiet:
         _render(out, result.report)
