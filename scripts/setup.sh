@@ -21,18 +21,20 @@ echo "[setup] installing edgeprune$extras with the pinned set in constraints.txt
 
 if [ "$with_test" = 1 ]; then
   # The remote-target tests start a real sshd on 127.0.0.1; the emulated tier (pytest -m emulated)
-  # builds an arm64 Debian with debootstrap and runs it through qemu-user-static/binfmt_misc.
+  # builds an arm64 Debian with debootstrap and runs it through qemu-user-static/binfmt_misc;
+  # the Fashion-MNIST benchmark's loader and smoke tests read the Debian dataset package.
   missing=""
   [ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
   command -v qemu-aarch64-static >/dev/null || missing="$missing qemu-user-static"
   command -v update-binfmts >/dev/null || missing="$missing binfmt-support"
   command -v debootstrap >/dev/null || missing="$missing debootstrap"
+  [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || missing="$missing dataset-fashion-mnist"
   if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      echo "[setup] installing$missing for the SSH and emulated-target tests"
+      echo "[setup] installing$missing for the SSH, emulated-target and Fashion-MNIST tests"
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
     else
-      echo "[setup] warning: missing$missing and cannot apt-get install them; SSH/emulated tests will be skipped" >&2
+      echo "[setup] warning: missing$missing and cannot apt-get install them; SSH/emulated/Fashion-MNIST tests will be skipped" >&2
     fi
   fi
 fi
