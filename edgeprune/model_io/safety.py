@@ -87,7 +87,8 @@ def check_config(path: Path, config: dict | None, flavour: str, *, custom_object
         if cls in supplied or short in supplied:
             continue
         module = _entry.get("module") if isinstance(_entry, dict) else None
-        if flavour == "keras3" and isinstance(module, str) and module.split(".")[0] == "keras":
+        own = "keras" if flavour == "keras3" else "tf_keras"
+        if isinstance(module, str) and module.split(".")[0] == own:
             continue  # Keras's own layers and operations (keras.src.ops.numpy.Add, LayerScale, ...)
         registered = _entry.get("registered_name") if isinstance(_entry, dict) else None
         if not _is_known(short if ">" in cls else cls, flavour) and not (
