@@ -66,7 +66,8 @@ def accuracy(model, data) -> float:
 def run_seed(seed: int, epochs: int, ft_epochs: int, out, temperature: float, alpha: float) -> dict:
     from edgeprune._env import tf, tf_keras
     from edgeprune.pruning.api import prune_model
-    from edgeprune.training._tflite import accuracy as tfl_acc, run_tflite, to_tflite
+    from edgeprune.harness.api import evaluate_tflite
+    from edgeprune.training._tflite import to_tflite
     from edgeprune.training.api import recover
     from edgeprune.training.finetune import FitSettings
     from edgeprune.training.iterative import iterative_prune
@@ -120,12 +121,12 @@ def run_seed(seed: int, epochs: int, ft_epochs: int, out, temperature: float, al
     print(f"  seed {seed} criteria done", file=sys.stderr, flush=True)
     for label, model in (("dense", base), ("2x+KD", kd_2x)):
         ptq = to_tflite(model, "int8", representative=train[0][:200])
-        res[f"int8 PTQ ({label})"] = 100.0 * tfl_acc(run_tflite(ptq, test[0]), test[1])
+        res[f"int8 PTQ ({label})"] = 100.0 * evaluate_tflite(ptq, test[0], test[1])["accuracy"]
         qat_model, _ = train_qat(model, Split(*train, "train"), Split(*val, "val"), task="sparse",
                                  settings=FitSettings(epochs=max(2, ft_epochs // 3), batch_size=32, learning_rate=2e-4,
                                                       patience=3, seed=seed, label="QAT"), output=out)
         qat = to_tflite(qat_model, "int8", representative=train[0][:200])
-        res[f"int8 QAT ({label})"] = 100.0 * tfl_acc(run_tflite(qat, test[0]), test[1])
+        res[f"int8 QAT ({label})"] = 100.0 * evaluate_tflite(qat, test[0], test[1])["accuracy"]
     return res
 
 

@@ -124,14 +124,6 @@ def _resolve_modes(options: CompileOptions, profile) -> tuple[str, str]:
     return quant, io
 
 
-def _input_shape(model, fixed=None) -> tuple:
-    if len(model.inputs) != 1:
-        raise InputError(f"models with {len(model.inputs)} inputs are not supported yet (one input expected)")
-    from edgeprune.shapes import apply_input_shape, input_names
-
-    return tuple(apply_input_shape([(input_names(model)[0], tuple(model.inputs[0].shape))], fixed)[0])
-
-
 def _with_input_shape(loaded, options):
     """The model compile works on: ``--input-shape`` applied to a Keras graph; a bare SavedModel
     as it is, after refusing what needs a Keras graph (pruning, training)."""
@@ -209,43 +201,37 @@ def _stage_training(model, original, options, profile, data, stages, out):
             original if iterative else model, training, original=original,
             prune_kwargs=_prune_kwargs(options, profile, data) if iterative else None,
             calibration=None if data is None else data[0],
-            scale=tuple(profile.preprocessing.scale), output=out)
+            preprocessing=profile.preprocessing, output=out)
         entry.update({k: v for k, v in result.report.items() if k in ("recovery", "data")})
     return result
 
 
 def _gate_data(stage_result, data, training, max_drop, out):
-    """(x, y) for the accuracy gate: the training stage's validation split, else labelled
+    """(x, y, where from) for the accuracy gate: the training stage's gate split (data no
+    selection saw: --gate-data, or --gate-split of the validation data), else labelled
     calibration data. A gate asked for on the command line without labelled data is an error;
     one that only comes from the profile's default is skipped with a warning."""
     if max_drop is None:
         return None
-    if stage_result is not None and stage_result.validation is not None:
-        return stage_result.validation.x, stage_result.validation.y
+    if stage_result is not None and stage_result.gate is not None and stage_result.gate.y is not None:
+        return stage_result.gate.x, stage_result.gate.y, stage_result.gate_source
     if data is not None and data[1] is not None:
-        return data
+        if training.distill and not training.train_data:
+            out.warn("the accuracy gate measures on the calibration data that label-free distillation "
+                     "trained on; pass --gate-data for an independent measurement")
+        return data[0], data[1], "the labelled calibration data"
     if training.max_accuracy_drop is not None:
-        raise InputError("--max-accuracy-drop needs labelled data: --val-data, --train-data or a labelled --calibration")
+        raise InputError("--max-accuracy-drop needs labelled data: --gate-data, --val-data, --train-data "
+                         "or a labelled --calibration")
     out.warn("the profile sets max_accuracy_drop but no labelled data was given: accuracy gate skipped")
     return None
-
-
-def _budgets(profile, tflite_bytes: int, arena_bytes: int | None) -> list[dict]:
-    checks = []
-    for name, actual in (("max_model_bytes", tflite_bytes), ("max_arena_bytes", arena_bytes)):
-        limit = getattr(profile.budgets, name)
-        if limit is None or actual is None:
-            continue
-        checks.append({"budget": name, "limit": int(limit), "actual": int(actual), "ok": actual <= limit,
-                       "over_by": max(int(actual) - int(limit), 0)})
-    return checks
 
 
 def run_compile(model_path, output_dir, options: CompileOptions | None = None, *,
                 output: Output | None = None) -> CompileResult:
     """Compile ``model_path`` into ``output_dir`` (model.tflite, manifest.json, report.json)."""
     from edgeprune.convert import convert, estimate_arena_bytes, io_details, op_counts
-    from edgeprune.datasets import array_sha256, load_arrays
+    from edgeprune.datasets import array_sha256, count, load_arrays, take
     from edgeprune.model_io import load_model
     from edgeprune.profiles import load_profile
 
@@ -272,17 +258,23 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         if loaded.translation:
             entry["translation"] = loaded.translation
     source_params = int(model.count_params())
-    input_shape = _input_shape(model, options.input_shape)
+    from edgeprune.datasets import signature
+    from edgeprune.shapes import apply_input_shape, input_names
+
+    output_names = signature(model)[1]
+    names = input_names(model)
+    inputs = list(zip(names, apply_input_shape([(n, tuple(t.shape)) for n, t in zip(names, model.inputs)],
+                                               options.input_shape)))
 
     data = None
     calibration_info = None
     if options.calibration:
         with stages.stage("calibration", "Reading calibration data") as entry:
-            data = load_arrays(options.calibration, input_shape=input_shape,
+            data = load_arrays(options.calibration, inputs=inputs, outputs=output_names,
                                preprocessing=profile.preprocessing, num_samples=options.num_samples,
                                seed=options.seed, check_range=_float_input(model))
             calibration_info = {"source": str(options.calibration), "sha256": array_sha256(data[0]),
-                                "count": int(len(data[0])), "seed": options.seed,
+                                "count": count(data[0]), "seed": options.seed,
                                 "num_samples": options.num_samples, "labelled": data[1] is not None}
             entry["count"] = calibration_info["count"]
 
@@ -296,11 +288,12 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
     prune_report = None
     if not iterative:
         model, prune_report = _stage_prune(model, options, profile, data, stages)
-    from edgeprune.training.api import gate_budget
+    from edgeprune.budgets import Limits
 
-    max_drop = gate_budget(training, profile)
+    limits = Limits.of(profile, max_accuracy_drop=training.max_accuracy_drop, gate_mode=training.gate_mode)
+    max_drop = limits.max_accuracy_drop
     stage_result = None
-    if training.wants_training or training.val_data or iterative:
+    if training.wants_training or training.val_data or training.gate_data or iterative:
         stage_result = _stage_training(model, original, options, profile, data, stages, out)
         model = stage_result.model
         prune_report = stage_result.pruned_report or prune_report
@@ -310,7 +303,7 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
 
     representative = None if data is None else data[0]
     if representative is None and stage_result is not None and stage_result.validation is not None:
-        representative = stage_result.validation.x[: options.num_samples or 200]
+        representative = take(stage_result.validation.x, slice(0, options.num_samples or 200))
     gate = _gate_data(stage_result, data, training, max_drop, out)
     from edgeprune import shipping
 
@@ -343,7 +336,9 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         else:
             arena = {"bytes": estimate_arena_bytes(tflite),
                      "method": "estimate: peak bytes of live non-constant tensors"}
-        budgets = _budgets(profile, len(tflite), arena["bytes"])
+        from edgeprune import budgets as budget_checks
+
+        budgets = budget_checks.check(limits, model_bytes=len(tflite), arena_bytes=arena["bytes"])
         entry["ops"] = sum(ops.values())
 
     if gate is not None:
@@ -351,13 +346,17 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
 
         with stages.stage("gate", "Accuracy gate (interpreter vs original model)") as entry:
             try:
-                report["accuracy_gate"] = check_accuracy_gate(tflite, original, gate[0], gate[1], max_drop)
+                report["accuracy_gate"] = check_accuracy_gate(tflite, original, gate[0], gate[1], max_drop,
+                                                              mode=limits.gate_mode, output=training.gate_output,
+                                                              source=gate[2])
             except VerificationError as exc:
                 report["accuracy_gate"] = exc.result
                 gate_error = exc
             else:
                 gate_error = None
             entry.update(report["accuracy_gate"])
+        if report["accuracy_gate"].get("note"):
+            out.warn(report["accuracy_gate"]["note"])
     else:
         gate_error = None
 
@@ -397,12 +396,10 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
             write_json(tmp / "GATE_FAILED.json", report["accuracy_gate"])
             kept = artifact.reject()
             raise VerificationError(f"{gate_error}; candidate kept in {kept}, nothing written to {dest}")
-        failed = [b for b in budgets if not b["ok"]]
+        failed = budget_checks.failures(budgets)
         if failed:
             kept = artifact.reject()
-            detail = "; ".join(
-                f"{b['budget']} {b['actual']} bytes > limit {b['limit']} (over by {b['over_by']} bytes, "
-                f"{100.0 * b['over_by'] / b['limit']:.1f}%)" for b in failed)
+            detail = "; ".join(failed)
             raise BudgetError(f"target '{profile.name}': {detail}; candidate kept in {kept}, nothing written to {dest}")
     out.debug(f"wrote {dest}")
     return CompileResult(dest, dest / "model.tflite", manifest, report)

@@ -1,13 +1,22 @@
-"""Calibration and evaluation arrays from files, image folders or user code, checked early.
+"""The one data loader: calibration, training, validation, gate and evaluation arrays.
 
-A wrong shape, NaN or an empty source otherwise surfaces deep inside the TFLite converter as an
-unreadable error; here it becomes one line saying what was expected and what was found.
+Every command reads data here, so an image folder decodes, resizes (bilinear), scales (the
+profile's ``preprocessing.scale``) and is checked the same way whether it calibrates int8,
+fine-tunes, gates or verifies. A wrong shape, NaN or an empty source otherwise surfaces deep
+inside the TFLite converter or after a training epoch as an unreadable error; here it becomes
+one line naming the flag, what was expected and what was found.
+
+Models with several inputs take an ``.npz`` keyed by input name (or a ``module:function``
+yielding dicts keyed by input name, or tuples in input order); ``x`` is then a dict. Labels of
+several outputs are ``y_<output name>`` arrays; ``y`` is then a dict.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib
 import importlib.util
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -16,7 +25,7 @@ import numpy as np
 from edgeprune._pyfile import import_python_file
 from edgeprune.errors import InputError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 def array_sha256(x: np.ndarray) -> str:
@@ -42,23 +51,46 @@ def _from_npy(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise InputError(f"{path}: unreadable .npy file ({exc})") from None
 
 
-def _from_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def _npz_labels(data, keys: list[str], outputs, where: str):
+    """``y`` (one output) or ``{name: y_<name>}`` (several outputs) from an open .npz."""
+    named = {o: data[f"y_{o}"] for o in (outputs or []) if f"y_{o}" in keys}
+    if outputs and len(outputs) > 1:
+        if "y" in keys and not named:
+            raise InputError(f"{where}: the model has {len(outputs)} outputs ({', '.join(outputs)}); name "
+                             f"their labels y_<output> (e.g. y_{outputs[0]}) instead of 'y'")
+        return named or None
+    if "y" in keys:
+        return data["y"]
+    return next(iter(named.values()), None)
+
+
+def _from_npz(path: Path, spec: "_Spec", where: str):
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = list(data.keys())
-            if "x" in keys:
+            if spec.multi:
+                missing = [n for n in spec.names if n not in keys and f"x_{n}" not in keys]
+                if missing:
+                    raise InputError(f"{where}: the model has inputs {', '.join(spec.names)}; the .npz needs an "
+                                     f"array per input name, missing {', '.join(missing)} (found {', '.join(keys) or 'none'})")
+                x = {n: data[n] if n in keys else data[f"x_{n}"] for n in spec.names}
+            elif "x" in keys:
                 x = data["x"]
+            elif spec.names and spec.names[0] in keys:
+                x = data[spec.names[0]]
             elif len(keys) == 1:
                 x = data[keys[0]]
             else:
                 raise InputError(
-                    f"{path}: .npz needs an array named 'x' (or exactly one array); found {', '.join(keys) or 'none'}"
+                    f"{where}: .npz needs an array named 'x' (or exactly one array); found {', '.join(keys) or 'none'}"
                 )
-            y = data["y"] if "y" in keys else None
+            y = _npz_labels(data, keys, spec.outputs, where)
     except InputError:
         raise
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path}: unreadable .npz file ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:  # object arrays need pickle: refused on purpose
+        raise InputError(f"{where}: cannot read without pickle ({str(exc).splitlines()[0]})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{where}: unreadable .npz file ({str(exc).splitlines()[0]})") from None
     return x, y
 
 
@@ -73,15 +105,16 @@ def _image_files(root: Path) -> tuple[list[Path], list[int] | None]:
     return files, None
 
 
-def _from_images(root: Path, input_shape, preprocessing, subset) -> tuple[np.ndarray, np.ndarray | None]:
+def _from_images(root: Path, input_shape, preprocessing, subset, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode (PIL), convert to L or RGB, resize bilinear to the input, scale to preprocessing.scale."""
     from PIL import Image
 
     if input_shape is None or len(input_shape) != 4 or None in tuple(input_shape)[1:]:
-        raise InputError(f"{root}: an image folder needs a model with a fixed (N, H, W, C) input, "
+        raise InputError(f"{where}: an image folder needs a model with a fixed (N, H, W, C) input, "
                          f"found {_fmt_shape(input_shape or ())}")
     _, h, w, c = input_shape
     if c not in (1, 3):
-        raise InputError(f"{root}: images can feed 1 or 3 channels, the model input has {c}")
+        raise InputError(f"{where}: images can feed 1 or 3 channels, the model input has {c}")
     lo, hi = (preprocessing.scale if preprocessing is not None else (0.0, 1.0))
     files, labels = _image_files(root)
     keep = subset(len(files))
@@ -99,53 +132,106 @@ def _from_images(root: Path, input_shape, preprocessing, subset) -> tuple[np.nda
     return out, labels
 
 
-def _import_callable(spec: str):
+def _import_callable(spec: str, where: str):
     target, _, fn_name = spec.rpartition(":")
     if not fn_name.isidentifier():
-        raise InputError(f"calibration '{spec}': expected module:function or path/to/file.py:function")
+        raise InputError(f"{where}: expected module:function or path/to/file.py:function")
     if target.endswith(".py") or Path(target).is_file():
-        module = import_python_file(target, f"calibration '{spec}'")
+        module = import_python_file(target, where)
     else:
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
-            raise InputError(f"calibration '{spec}': cannot import module '{target}' ({exc})") from None
+            raise InputError(f"{where}: cannot import module '{target}' ({exc})") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
-        raise InputError(f"calibration '{spec}': '{fn_name}' is not a function in {target}")
+        raise InputError(f"{where}: '{fn_name}' is not a function in {target}")
     return fn
 
 
-def _collect(result: Any, spec: str, sample_shape) -> tuple[np.ndarray, np.ndarray | None]:
-    """A callable's result: an array, an (x, y) pair, or an iterable of samples/batches/pairs."""
-    if isinstance(result, np.ndarray) or hasattr(result, "__array__") and not isinstance(result, (list, tuple)):
-        return np.asarray(result), None
-    if isinstance(result, tuple) and len(result) == 2 and all(hasattr(r, "__len__") for r in result):
-        x, y = np.asarray(result[0]), np.asarray(result[1])
-        if x.ndim >= 2 and len(x) == len(y):
+def _arrays(item) -> bool:
+    return all(hasattr(v, "__array__") or isinstance(v, (list, np.ndarray)) for v in item)
+
+
+def _split_item(item, spec: "_Spec"):
+    """One yielded element -> (x part, y part or None): x an array (one input) or a dict."""
+    if isinstance(item, dict):
+        return item, None
+    if isinstance(item, (tuple, list)):
+        if spec.multi and len(item) == len(spec.names) and _arrays(item) and spec.matches(item):
+            return dict(zip(spec.names, item)), None  # the inputs in model order
+        if len(item) == 2 and not np.isscalar(item[0]):
+            x, y = item
+            if spec.multi and isinstance(x, (tuple, list)):
+                x = dict(zip(spec.names, x))
             return x, y
+        if len(item) == 1:
+            return item[0], None
+    return item, None
+
+
+def _as_batch(x, y, spec: "_Spec"):
+    """Add the batch axis to a single sample (and to its label)."""
+    if isinstance(x, dict):
+        arrays = {k: np.asarray(v) for k, v in x.items()}
+        first = spec.names[0] if spec.names and spec.names[0] in arrays else next(iter(arrays))
+        single = spec.sample(first) is not None and arrays[first].ndim == len(spec.sample(first))
+        x = {k: (v[None] if single else v) for k, v in arrays.items()}
+    else:
+        arr = np.asarray(x)
+        sample = spec.sample(spec.names[0] if spec.names else None)
+        single = sample is not None and arr.ndim == len(sample)
+        x = arr[None] if single else arr
+    if y is not None:
+        if isinstance(y, (tuple, list)) and spec.outputs and len(y) == len(spec.outputs):
+            y = dict(zip(spec.outputs, y))
+        if isinstance(y, dict):
+            y = {k: (np.asarray(v)[None] if single else np.atleast_1d(np.asarray(v))) for k, v in y.items()}
+        else:
+            y = np.asarray(y)[None] if single else np.atleast_1d(np.asarray(y))
+    return x, y
+
+
+def _concat(parts: list, where: str):
+    if isinstance(parts[0], dict):
+        keys = list(parts[0])
+        if any(set(p) != set(keys) for p in parts):
+            raise InputError(f"{where}: items have different keys")
+        return {k: _concat([p[k] for p in parts], where) for k in keys}
+    try:
+        return np.concatenate(parts)
+    except ValueError:
+        shapes = sorted({np.shape(a)[1:] for a in parts})
+        raise InputError(f"{where}: items have different shapes {shapes[:3]}") from None
+
+
+def _collect(result: Any, spec: "_Spec", where: str):
+    """A callable's result: an array, a dict of arrays, an (x, y) pair, a ``tf.data.Dataset``, or
+    an iterable of samples, batches, dicts or pairs."""
+    if hasattr(result, "as_numpy_iterator"):  # tf.data.Dataset
+        result = result.as_numpy_iterator()
+    elif isinstance(result, dict):
+        return {k: np.asarray(v) for k, v in result.items()}, None
+    elif isinstance(result, np.ndarray) or hasattr(result, "__array__") and not isinstance(result, (list, tuple)):
+        return np.asarray(result), None
+    elif isinstance(result, tuple) and len(result) == 2 and all(hasattr(r, "__len__") for r in result) \
+            and not (spec.multi and spec.matches(result)):
+        x, y = result
+        x = dict(zip(spec.names, x)) if spec.multi and isinstance(x, (tuple, list)) else x
+        if isinstance(x, dict) or (np.asarray(x).ndim >= 2 and len(x) == len(y)):
+            return (x if isinstance(x, dict) else np.asarray(x)), (y if isinstance(y, dict) else np.asarray(y))
     if not isinstance(result, Iterable):
-        raise InputError(f"calibration '{spec}': returned {type(result).__name__}, expected an array or an iterable of arrays")
+        raise InputError(f"{where}: returned {type(result).__name__}, expected an array or an iterable of arrays")
     xs, ys = [], []
     for item in result:
-        y = None
-        if isinstance(item, (tuple, list)) and len(item) == 2 and not np.isscalar(item[0]):
-            item, y = item
-        elif isinstance(item, (tuple, list)) and len(item) == 1:
-            item = item[0]
-        arr = np.asarray(item)
-        single = sample_shape is not None and arr.ndim == len(sample_shape)
-        xs.append(arr[None] if single else arr)
+        x, y = _as_batch(*_split_item(item, spec), spec)
+        xs.append(x)
         if y is not None:
-            ys.append(np.atleast_1d(np.asarray(y)))
+            ys.append(y)
     if not xs:
-        raise InputError(f"calibration '{spec}': the iterable yielded no samples")
-    try:
-        x = np.concatenate(xs)
-    except ValueError:
-        shapes = sorted({a.shape[1:] for a in xs})
-        raise InputError(f"calibration '{spec}': items have different shapes {shapes[:3]}") from None
-    y = np.concatenate(ys) if ys and len(ys) == len(xs) else None
+        raise InputError(f"{where}: the iterable yielded no samples")
+    x = _concat(xs, where)
+    y = _concat(ys, where) if ys and len(ys) == len(xs) else None
     return x, y
 
 
@@ -181,31 +267,92 @@ def _recipe(src: str) -> dict | None:
     return data
 
 
+# --- model signature ------------------------------------------------------------------------
+
+@dataclass
+class _Spec:
+    """What the data must feed: input names and shapes (batch included), output names."""
+
+    names: list[str]
+    shapes: list[tuple | None]
+    outputs: list[str] | None = None
+
+    @property
+    def multi(self) -> bool:
+        return len(self.names) > 1
+
+    def sample(self, name) -> tuple | None:
+        if name is None or name not in self.names:
+            shape = self.shapes[0] if self.shapes else None
+        else:
+            shape = self.shapes[self.names.index(name)]
+        return None if shape is None else tuple(shape)[1:]
+
+    def matches(self, item) -> bool:
+        """Whether a tuple's arrays fit the inputs in order (as samples or batches)."""
+        if len(item) != len(self.names):
+            return False
+        for arr, shape in zip(item, self.shapes):
+            dims = np.shape(arr)
+            want = tuple(shape or ())[1:]
+            if len(dims) not in (len(want), len(want) + 1) or not _fits(dims[-len(want):] if want else (), want):
+                return False
+        return True
+
+
+def _fits(found, want) -> bool:
+    return len(found) == len(want) and all(w is None or int(w) == int(f) for f, w in zip(found, want))
+
+
+def signature(model) -> tuple[list[tuple[str, tuple]], list[str]]:
+    """``([(input name, shape with batch)], [output names])`` of a Keras model (either flavour)."""
+    from edgeprune.shapes import input_names
+
+    inputs = [(name, tuple(t.shape)) for name, t in zip(input_names(model), model.inputs)]
+    names = getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))]
+    return inputs, list(names)
+
+
+def count(x) -> int:
+    """Number of samples in ``x`` (an array, or a dict of arrays for several inputs)."""
+    return int(len(next(iter(x.values())))) if isinstance(x, dict) else int(len(x))
+
+
+def take(a, index):
+    """Rows ``index`` of an array, or of every array of a dict; None stays None."""
+    if a is None:
+        return None
+    if isinstance(a, dict):
+        return {k: np.asarray(v)[index] for k, v in a.items()}
+    return np.asarray(a)[index]
+
+
 # --- checks --------------------------------------------------------------------------------
 
-def _check(x: np.ndarray, y, src: str, input_shape, preprocessing, check_range: bool):
+def _check_input(x: np.ndarray, where: str, shape, preprocessing, check_range: bool, label: str = ""):
+    x = np.asarray(x)
     if x.size == 0 or x.ndim == 0 or len(x) == 0:
-        raise InputError(f"calibration '{src}': no samples (found shape {x.shape})")
+        raise InputError(f"{where}: no samples{label} (found shape {x.shape})")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
             or x.dtype == np.bool_):
-        raise InputError(f"calibration '{src}': expected numeric data, found dtype {x.dtype}")
-    if input_shape is not None:
-        want = tuple(input_shape)[1:]
+        raise InputError(f"{where}: expected numeric data{label}, found dtype {x.dtype}")
+    if shape is not None:
+        want = tuple(shape)[1:]
         got = x.shape[1:]
         if len(got) == len(want) - 1 and want[-1] == 1 and all(w in (None, g) for w, g in zip(want, got)):
             x = x[..., None]  # (N, H, W) for a (N, H, W, 1) model
             got = x.shape[1:]
-        if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
+        if not _fits(got, want):
             raise InputError(
-                f"calibration '{src}': expected samples of shape {_fmt_shape((None, *want))} "
-                f"for the model input, found {_fmt_shape((None, *got))}"
+                f"{where}: expected samples of shape {_fmt_shape((None, *want))} "
+                f"for the model input{label}, found {_fmt_shape((None, *got))}"
             )
     x = x.astype(np.float32, copy=False)
     bad = ~np.isfinite(x)
     if bad.any():
         raise InputError(
-            f"calibration '{src}': {int(bad.sum())} NaN/Inf values in {int(bad.reshape(len(x), -1).any(1).sum())} "
-            "samples; expected finite numbers"
+            f"{where}: {int(bad.sum())} NaN/Inf values in {int(bad.reshape(len(x), -1).any(1).sum())} "
+            f"samples{label}; expected finite numbers"
         )
     if check_range and preprocessing is not None:
         lo, hi = preprocessing.scale
@@ -213,14 +360,50 @@ def _check(x: np.ndarray, y, src: str, input_shape, preprocessing, check_range: 
         mn, mx = float(x.min()), float(x.max())
         if mn < lo - 0.05 * span or mx > hi + 0.05 * span:
             raise InputError(
-                f"calibration '{src}': values span [{mn:.4g}, {mx:.4g}] but the target's "
+                f"{where}: values{label} span [{mn:.4g}, {mx:.4g}] but the target's "
                 f"preprocessing.scale expects [{lo:g}, {hi:g}]; rescale the data or use a profile "
                 "with the matching preprocessing.scale"
             )
-    if y is not None:
-        y = np.asarray(y)
-        if len(y) != len(x):
-            raise InputError(f"calibration '{src}': {len(x)} samples but {len(y)} labels")
+    return x
+
+
+def _check_labels(y, n: int, where: str, label: str = ""):
+    y = np.asarray(y)
+    if y.dtype.kind not in "fiub":
+        raise InputError(f"{where}: labels{label} must be numeric, found dtype {y.dtype}")
+    if len(y) != n:
+        raise InputError(f"{where}: {n} samples but {len(y)} labels{label}")
+    return y
+
+
+def _check(x, y, where: str, spec: _Spec, preprocessing, check_range: bool):
+    if isinstance(x, dict) and not spec.names:
+        if len(x) != 1:
+            raise InputError(f"{where}: found inputs {', '.join(sorted(x))}, the model has one input")
+        x = next(iter(x.values()))
+    if isinstance(x, dict):
+        unknown = sorted(set(x) - set(spec.names)) if spec.names else []
+        if unknown or (spec.multi and set(x) != set(spec.names)):
+            raise InputError(f"{where}: inputs named {', '.join(sorted(x))}, the model's are {', '.join(spec.names)}")
+        # the profile's pixel range applies to image inputs (N, H, W, C), not to side vectors
+        x = {name: _check_input(x[name], where, spec.shapes[i], preprocessing,
+                                check_range and len(spec.shapes[i] or ()) == 4, f" (input '{name}')")
+             for i, name in enumerate(spec.names)}
+        sizes = {count(v) for v in x.values()}
+        if len(sizes) > 1:
+            raise InputError(f"{where}: inputs have different sample counts {sorted(sizes)}")
+        if not spec.multi:
+            x = x[spec.names[0]]
+    else:
+        if spec.multi:
+            raise InputError(f"{where}: the model has {len(spec.names)} inputs ({', '.join(spec.names)}); give an "
+                             ".npz keyed by input name, or a module:function yielding dicts or tuples")
+        x = _check_input(x, where, spec.shapes[0] if spec.shapes else None, preprocessing, check_range)
+    n = count(x)
+    if isinstance(y, dict):
+        y = {k: _check_labels(v, n, where, f" of output '{k}'") for k, v in y.items()}
+    elif y is not None:
+        y = _check_labels(y, n, where)
     return x, y
 
 
@@ -238,13 +421,17 @@ def _subset_fn(num_samples: int | None, seed: int):
 
 
 def load_arrays(src: str, *, input_shape=None, preprocessing=None, num_samples: int | None = None,
-                seed: int = 0, check_range: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+                seed: int = 0, check_range: bool = True, inputs=None, outputs=None,
+                flag: str = "calibration") -> tuple:
     """Load ``src`` as float32 ``x`` (and labels ``y`` when present), checked against the model.
 
-    ``src``: a ``.npy``/``.npz`` file, an image directory (class sub-folders become labels), or
-    ``module:function`` / ``path/to/file.py:function``. ``input_shape`` is the model input shape
-    including the batch dimension; ``preprocessing`` a profile's Preprocessing (range, colour).
-    ``num_samples`` keeps a seeded random subset.
+    ``src``: a ``.npy``/``.npz`` file, an image directory (class sub-folders become labels),
+    ``module:function`` / ``path/to/file.py:function`` (arrays, (x, y) pairs, batches, dicts,
+    or a ``tf.data.Dataset``), or a recipe. ``input_shape`` is the model input shape including
+    the batch dimension; for several inputs pass ``inputs=[(name, shape), ...]`` instead (then
+    ``x`` is a dict keyed by input name) and ``outputs`` (output names) to read per-output
+    labels ``y_<name>``. ``preprocessing`` is a profile's Preprocessing (pixel range).
+    ``num_samples`` keeps a seeded random subset. ``flag`` names the source in errors.
     """
     src = str(src)
     recipe = _recipe(src)
@@ -252,35 +439,62 @@ def load_arrays(src: str, *, input_shape=None, preprocessing=None, num_samples: 
         src = recipe["source"]
         num_samples = recipe.get("num_samples") if num_samples is None else num_samples
         seed = recipe.get("seed", seed) if seed == 0 else seed
+    if inputs:
+        spec = _Spec([n for n, _ in inputs], [tuple(s) if s is not None else None for _, s in inputs],
+                     list(outputs) if outputs else None)
+    else:
+        spec = _Spec([], [tuple(input_shape)] if input_shape is not None else [],
+                     list(outputs) if outputs else None)
+    where = f"{flag} '{src}'"
     subset = _subset_fn(num_samples, seed)
     path = Path(src)
-    sample_shape = tuple(input_shape)[1:] if input_shape is not None else None
     if path.is_dir():
-        x, y = _from_images(path, input_shape, preprocessing, subset)
-        return _check(x, y, src, input_shape, preprocessing, check_range=False)
+        if spec.multi:
+            raise InputError(f"{where}: an image folder feeds one input; the model has {len(spec.names)}")
+        x, y = _from_images(path, spec.shapes[0] if spec.shapes else None, preprocessing, subset, where)
+        return _check(x, y, where, spec, preprocessing, check_range=False)
     if path.is_file() or path.suffix.lower() in (".npy", ".npz"):
         if not path.is_file():
-            raise InputError(f"calibration '{src}': no such file")
+            raise InputError(f"{where}: no such file")
         if path.suffix.lower() == ".npz":
-            x, y = _from_npz(path)
+            x, y = _from_npz(path, spec, where)
         elif path.suffix.lower() == ".npy":
             x, y = _from_npy(path)
         else:
-            raise InputError(f"calibration '{src}': expected .npy, .npz, an image folder or module:function")
+            raise InputError(f"{where}: expected .npy, .npz, an image folder or module:function")
     elif ":" in src:
-        fn = _import_callable(src)
+        fn = _import_callable(src, where)
         try:
             result = fn()
         except Exception as exc:
-            raise InputError(f"calibration '{src}': the function raised {type(exc).__name__}: {exc}") from None
-        x, y = _collect(result, src, sample_shape)
+            raise InputError(f"{where}: the function raised {type(exc).__name__}: {exc}") from None
+        x, y = _collect(result, spec, where)
     else:
-        raise InputError(f"calibration '{src}': no such file or directory (or module:function)")
-    x = np.asarray(x)
-    if x.ndim > 0 and len(x) > 0:
-        n = len(x)
+        raise InputError(f"{where}: no such file or directory (or module:function)")
+    if isinstance(x, dict) and not spec.multi and len(x) == 1:
+        x = next(iter(x.values()))
+    if not isinstance(x, dict):
+        x = np.asarray(x)
+    n = count(x) if (isinstance(x, dict) or x.ndim > 0) else 0
+    if n > 0:
         keep = subset(n)
-        x = x[keep]
-        if y is not None and len(y) == n:
+        x = take(x, keep)
+        if isinstance(y, dict):
+            y = {k: (np.asarray(v)[keep] if len(v) == n else v) for k, v in y.items()}
+        elif y is not None and len(y) == n:
             y = np.asarray(y)[keep]
-    return _check(x, y, src, input_shape, preprocessing, check_range)
+    return _check(x, y, where, spec, preprocessing, check_range)
+
+
+def check_arrays(x, y=None, *, inputs, outputs=None, preprocessing=None, check_range: bool = False,
+                 flag: str = "data", src: str = "arrays") -> tuple:
+    """The loader's checks on arrays already in memory (the Python API's ``train=(x, y)``)."""
+    spec = _Spec([n for n, _ in inputs], [tuple(s) if s is not None else None for _, s in inputs],
+                 list(outputs) if outputs else None)
+    if isinstance(x, dict) and not spec.multi and len(x) == 1:
+        x = next(iter(x.values()))
+    if isinstance(x, (list, tuple)) and spec.multi:
+        x = dict(zip(spec.names, x))
+    if isinstance(y, (list, tuple)) and outputs and len(outputs) > 1 and len(y) == len(outputs):
+        y = dict(zip(outputs, y))
+    return _check(x, y, f"{flag} '{src}'", spec, preprocessing, check_range)

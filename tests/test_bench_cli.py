@@ -68,9 +68,9 @@ def test_gates_exit_1(models, capsys):
 @pytest.mark.parametrize("args, message", [
     (["missing.tflite"], "missing.tflite: artifact not found"),
     (["{junk}"], "not a TFLite model"),
-    (["{f32}", "--val-data", "{eval_bad_shape}"], "per-sample shape [9, 9, 1], the model input expects [8, 8, 1]"),
+    (["{f32}", "--val-data", "{eval_bad_shape}"], "expected samples of shape (N, 8, 8, 1) for the model input, found (N, 9, 9, 1)"),
     (["{f32}", "--threads", "1,x"], "--threads: expected a comma-separated list"),
-    (["{f32}", "--val-data", "missing.npz"], "missing.npz: eval data not found"),
+    (["{f32}", "--val-data", "missing.npz"], "--val-data 'missing.npz': no such file"),
     (["{f32}", "--fleet", "{bad_fleet}"], "hosts[0]: unknown key(s) port"),
     (["{f32}", "--host", "a b"], "--host 'a b': expected an ssh alias"),
     (["{f32}", "--host", "pi@h:99999"], "port must be a number"),

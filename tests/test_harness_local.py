@@ -1,6 +1,8 @@
 """The harness on this machine: real converter, real interpreter, the runner in a subprocess."""
 from __future__ import annotations
 
+import base64
+import io
 import json
 import subprocess
 import sys
@@ -163,8 +165,12 @@ def test_accuracy_gate_fails_with_numbers(models):
     with pytest.raises(VerificationError) as err:
         bench(models["other"], runs=10, warmup=2, eval_data=models["eval"], reference_model=models["reference"],
               max_accuracy_drop=1.0)
-    assert "drop" in str(err.value) and "> allowed 1" in str(err.value)
+    assert "drop" in str(err.value) and "> --max-accuracy-drop 1" in str(err.value)
+    assert "95% CI" in str(err.value)
     assert err.value.result["gate"]["passed"] is False
+    row = err.value.result["devices"][0]["eval"]
+    lo, hi = row["drop_ci95"]
+    assert lo <= row["accuracy_drop_points"] <= hi
 
 
 def test_latency_gate_and_profile_budget(models, tmp_path):
@@ -225,7 +231,7 @@ def test_bad_inputs(models, tmp_path):
     junk.write_bytes(b"this is not a flatbuffer at all")
     with pytest.raises(InputError, match="not a TFLite model"):
         bench(junk)
-    with pytest.raises(InputError, match=r"per-sample shape \[9, 9, 1\], the model input expects \[8, 8, 1\]"):
+    with pytest.raises(InputError, match=r"--val-data .*expected samples of shape \(N, 8, 8, 1\).*found \(N, 9, 9, 1\)"):
         bench(models["f32"], eval_data=models["eval_bad_shape"])
     with pytest.raises(InputError, match="--threads"):
         bench(models["f32"], threads=(0,))
@@ -243,17 +249,18 @@ def test_local_python_without_numpy_is_a_device_error(models, tmp_path):
 
 
 def test_runner_standalone_json_on_stdout(models, tmp_path):
-    """The runner needs no edgeprune: a job on the command line, one JSON document out."""
+    """The runner needs no edgeprune: a job on the command line, one JSON document out (the raw
+    outputs; the controller scores them with edgeprune.metrics)."""
     job = json.dumps({"artifact": str(models["int8"]), "runs": 5, "warmup": 1,
-                      "eval_inputs": str(tmp_path / "x.npy"), "eval_labels": str(tmp_path / "y.npy")})
+                      "eval_inputs": str(tmp_path / "x.npy")})
     np.save(tmp_path / "x.npy", models["x"])
-    np.save(tmp_path / "y.npy", models["y"])
     proc = subprocess.run([sys.executable, runner.__file__, job], capture_output=True, text=True,
                           cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["results"][0]["steady"]["count"] == 5
-    assert 0.0 <= doc["eval"]["accuracy"] <= 1.0 and doc["eval"]["outputs_npy_b64"]
+    outputs = np.load(io.BytesIO(base64.b64decode(doc["eval"]["outputs_npy_b64"])), allow_pickle=False)
+    assert outputs.shape == (len(models["x"]), 3) and doc["eval"]["samples"] == len(models["x"])
     bad = subprocess.run([sys.executable, runner.__file__, json.dumps({"artifact": "nope.tflite"})],
                          capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == runner.EXIT_BAD_JOB

@@ -11,13 +11,21 @@ from click.testing import CliRunner
 from test_training_fixtures import small_cnn
 
 from edgeprune.errors import InputError
-from edgeprune.training.data import check_against_model, load_source, resolve, split
+from edgeprune.training.data import Split, check_against_model, load_split, resolve, split
 from edgeprune.training.options import TrainingOptions, merge_options, training_options
 
 
 @pytest.fixture(scope="module")
 def model():
     return small_cnn()
+
+
+def load_source(src, *, input_shape=(8, 8, 1)):
+    """The one loader, for a model with this input shape (single output, 10 classes)."""
+    from edgeprune.datasets import load_arrays
+
+    x, y = load_arrays(src, input_shape=(None, *input_shape), flag="--train-data")
+    return Split(x, y, src)
 
 
 def _npz(tmp_path, x, y=None, name="d.npz"):
@@ -50,7 +58,7 @@ def test_image_dir_classes_sorted(tmp_path, model):
         (tmp_path / cls).mkdir()
         for i in range(3):
             Image.fromarray(np.full((16, 16), value, np.uint8)).save(tmp_path / cls / f"{i}.png")
-    data = load_source(str(tmp_path), input_shape=(8, 8, 1))
+    data = load_split(str(tmp_path), model, flag="--train-data")
     assert data.x.shape == (6, 8, 8, 1)
     assert data.y.tolist() == [0, 0, 0, 1, 1, 1]  # a_dog = 0, b_cat = 1
     assert data.x[0].max() < 0.1 and data.x[-1].min() > 0.7
@@ -71,13 +79,11 @@ def test_module_function_dataset(tmp_path, monkeypatch, model):
     data = load_source("train_gen_data:ds")
     assert data.x.shape == (12, 8, 8, 1) and data.y.shape == (12,)
     assert load_source("train_gen_data:arrays").y.tolist() == [0, 1, 2, 3]
-    with pytest.raises(InputError, match="cannot import"):
+    with pytest.raises(InputError, match="'nope' is not a function"):
         load_source("train_gen_data:nope")
 
 
 def test_split_is_seeded(model):
-    from edgeprune.training.data import Split
-
     data = Split(np.arange(100, dtype=np.float32).reshape(100, 1), np.arange(100), "s")
     a_train, a_val = split(data, 0.25, seed=3)
     b_train, b_val = split(data, 0.25, seed=3)
@@ -94,7 +100,7 @@ def test_split_is_seeded(model):
         (np.full(20, -1), r"found range \[-1, -1\]"),
         (np.linspace(0, 3, 20), "must be integers"),
         (np.array(["a"] * 20), "must be numeric"),
-        (np.eye(20, 7, dtype=np.float32), r"labels have shape \(7,\), model outputs \(10,\)"),
+        (np.eye(20, 7, dtype=np.float32), r"labels have shape \(7,\), the output has 10 units"),
     ],
 )
 def test_label_refusals(tmp_path, model, y, message):
@@ -107,12 +113,12 @@ def test_nan_and_shape_refused(tmp_path, model):
     x = np.random.rand(5, 8, 8, 1).astype(np.float32)
     x[2, 1, 1, 0] = np.nan
     with pytest.raises(InputError, match="NaN"):
-        check_against_model(load_source(_npz(tmp_path, x, np.arange(5))), model)
+        check_against_model(Split(x, np.arange(5), "a.npz"), model)
     y = np.array([0, 1, np.nan, 3, 4])
     with pytest.raises(InputError, match="NaN"):
         check_against_model(load_source(_npz(tmp_path, x * 0, y, "b.npz")), model)
-    with pytest.raises(InputError, match=r"model expects \(8, 8, 1\)"):
-        check_against_model(load_source(_npz(tmp_path, np.zeros((5, 4, 4, 1)), np.arange(5), "c.npz")), model)
+    with pytest.raises(InputError, match=r"expected samples of shape \(N, 8, 8, 1\)"):
+        check_against_model(Split(np.zeros((5, 4, 4, 1)), np.arange(5), "c.npz"), model)
 
 
 def test_pickled_npz_refused(tmp_path):
@@ -126,7 +132,11 @@ def test_resolve_checks_before_training(tmp_path, model):
     x = np.random.rand(30, 8, 8, 1).astype(np.float32)
     opts = TrainingOptions(train_data=_npz(tmp_path, x, np.arange(30) % 10), val_split=0.2)
     data = resolve(opts, model)
-    assert (len(data.train), len(data.val), data.task) == (24, 6, "sparse")
+    # training selects on half of the validation split; the gate measures on the other half
+    assert (len(data.train), len(data.val), len(data.gate), data.task) == (24, 3, 3, "sparse")
+    gate_ids = {float(v) for v in data.gate.x.reshape(3, -1)[:, 0]}
+    assert gate_ids.isdisjoint(float(v) for v in data.val.x.reshape(3, -1)[:, 0])
+    assert gate_ids.isdisjoint(float(v) for v in data.train.x.reshape(24, -1)[:, 0])
     bad = TrainingOptions(train_data=opts.train_data, val_data=_npz(tmp_path, x, np.arange(30) + 5, "v.npz"))
     with pytest.raises(InputError, match="--val-data"):
         resolve(bad, model)

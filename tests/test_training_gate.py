@@ -7,7 +7,7 @@ from test_training_fixtures import damaged, digits, trained_cnn
 
 from edgeprune.errors import InputError, VerificationError
 from edgeprune.training._tflite import to_tflite
-from edgeprune.training.api import gate_budget
+from edgeprune.budgets import Limits
 from edgeprune.training.gate import check_accuracy_gate
 from edgeprune.training.options import TrainingOptions
 
@@ -27,7 +27,8 @@ def test_gate_fails_with_numbers_and_exit_1():
     with pytest.raises(VerificationError) as info:
         check_accuracy_gate(candidate, reference, xv, yv, max_drop=1.0)
     assert info.value.exit_code == 1
-    assert "drop of" in str(info.value) and "--max-accuracy-drop 1" in str(info.value)
+    assert "drop" in str(info.value) and "--max-accuracy-drop 1" in str(info.value)
+    assert "95% CI" in str(info.value)
     assert info.value.result["drop_points"] > 1.0 and not info.value.result["passed"]
     measured = check_accuracy_gate(candidate, reference, xv, yv, max_drop=None)  # measure only
     assert measured["passed"] and measured["drop_points"] > 1.0
@@ -43,8 +44,10 @@ def test_budget_from_flag_or_profile():
     from edgeprune.profiles import load_profile
 
     profile = load_profile("cortex-m7")
-    assert gate_budget(TrainingOptions(max_accuracy_drop=2.0), profile) == 2.0
-    assert gate_budget(TrainingOptions(), profile) == profile.budgets.max_accuracy_drop
+    assert Limits.of(profile, max_accuracy_drop=TrainingOptions(max_accuracy_drop=2.0).max_accuracy_drop) \
+        .max_accuracy_drop == 2.0
+    assert Limits.of(profile, max_accuracy_drop=TrainingOptions().max_accuracy_drop).max_accuracy_drop \
+        == profile.budgets.max_accuracy_drop
 
 
 def test_stage_with_only_val_data_feeds_the_gate(tmp_path):
@@ -58,6 +61,6 @@ def test_stage_with_only_val_data_feeds_the_gate(tmp_path):
     model = trained_cnn()
     stage = run_training_stage(model, TrainingOptions(val_data=str(path)), original=model)
     assert stage.model is model and stage.quantization is None and "recovery" not in stage.report
-    assert len(stage.validation) == len(xv)
+    assert len(stage.validation) == len(xv) and len(stage.gate) == len(xv)  # nothing selects on it
     with pytest.raises(InputError, match="--qat needs labelled training data"):
         run_training_stage(model, TrainingOptions(val_data=str(path), qat=True), original=model)

@@ -5,7 +5,8 @@ import numpy as np
 
 from test_training_fixtures import acc, digits, quiet, trained_cnn
 
-from edgeprune.training._tflite import accuracy, run_tflite, to_tflite
+from edgeprune.harness.api import evaluate_tflite
+from edgeprune.training._tflite import to_tflite
 from edgeprune.training.data import Split
 from edgeprune.training.finetune import FitSettings
 from edgeprune.training.qat import train_qat
@@ -29,7 +30,7 @@ def test_qat_int8_close_to_float():
     assert report["float_layers"] == []
     tflite = to_tflite(qat_model, "int8", representative=x[:100])
     assert np.int8 in _int8_ops(tflite)
-    int8_acc = accuracy(run_tflite(tflite, xv), yv)
+    int8_acc = evaluate_tflite(tflite, xv, yv)["accuracy"]
     assert int8_acc > float_acc - 0.03
 
 
@@ -66,4 +67,4 @@ def test_prune_preserving_qat_keeps_zeros():
     dense_layer = next(l for l in qat_model.layers if l.name.endswith("dense"))
     kernel = next(w for w in dense_layer.weights if "kernel" in w.name).numpy()
     assert np.mean(kernel == 0) > 0.45
-    assert accuracy(run_tflite(to_tflite(qat_model, "int8", representative=x[:100]), xv), yv) > 0.85
+    assert evaluate_tflite(to_tflite(qat_model, "int8", representative=x[:100]), xv, yv)["accuracy"] > 0.85

@@ -32,16 +32,23 @@ def _render(out, result: dict) -> None:
         _render_per_layer(out, dev)
     if result.get("eval"):
         ref = result.get("reference") or {}
-        columns = {"device": [], "acc %": [], "mse": [], "ref %": [], "drop pts": [],
-                   "top-1 agree %": [], "max abs err": [], "vs x86 max err": []}
+        columns = {"device": [], "output": [], "acc %": [], "mse": [], "ref %": [], "drop pts": [],
+                   "drop 95% CI": [], "top-1 agree %": [], "max abs err": [], "vs x86 max err": []}
         for dev in result["devices"]:
-            ev, ag = dev.get("eval") or {}, dev.get("agreement") or {}
+            ev = dev.get("eval") or {}
             host_ag = dev.get("agreement_with_host") or {}
-            for key, value in zip(columns, (dev["host"], _pct(ev.get("accuracy")), ev.get("mse"),
-                                            _pct(ref.get("accuracy")), ev.get("accuracy_drop_points"),
-                                            _pct(ag.get("top1_agreement")), ag.get("max_abs_error"),
-                                            host_ag.get("max_abs_error"))):
-                columns[key].append(value)
+            per = ev.get("per_output") or {None: dict(ev, agreement=dev.get("agreement"))}
+            ref_per = ref.get("per_output") or {}
+            for name, row in per.items():
+                ag = row.get("agreement") or {}
+                ci = row.get("drop_ci95")
+                ref_acc = (ref_per.get(name) or {}).get("accuracy") if name else ref.get("accuracy")
+                for key, value in zip(columns, (dev["host"], name, _pct(row.get("accuracy")), row.get("mse"),
+                                                _pct(ref_acc), row.get("accuracy_drop_points"),
+                                                None if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]",
+                                                _pct(ag.get("top1_agreement")), ag.get("max_abs_error"),
+                                                host_ag.get("max_abs_error"))):
+                    columns[key].append(value)
         keep = [k for k, values in columns.items() if k == "device" or any(v is not None for v in values)]
         _table(out, f"Verification on {result['eval']['samples']} samples ({result['eval']['path']})", keep,
                list(zip(*(columns[k] for k in keep))))
@@ -51,7 +58,8 @@ def _render(out, result: dict) -> None:
                                                      ("max accuracy drop", gate["max_accuracy_drop"]))
                            if v is not None)
         verdict = "[green]PASS[/green]" if gate["passed"] else "[red]FAIL[/red]"
-        out.info(f"gate ({limits}): {verdict}")
+        mode = f", {gate['mode']} mode" if gate.get("max_accuracy_drop") is not None else ""
+        out.info(f"gate ({limits}{mode}): {verdict}")
         for failure in gate["failures"]:
             out.info(f"  {failure}")
     manifest = result["artifact"].get("manifest")
@@ -152,6 +160,9 @@ def _pct(value):
               help="Source Keras model: its accuracy and output agreement, computed here.")
 @click.option("--max-accuracy-drop", type=float, metavar="POINTS",
               help="Fail (exit 1) if reference accuracy minus artifact accuracy exceeds this many points.")
+@click.option("--gate-mode", type=click.Choice(["point", "upper"]), default="point", show_default=True,
+              help="Judge the measured accuracy drop (point) or the upper end of its 95% CI (upper).")
+@click.option("--gate-output", metavar="NAME", help="Model with several outputs: the output the accuracy gate judges.")
 @click.option("--max-latency-ms", type=float, metavar="MS",
               help="Fail (exit 1) if the best p50 latency exceeds this (default: profile budgets.max_latency_ms).")
 @click.option("--remote-python", metavar="PATH", help="python3 on the device (default: profile or python3).")
@@ -167,8 +178,8 @@ def _pct(value):
 @deprecated_aliases(("--eval", "--val-data"))
 @click.pass_context
 def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, min_duration, val_data, reference,
-                  max_accuracy_drop, max_latency_ms, remote_python, ssh_options, ssh_config, connect_timeout,
-                  per_layer, protocol, json_mode):
+                  max_accuracy_drop, gate_mode, gate_output, max_latency_ms, remote_python, ssh_options, ssh_config,
+                  connect_timeout, per_layer, protocol, json_mode):
     """Benchmark ARTIFACT (.tflite or an artifact directory) with the real LiteRT interpreter,
     on this machine or on devices over SSH, and optionally verify its accuracy.
 
@@ -187,7 +198,8 @@ def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, mi
                        warmup=warmup, min_duration_s=min_duration, eval_data=val_data, reference_model=reference,
                        max_accuracy_drop=max_accuracy_drop, remote_python=remote_python, output=out, fleet=fleet,
                        max_latency_ms=max_latency_ms, ssh_options=ssh_options, ssh_config=ssh_config,
-                       connect_timeout=connect_timeout, per_layer=per_layer, protocol=protocol)
+                       connect_timeout=connect_timeout, per_layer=per_layer, protocol=protocol,
+                       gate_mode=gate_mode, gate_output=gate_output)
     except EdgepruneError as exc:
         partial = getattr(exc, "result", None)
         if partial is not None:

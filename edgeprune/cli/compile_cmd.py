@@ -123,9 +123,19 @@ def _print(out, result, model) -> None:
             out.info(f"keep-float: {summary['keep_float']}")
         out.info(f"report: {result.output_dir / 'report.html'}")
         if gate:
-            out.info(f"accuracy gate: artifact {gate['candidate_accuracy']:.4f} vs original "
-                     f"{gate['reference_accuracy']:.4f} on {gate['samples']} samples "
-                     f"(drop {gate['drop_points']:.2f} pt, limit {gate['max_drop_points']})")
+            out.info(gate_line(gate))
+
+
+def gate_line(gate: dict) -> str:
+    """The accuracy gate in one line: accuracies, the drop with its 95% CI, the verdict."""
+    lo, hi = gate["drop_ci95"]
+    head = f"accuracy gate{' on output ' + gate['output'] if gate.get('output') else ''}"
+    verdict = "" if gate.get("max_drop_points") is None else (
+        f", limit {gate['max_drop_points']:g} pt ({gate.get('mode', 'point')}): "
+        + ("pass" if gate["passed"] else "FAIL") + ("" if gate.get("decided", True) else ", undecided"))
+    return (f"{head}: artifact {gate['candidate_accuracy']:.4f} vs original {gate['reference_accuracy']:.4f} "
+            f"on {gate['samples']} held-out samples; drop {gate['drop_points']:.2f} pt, "
+            f"95% CI [{lo:.2f}, {hi:.2f}]{verdict}")
 
 
 def summarize(result) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import platform
 import tempfile
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -16,9 +17,8 @@ from edgeprune.console import Output, default_output
 from edgeprune.errors import DeviceError, InputError, VerificationError
 from edgeprune.harness import runner, verify
 from edgeprune.harness.artifact import inspect_artifact
-from edgeprune.harness.evaldata import load_eval_data
 from edgeprune.harness.fleet import LOCAL, Device, device_for, load_fleet, parse_threads, run_parallel
-from edgeprune.harness.jobs import EVAL_X, EVAL_Y, RunRequest
+from edgeprune.harness.jobs import EVAL_X, RunRequest
 from edgeprune.harness.local import run_local
 from edgeprune.harness.remote import SshSettings, parse_host, run_remote
 
@@ -56,7 +56,7 @@ def _resolve_devices(profile, hosts: Iterable[str], fleet, remote_python) -> lis
     return devices
 
 
-def _device_entry(device: Device, raw: dict, eval_data, ref_outputs, reference, host_outputs=None) -> dict:
+def _device_entry(device: Device, raw: dict, data, ref_outputs, names, host_outputs=None) -> dict:
     entry = {"host": device.label, "transport": raw.pop("transport", None), **raw}
     if device.emulated:
         from edgeprune.harness.emulated import label_device
@@ -69,20 +69,52 @@ def _device_entry(device: Device, raw: dict, eval_data, ref_outputs, reference, 
     ev = entry.get("eval")
     if ev is not None:
         outputs = ev.pop("outputs", None)
-        ev.pop("accuracy", None), ev.pop("mse", None)  # recomputed here from the raw outputs
         if outputs is not None:
-            ev.update(verify.metrics(outputs, eval_data.y))
-            if ref_outputs is not None:
-                entry["agreement"] = verify.agreement(outputs, ref_outputs)
+            outputs = verify.as_dict(outputs, names)
+            scored = verify.score(outputs, verify.labels_dict(data.y, names), ref_outputs)
+            first = scored[names[0]] if names and names[0] in scored else next(iter(scored.values()))
+            ev.update({k: first.get(k) for k in ("accuracy", "mse", "accuracy_drop_points", "drop_ci95")})
+            if "agreement" in first:
+                entry["agreement"] = first["agreement"]
+            if len(scored) > 1:
+                ev["per_output"] = scored
             if host_outputs is not None and not device.is_local:
                 # int8 kernels differ between builds (x86 AVX vs ARM NEON): by how much, here
-                same = verify.agreement(outputs, host_outputs)
+                from edgeprune.metrics import agreement
+
+                host = verify.as_dict(host_outputs, names)
+                name = next(iter(outputs))
+                same = agreement(outputs[name], host.get(name, next(iter(host.values()))))
                 entry["agreement_with_host"] = {"host_machine": platform.machine(), **same,
                                                 "identical": same["max_abs_error"] == 0.0}
-            if reference is not None and reference.get("accuracy") is not None and ev.get("accuracy") is not None:
-                ev["accuracy_drop_points"] = (reference["accuracy"] - ev["accuracy"]) * 100.0
-            entry["_outputs"] = outputs
+            entry["_scored"] = scored
+            entry["_outputs"] = outputs if len(outputs) > 1 else next(iter(outputs.values()))
     return entry
+
+
+@dataclass
+class EvalData:
+    """Eval inputs (an array, or a dict per input) and labels (an array, or a dict per output)."""
+
+    path: Path
+    x: np.ndarray | dict
+    y: np.ndarray | dict | None
+
+    @property
+    def samples(self) -> int:
+        from edgeprune.datasets import count
+
+        return count(self.x)
+
+
+def load_eval_data(path, info) -> EvalData:
+    """--eval data for the artifact's inputs, read by the one loader (edgeprune.datasets)."""
+    from edgeprune.datasets import load_arrays
+
+    inputs = [(t.get("key") or t["name"], [None, *t["shape"][1:]]) for t in info.inputs]
+    outputs = [t.get("key") or t["name"] for t in info.outputs]
+    x, y = load_arrays(str(path), inputs=inputs, outputs=outputs, check_range=False, flag="--val-data")
+    return EvalData(Path(path), x, y)
 
 
 def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
@@ -90,14 +122,16 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
           max_accuracy_drop=None, remote_python=None, output: Output | None = None,
           fleet=None, max_latency_ms=None, ssh_options=(), ssh_config=None,
           connect_timeout: int = 10, retries: int = 2, keep_outputs: bool = False, per_layer: bool = False,
-          protocol: str | None = None, protocol_settings: dict | None = None) -> dict:
+          protocol: str | None = None, protocol_settings: dict | None = None,
+          gate_mode: str = "point", gate_output: str | None = None) -> dict:
     """Benchmark ``artifact`` on this machine or devices and verify it; return one result dict.
 
     threads: thread counts to sweep (default: the profile's ``threads``, else 1).
     eval_data: .npz with ``x`` and ``y`` -> accuracy (top-1) or MSE on each device.
     reference_model: the source Keras model -> its accuracy and output agreement.
-    max_accuracy_drop (points) / max_latency_ms (default: profile budgets) make it a gate:
-    VerificationError (exit 1) when broken. Device failures raise DeviceError naming the
+    max_accuracy_drop (points) / max_latency_ms (default: profile budgets) make it a gate
+    (edgeprune.budgets; gate_mode 'upper' judges the upper end of the drop's 95 % CI,
+    gate_output names the output of a model with several): VerificationError (exit 1) when broken. Device failures raise DeviceError naming the
     host and the cause. Both errors carry the partial result as ``.result``.
     A profile reached by emulation (``rpi4-emulated``) gets an sshd started inside the emulated
     system for this call; its latency is labelled emulated and never gated. Remote devices' eval
@@ -114,10 +148,12 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     profile = load_profile(target) if target is not None else None
     if runs < 1 or warmup < 0 or min_duration_s < 0:
         raise InputError("--runs must be >= 1, --warmup >= 0, --min-duration >= 0")
-    if max_accuracy_drop is not None and max_accuracy_drop < 0:
-        raise InputError(f"--max-accuracy-drop: expected points >= 0, found {max_accuracy_drop:g}")
-    if max_latency_ms is not None and max_latency_ms <= 0:
-        raise InputError(f"--max-latency-ms: expected a positive number of ms, found {max_latency_ms:g}")
+    from edgeprune.budgets import Limits
+
+    limits = Limits.of(profile, max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop,
+                       gate_mode=gate_mode)
+    if reference_model is None and max_accuracy_drop is None:
+        limits.max_accuracy_drop = None  # the profile's drop budget needs a reference to compare with
     threads = parse_threads(threads if threads else ((profile.threads,) if profile else (1,)), "--threads")
     protocol_job = _protocol(protocol, protocol_settings)
     info = inspect_artifact(artifact)
@@ -125,14 +161,11 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     if emulated and ssh_config:
         raise InputError(f"--ssh-config: target {profile.name} is reached through its own throwaway ssh config")
     devices = [] if emulated else _resolve_devices(profile, hosts, fleet, remote_python)
-    if max_latency_ms is None and profile is not None:
-        max_latency_ms = profile.budgets.max_latency_ms
+    max_latency_ms, max_accuracy_drop = limits.max_latency_ms, limits.max_accuracy_drop
     if emulated:
         if max_latency_ms is not None and max_latency_ms != profile.budgets.max_latency_ms:
             out.warn(f"--max-latency-ms is not checked on {profile.name}: emulated latency is never a gate")
-        max_latency_ms = None  # emulated latency says nothing about the device
-    if max_accuracy_drop is None and profile is not None and reference_model is not None:
-        max_accuracy_drop = profile.budgets.max_accuracy_drop
+        max_latency_ms = limits.max_latency_ms = None  # emulated latency says nothing about the device
     if reference_model is not None and eval_data is None:
         raise InputError("--reference needs --eval data to compare on")
     if max_accuracy_drop is not None and reference_model is None:
@@ -140,19 +173,22 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     settings = SshSettings.from_env(ssh_options, ssh_config, connect_timeout=connect_timeout, retries=retries) \
         if emulated or any(not d.is_local for d in devices) else None
 
+    out_names = [t.get("key") or t["name"] for t in info.outputs]
     data = None
     if eval_data is not None:
-        if len(info.inputs) != 1:
-            raise InputError(f"{info.path}: --eval needs a model with one input, it has {len(info.inputs)}")
-        data = load_eval_data(eval_data, info.inputs[0])
+        data = load_eval_data(eval_data, info)
 
     reference = ref_outputs = None
     if reference_model is not None:
         with out.progress(f"Running the reference model {Path(reference_model).name}"):
             from edgeprune.harness.reference import reference_outputs
 
-            ref_outputs = reference_outputs(reference_model, data.x)
-        reference = {"path": str(reference_model), **verify.metrics(ref_outputs, data.y)}
+            ref_outputs = reference_outputs(reference_model, data.x, out_names)
+        scored = verify.score(ref_outputs, verify.labels_dict(data.y, out_names))
+        first = scored[out_names[0]] if out_names[0] in scored else next(iter(scored.values()))
+        reference = {"path": str(reference_model), "accuracy": first["accuracy"], "mse": first["mse"]}
+        if len(scored) > 1:
+            reference["per_output"] = scored
 
     host_outputs = None
     if data is not None and (emulated or any(not d.is_local for d in devices)):
@@ -160,13 +196,14 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
 
     with ExitStack() as stack:
         work = stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-bench-"))
-        ex = ey = None
-        if data is not None:
-            ex = Path(work) / EVAL_X
-            np.save(ex, data.x, allow_pickle=False)
-            if data.y is not None:
-                ey = Path(work) / EVAL_Y
-                np.save(ey, data.y, allow_pickle=False)
+        ex = None
+        if data is not None:  # the device only runs the model: scoring happens here (edgeprune.metrics)
+            if isinstance(data.x, dict):
+                ex = Path(work) / (Path(EVAL_X).stem + ".npz")
+                np.savez(ex, **data.x)
+            else:
+                ex = Path(work) / EVAL_X
+                np.save(ex, data.x, allow_pickle=False)
         layers = []
         if per_layer:
             from edgeprune.harness.layers import cut_layers
@@ -176,7 +213,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
             layers = cut_layers(info.path, layer_dir)
         extra = {"protocol": protocol_job} if protocol_job else {}
         request = RunRequest(artifact=info.path, sha256=info.sha256, threads=threads, runs=runs,
-                             warmup=warmup, min_duration_s=min_duration_s, eval_x=ex, eval_y=ey, extra=extra,
+                             warmup=warmup, min_duration_s=min_duration_s, eval_x=ex, extra=extra,
                              models=tuple(layer.path for layer in layers if layer.path is not None))
         if emulated:
             from edgeprune.harness.emulated import emulated_sshd
@@ -213,7 +250,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
         if error is not None:
             result["errors"].append({"host": device.label, "error": error})
             continue
-        entry = _device_entry(device, raw, data, ref_outputs, reference, host_outputs)
+        entry = _device_entry(device, raw, data, ref_outputs, out_names, host_outputs)
         if per_layer:
             from edgeprune.harness.layers import per_layer_report
 
@@ -232,15 +269,28 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
             entry["outputs"] = outputs
         result["devices"].append(entry)
 
-    failures = []
+    from edgeprune import budgets
+
+    failures, notes = [], []
     for entry in result["devices"]:
-        failures += verify.gate_failures(entry, reference=reference, max_accuracy_drop=max_accuracy_drop,
-                                         max_latency_ms=None if entry.get("emulated") else max_latency_ms)
+        scored = entry.pop("_scored", None) or {}
+        gated = verify.gated_output(scored, gate_output) if scored else None
+        comparison = verify.drop_of(scored.get(gated)) if gated else None
+        if comparison is not None:
+            comparison["samples"] = data.samples
+        best = None if entry.get("emulated") else verify.best_latency(entry)
+        rows = budgets.check(limits, latency_ms=None if best is None else best[1], comparison=comparison)
+        entry["budgets"] = rows
+        failures += [f"{entry['host']}: {line}" for line in budgets.failures(rows)]
+        notes += [f"{entry['host']}: {n}" for n in map(budgets.undecided_note, rows) if n]
     gated = max_latency_ms is not None or max_accuracy_drop is not None
     result["gate"] = {"max_latency_ms": max_latency_ms, "max_accuracy_drop": max_accuracy_drop,
-                      "checked": gated, "passed": (not failures) if gated else None, "failures": failures}
+                      "mode": limits.gate_mode, "output": gate_output, "checked": gated,
+                      "passed": (not failures) if gated else None, "failures": failures, "notes": notes}
     if emulated or any(d.emulated for d in devices):
         result["gate"]["note"] = "emulated latency is never gated"
+    for note in notes:
+        out.warn(note)
     if result["errors"]:
         raise _with_result(DeviceError, "; ".join(e["error"] for e in result["errors"]), result)
     if failures:
@@ -275,7 +325,9 @@ def evaluate_tflite(tflite_path_or_bytes, x, y=None, *, threads: int = 1) -> dic
     """Run a .tflite model in-process on x; {'accuracy', 'mse', 'outputs'} (accuracy in 0..1).
 
     Float x is quantized with the input's scale/zero point for int8/uint8 models and outputs
-    are dequantized, exactly as on a device.
+    are dequantized, exactly as on a device. For several inputs ``x`` is a dict keyed by input
+    name; for several outputs ``outputs`` is a dict keyed by output name, ``y`` may be too, and
+    the result adds ``per_output`` (accuracy and mse of the first output stay at the top).
     """
     if isinstance(tflite_path_or_bytes, (bytes, bytearray, memoryview)):
         content, name, path = bytes(tflite_path_or_bytes), "<tflite bytes>", None
@@ -291,7 +343,13 @@ def evaluate_tflite(tflite_path_or_bytes, x, y=None, *, threads: int = 1) -> dic
         with quiet_native():  # the XNNPACK delegate banner
             interpreter = runner.load_interpreter(cls, str(path) if path else name, int(threads), content)
             runner.allocate(interpreter, name)
-        outputs = runner.run_eval(interpreter, np.asarray(x), np)
+        outputs = runner.run_eval(interpreter, x if isinstance(x, dict) else np.asarray(x), np)
+        names = [n for n, _ in runner.signature_io(interpreter)[1]]
     except runner.RunnerFailure as exc:
         raise InputError(f"{name}: {exc.message}") from None
-    return {**verify.metrics(outputs, None if y is None else np.asarray(y)), "outputs": outputs}
+    scored = verify.score(verify.as_dict(outputs, names), verify.labels_dict(y, names))
+    first = scored[names[0]]
+    result = {"accuracy": first["accuracy"], "mse": first["mse"], "outputs": outputs}
+    if len(scored) > 1:
+        result["per_output"] = scored
+    return result

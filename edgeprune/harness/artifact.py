@@ -82,8 +82,8 @@ def read_tensors(data: bytes, name: str) -> tuple[list[dict], list[dict]]:
     except (ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{name}: the TFLite runtime cannot load it ({first})") from None
-    return ([_tensor_summary(d) for d in interpreter.get_input_details()],
-            [_tensor_summary(d) for d in interpreter.get_output_details()])
+    ins, outs = runner.signature_io(interpreter)  # named as the Keras model named them
+    return ([dict(_tensor_summary(d), key=k) for k, d in ins], [dict(_tensor_summary(d), key=k) for k, d in outs])
 
 
 def _sha_entries(node: Any, found: list[tuple[str | None, str]], key_name: str | None = None) -> None:

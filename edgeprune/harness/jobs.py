@@ -6,7 +6,6 @@ from pathlib import Path
 
 RUNNER_PATH = Path(__file__).with_name("runner.py")
 EVAL_X = "eval_x.npy"
-EVAL_Y = "eval_y.npy"
 
 
 def model_name(index: int) -> str:
@@ -30,7 +29,6 @@ class RunRequest:
     min_duration_s: float = 0.0
     seed: int = 0
     eval_x: Path | None = None
-    eval_y: Path | None = None
     extra: dict = field(default_factory=dict)
     models: tuple[Path, ...] = ()
 
@@ -44,9 +42,7 @@ class RunRequest:
             files[self.artifact.name] = self.artifact
         files.update({model_name(i): path for i, path in enumerate(self.models)})
         if self.eval_x is not None:
-            files[EVAL_X] = self.eval_x
-        if self.eval_y is not None:
-            files[EVAL_Y] = self.eval_y
+            files[self.eval_x.name] = self.eval_x
         return files
 
     def job(self, *, remote: bool, outputs_path: Path | None = None) -> dict:
@@ -63,8 +59,7 @@ class RunRequest:
             "warmup": self.warmup,
             "min_duration_s": self.min_duration_s,
             "seed": self.seed,
-            "eval_inputs": where(self.eval_x, EVAL_X),
-            "eval_labels": where(self.eval_y, EVAL_Y),
+            "eval_inputs": where(self.eval_x, self.eval_x.name if self.eval_x else EVAL_X),
             "watch_stdin": True,
         }
         if job["artifact"] is None:

@@ -42,15 +42,25 @@ def _load_fallback(p: Path):
             raise InputError(f"{p}: cannot load the reference model ({exc})") from None
 
 
-def reference_outputs(model_path: str | Path, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """The reference model's first output on x, as float32."""
+def keras_outputs(model, x, batch_size: int = 64) -> dict:
+    """Every output of a Keras model on x (an array, or a dict keyed by input name), keyed by
+    output name, as float32."""
+    out = model.predict(x, batch_size=batch_size, verbose=0)
+    names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
+    if isinstance(out, dict):
+        return {k: np.asarray(v, np.float32) for k, v in out.items()}
+    if not isinstance(out, (list, tuple)):
+        out = [out]
+    return {name: np.asarray(v, np.float32) for name, v in zip(names, out)}
+
+
+def reference_outputs(model_path: str | Path, x, names=None, batch_size: int = 64) -> dict:
+    """The reference model's outputs on x, keyed by output name (``names``: the artifact's)."""
     model = load_reference(model_path)
     try:
-        out = model.predict(x, batch_size=batch_size, verbose=0)
+        outputs = keras_outputs(model, x, batch_size)
     except Exception as exc:
         raise InputError(f"{model_path}: the reference model cannot run on the eval data ({exc})") from None
-    if isinstance(out, (list, tuple)):
-        out = out[0]
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    return np.asarray(out, dtype=np.float32)
+    if names and len(names) == 1 and len(outputs) == 1:
+        return {names[0]: next(iter(outputs.values()))}
+    return outputs

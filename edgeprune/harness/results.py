@@ -64,11 +64,17 @@ def interpret(host: str, returncode: int, stdout: str, stderr: str) -> dict:
     raise DeviceError(f"{host}: the runner failed with exit code {returncode}: {last_lines(stderr)}")
 
 
-def decode_outputs(eval_result: dict) -> np.ndarray | None:
-    """The eval outputs the runner sent inline (base64 .npy) or wrote to a local file."""
+def decode_outputs(eval_result: dict) -> np.ndarray | dict | None:
+    """The eval outputs the runner sent inline (base64) or wrote to a local file: an array
+    (.npy, one output) or a dict keyed by output name (.npz, several outputs)."""
     if "outputs_npy_b64" in eval_result:
-        raw = base64.b64decode(eval_result.pop("outputs_npy_b64"))
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    if "outputs_path" in eval_result:
-        return np.load(eval_result["outputs_path"], allow_pickle=False)
-    return None
+        source = io.BytesIO(base64.b64decode(eval_result.pop("outputs_npy_b64")))
+    elif "outputs_path" in eval_result:
+        source = eval_result["outputs_path"]
+    else:
+        return None
+    data = np.load(source, allow_pickle=False)
+    if hasattr(data, "files"):
+        with data:
+            return {k: data[k] for k in data.files}
+    return data

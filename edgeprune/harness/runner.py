@@ -10,8 +10,9 @@ same way.
 Usage:  python3 runner.py JOB.json      (or the job as a JSON string, or '-' for stdin)
 
 Job keys: artifact (path), threads [1], runs 50, warmup 5, min_duration_s 0, seed 0,
-eval_inputs (.npy, optional), eval_labels (.npy, optional), outputs_path (write the eval
-outputs there instead of inline base64), watch_stdin (exit when stdin reaches EOF, i.e. the
+eval_inputs (.npy, or .npz keyed by input name for several inputs; optional), outputs_path
+(write the raw eval outputs there -- .npy, or .npz keyed by output name -- instead of inline
+base64; the controller scores them), watch_stdin (exit when stdin reaches EOF, i.e. the
 controller went away), protocol ({"name": "mlperf", "min_queries", "min_duration_s",
 "repeats", "pause_s"}: repeated single-stream runs instead of one steady state),
 time_models (list of .tflite paths: microseconds per invoke of each, e.g. the single-layer
@@ -367,44 +368,42 @@ def dequantize(y, detail, numpy):
     return y.astype(numpy.float32)
 
 
-# --------------------------------------------------------------------------- metrics
+# --------------------------------------------------------------------------- signature
 
-def is_label_vector(y, numpy):
-    """True when y holds class labels (ints, or integral floats in one column)."""
-    y = numpy.asarray(y)
-    if y.dtype.kind in "iub":
-        return True
-    if y.dtype.kind == "f" and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
-        return bool(numpy.all(numpy.isfinite(y)) and numpy.all(y == numpy.round(y)))
-    return False
+def _plain_name(name, prefix):
+    name = str(name or "")
+    if name.startswith(prefix):
+        name = name[len(prefix):]
+    return name.split(":")[0]
 
 
-def predicted_classes(outputs, numpy):
-    outputs = numpy.asarray(outputs).reshape(len(outputs), -1)
-    if outputs.shape[1] == 1:  # one sigmoid unit: binary classifier
-        return (outputs[:, 0] >= 0.5).astype(numpy.int64)
-    return numpy.argmax(outputs, axis=1)
+def signature_io(interpreter):
+    """([(input name, detail)], [(output name, detail)]) named as the Keras model named them.
 
-
-def metrics(outputs, y, numpy):
-    """{'accuracy', 'mse'}: top-1 accuracy (0..1) for class labels or one-hot rows, else MSE."""
-    y = numpy.asarray(y)
-    outputs = numpy.asarray(outputs)
-    if len(y) != len(outputs):
-        raise RunnerFailure("bad_labels", "%d labels for %d samples" % (len(y), len(outputs)))
-    if is_label_vector(y, numpy):
-        labels = y.reshape(len(y)).astype(numpy.int64)
-        return {"accuracy": float(numpy.mean(predicted_classes(outputs, numpy) == labels)), "mse": None}
-    flat_y = y.reshape(len(y), -1).astype(numpy.float64)
-    flat_o = outputs.reshape(len(outputs), -1).astype(numpy.float64)
-    one_hot = (flat_y.shape == flat_o.shape and flat_y.shape[1] > 1
-               and numpy.all((flat_y == 0) | (flat_y == 1)) and numpy.all(flat_y.sum(axis=1) == 1))
-    if one_hot:
-        return {"accuracy": float(numpy.mean(numpy.argmax(flat_o, 1) == numpy.argmax(flat_y, 1))), "mse": None}
-    if flat_y.shape != flat_o.shape:
-        raise RunnerFailure("bad_labels", "targets of shape %s do not match outputs of shape %s"
-                            % (y.shape, outputs.shape))
-    return {"accuracy": None, "mse": float(numpy.mean((flat_o - flat_y) ** 2))}
+    The serving signature maps the Keras input and output names to tensors; a runtime without
+    signature support falls back to the tensor names (minus the ``serving_default_`` prefix).
+    Scoring (accuracy, MSE) is not done here: the controller scores the raw outputs with
+    ``edgeprune.metrics``, the one definition.
+    """
+    inputs = interpreter.get_input_details()
+    outputs = interpreter.get_output_details()
+    sig = None
+    try:
+        full = interpreter._get_full_signature_list() or {}
+        sig = full.get("serving_default") or (list(full.values())[0] if len(full) == 1 else None)
+    except Exception:
+        sig = None
+    if sig:
+        by_in = dict((d["index"], d) for d in inputs)
+        by_out = dict((d["index"], d) for d in outputs)
+        ins = [(name, by_in[i]) for name, i in sig.get("inputs", {}).items() if i in by_in]
+        outs = [(name, by_out[i]) for name, i in sig.get("outputs", {}).items() if i in by_out]
+        if len(ins) == len(inputs) and len(outs) == len(outputs):
+            order = dict((d["index"], k) for k, d in enumerate(outputs))
+            return ins, sorted(outs, key=lambda item: order[item[1]["index"]])
+    ins = [(_plain_name(d["name"], "serving_default_") or "input_%d" % k, d) for k, d in enumerate(inputs)]
+    outs = [("output_%d" % k, d) for k, d in enumerate(outputs)]
+    return ins, outs
 
 
 # --------------------------------------------------------------------------- running
@@ -580,46 +579,83 @@ def time_models(cls, job, numpy):
 
 
 def run_eval(interpreter, x, numpy, batch=64):
-    """Float32 outputs (first output, dequantized) for every row of x.
+    """Float32 outputs (dequantized) for every row of x.
 
-    Uses batches when the model's batch dimension is dynamic, one sample at a time otherwise.
+    x: an array (one input) or a dict keyed by input name. Returns an array for a model with
+    one output, else a dict keyed by output name. Uses batches when the model's batch
+    dimension is dynamic, one sample (or the fixed batch) at a time otherwise.
     """
-    inputs = interpreter.get_input_details()
-    if len(inputs) != 1:
-        raise RunnerFailure("unsupported_eval", "evaluation needs a model with one input, this one has %d"
-                            % len(inputs))
-    detail = inputs[0]
-    want = [int(d) for d in detail["shape"]][1:]
-    if list(x.shape[1:]) != want:
-        raise RunnerFailure("bad_eval_shape", "eval inputs have per-sample shape %s, the model expects %s"
-                            % (list(x.shape[1:]), want))
-    signature = detail.get("shape_signature")
-    dynamic = signature is not None and len(signature) and int(signature[0]) == -1
-    step = batch if dynamic else int(detail["shape"][0]) or 1
-    allocated = int(detail["shape"][0])
-    chunks = []
-    for begin in range(0, len(x), step):
-        part = x[begin:begin + step]
-        n = len(part)
+    ins, outs = signature_io(interpreter)
+    if not isinstance(x, dict):
+        if len(ins) != 1:
+            raise RunnerFailure("unsupported_eval", "the model has %d inputs (%s): give eval inputs keyed by name"
+                                % (len(ins), ", ".join(n for n, _ in ins)))
+        x = {ins[0][0]: x}
+    missing = [n for n, _ in ins if n not in x]
+    if missing:
+        raise RunnerFailure("bad_eval_shape", "eval inputs lack %s (the model's inputs: %s)"
+                            % (", ".join(missing), ", ".join(n for n, _ in ins)))
+    feeds = []
+    total = None
+    for name, detail in ins:
+        data = x[name]
+        want = [int(d) for d in detail["shape"]][1:]
+        if list(data.shape[1:]) != want:
+            raise RunnerFailure("bad_eval_shape", "eval inputs%s have per-sample shape %s, the model expects %s"
+                                % ("" if len(ins) == 1 else " '%s'" % name, list(data.shape[1:]), want))
+        if total is not None and len(data) != total:
+            raise RunnerFailure("bad_eval_shape", "eval inputs have different sample counts")
+        total = len(data)
+        signature = detail.get("shape_signature")
+        dynamic = signature is not None and len(signature) and int(signature[0]) == -1
+        feeds.append((detail, data, want, dynamic))
+    dynamic = all(f[3] for f in feeds)
+    step = batch if dynamic else int(feeds[0][0]["shape"][0]) or 1
+    allocated = int(feeds[0][0]["shape"][0])
+    chunks = dict((name, []) for name, _ in outs)
+    for begin in range(0, total or 0, step):
+        n = min(step, total - begin)
         if dynamic and n != allocated:
-            interpreter.resize_tensor_input(detail["index"], [n] + want)
+            for detail, _, want, _ in feeds:
+                interpreter.resize_tensor_input(detail["index"], [n] + want)
             interpreter.allocate_tensors()
             allocated = n
-        elif not dynamic and n != step:  # fixed batch > 1: pad the last chunk
-            part = numpy.concatenate([part, numpy.repeat(part[-1:], step - n, axis=0)])
-        # The output detail can only be read after allocation (its shape follows the batch).
-        interpreter.set_tensor(detail["index"], to_input_dtype(numpy.ascontiguousarray(part), detail, numpy))
+        for detail, data, want, _ in feeds:
+            part = data[begin:begin + n]
+            if not dynamic and n != step:  # fixed batch > 1: pad the last chunk
+                part = numpy.concatenate([part, numpy.repeat(part[-1:], step - n, axis=0)])
+            interpreter.set_tensor(detail["index"], to_input_dtype(numpy.ascontiguousarray(part), detail, numpy))
         interpreter.invoke()
-        out_detail = interpreter.get_output_details()[0]
-        chunks.append(dequantize(interpreter.get_tensor(out_detail["index"]), out_detail, numpy)[:n])
-    return numpy.concatenate(chunks) if chunks else numpy.zeros((0,), numpy.float32)
+        # The output details can only be read after allocation (their shape follows the batch).
+        current = dict((d["index"], d) for d in interpreter.get_output_details())
+        for name, detail in outs:
+            out_detail = current[detail["index"]]
+            chunks[name].append(dequantize(interpreter.get_tensor(out_detail["index"]), out_detail, numpy)[:n])
+    result = dict((name, numpy.concatenate(parts) if parts else numpy.zeros((0,), numpy.float32))
+                  for name, parts in chunks.items())
+    return result[outs[0][0]] if len(outs) == 1 else result
 
 
 def load_npy(path, numpy, what):
+    """An .npy array, or an .npz as a dict of arrays (one per input)."""
     try:
-        return numpy.load(path, allow_pickle=False)
+        data = numpy.load(path, allow_pickle=False)
+        if hasattr(data, "files"):
+            with data:
+                return dict((k, data[k]) for k in data.files)
+        return data
     except Exception as exc:
         raise RunnerFailure("bad_eval_data", "cannot read %s %s: %s" % (what, path, exc))
+
+
+def save_outputs(outputs, numpy):
+    """Outputs as .npy bytes (one output) or .npz bytes keyed by output name."""
+    buffer = io.BytesIO()
+    if isinstance(outputs, dict):
+        numpy.savez(buffer, **outputs)
+    else:
+        numpy.save(buffer, outputs, allow_pickle=False)
+    return buffer.getvalue()
 
 
 def evaluate(cls, artifact, job, numpy):
@@ -629,20 +665,19 @@ def evaluate(cls, artifact, job, numpy):
     allocate(interpreter, artifact)
     t0 = time.perf_counter()
     outputs = run_eval(interpreter, x, numpy)
-    result = {"samples": int(len(x)), "threads": threads, "seconds": time.perf_counter() - t0,
-              "outputs_shape": list(outputs.shape), "num_outputs": len(interpreter.get_output_details())}
-    if job.get("eval_labels"):
-        result.update(metrics(outputs, load_npy(job["eval_labels"], numpy, "eval labels"), numpy))
-    buffer = io.BytesIO()
-    numpy.save(buffer, outputs, allow_pickle=False)
+    samples = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    shapes = dict((k, list(v.shape)) for k, v in outputs.items()) if isinstance(outputs, dict) else list(outputs.shape)
+    result = {"samples": int(samples), "threads": threads, "seconds": time.perf_counter() - t0,
+              "outputs_shape": shapes, "num_outputs": len(interpreter.get_output_details())}
+    payload = save_outputs(outputs, numpy)
     if job.get("outputs_path"):
         tmp = job["outputs_path"] + ".tmp"
         with open(tmp, "wb") as handle:
-            handle.write(buffer.getvalue())
+            handle.write(payload)
         os.replace(tmp, job["outputs_path"])
         result["outputs_path"] = job["outputs_path"]
     else:
-        result["outputs_npy_b64"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+        result["outputs_npy_b64"] = base64.b64encode(payload).decode("ascii")
     return result
 
 

@@ -1,33 +1,57 @@
-"""Turn device outputs into accuracy, agreement with the reference, and pass/fail gates."""
+"""Score device outputs against labels and the reference model, per output.
+
+The numbers come from :mod:`edgeprune.metrics` (accuracy, MSE, agreement, the drop's
+paired-bootstrap CI) and the pass/fail from :mod:`edgeprune.budgets`, the same definitions the
+compile gate uses.
+"""
 from __future__ import annotations
 
 import numpy as np
 
-from edgeprune.harness import runner
+from edgeprune import metrics as M
 
 
-def metrics(outputs: np.ndarray, y: np.ndarray | None) -> dict:
-    """{'accuracy': 0..1 or None, 'mse': float or None} of outputs against labels/targets."""
+def as_dict(outputs, names) -> dict:
+    """Outputs keyed by output name (a bare array is the first output's)."""
+    if isinstance(outputs, dict):
+        return outputs
+    return {names[0] if names else "output": outputs}
+
+
+def labels_dict(y, names) -> dict:
     if y is None:
-        return {"accuracy": None, "mse": None}
-    try:
-        return runner.metrics(outputs, y, np)
-    except runner.RunnerFailure as exc:
-        from edgeprune.errors import InputError
-
-        raise InputError(f"eval labels: {exc.message}") from None
+        return {}
+    if isinstance(y, dict):
+        return y
+    return {names[0] if names else "output": y}
 
 
-def agreement(outputs: np.ndarray, reference: np.ndarray) -> dict:
-    """Top-1 agreement (classifiers) and max/mean abs error between two output arrays."""
-    a = np.asarray(outputs, np.float64).reshape(len(outputs), -1)
-    b = np.asarray(reference, np.float64).reshape(len(reference), -1)
-    if a.shape != b.shape:
-        return {"top1_agreement": None, "max_abs_error": None, "mean_abs_error": None,
-                "note": f"output shapes differ: {list(a.shape)} vs reference {list(b.shape)}"}
-    diff = np.abs(a - b)
-    top1 = float(np.mean(runner.predicted_classes(a, np) == runner.predicted_classes(b, np)))
-    return {"top1_agreement": top1, "max_abs_error": float(diff.max()), "mean_abs_error": float(diff.mean())}
+def score(outputs: dict, y: dict, reference: dict | None = None) -> dict:
+    """``{name: {'accuracy', 'mse'[, 'agreement', 'accuracy_drop_points', 'drop_ci95']}}``."""
+    scored = {}
+    for name, out in outputs.items():
+        labels = y.get(name)
+        row = M.metrics(out, labels, what=f"eval labels for output '{name}'")
+        ref = None if reference is None else reference.get(name)
+        if ref is not None:
+            row["agreement"] = M.agreement(out, ref)
+            if row["accuracy"] is not None:
+                cmp = M.compare(ref, out, labels)
+                row.update(accuracy_drop_points=cmp["drop_points"], drop_ci95=cmp["drop_ci95"],
+                           reference_accuracy=cmp["reference_accuracy"])
+        scored[name] = row
+    return scored
+
+
+def gated_output(scored: dict, chosen: str | None) -> str | None:
+    """The output an accuracy gate judges: ``chosen``, else the first one with an accuracy."""
+    from edgeprune.errors import InputError
+
+    if chosen is not None:
+        if chosen not in scored:
+            raise InputError(f"--gate-output {chosen}: no such output (outputs: {', '.join(scored)})")
+        return chosen
+    return next((n for n, row in scored.items() if row.get("accuracy") is not None), None)
 
 
 def best_latency(device: dict) -> tuple[int, float] | None:
@@ -36,22 +60,10 @@ def best_latency(device: dict) -> tuple[int, float] | None:
     return min(rows, key=lambda t: t[1]) if rows else None
 
 
-def gate_failures(device: dict, *, reference: dict | None, max_accuracy_drop: float | None,
-                  max_latency_ms: float | None) -> list[str]:
-    """Human-readable reasons one device fails the gates (empty list: it passes)."""
-    failures = []
-    name = device["host"]
-    if max_latency_ms is not None:
-        best = best_latency(device)
-        if best is not None and best[1] > max_latency_ms:
-            failures.append(f"{name}: latency p50 {best[1]:.4g} ms (best, {best[0]} thread(s)) "
-                            f"> budget {max_latency_ms:g} ms")
-    if max_accuracy_drop is not None and reference is not None:
-        ref_acc = reference.get("accuracy")
-        acc = (device.get("eval") or {}).get("accuracy")
-        if ref_acc is not None and acc is not None:
-            drop = (ref_acc - acc) * 100.0
-            if drop > max_accuracy_drop:
-                failures.append(f"{name}: accuracy {acc * 100:.2f}% vs reference {ref_acc * 100:.2f}% "
-                                f"= drop {drop:.2f} points > allowed {max_accuracy_drop:g}")
-    return failures
+def drop_of(row: dict) -> dict | None:
+    """A scored row as a metrics.compare result (for budgets.check), or None without a reference."""
+    if row is None or row.get("accuracy_drop_points") is None:
+        return None
+    return {"drop_points": row["accuracy_drop_points"], "drop_ci95": row["drop_ci95"],
+            "reference_accuracy": row["reference_accuracy"], "candidate_accuracy": row["accuracy"],
+            "samples": None}

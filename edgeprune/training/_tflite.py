@@ -41,21 +41,3 @@ def interpreter(tflite_bytes: bytes, threads: int = 1):
 
     with quiet_native():
         return Interpreter(model_content=tflite_bytes, num_threads=threads)
-
-
-def run_tflite(tflite_bytes: bytes, x: np.ndarray) -> np.ndarray:
-    """Outputs of the .tflite on ``x`` (float), quantizing int8/uint8 inputs and outputs."""
-    from edgeprune.harness.api import evaluate_tflite
-
-    return np.asarray(evaluate_tflite(tflite_bytes, x)["outputs"])
-
-
-def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy for class-index or one-hot labels (binary: threshold 0.5)."""
-    y = np.asarray(y)
-    outputs = np.asarray(outputs).reshape(len(outputs), -1)
-    if outputs.shape[1] == 1:
-        pred = (outputs[:, 0] > 0.5).astype(np.int64)
-        return float(np.mean(pred == y.reshape(-1)))
-    truth = y.argmax(axis=-1) if y.ndim > 1 and y.shape[-1] == outputs.shape[1] else y.reshape(-1)
-    return float(np.mean(outputs.argmax(axis=1) == truth))

@@ -3,7 +3,8 @@
 ``run_training_stage`` is what ``compile`` calls between pruning and conversion:
 data -> (iterative pruning) -> fine-tune / distil -> gradual (tfmot) pruning -> QAT.
 Its result says which quantization the model must be converted with (int8 after QAT)
-and carries the validation split that the accuracy gate uses.
+and carries the gate split: data the accuracy gate measures on, which neither early stopping
+nor distillation selected on.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ class StageResult:
     model: Any                      # tf_keras model to convert (a QAT model when qat is True)
     report: dict = field(default_factory=dict)
     quantization: str | None = None  # "int8" after QAT: convert with this mode
-    validation: Split | None = None  # labelled validation data for the accuracy gate
+    validation: Split | None = None  # labelled validation data (selection; representative fallback)
+    gate: Split | None = None        # labelled data the accuracy gate measures on, never selected on
+    gate_source: str | None = None   # where the gate data came from, in words
     pruned_report: dict | None = None  # prune report when this stage did the (iterative) pruning
 
     @property
@@ -34,8 +37,8 @@ def _as_split(data, name: str) -> Split | None:
     if data is None or isinstance(data, Split):
         return data
     if isinstance(data, tuple) and len(data) == 2:
-        return Split(np.asarray(data[0], dtype=np.float32), None if data[1] is None else np.asarray(data[1]), name)
-    return Split(np.asarray(data, dtype=np.float32), None, name)
+        return Split(data[0], data[1], name)
+    return Split(data, None, name)
 
 
 def recover(student, *, teacher=None, train, val=None, epochs: int = 10, distill: bool = False,
@@ -81,7 +84,7 @@ def _recover(student, teacher, data: TrainingData, distill: bool, temperature, a
 
 
 def run_training_stage(model, options, *, original=None, prune_kwargs: dict | None = None,
-                       calibration: np.ndarray | None = None, scale=(0.0, 1.0),
+                       calibration: np.ndarray | None = None, preprocessing=None,
                        output: Output | None = None) -> StageResult:
     """Run every training step ``options`` asks for on ``model``.
 
@@ -103,12 +106,14 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
     teacher = original if original is not None else model
     report: dict = {}
     use_calibration = calibration if options.distill else None
-    data = resolve(options, teacher, calibration=use_calibration, scale=scale)
+    data = resolve(options, teacher, calibration=use_calibration, preprocessing=preprocessing)
     trainable = data if data is not None and data.train is not None else None
     if data is not None:
         report["data"] = {"train_samples": len(data.train) if data.train else 0,
-                          "val_samples": len(data.val) if data.val else 0, "labels": data.task,
-                          "source": (data.train or data.val).source}
+                          "val_samples": len(data.val) if data.val else 0,
+                          "gate_samples": len(data.gate) if data.gate else 0, "labels": data.task,
+                          "source": (data.train or data.val or data.gate).source,
+                          "gate_source": data.gate_source}
     labelled = trainable is not None and trainable.train.y is not None
     for flag, wanted in (("--qat", options.qat), ("--gradual-sparsity/--sparsity-m-by-n", options.wants_sparsity)):
         if wanted and not labelled:
@@ -171,6 +176,7 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
     if data is not None and data.val is not None and data.val.y is not None:
         validation = data.val
     return StageResult(model=model, report=report, quantization=quantization, validation=validation,
+                       gate=None if data is None else data.gate, gate_source=None if data is None else data.gate_source,
                        pruned_report=pruned_report)
 
 
@@ -196,11 +202,3 @@ def _recovery_summary(options, data, recal_log=()) -> dict:
     if method == "distillation":
         out.update(temperature=options.distill_temperature, alpha=options.distill_alpha)
     return out
-
-
-def gate_budget(options, profile=None) -> float | None:
-    """--max-accuracy-drop, else the profile's budgets.max_accuracy_drop, else None (no gate)."""
-    if options is not None and options.max_accuracy_drop is not None:
-        return options.max_accuracy_drop
-    budgets = getattr(profile, "budgets", None)
-    return getattr(budgets, "max_accuracy_drop", None)

@@ -1,51 +1,83 @@
 """The accuracy gate: the final .tflite, run by the interpreter, against the original model.
 
-The reference is the unpruned, unquantized Keras model on the same validation data; the
-drop is in percentage points. Over budget -> VerificationError (exit 1) and the compile
-ships nothing: compile keeps the candidate as ``OUT.rejected`` (edgeprune.artifacts.ArtifactDir.reject).
+The reference is the unpruned, unquantized Keras model on the same labelled images; the drop
+is in percentage points, with its 95 % paired-bootstrap interval (``drop_ci95``,
+:func:`edgeprune.metrics.compare`). The images must be ones that neither early stopping nor
+distillation selected on (compile holds them out: ``--gate-data`` or ``--gate-split``),
+otherwise the gate measures the selection's luck as well as the artifact.
+
+``mode`` 'point' judges the measured drop, 'upper' the interval's upper end
+(:func:`edgeprune.budgets.accuracy_row`); when the interval contains the limit the result says
+the data are too few to decide. Over budget -> VerificationError (exit 1) and the compile ships
+nothing: compile keeps the candidate as ``OUT.rejected`` (edgeprune.artifacts.ArtifactDir.reject).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
-
 from edgeprune.errors import InputError, VerificationError
 
 
-def check_accuracy_gate(tflite_bytes, reference_model, x_val, y_val, max_drop: float | None) -> dict:
-    """Measure both accuracies; raise VerificationError when the drop exceeds ``max_drop`` points.
+def _gated(reference: dict, y: dict, chosen: str | None) -> str:
+    from edgeprune.metrics import CLASSIFICATION, _flat, label_kind
 
-    Returns ``{"reference_accuracy", "candidate_accuracy", "drop_points", "max_drop_points",
-    "samples", "passed"}`` (accuracies in [0, 1]). The raised error carries it as ``.result``.
-    With ``max_drop`` None it only measures (``passed`` True).
+    names = list(reference)
+    if chosen is not None:
+        if chosen not in names:
+            raise InputError(f"--gate-output {chosen}: no such output (outputs: {', '.join(names)})")
+        if chosen not in y:
+            raise InputError(f"--gate-output {chosen}: the gate data has no labels for it (y_{chosen})")
+        return chosen
+    for name in names:
+        if name in y and label_kind(y[name], _flat(reference[name]).shape[1]) in CLASSIFICATION:
+            return name
+    labelled = [n for n in names if n in y]
+    if not labelled:
+        raise InputError(f"the gate data has no labels for any output ({', '.join(names)})")
+    return labelled[0]
+
+
+def check_accuracy_gate(tflite_bytes, reference_model, x_val, y_val, max_drop: float | None, *,
+                        mode: str = "point", output: str | None = None, source: str | None = None) -> dict:
+    """Measure both accuracies on the gate images; raise VerificationError when the gate fails.
+
+    Returns ``{"reference_accuracy", "candidate_accuracy", "drop_points", "drop_ci95",
+    "max_drop_points", "mode", "samples", "decided", "passed", "output", "data"}`` (accuracies
+    in [0, 1], drop and interval in points). ``x_val``/``y_val`` may be dicts keyed by input /
+    output name; ``output`` picks the gated output of a model with several (default: the first
+    classification output). With ``max_drop`` None it only measures (``passed`` True).
+    The raised error carries the result as ``.result``.
     """
-    from edgeprune.training._tflite import accuracy, run_tflite
+    from edgeprune import budgets, metrics
+    from edgeprune.harness.api import evaluate_tflite
+    from edgeprune.harness.reference import keras_outputs
+    from edgeprune.harness.verify import as_dict, labels_dict
 
     if y_val is None:
-        raise InputError("the accuracy gate needs labelled validation data (--val-data or --train-data with labels)")
+        raise InputError("the accuracy gate needs labelled data (--gate-data, --val-data or --train-data with labels)")
     if isinstance(tflite_bytes, (str, os.PathLike)):
         tflite_bytes = Path(tflite_bytes).read_bytes()
-    x_val = np.asarray(x_val, dtype=np.float32)
-    ref_out = reference_model.predict(x_val, batch_size=256, verbose=0)
-    ref_acc = accuracy(ref_out, y_val)
-    cand_acc = accuracy(run_tflite(tflite_bytes, x_val), y_val)
-    drop = (ref_acc - cand_acc) * 100.0
-    result = {
-        "reference_accuracy": ref_acc,
-        "candidate_accuracy": cand_acc,
-        "drop_points": round(drop, 4),
-        "max_drop_points": max_drop,
-        "samples": int(len(x_val)),
-        "passed": max_drop is None or drop <= max_drop + 1e-9,
-    }
-    if not result["passed"]:
-        err = VerificationError(
-            f"accuracy gate: {cand_acc * 100:.2f}% on {len(x_val)} validation samples vs "
-            f"{ref_acc * 100:.2f}% for the original model, a drop of {drop:.2f} points "
-            f"> --max-accuracy-drop {max_drop:g}"
-        )
-        err.result = result
-        raise err
+    reference = keras_outputs(reference_model, x_val, batch_size=256)
+    names = list(reference)
+    candidate = as_dict(evaluate_tflite(tflite_bytes, x_val)["outputs"], names)
+    if set(candidate) != set(names) and len(candidate) == len(names):  # renamed outputs: by position
+        candidate = dict(zip(names, candidate.values()))
+    y = labels_dict(y_val, names)
+    name = _gated(reference, y, output)
+    kind = metrics.label_kind(y[name], metrics._flat(reference[name]).shape[1], f"gate labels of output '{name}'")
+    if kind not in metrics.CLASSIFICATION:
+        raise InputError(f"output '{name}' is a regression head (scored by MSE); the accuracy gate needs a "
+                         "classification output: choose one with --gate-output")
+    comparison = metrics.compare(reference[name], candidate[name], y[name])
+    result = dict(comparison, max_drop_points=max_drop, mode=mode, output=name if len(names) > 1 else None,
+                  data=source, decided=True, passed=True)
+    if max_drop is not None:
+        row = budgets.accuracy_row(max_drop, comparison, mode)
+        note = budgets.undecided_note(row)
+        result.update(passed=row["ok"], decided=row["decided"], note=note)
+        if not row["ok"]:
+            err = VerificationError(f"accuracy gate: {budgets.describe(row)}")
+            err.result = result
+            raise err
     return result

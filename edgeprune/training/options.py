@@ -38,6 +38,10 @@ class TrainingOptions(BaseModel):
     per_layer_sparsity: dict[str, float] = Field(default_factory=dict)
     sparsity_m_by_n: Optional[tuple[int, int]] = None
     max_accuracy_drop: Optional[float] = Field(default=None, ge=0.0)
+    gate_data: Optional[str] = None
+    gate_split: float = Field(default=0.5, gt=0.0, lt=1.0)
+    gate_mode: Literal["point", "upper"] = "point"
+    gate_output: Optional[str] = None
     seed: int = 0
 
     @field_validator("sparsity_m_by_n", mode="before")
@@ -119,6 +123,10 @@ _FLAGS = [
     (click.option("--per-layer-sparsity", multiple=True, metavar="NAME=S", help="Sparsity for one layer (repeatable); other layers use --gradual-sparsity."), "per_layer_sparsity"),
     (click.option("--sparsity-m-by-n", metavar="M:N", help="Structured M:N weight sparsity, e.g. 2:4 (tfmot)."), "sparsity_m_by_n"),
     (click.option("--max-accuracy-drop", type=float, metavar="POINTS", help="Refuse the artifact if accuracy drops more than this many points."), "max_accuracy_drop"),
+    (click.option("--gate-data", metavar="SRC", help="Labelled data the accuracy gate measures on (never used to select); default: --gate-split of the validation data."), "gate_data"),
+    (click.option("--gate-split", type=float, metavar="FRACTION", help="Fraction of the validation data held out for the gate before early stopping and distillation select on the rest [0.5]."), "gate_split"),
+    (click.option("--gate-mode", type=click.Choice(["point", "upper"]), help="Gate on the measured drop (point) or on the upper end of its 95% CI (upper) [point]."), "gate_mode"),
+    (click.option("--gate-output", metavar="NAME", help="For a model with several outputs: the output the accuracy gate measures [the first classification output]."), "gate_output"),
     (click.option("--recipe", type=click.Path(dir_okay=False), help="YAML file with any of these settings; flags override it."), "recipe"),
 ]
 FLAG_FIELDS = [field for _, field in _FLAGS]
