@@ -36,10 +36,19 @@ class Output:
     def warn(self, message: str) -> None:
         self.err.print(f"[yellow]warning:[/yellow] {message}")
 
-    def table(self, title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    def table(self, title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]], *,
+              compact: bool = False) -> None:
+        """A Rich table; ``compact`` (light borders, one space between columns) fits wide
+        tables into 80 columns."""
         if self.quiet:
             return
-        table = Table(title=title, title_justify="left")
+        if compact:
+            from rich import box
+
+            table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                          padding=(0, 1, 0, 0))
+        else:
+            table = Table(title=title, title_justify="left")
         for col in columns:
             table.add_column(col)
         for row in rows:

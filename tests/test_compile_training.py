@@ -34,8 +34,14 @@ def test_prune_distill_and_gate_pass(files, tmp_path):
     assert summary["pruning"]["macs_after"] < summary["pruning"]["macs_before"]
     assert summary["training"]["recovery"]["method"] == "distillation"
     gate = summary["accuracy_gate"]
-    assert gate["passed"] and gate["samples"] == len(digits()[3])
+    # early stopping and distillation selected on one half of --val-data, the gate measured the other
+    n_val = len(digits()[3])
+    assert gate["passed"] and gate["samples"] == n_val // 2
+    assert summary["training"]["data"]["val_samples"] + gate["samples"] == n_val
+    lo, hi = gate["drop_ci95"]
+    assert lo <= gate["drop_points"] <= hi and hi - lo > 0
     report = json.loads((out / "report.json").read_text())
+    assert report["accuracy_gate"]["drop_ci95"] == [lo, hi]
     assert [s["name"] for s in report["stages"]][:2] == ["load", "prune"]
     assert "training" in [s["name"] for s in report["stages"]]
     assert "gate" in [s["name"] for s in report["stages"]]
@@ -53,6 +59,23 @@ def test_gate_failure_ships_nothing_and_keeps_the_candidate(files, tmp_path):
     assert (rejected / "model.tflite").exists()
     assert json.loads((rejected / "GATE_FAILED.json").read_text())["passed"] is False
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".art")]  # no temp dir left
+
+
+def test_gate_data_upper_mode_and_too_few_images(files, tmp_path):
+    """--gate-data is measured whole; --gate-mode upper refuses when the CI reaches past the limit,
+    and a gate set on a handful of images says it cannot decide."""
+    x, y, xv, yv = digits()
+    few = tmp_path / "few.npz"
+    np.savez(few, x=xv[:20], y=yv[:20])
+    common = ["compile", files / "m.h5", "--prune", "0.5", "--target", SMALL_CPU, "--train-data",
+              files / "train.npz", "--finetune-epochs", "1", "--gate-data", few, "--max-accuracy-drop", "2"]
+    code, result = invoke_cli([*common, "-o", tmp_path / "up", "--gate-mode", "upper"])
+    assert code == 1, result.output
+    message = str(result.exception)
+    assert "--gate-mode upper" in message and "20 gate images are too few to decide" in message
+    rejected = json.loads((tmp_path / "up.rejected" / "report.json").read_text())["accuracy_gate"]
+    assert rejected["samples"] == 20 and rejected["mode"] == "upper" and rejected["decided"] is False
+    assert rejected["data"].startswith("--gate-data")
 
 
 def test_qat_compiles_to_int8_and_passes_a_gate(files, tmp_path):

@@ -100,19 +100,24 @@ def consumers(config: dict) -> dict[str, list[str]]:
     return found
 
 
+def output_layers(model) -> list[tuple[str, Any]]:
+    """(output name, producing layer) for every output of the model, in output order."""
+    names = list(getattr(model, "output_names", None) or [t.name for t in model.outputs])
+    return [(name, t._keras_history[0]) for name, t in zip(names, model.outputs)]
+
+
 def single_output_layer(model):
     """The layer producing the model's only output; multi-output models are refused."""
     if len(model.outputs) != 1:
         raise InputError(
-            f"model '{model.name}' has {len(model.outputs)} outputs; training needs a single-output model"
+            f"model '{model.name}' has {len(model.outputs)} outputs; this step needs a single-output model"
         )
     layer, _, _ = model.outputs[0]._keras_history
     return layer
 
 
-def ends_in_softmax(model) -> bool:
-    """True when the model's output is a softmax (layer activation, Activation or Softmax layer)."""
-    layer = single_output_layer(model)
+def layer_is_softmax(layer) -> bool:
+    """True when ``layer``'s output is a softmax (its activation, or an Activation/Softmax layer)."""
     cls = type(layer).__name__
     if cls == "Softmax":
         return True
@@ -120,27 +125,37 @@ def ends_in_softmax(model) -> bool:
     return getattr(act, "__name__", "") == "softmax"
 
 
-def logits_model(model):
-    """A copy of ``model`` that outputs pre-softmax logits, or None if it has no final softmax.
+def ends_in_softmax(model) -> bool:
+    """True when the model's (only) output is a softmax."""
+    return layer_is_softmax(single_output_layer(model))
 
-    The copy has the same weights in the same order, so training it and calling
+
+def logits_model(model, *, all_outputs: bool = False):
+    """A copy of ``model`` whose softmax outputs give pre-softmax logits, or None if none does.
+
+    With ``all_outputs`` every output of a model with several is considered (outputs that are
+    not softmax stay as they are); otherwise the model must have one output. The copy has the
+    same weights in the same order, so training it and calling
     ``model.set_weights(logits.get_weights())`` carries the result back.
     """
     model = as_functional(model)
-    if not ends_in_softmax(model):
+    heads = output_layers(model) if all_outputs else [(None, single_output_layer(model))]
+    soft = [layer for _, layer in heads if layer_is_softmax(layer)]
+    if not soft:
         return None
     from edgeprune.pruning.graph import neutral_config
 
-    layer = single_output_layer(model)
     config = neutral_config(model)
-    entry = next(item for item in config["layers"] if item["name"] == layer.name)
-    if type(layer).__name__ in ("Softmax", "Activation"):
-        inbound = entry["inbound_nodes"][0]
-        ref = inbound[0] if isinstance(inbound, list) else None
-        if not ref or not isinstance(ref, list):
-            raise InputError(f"cannot find the input of softmax layer '{layer.name}'")
-        config["layers"] = [item for item in config["layers"] if item["name"] != layer.name]
-        config["output_layers"] = [[ref[0], ref[1], ref[2]]]
-    else:
-        entry["config"]["activation"] = "linear"
+    for layer in soft:
+        entry = next(item for item in config["layers"] if item["name"] == layer.name)
+        if type(layer).__name__ in ("Softmax", "Activation"):
+            inbound = entry["inbound_nodes"][0]
+            ref = inbound[0] if isinstance(inbound, list) else None
+            if not ref or not isinstance(ref, list):
+                raise InputError(f"cannot find the input of softmax layer '{layer.name}'")
+            config["layers"] = [item for item in config["layers"] if item["name"] != layer.name]
+            config["output_layers"] = [[ref[0], ref[1], ref[2]] if out[0] == layer.name else out
+                                       for out in config["output_layers"]]
+        else:
+            entry["config"]["activation"] = "linear"
     return rebuild(config, model)

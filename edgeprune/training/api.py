@@ -187,8 +187,10 @@ def _recalibrated(model, x, log: list):
 
     if not any(type(layer).__name__ == "BatchNormalization" for layer in model.layers):
         return model
+    from edgeprune.datasets import take
+
     model = copy_model(model)
-    log.append(recalibrate_batchnorm(model, np.asarray(x)[:1024]))
+    log.append(recalibrate_batchnorm(model, take(x, slice(0, 1024))))
     return model
 
 

@@ -21,7 +21,9 @@ def recalibrate_batchnorm(model, x: np.ndarray, *, batch_size: int = 128) -> dic
 
     model = as_functional(model)
     keras = keras_of(model)
-    x = np.asarray(x, dtype=np.float32)
+    from edgeprune.datasets import count
+
+    x = {k: np.asarray(v, np.float32) for k, v in x.items()} if isinstance(x, dict) else np.asarray(x, np.float32)
     done = []
     for layer in model.layers:
         if type(layer).__name__ != "BatchNormalization" or len(layer._inbound_nodes) != 1:
@@ -34,4 +36,4 @@ def recalibrate_batchnorm(model, x: np.ndarray, *, batch_size: int = 128) -> dic
         layer.moving_mean.assign(feats.mean(axis=reduce).astype(np.float32))
         layer.moving_variance.assign(feats.var(axis=reduce).astype(np.float32))
         done.append(layer.name)
-    return {"layers": done, "samples": int(len(x))}
+    return {"layers": done, "samples": count(x)}

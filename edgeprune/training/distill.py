@@ -4,6 +4,10 @@ Loss = alpha * hard-label cross-entropy + (1 - alpha) * T^2 * KL(softmax(t/T) ||
 where s and t are logits. Models that end in softmax are split into a logits model (the
 softmax input); a teacher whose probabilities come from elsewhere is read as log(p).
 Without labels (e.g. only calibration images) the loss is the teacher term alone.
+
+Models with several outputs are distilled head by head and the losses summed: softmax heads
+as above, every other head (regression, one-unit sigmoid) by alpha * MSE to its labels +
+(1 - alpha) * MSE to the teacher's output.
 """
 from __future__ import annotations
 
@@ -65,8 +69,9 @@ def _distiller_class(keras):
     class Distiller(keras.Model):
         """Trains ``student`` (a logits model) against a frozen ``teacher`` (logits model)."""
 
-        def __init__(self, student, teacher, temperature, alpha, task, labelled):
+        def __init__(self, student, teacher, temperature, alpha, task, labelled, heads=None):
             super().__init__()
+            self.heads = heads  # several outputs: [(name, 'softmax'|'mse', task)]
             self.student = student
             self.teacher = teacher
             self.teacher.trainable = False
@@ -82,7 +87,7 @@ def _distiller_class(keras):
 
         @property
         def metrics(self):
-            return [self.loss_tracker, self.acc] if self.labelled else [self.loss_tracker]
+            return [self.loss_tracker, self.acc] if self.labelled and not self.heads else [self.loss_tracker]
 
         def call(self, x, training=False):
             return self.student(x, training=training)
@@ -90,9 +95,27 @@ def _distiller_class(keras):
         def _step_loss(self, x, y, training):
             s = self.student(x, training=training)
             t = self.teacher(x, training=False)
+            if self.heads:
+                return s, self._heads_loss(s, t, y)
             loss = distillation_loss(s, t, y if self.labelled else None,
                                      temperature=self.temperature, alpha=self.alpha, task=self.task)
             return s, loss
+
+        def _heads_loss(self, s, t, y):
+            total = 0.0
+            for i, (name, kind, task) in enumerate(self.heads):
+                yi = y.get(name) if isinstance(y, dict) else None
+                if kind == "softmax":
+                    total += distillation_loss(s[i], t[i], yi, temperature=self.temperature,
+                                               alpha=self.alpha, task=task)
+                    continue
+                si = tf_.cast(s[i], tf_.float32)
+                term = tf_.reduce_mean(tf_.square(si - tf_.cast(t[i], tf_.float32)))
+                if yi is not None and self.alpha > 0.0:
+                    target = tf_.reshape(tf_.cast(yi, tf_.float32), tf_.shape(si))
+                    term = self.alpha * tf_.reduce_mean(tf_.square(si - target)) + (1.0 - self.alpha) * term
+                total += term
+            return total
 
         def train_step(self, data):
             x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -112,7 +135,7 @@ def _distiller_class(keras):
 
         def _update(self, y, s, loss):
             self.loss_tracker.update_state(loss)
-            if self.labelled:
+            if self.labelled and not self.heads:
                 self.acc.update_state(y, s)
             return {m.name: m.result() for m in self.metrics}
 
@@ -131,6 +154,9 @@ def distill(student, teacher, train, val=None, *, task: str, temperature: float 
 
     settings = settings or FitSettings(label="distill")
     output = output or default_output()
+    if isinstance(task, dict):
+        return _distill_heads(student, teacher, train, val, task=task, temperature=temperature, alpha=alpha,
+                              settings=settings, output=output)
     if task not in ("sparse", "onehot", "unlabelled"):
         raise InputError(f"--distill needs classification labels (class indices or one-hot), found '{task}' labels")
     if settings.epochs <= 0:
@@ -153,6 +179,35 @@ def distill(student, teacher, train, val=None, *, task: str, temperature: float 
         distiller.compile(optimizer=make_optimizer(settings, steps, keras))
     output.debug(f"distillation: teacher read as {mode}, T={temperature}, alpha={alpha}, labelled={labelled}")
     history = fit_compiled(distiller, train, val, settings, monitor_acc=labelled and (val is None or val.y is not None), output=output)
+    result = copy_model(student)
+    result.set_weights(student_logits.get_weights())
+    return result, history
+
+
+def _distill_heads(student, teacher, train, val, *, task: dict, temperature, alpha, settings, output):
+    """Distillation of a model with several outputs (see the module docstring)."""
+    from edgeprune.training._models import as_functional, copy_model, layer_is_softmax, logits_model, output_layers
+
+    if settings.epochs <= 0:
+        return student, {}
+    student = as_functional(student)
+    heads = []
+    for name, layer in output_layers(student):
+        kind = "softmax" if layer_is_softmax(layer) else "mse"
+        head_task = task.get(name, "unlabelled")
+        if kind == "softmax" and head_task not in ("sparse", "onehot", "unlabelled"):
+            raise InputError(f"--distill: output '{name}' is a softmax head but its labels look like '{head_task}'")
+        heads.append((name, kind, "onehot" if head_task == "onehot" else "sparse"))
+    labelled = isinstance(train.y, dict) and bool(train.y)
+    strat = strategy()
+    with strat.scope():
+        student_logits = logits_model(student, all_outputs=True) or copy_model(student)
+        teacher_logits = logits_model(teacher, all_outputs=True) or copy_model(teacher)
+        distiller = _distiller_class()(student_logits, teacher_logits, temperature, alpha, "sparse", labelled, heads)
+        steps = int(np.ceil(len(train) / settings.batch_size))
+        distiller.compile(optimizer=make_optimizer(settings, steps))
+    output.debug(f"distillation of {len(heads)} outputs: {', '.join(f'{n} ({k})' for n, k, _ in heads)}")
+    history = fit_compiled(distiller, train, val, settings, monitor_acc=False, output=output)
     result = copy_model(student)
     result.set_weights(student_logits.get_weights())
     return result, history

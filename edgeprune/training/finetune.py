@@ -81,14 +81,51 @@ def loss_for(task: str, from_logits: bool, keras=None):
     return keras.losses.MeanSquaredError(), []
 
 
-def output_is_logits(model) -> bool:
-    """A model that does not end in softmax/sigmoid is trained with from_logits=True."""
-    from edgeprune.training._models import single_output_layer
-
-    layer = single_output_layer(model)
+def layer_gives_logits(layer) -> bool:
+    """An output layer that does not end in softmax/sigmoid is trained with from_logits=True."""
     name = type(layer).__name__
     act = getattr(getattr(layer, "activation", None), "__name__", "")
     return not (name == "Softmax" or act in ("softmax", "sigmoid"))
+
+
+def output_is_logits(model) -> bool:
+    """Whether the model's only output gives logits (see :func:`layer_gives_logits`)."""
+    from edgeprune.training._models import single_output_layer
+
+    return layer_gives_logits(single_output_layer(model))
+
+
+def compile_args(model, task, keras=None) -> tuple:
+    """(loss, metrics, labelled train/val filter) for one output or a dict of per-output tasks.
+
+    Several outputs: one loss per labelled output (class heads cross-entropy, regression heads
+    MSE); outputs without labels get no loss. Returns ``(loss, metrics, names)``; ``names`` is
+    None for a single output, else the labelled output names.
+    """
+    if not isinstance(task, dict):
+        loss, metrics = loss_for(task, output_is_logits(model), keras)
+        return loss, metrics, None
+    from edgeprune.training._models import output_layers
+
+    losses, metrics = {}, {}
+    for name, layer in output_layers(model):
+        if task.get(name, "unlabelled") == "unlabelled":
+            continue
+        losses[name], metrics[name] = loss_for(task[name], layer_gives_logits(layer), keras)
+    if not losses:
+        from edgeprune.errors import InputError
+
+        raise InputError("fine-tuning a model with several outputs needs labels for at least one (y_<output>)")
+    return losses, metrics, list(losses)
+
+
+def only_outputs(split, names):
+    """``split`` with labels for ``names`` only (None: unchanged)."""
+    if split is None or names is None or not isinstance(split.y, dict):
+        return split
+    from edgeprune.training.data import Split
+
+    return Split(split.x, {k: v for k, v in split.y.items() if k in names}, split.source)
 
 
 def make_optimizer(settings: FitSettings, steps_per_epoch: int, keras=None):
@@ -203,8 +240,10 @@ def finetune(model, train, val=None, *, task: str, settings: FitSettings | None 
     with strat.scope():
         work = copy_model(model)
         keras = keras_of(work)
-        loss, metrics = loss_for(task, output_is_logits(model), keras)
+        loss, metrics, names = compile_args(model, task, keras)
         steps = int(np.ceil(len(train) / settings.batch_size))
         work.compile(optimizer=make_optimizer(settings, steps, keras), loss=loss, metrics=metrics)
-    history = fit_compiled(work, train, val, settings, monitor_acc=bool(metrics), output=output)
+    # several outputs: early stopping watches the total validation loss
+    history = fit_compiled(work, only_outputs(train, names), only_outputs(val, names), settings,
+                           monitor_acc=bool(metrics) and names is None, output=output)
     return copy_model(work), history
