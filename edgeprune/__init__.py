@@ -33,6 +33,11 @@ _API = {
     "search": "edgeprune.search.run:search",
     "sensitivity": "edgeprune.search.sensitivity:sensitivity",
     "compile_from_study": "edgeprune.search.ship:compile_from_study",
+    "load_arrays": "edgeprune.datasets:load_arrays",
+    "evaluate_tflite": "edgeprune.harness.api:evaluate_tflite",
+    "score_outputs": "edgeprune.metrics:metrics",
+    "compare_accuracy": "edgeprune.metrics:compare",
+    "check_budgets": "edgeprune.budgets:check",
 }
 
 __all__ = ["__version__", *_API]
