@@ -380,6 +380,7 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         "artifact": {"file": "model.tflite", "sha256": sha256_bytes(tflite), "bytes": len(tflite)},
         "inputs": ios["inputs"],
         "outputs": ios["outputs"],
+        "keras_outputs": list(output_names),  # the model's output names, in order (bench labels y_<name>)
         "options": {k: v for k, v in asdict(options).items() if k not in ("custom_objects",)},
         "study": options.study,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -56,7 +56,8 @@ def _resolve_devices(profile, hosts: Iterable[str], fleet, remote_python) -> lis
     return devices
 
 
-def _device_entry(device: Device, raw: dict, data, ref_outputs, names, host_outputs=None) -> dict:
+def _device_entry(device: Device, raw: dict, data, ref_outputs, names, host_outputs=None,
+                  keras_names=None) -> dict:
     entry = {"host": device.label, "transport": raw.pop("transport", None), **raw}
     if device.emulated:
         from edgeprune.harness.emulated import label_device
@@ -70,7 +71,7 @@ def _device_entry(device: Device, raw: dict, data, ref_outputs, names, host_outp
     if ev is not None:
         outputs = ev.pop("outputs", None)
         if outputs is not None:
-            outputs = verify.as_dict(outputs, names)
+            outputs = verify.align(verify.as_dict(outputs, names), keras_names)
             scored = verify.score(outputs, verify.labels_dict(data.y, names), ref_outputs)
             first = scored[names[0]] if names and names[0] in scored else next(iter(scored.values()))
             ev.update({k: first.get(k) for k in ("accuracy", "mse", "accuracy_drop_points", "drop_ci95")})
@@ -250,7 +251,8 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
         if error is not None:
             result["errors"].append({"host": device.label, "error": error})
             continue
-        entry = _device_entry(device, raw, data, ref_outputs, out_names, host_outputs)
+        entry = _device_entry(device, raw, data, ref_outputs, out_names, host_outputs,
+                              (info.manifest or {}).get("keras_outputs"))
         if per_layer:
             from edgeprune.harness.layers import per_layer_report
 
@@ -321,13 +323,15 @@ def _compliant(spec: dict) -> bool:
     return all(spec[k] >= rules[k] for k in ("min_queries", "min_duration_s", "repeats"))
 
 
-def evaluate_tflite(tflite_path_or_bytes, x, y=None, *, threads: int = 1) -> dict:
+def evaluate_tflite(tflite_path_or_bytes, x, y=None, *, threads: int = 1, output_names=None) -> dict:
     """Run a .tflite model in-process on x; {'accuracy', 'mse', 'outputs'} (accuracy in 0..1).
 
     Float x is quantized with the input's scale/zero point for int8/uint8 models and outputs
     are dequantized, exactly as on a device. For several inputs ``x`` is a dict keyed by input
     name; for several outputs ``outputs`` is a dict keyed by output name, ``y`` may be too, and
     the result adds ``per_output`` (accuracy and mse of the first output stay at the top).
+    ``output_names``: the Keras model's output names (a Keras 3 artifact calls them output_0,
+    ...); read from the manifest beside a compiled artifact when not given.
     """
     if isinstance(tflite_path_or_bytes, (bytes, bytearray, memoryview)):
         content, name, path = bytes(tflite_path_or_bytes), "<tflite bytes>", None
@@ -347,6 +351,16 @@ def evaluate_tflite(tflite_path_or_bytes, x, y=None, *, threads: int = 1) -> dic
         names = [n for n, _ in runner.signature_io(interpreter)[1]]
     except runner.RunnerFailure as exc:
         raise InputError(f"{name}: {exc.message}") from None
+    if output_names is None and path is not None and (path.parent / "manifest.json").is_file():
+        import json
+
+        try:
+            output_names = json.loads((path.parent / "manifest.json").read_text()).get("keras_outputs")
+        except (OSError, ValueError, AttributeError):
+            output_names = None
+    if output_names and isinstance(outputs, dict):
+        outputs = verify.align(outputs, output_names)
+        names = list(outputs)
     scored = verify.score(verify.as_dict(outputs, names), verify.labels_dict(y, names))
     first = scored[names[0]]
     result = {"accuracy": first["accuracy"], "mse": first["mse"], "outputs": outputs}

@@ -18,7 +18,7 @@ TFLITE_IDENTIFIER = b"TFL3"
 MANIFEST = "manifest.json"
 # Manifest keys worth carrying into the bench result (quantization and profile facts).
 MANIFEST_KEYS = ("profile", "target", "quantization", "io", "int8_only", "source", "model",
-                 "created", "edgeprune_version", "budgets", "sizes", "macs")
+                 "created", "edgeprune_version", "budgets", "sizes", "macs", "keras_outputs")
 
 
 @dataclass
@@ -144,5 +144,11 @@ def inspect_artifact(path: str | Path) -> ArtifactInfo:
     sha = sha256_of(data)
     manifest = check_manifest(p, sha)
     inputs, outputs = read_tensors(data, str(p))
+    names = (manifest or {}).get("keras_outputs")
+    if names:  # Keras 3 artifacts name their outputs output_0, ...: use the model's names
+        from edgeprune.harness.verify import align
+
+        renamed = align({t["key"]: t for t in outputs}, names)
+        outputs = [dict(t, key=k) for k, t in renamed.items()]
     return ArtifactInfo(path=p.resolve(), sha256=sha, size=len(data), inputs=inputs, outputs=outputs,
                         manifest=manifest)

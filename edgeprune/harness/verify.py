@@ -18,6 +18,24 @@ def as_dict(outputs, names) -> dict:
     return {names[0] if names else "output": outputs}
 
 
+def align(outputs: dict, names) -> dict:
+    """``outputs`` keyed by the Keras output ``names``.
+
+    A Keras 3 model converts with signature outputs ``output_0``, ``output_1``, ... in the
+    model's output order (tf_keras keeps the layer names); those are renamed. Names that
+    already match are kept.
+    """
+    names = list(names or [])
+    if not names or set(outputs) == set(names):
+        return outputs
+    import re
+
+    index = {k: int(m.group(1)) for k in outputs if (m := re.fullmatch(r"output_(\d+)", k))}
+    if len(index) == len(outputs) and all(i < len(names) for i in index.values()):
+        return {names[index[k]]: v for k, v in outputs.items()}
+    return outputs
+
+
 def labels_dict(y, names) -> dict:
     if y is None:
         return {}
@@ -35,6 +53,8 @@ def score(outputs: dict, y: dict, reference: dict | None = None) -> dict:
         ref = None if reference is None else reference.get(name)
         if ref is not None:
             row["agreement"] = M.agreement(out, ref)
+            if labels is not None and row["accuracy"] is None:  # a regression head: no classes to agree on
+                row["agreement"]["top1_agreement"] = None
             if row["accuracy"] is not None:
                 cmp = M.compare(ref, out, labels)
                 row.update(accuracy_drop_points=cmp["drop_points"], drop_ci95=cmp["drop_ci95"],

@@ -203,9 +203,13 @@ def _distill_heads(student, teacher, train, val, *, task: dict, temperature, alp
     with strat.scope():
         student_logits = logits_model(student, all_outputs=True) or copy_model(student)
         teacher_logits = logits_model(teacher, all_outputs=True) or copy_model(teacher)
-        distiller = _distiller_class()(student_logits, teacher_logits, temperature, alpha, "sparse", labelled, heads)
+        from edgeprune._env import keras_of
+
+        keras = keras_of(student_logits)
+        distiller = _distiller_class(keras)(student_logits, teacher_logits, temperature, alpha, "sparse", labelled,
+                                            heads)
         steps = int(np.ceil(len(train) / settings.batch_size))
-        distiller.compile(optimizer=make_optimizer(settings, steps))
+        distiller.compile(optimizer=make_optimizer(settings, steps, keras))
     output.debug(f"distillation of {len(heads)} outputs: {', '.join(f'{n} ({k})' for n, k, _ in heads)}")
     history = fit_compiled(distiller, train, val, settings, monitor_acc=False, output=output)
     result = copy_model(student)

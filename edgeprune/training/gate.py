@@ -52,7 +52,7 @@ def check_accuracy_gate(tflite_bytes, reference_model, x_val, y_val, max_drop: f
     from edgeprune import budgets, metrics
     from edgeprune.harness.api import evaluate_tflite
     from edgeprune.harness.reference import keras_outputs
-    from edgeprune.harness.verify import as_dict, labels_dict
+    from edgeprune.harness.verify import align, as_dict, labels_dict
 
     if y_val is None:
         raise InputError("the accuracy gate needs labelled data (--gate-data, --val-data or --train-data with labels)")
@@ -60,9 +60,7 @@ def check_accuracy_gate(tflite_bytes, reference_model, x_val, y_val, max_drop: f
         tflite_bytes = Path(tflite_bytes).read_bytes()
     reference = keras_outputs(reference_model, x_val, batch_size=256)
     names = list(reference)
-    candidate = as_dict(evaluate_tflite(tflite_bytes, x_val)["outputs"], names)
-    if set(candidate) != set(names) and len(candidate) == len(names):  # renamed outputs: by position
-        candidate = dict(zip(names, candidate.values()))
+    candidate = align(as_dict(evaluate_tflite(tflite_bytes, x_val)["outputs"], names), names)
     y = labels_dict(y_val, names)
     name = _gated(reference, y, output)
     kind = metrics.label_kind(y[name], metrics._flat(reference[name]).shape[1], f"gate labels of output '{name}'")
