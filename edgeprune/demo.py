@@ -129,7 +129,9 @@ def run_demo(output_dir: str | Path = DEFAULT_OUTPUT, *, target: str = "x86-64",
         x_tr, y_tr, x_te, y_te = digits_data(seed)
         model = train_digits_model(x_tr, y_tr, seed=seed)
         keras_out = model.predict(x_te, verbose=0)
-    keras_acc = float(np.mean(keras_out.argmax(-1) == y_te))
+    from edgeprune.metrics import accuracy
+
+    keras_acc = accuracy(keras_out, y_te)
     model_path = root / "digits.keras"
     _save_keras3(model, model_path)
     calib, train, eval_path = root / "calibration.npz", root / "train.npz", root / "eval.npz"

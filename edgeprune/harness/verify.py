@@ -6,8 +6,6 @@ compile gate uses.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from edgeprune import metrics as M
 
 
