@@ -187,7 +187,7 @@ def _stage_prune(model, options, profile, data, stages) -> tuple[Any, dict | Non
     return result.model, result.report
 
 
-def _stage_training(model, original, options, profile, data, stages, out):
+def _stage_training(model, original, options, profile, data, stages, out, gate: bool = True):
     """Fine-tuning / distillation / iterative pruning / gradual sparsity / QAT (edgeprune.training).
 
     Returns the training.api.StageResult, or None when no training was asked for.
@@ -201,7 +201,7 @@ def _stage_training(model, original, options, profile, data, stages, out):
             original if iterative else model, training, original=original,
             prune_kwargs=_prune_kwargs(options, profile, data) if iterative else None,
             calibration=None if data is None else data[0],
-            preprocessing=profile.preprocessing, output=out)
+            preprocessing=profile.preprocessing, gate=gate, output=out)
         entry.update({k: v for k, v in result.report.items() if k in ("recovery", "data")})
     return result
 
@@ -294,7 +294,8 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
     max_drop = limits.max_accuracy_drop
     stage_result = None
     if training.wants_training or training.val_data or training.gate_data or iterative:
-        stage_result = _stage_training(model, original, options, profile, data, stages, out)
+        stage_result = _stage_training(model, original, options, profile, data, stages, out,
+                                       gate=max_drop is not None)
         model = stage_result.model
         prune_report = stage_result.pruned_report or prune_report
         report["training"] = stage_result.report

@@ -35,8 +35,10 @@ def check_prune_options(ratio, target_macs, target_latency, latency_table, threa
     """The one-line refusals of ``edgeprune prune``, before anything is loaded."""
     if training.qat:
         raise InputError("--qat produces a model meant for int8 conversion: use `edgeprune compile --qat`")
-    if training.max_accuracy_drop is not None:
-        raise InputError("--max-accuracy-drop gates the converted .tflite: use `edgeprune compile`")
+    for flag, value in (("--max-accuracy-drop", training.max_accuracy_drop), ("--gate-data", training.gate_data),
+                        ("--gate-output", training.gate_output)):
+        if value is not None:
+            raise InputError(f"{flag} gates the converted .tflite: use `edgeprune compile`")
     if sum(x is not None for x in (ratio, target_macs, target_latency)) != 1:
         raise InputError("give exactly one of --ratio, --target-macs or --target-latency")
     if ratio is not None and not 0.0 <= ratio < 1.0:
@@ -143,7 +145,8 @@ def prune(model_path, output_path, *, ratio: float | None = None, target_macs: f
             with out.progress("analysing channel groups and pruning"):
                 first = prune_model(model, **prune_kwargs)
         stage = run_training_stage(first.model if first else model, options, original=model,
-                                   prune_kwargs=prune_kwargs if iterative else None, calibration=x, output=out)
+                                   prune_kwargs=prune_kwargs if iterative else None, calibration=x, gate=False,
+                                   output=out)
         result = PruneResult(model=stage.model, report=stage.pruned_report if iterative else first.report)
         result.report["training"] = stage.report
     else:

@@ -84,7 +84,7 @@ def _recover(student, teacher, data: TrainingData, distill: bool, temperature, a
 
 
 def run_training_stage(model, options, *, original=None, prune_kwargs: dict | None = None,
-                       calibration: np.ndarray | None = None, preprocessing=None,
+                       calibration: np.ndarray | None = None, preprocessing=None, gate: bool = True,
                        output: Output | None = None) -> StageResult:
     """Run every training step ``options`` asks for on ``model``.
 
@@ -96,6 +96,8 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
       data/labels/protect/seed for :func:`edgeprune.pruning.api.prune_model`.
     - ``calibration``: inputs used, when there is no --train-data, to re-estimate BatchNorm
       statistics after pruning and (with --distill) for label-free distillation.
+    - ``gate``: hold out gate data (an accuracy gate follows); False keeps all the validation
+      data for selection (``edgeprune prune`` has no gate).
     """
     from edgeprune.training.data import resolve
     from edgeprune.training.finetune import FitSettings
@@ -106,7 +108,7 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
     teacher = original if original is not None else model
     report: dict = {}
     use_calibration = calibration if options.distill else None
-    data = resolve(options, teacher, calibration=use_calibration, preprocessing=preprocessing)
+    data = resolve(options, teacher, calibration=use_calibration, preprocessing=preprocessing, gate=gate)
     trainable = data if data is not None and data.train is not None else None
     if data is not None:
         report["data"] = {"train_samples": len(data.train) if data.train else 0,

@@ -107,15 +107,16 @@ def _selects(options) -> bool:
     return options.finetune_epochs > 0
 
 
-def resolve(options, model, *, calibration=None, preprocessing=None) -> TrainingData | None:
+def resolve(options, model, *, calibration=None, preprocessing=None, gate: bool = True) -> TrainingData | None:
     """Training, validation and gate splits for ``options`` checked against ``model``.
 
     With no ``train_data`` but calibration inputs, returns unlabelled data for label-free
     distillation; with only ``val_data``, validation data alone (``train`` None) that is also
     the gate data. When training selects on the validation data, ``gate_split`` of it is held
-    out first for the gate (unless ``gate_data`` is given). Returns None when no data was given.
+    out first for the gate (unless ``gate_data`` is given; ``gate`` False: no gate follows, keep
+    it all for selection). Returns None when no data was given.
     """
-    gate = gate_source = None
+    wants_gate, gate, gate_source = gate, None, None
     if options.gate_data:
         gate = load_split(options.gate_data, model, preprocessing=preprocessing, flag="--gate-data")
         check_against_model(gate, model, "--gate-data")
@@ -143,7 +144,7 @@ def resolve(options, model, *, calibration=None, preprocessing=None) -> Training
         raise InputError(f"--val-data {val.source}: labels look like '{val_task}' but training labels are '{task}'")
     if task == "unlabelled" and val_task != "unlabelled":
         val = val.unlabelled()
-    if gate is None and val.y is not None:
+    if gate is None and val.y is not None and wants_gate:
         if _selects(options):
             val, gate = split(val, options.gate_split, options.seed + 1, flag="--gate-split")
             gate_source = (f"{len(gate)} of the validation images held out before training "
