@@ -129,7 +129,9 @@ def test_compile_prune_distill_int8_gate_and_bench_per_output(files, tmp_path):
     assert gate["output"] == "cls" and gate["passed"] and len(gate["drop_ci95"]) == 2
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["quantization"]["mode"] == "int8" and len(manifest["inputs"]) == 2
-    assert len(manifest["outputs"]) == 2
+    assert len(manifest["outputs"]) == 2 and manifest["keras_outputs"] == ["cls", "reg"]
+    code, result = invoke_cli(["verify", out])  # hashes still checked; no x/y sample for two heads
+    assert code == 0, result.output
 
     np.savez(tmp_path / "eval.npz", **_data()[1][0], **{f"y_{k}": v for k, v in _data()[1][1].items()})
     code, result = invoke_cli(["bench", out, "--runs", "3", "--eval", tmp_path / "eval.npz",

@@ -293,7 +293,8 @@ def test_target_profile_connection_and_env_config(server, models, tmp_path):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["profile"] == "testpi" and doc["gate"] == {
-        "max_latency_ms": 10000.0, "max_accuracy_drop": None, "checked": True, "passed": True, "failures": []}
+        "max_latency_ms": 10000.0, "max_accuracy_drop": None, "mode": "point", "output": None, "checked": True,
+        "passed": True, "failures": [], "notes": []}
     assert doc["devices"][0]["host"] == server.aliases[1]
     assert [r["threads"] for r in doc["devices"][0]["results"]] == [2]
 

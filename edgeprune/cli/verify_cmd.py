@@ -23,5 +23,8 @@ def verify_command(ctx: click.Context, path: Path, json_mode: bool) -> None:
     out.emit_json(result)
     if not out.json_mode:
         s = result["sample"]
-        out.info(f"ok: {len(result['hashes'])} file hash(es) match; {s['count']} reference samples reproduced "
-                 f"(max abs difference {s['max_abs_diff']:.3g} ≤ {s['atol']:.3g})")
+        if s.get("skipped"):
+            out.info(f"ok: {len(result['hashes'])} file hash(es) match; no reference sample ({s['skipped']})")
+        else:
+            out.info(f"ok: {len(result['hashes'])} file hash(es) match; {s['count']} reference samples reproduced "
+                     f"(max abs difference {s['max_abs_diff']:.3g} ≤ {s['atol']:.3g})")
