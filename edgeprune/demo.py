@@ -80,7 +80,7 @@ def _compile(model_path: Path, dest: Path, mode: str, *, target: str, seed: int,
 
     options = CompileOptions(target=target, quantize=mode, calibration=str(calib), seed=seed, force=True)
     if train is not None:  # prune to half the MACs, recover with fine-tuning + distillation, gate
-        options.prune_macs = PRUNE_MACS
+        options.target_macs = PRUNE_MACS
         options.training = TrainingOptions(train_data=str(train), val_split=VAL_SPLIT, finetune_epochs=FINETUNE_EPOCHS,
                                            distill=True, max_accuracy_drop=MAX_DROP, seed=seed)
     return run_compile(model_path, dest, options, output=out)

@@ -67,7 +67,7 @@ def test_gate_data_upper_mode_and_too_few_images(files, tmp_path):
     x, y, xv, yv = digits()
     few = tmp_path / "few.npz"
     np.savez(few, x=xv[:20], y=yv[:20])
-    common = ["compile", files / "m.h5", "--prune", "0.5", "--target", SMALL_CPU, "--train-data",
+    common = ["compile", files / "m.h5", "--ratio", "0.5", "--target", SMALL_CPU, "--train-data",
               files / "train.npz", "--finetune-epochs", "1", "--gate-data", few, "--max-accuracy-drop", "2"]
     code, result = invoke_cli([*common, "-o", tmp_path / "up", "--gate-mode", "upper"])
     assert code == 1, result.output

@@ -118,7 +118,7 @@ def test_calibration_by_input_name_and_from_functions(files, tmp_path, monkeypat
 def test_compile_prune_distill_int8_gate_and_bench_per_output(files, tmp_path):
     out = tmp_path / "art"
     code, result = invoke_cli([
-        "compile", files / "k3.keras", "-o", out, "--prune-macs", "0.5", "--target", SMALL_CPU, "--quantize", "int8",
+        "compile", files / "k3.keras", "-o", out, "--target-macs", "0.5", "--target", SMALL_CPU, "--quantize", "int8",
         "--calibration", files / "calib.npz", "--train-data", files / "train.npz", "--finetune-epochs", "3",
         "--distill", "--gate-output", "cls", "--max-accuracy-drop", "50", "--json"])
     assert code == 0, result.output
@@ -134,7 +134,7 @@ def test_compile_prune_distill_int8_gate_and_bench_per_output(files, tmp_path):
     assert code == 0, result.output
 
     np.savez(tmp_path / "eval.npz", **_data()[1][0], **{f"y_{k}": v for k, v in _data()[1][1].items()})
-    code, result = invoke_cli(["bench", out, "--runs", "3", "--eval", tmp_path / "eval.npz",
+    code, result = invoke_cli(["bench", out, "--runs", "3", "--val-data", tmp_path / "eval.npz",
                                "--reference", files / "k3.keras", "--gate-output", "cls",
                                "--max-accuracy-drop", "50", "--json"])
     assert code == 0, result.output
@@ -160,7 +160,7 @@ def test_compile_prune_distill_int8_gate_and_bench_per_output(files, tmp_path):
 def test_tf_keras_two_heads_fine_tune_float32(files, tmp_path):
     out = tmp_path / "tfk"
     code, result = invoke_cli([
-        "compile", files / "tfk.h5", "-o", out, "--prune-macs", "0.6", "--target", SMALL_CPU, "--train-data", files / "train.npz",
+        "compile", files / "tfk.h5", "-o", out, "--target-macs", "0.6", "--target", SMALL_CPU, "--train-data", files / "train.npz",
         "--finetune-epochs", "2", "--max-accuracy-drop", "50", "--json"])
     assert code == 0, result.output
     report = json.loads((out / "report.json").read_text())
