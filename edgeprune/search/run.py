@@ -64,7 +64,7 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
     import optuna
 
     from edgeprune.datasets import load_arrays
-    from edgeprune.harness import verify
+    from edgeprune import metrics
     from edgeprune.model_io import load_model
     from edgeprune.profiles import load_profile
 
@@ -97,7 +97,7 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
     x_val, y_val = load_arrays(val_data, input_shape=input_shape, preprocessing=profile.preprocessing)
     if y_val is None:
         raise InputError(f"--val-data {val_data}: the search needs labelled validation data (x and y)")
-    baseline = verify.metrics(loaded.model.predict(x_val, batch_size=256, verbose=0), y_val)["accuracy"]
+    baseline = metrics.metrics(loaded.model.predict(x_val, batch_size=256, verbose=0), y_val)["accuracy"]
     from edgeprune.pruning import macs as macs_mod
 
     baseline_macs = int(macs_mod.count(loaded.model)["macs"])
