@@ -149,10 +149,11 @@ def acc_keras(model, data) -> float:
 
 def acc_tflite(model, data, quantization: str = "float32", representative=None) -> float:
     """Test accuracy of the converted artifact (what ships), not of the Keras model."""
-    from edgeprune.training._tflite import accuracy, run_tflite, to_tflite
+    from edgeprune.harness.api import evaluate_tflite
+    from edgeprune.training._tflite import to_tflite
 
     blob = to_tflite(model, quantization, representative=representative)
-    return 100.0 * accuracy(run_tflite(blob, data[0]), data[1])
+    return 100.0 * evaluate_tflite(blob, data[0], data[1])["accuracy"]
 
 
 def recalibrated(model, x):
