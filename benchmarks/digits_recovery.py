@@ -65,14 +65,14 @@ def accuracy(model, data) -> float:
 
 def run_seed(seed: int, epochs: int, ft_epochs: int, out, temperature: float, alpha: float) -> dict:
     from edgeprune._env import tf, tf_keras
-    from edgeprune.pruning.api import prune_model
     from edgeprune.harness.api import evaluate_tflite
+    from edgeprune.pruning.api import prune_model
     from edgeprune.training._tflite import to_tflite
     from edgeprune.training.api import recover
-    from edgeprune.training.finetune import FitSettings
-    from edgeprune.training.iterative import iterative_prune
     from edgeprune.training.bn_recal import recalibrate_batchnorm
     from edgeprune.training.data import Split
+    from edgeprune.training.finetune import FitSettings
+    from edgeprune.training.iterative import iterative_prune
     from edgeprune.training.qat import train_qat
 
     tf().random.set_seed(seed)
@@ -104,7 +104,7 @@ def run_seed(seed: int, epochs: int, ft_epochs: int, out, temperature: float, al
         step_common = dict(common, epochs=max(2, ft_epochs // 2))
         it, _ = iterative_prune(base, steps=3, target_macs=target,
                                 prune_kwargs=dict(criterion="l1", data=calib[0], labels=calib[1], seed=seed),
-                                recover=lambda m: recover(m, teacher=base, distill=True, **kd_opts, **step_common), output=out)
+                                recover=lambda m: recover(m, teacher=base, distill=True, **kd_opts, **step_common), output=out)  # noqa: B023 (called in this iteration)
         it = recover(it, teacher=base, distill=True, **kd_opts, **common)
         res[f"{label} iterative(3)+KD"] = accuracy(it, test)
         if label == "2x":

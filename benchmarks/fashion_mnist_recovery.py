@@ -229,7 +229,7 @@ def run_seed(seed: int, data, args, out) -> dict:
         calls = iter(per)
         it, _ = iterative_prune(base, steps=ITER_STEPS, target_macs=target,
                                 prune_kwargs=dict(criterion="l1", data=calib[0], labels=calib[1], seed=seed),
-                                recover=lambda m: kd_recover(m, epochs=next(calls, per[-1])), output=out)
+                                recover=lambda m: kd_recover(m, epochs=next(calls, per[-1])), output=out)  # noqa: B023
         acc[f"{label} iterative({ITER_STEPS})+KD"] = acc_tflite(it, test)
         step(f"{label} iterative: {acc[f'{label} iterative({ITER_STEPS})+KD']:.2f}%")
 
@@ -395,6 +395,7 @@ def main(argv=None) -> int:
         parser.error(f"--criteria: choose from {','.join(CRITERIA)}, including l1 and random")
 
     from _fashion import load_fashion_mnist
+
     from edgeprune.console import Output
 
     # uint8 (N, 28, 28) -> float32 in [0, 1] with a channel axis

@@ -202,7 +202,7 @@ def measure(variants, quants, threads, runs, rounds, log):
                     it.invoke()
                 interps.append(it)
             samples = [[] for _ in variants]
-            for r in range(rounds):  # round-robin over models so drift hits all alike
+            for _round in range(rounds):  # round-robin over models so drift hits all alike
                 for i, it in enumerate(interps):
                     t0 = time.perf_counter()
                     for _ in range(runs):

@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import edgeprune._env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from _fashion import load_fashion_mnist  # noqa: E402
+
+import edgeprune._env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 
 def build_cnn(seed: int):
@@ -86,13 +87,13 @@ def main() -> None:
 
     import optuna
 
+    from edgeprune.datasets import load_arrays
+    from edgeprune.model_io import load_model
     from edgeprune.profiles import load_profile
     from edgeprune.pruning.api import latency_table
     from edgeprune.search.pipeline import Base, Latency, run_trial
     from edgeprune.search.space import Space, SpaceConfig, decode, find_stages
     from edgeprune.search.study import make_sampler
-    from edgeprune.datasets import load_arrays
-    from edgeprune.model_io import load_model
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix="edgeprune-bench-search-"))

@@ -32,7 +32,7 @@ class Limits:
     gate_mode: str = "point"
 
     @classmethod
-    def of(cls, profile=None, **overrides) -> "Limits":
+    def of(cls, profile=None, **overrides) -> Limits:
         """The profile's budgets, each replaced by an override that is not None."""
         budgets = getattr(profile, "budgets", None)
         values = {name: getattr(budgets, name, None) for name in _UNITS}

@@ -45,7 +45,7 @@ def pack(directory, output, *, force: bool = False) -> dict:
     if out.exists() and not force:
         raise InputError(f"-o {out}: already exists (pass --force to replace it)")
     members = _members(src)
-    for name, path in members:
+    for _name, path in members:
         if path.is_symlink():
             raise InputError(f"{path}: is a symbolic link; a bundle carries regular files only")
     buffer = io.BytesIO()

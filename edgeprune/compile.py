@@ -11,15 +11,22 @@ import platform
 import sys
 import time
 import types
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from edgeprune import __version__
-from edgeprune.artifacts import ArtifactDir, path_bytes, sha256_bytes, write_bytes_atomic, write_json
+from edgeprune.artifacts import (
+    ArtifactDir,
+    path_bytes,
+    sha256_bytes,
+    write_bytes_atomic,
+    write_json,
+)
 from edgeprune.console import Output, default_output
 from edgeprune.errors import BudgetError, InputError, VerificationError
 

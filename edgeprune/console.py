@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -62,7 +63,7 @@ class Output:
             sys.stdout.flush()
 
     @contextmanager
-    def progress(self, description: str, total: int | None = None) -> Iterator["ProgressHandle"]:
+    def progress(self, description: str, total: int | None = None) -> Iterator[ProgressHandle]:
         """A progress bar (or spinner when ``total`` is None) on stderr; silent with -q."""
         if self.quiet:
             yield ProgressHandle(None, None)

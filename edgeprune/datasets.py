@@ -16,9 +16,10 @@ import hashlib
 import importlib
 import importlib.util
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ def _npz_labels(data, keys: list[str], outputs, where: str):
     return next(iter(named.values()), None)
 
 
-def _from_npz(path: Path, spec: "_Spec", where: str):
+def _from_npz(path: Path, spec: _Spec, where: str):
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = list(data.keys())
@@ -153,7 +154,7 @@ def _arrays(item) -> bool:
     return all(hasattr(v, "__array__") or isinstance(v, (list, np.ndarray)) for v in item)
 
 
-def _split_item(item, spec: "_Spec"):
+def _split_item(item, spec: _Spec):
     """One yielded element -> (x part, y part or None): x an array (one input) or a dict."""
     if isinstance(item, dict):
         return item, None
@@ -170,7 +171,7 @@ def _split_item(item, spec: "_Spec"):
     return item, None
 
 
-def _as_batch(x, y, spec: "_Spec"):
+def _as_batch(x, y, spec: _Spec):
     """Add the batch axis to a single sample (and to its label)."""
     if isinstance(x, dict):
         arrays = {k: np.asarray(v) for k, v in x.items()}
@@ -205,7 +206,7 @@ def _concat(parts: list, where: str):
         raise InputError(f"{where}: items have different shapes {shapes[:3]}") from None
 
 
-def _collect(result: Any, spec: "_Spec", where: str):
+def _collect(result: Any, spec: _Spec, where: str):
     """A callable's result: an array, a dict of arrays, an (x, y) pair, a ``tf.data.Dataset``, or
     an iterable of samples, batches, dicts or pairs."""
     if hasattr(result, "as_numpy_iterator"):  # tf.data.Dataset

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -56,10 +56,10 @@ class Operators(_Strict):
 class Budgets(_Strict):
     """Limits the artifact must meet; ``None`` means unchecked."""
 
-    max_model_bytes: Optional[int] = Field(default=None, gt=0)
-    max_arena_bytes: Optional[int] = Field(default=None, gt=0)
-    max_latency_ms: Optional[float] = Field(default=None, gt=0)
-    max_accuracy_drop: Optional[float] = Field(default=None, ge=0)  # percentage points
+    max_model_bytes: int | None = Field(default=None, gt=0)
+    max_arena_bytes: int | None = Field(default=None, gt=0)
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    max_accuracy_drop: float | None = Field(default=None, ge=0)  # percentage points
 
 
 class PruningPolicy(_Strict):
@@ -73,11 +73,11 @@ class Connection(_Strict):
     """How to reach the device for benchmarking."""
 
     kind: Literal["local", "ssh", "emulated"] = "local"
-    host: Optional[str] = None  # an SSH host alias from ~/.ssh/config, or user@host[:port]
+    host: str | None = None  # an SSH host alias from ~/.ssh/config, or user@host[:port]
     python: str = "python3"
     # emulated: the system `edgeprune targets emulate NAME` prepared; reached over ssh to an
     # sshd started inside it for each run (latency there is emulated and never gated)
-    system: Optional[str] = None
+    system: str | None = None
 
     @model_validator(mode="after")
     def _ssh_needs_host(self):

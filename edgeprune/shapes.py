@@ -9,7 +9,7 @@ Forms: ``128`` or ``1x128`` (one input; with or without the batch dimension), ``
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from edgeprune.errors import InputError
 

@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
+echo "[test] ruff check (rule set in pyproject.toml)"
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

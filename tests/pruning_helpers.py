@@ -5,11 +5,11 @@ import numpy as np
 
 import edgeprune._env  # noqa: F401
 from edgeprune.pruning import rules
+from edgeprune.pruning.graph import trace
+from edgeprune.pruning.groups import build_groups
 from edgeprune.pruning.rules.conv import ConvRule, ConvTransposeRule, DepthwiseRule, SeparableRule
 from edgeprune.pruning.rules.dense import DenseRule, EmbeddingRule, TimeDistributedRule
 from edgeprune.pruning.rules.recurrent import GATES, BidirectionalRule, RecurrentRule, gate_columns
-from edgeprune.pruning.graph import trace
-from edgeprune.pruning.groups import build_groups
 
 
 def randomize_bn(model, seed=0):

@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from test_harness_local import build_models
 
 import edgeprune._env  # noqa: F401
 from edgeprune.cli import main
-
-from test_harness_local import build_models
 
 
 @pytest.fixture(scope="module")

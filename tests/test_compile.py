@@ -13,7 +13,7 @@ import pytest
 from edgeprune.profiles import load_profile
 
 SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")  # rounds channels to 4
-from helpers_models import digits_like, invoke_cli, tiny_keras3_cnn, tiny_tf_keras_cnn
+from helpers_models import digits_like, invoke_cli, tiny_keras3_cnn, tiny_tf_keras_cnn  # noqa: E402
 
 
 @pytest.fixture(scope="module")

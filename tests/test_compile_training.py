@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers_models import invoke_cli
 
 SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")  # rounds channels to 4
-from test_training_fixtures import digits, trained_cnn
+from test_training_fixtures import digits, trained_cnn  # noqa: E402
 
 
 @pytest.fixture(scope="module")

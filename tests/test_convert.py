@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
+from helpers_models import digits_like, predict, tiny_tf_keras_cnn
 
 from edgeprune import tflm
 from edgeprune.convert import convert, estimate_arena_bytes, float_ops, io_details, op_counts
 from edgeprune.errors import InputError, VerificationError
-from helpers_models import digits_like, predict, tiny_tf_keras_cnn
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import legacy_files as lf
 import numpy as np
 import pytest
+from helpers_models import tiny_keras3_resnet, tiny_tf_keras_cnn
 
-import legacy_files as lf
 from edgeprune import _env
 from edgeprune.cli import main
-from helpers_models import tiny_keras3_resnet, tiny_tf_keras_cnn
 
 pytestmark = pytest.mark.slow  # ~50 real conversions and prunes
 

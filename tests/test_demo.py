@@ -7,7 +7,6 @@ import json
 import zipfile
 
 import pytest
-
 from helpers_models import invoke_cli
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sshd
+from test_harness_local import build_models
 
 import edgeprune._env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-import sshd
 from edgeprune.harness.api import bench
 from edgeprune.harness.emulated import apt_mirror
 from edgeprune.profiles import load_profile
-from test_harness_local import build_models
 
 PY = sys.executable
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_harness_local import build_models
 
 import edgeprune._env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from edgeprune.errors import DeviceError
 from edgeprune.harness import emulated
-from test_harness_local import build_models
 
 PY = sys.executable
 pytestmark = [pytest.mark.emulated, pytest.mark.slow]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from edgeprune.convert import convert, read_graph
 from helpers_models import invoke_cli, tiny_keras3_resnet
 from report_helpers import labelled_by, outlier_model, prunable_cnn
+
+from edgeprune.convert import convert, read_graph
 
 SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")
 

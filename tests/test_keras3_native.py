@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from test_training_fixtures import digits, quiet
 
 import edgeprune

@@ -6,11 +6,17 @@ import zipfile
 
 import numpy as np
 import pytest
+from helpers_models import (
+    digits_like,
+    predict,
+    tiny_keras3_cnn,
+    tiny_keras3_resnet,
+    tiny_tf_keras_cnn,
+)
 
 import edgeprune._env as _env
 from edgeprune.errors import InputError, UnsafeModelError
 from edgeprune.model_io import load_model, save_model, to_tf_keras
-from helpers_models import digits_like, predict, tiny_keras3_cnn, tiny_keras3_resnet, tiny_tf_keras_cnn
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 
+import legacy_files as lf
 import numpy as np
 import pytest
+from helpers_models import invoke_cli
 
-import legacy_files as lf
 from edgeprune.errors import InputError
 from edgeprune.model_io import load_model
-from helpers_models import invoke_cli
 
 
 def _conv_valid(x, k, b):

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pathlib import Path
-
 from helpers_models import invoke_cli
 from test_training_fixtures import digits
 

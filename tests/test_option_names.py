@@ -2,16 +2,14 @@
 ``edgeprune.prune`` takes what ``edgeprune prune`` takes."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers_models import invoke_cli, tiny_tf_keras_cnn
 
 import edgeprune
 from edgeprune.cli import cli
 from edgeprune.errors import InputError
-from helpers_models import invoke_cli, tiny_tf_keras_cnn
 
 RENAMED = {("compile", "--prune"): "--ratio", ("compile", "--prune-macs"): "--target-macs",
            ("compile", "--prune-latency"): "--target-latency", ("prune", "--data"): "--calibration",

@@ -4,11 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from edgeprune.profiles import load_profile
-
 import edgeprune._env  # noqa: F401
 from edgeprune._env import tf_keras
 from edgeprune.cli import main
+from edgeprune.profiles import load_profile
 
 
 def run(argv, capsys):

@@ -1,6 +1,7 @@
 """Dependency graph: which channels are removed together, which are locked, and why."""
 import numpy as np
 import pytest
+from pruning_helpers import kill_units, max_abs_diff, randomize_bn
 
 import edgeprune._env  # noqa: F401
 from edgeprune._env import tf_keras
@@ -9,8 +10,6 @@ from edgeprune.pruning import prune_model
 from edgeprune.pruning.graph import trace
 from edgeprune.pruning.groups import build_groups
 from edgeprune.pruning.importance import FixedScores
-
-from pruning_helpers import kill_units, max_abs_diff, randomize_bn
 
 
 @pytest.fixture(autouse=True)

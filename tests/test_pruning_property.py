@@ -12,13 +12,12 @@ import os
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pruning_helpers import kill_units, max_abs_diff, randomize_bn
 
 import edgeprune._env  # noqa: F401
 from edgeprune._env import keras3, tf_keras
 from edgeprune.pruning import prune_model
 from edgeprune.pruning.importance import FixedScores
-
-from pruning_helpers import kill_units, max_abs_diff, randomize_bn
 
 BLOCKS = ["conv", "conv_nobias", "depthwise", "depthwise_m2", "separable", "bn", "relu", "relu6",
           "maxpool", "avgpool", "residual", "concat", "se", "dropout", "pad", "dense_pointwise",

@@ -1,6 +1,7 @@
 """Surgery, allocation, criteria and MAC counting on tiny models."""
 import numpy as np
 import pytest
+from pruning_helpers import randomize_bn
 
 import edgeprune._env  # noqa: F401
 from edgeprune._env import tf, tf_keras
@@ -10,8 +11,6 @@ from edgeprune.pruning.allocation import keep_count
 from edgeprune.pruning.graph import trace
 from edgeprune.pruning.groups import build_groups
 from edgeprune.pruning.importance import CRITERIA
-
-from pruning_helpers import randomize_bn
 
 
 @pytest.fixture(autouse=True)

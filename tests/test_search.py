@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_training_fixtures import digits, trained_cnn
 
 from edgeprune.cli import cli
 from edgeprune.errors import InputError
 from edgeprune.search import search
 from edgeprune.search.sensitivity import greedy_allocation, sensitivity
-from test_training_fixtures import digits, trained_cnn
 
 SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")  # rounds channels to 4
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-
 import postgres
+import pytest
 from test_training_fixtures import digits, trained_cnn
 
 pytestmark = [pytest.mark.slow,

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import edgeprune._env  # noqa: F401
-
 import sshd
 from test_harness_local import build_models
+
+import edgeprune._env  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not sshd.sshd_available(),
                                 reason="OpenSSH server not installed (apt-get install openssh-server)")

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import edgeprune._env  # noqa: F401
-
 from edgeprune.training.bn_fold import fold_batchnorm
 
 
@@ -82,10 +81,11 @@ def test_fold_logits_exact_on_trained_digits():
 
 
 def test_bn_recalibration_rescues_one_shot_pruning():
+    from test_training_fixtures import acc, digits, small_cnn, train
+
+    from edgeprune._env import tf_keras
     from edgeprune.pruning.api import prune_model
     from edgeprune.training.bn_recal import recalibrate_batchnorm
-    from edgeprune._env import tf_keras
-    from test_training_fixtures import acc, digits, small_cnn, train
 
     x, _, xv, yv = digits()
     model = train(small_cnn(bn=True), epochs=15)
@@ -102,10 +102,11 @@ def test_bn_recalibration_rescues_one_shot_pruning():
 
 
 def test_stage_recalibrates_with_calibration_only():
+    from test_training_fixtures import digits, trained_cnn
+
     from edgeprune.pruning.api import prune_model
     from edgeprune.training.api import run_training_stage
     from edgeprune.training.options import TrainingOptions
-    from test_training_fixtures import digits, trained_cnn
 
     x, _, _, _ = digits()
     original = trained_cnn(bn=True)

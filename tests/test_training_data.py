@@ -7,7 +7,6 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from test_training_fixtures import small_cnn
 
 from edgeprune.errors import InputError

@@ -12,7 +12,7 @@ import numpy as np
 import edgeprune._env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits():
     """(x_train, y_train, x_val, y_val): a fixed 80/20 split of the 1797 digits."""
     from sklearn.datasets import load_digits
@@ -53,7 +53,7 @@ def train(model, epochs: int = 12, seed: int = 0):
     return model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained_weights(bn: bool):
     return train(small_cnn(bn=bn)).get_weights()
 

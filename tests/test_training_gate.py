@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import pytest
-
 from test_training_fixtures import damaged, digits, trained_cnn
 
+from edgeprune.budgets import Limits
 from edgeprune.errors import InputError, VerificationError
 from edgeprune.training._tflite import to_tflite
-from edgeprune.budgets import Limits
 from edgeprune.training.gate import check_accuracy_gate
 from edgeprune.training.options import TrainingOptions
 

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from test_training_fixtures import acc, digits, quiet, trained_cnn
 
 from edgeprune.errors import InputError
 from edgeprune.training.data import Split
 from edgeprune.training.finetune import FitSettings
-from edgeprune.training.gradual import measure_sparsity, sparsity_report, train_gradual, wrap_for_pruning
+from edgeprune.training.gradual import (
+    measure_sparsity,
+    sparsity_report,
+    train_gradual,
+    wrap_for_pruning,
+)
 from edgeprune.training.options import TrainingOptions
 
 SETTINGS = FitSettings(epochs=3, batch_size=64, label="gradual")

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from test_training_fixtures import acc, digits, quiet, trained_cnn
 
-from edgeprune.training.iterative import step_targets
-
 from edgeprune.pruning.api import prune_model  # noqa: F401  (the stage prunes with it)
+from edgeprune.training.iterative import step_targets
 
 
 def test_step_targets_compound_to_the_goal():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from test_training_fixtures import acc, digits, quiet, trained_cnn
 
 from edgeprune.harness.api import evaluate_tflite

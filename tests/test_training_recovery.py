@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-
 from test_training_fixtures import acc, damaged, digits, quiet, trained_cnn
 
 from edgeprune.errors import InputError
@@ -54,7 +53,6 @@ def test_distillation_loss_matches_hand_computation():
 
 def test_teacher_logits_both_ways():
     from edgeprune._env import tf_keras
-
     from edgeprune.training.distill import teacher_logits_model
 
     k = tf_keras()

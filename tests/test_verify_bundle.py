@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers_models import invoke_cli
 from report_helpers import labelled_by, prunable_cnn
 

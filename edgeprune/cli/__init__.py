@@ -52,7 +52,7 @@ def deprecated_aliases(*pairs: tuple):
                 kwargs[key(new)] = value
             return func(*args, **kwargs)
 
-        for old, new, *kind in reversed(pairs):
+        for old, _new, *kind in reversed(pairs):
             wrapper = click.option(old, f"alias_{key(old)}", default=None, hidden=True,
                                    type=kind[0] if kind else str)(wrapper)
         return wrapper

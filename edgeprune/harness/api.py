@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import platform
 import tempfile
+from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -17,7 +17,14 @@ from edgeprune.console import Output, default_output
 from edgeprune.errors import DeviceError, InputError, VerificationError
 from edgeprune.harness import runner, verify
 from edgeprune.harness.artifact import inspect_artifact
-from edgeprune.harness.fleet import LOCAL, Device, device_for, load_fleet, parse_threads, run_parallel
+from edgeprune.harness.fleet import (
+    LOCAL,
+    Device,
+    device_for,
+    load_fleet,
+    parse_threads,
+    run_parallel,
+)
 from edgeprune.harness.jobs import EVAL_X, RunRequest
 from edgeprune.harness.local import run_local
 from edgeprune.harness.remote import SshSettings, parse_host, run_remote

@@ -8,9 +8,9 @@ with another local Python. The table records the device it was measured on.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from edgeprune.errors import InputError
 from edgeprune.harness.jobs import RunRequest, model_name

@@ -1,10 +1,10 @@
 """Which devices to benchmark (local, --host, --target, --fleet) and running them in parallel."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from edgeprune.errors import EdgepruneError, InputError
 from edgeprune.harness.proc import cancel_all, reset_cancel

@@ -32,7 +32,7 @@ class RunRequest:
     extra: dict = field(default_factory=dict)
     models: tuple[Path, ...] = ()
 
-    def with_threads(self, threads) -> "RunRequest":
+    def with_threads(self, threads) -> RunRequest:
         return replace(self, threads=tuple(threads)) if threads else self
 
     def files(self) -> dict[str, Path]:

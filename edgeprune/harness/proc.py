@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from typing import Callable, IO
-
+from collections.abc import Callable
+from typing import IO
 
 _live: set[subprocess.Popen] = set()
 _live_lock = threading.Lock()

@@ -86,7 +86,7 @@ class SshSettings:
     ssh: str = "ssh"
 
     @classmethod
-    def from_env(cls, options=(), config=None, **kw) -> "SshSettings":
+    def from_env(cls, options=(), config=None, **kw) -> SshSettings:
         """Flags first, then EDGEPRUNE_SSH_OPTIONS ('-o K=V' words or bare K=V) and EDGEPRUNE_SSH_CONFIG."""
         opts = [_strip_o(o) for o in options]
         env_opts = os.environ.get(ENV_OPTIONS, "")

@@ -22,7 +22,6 @@ Output: exactly one JSON document on stdout; logs go to stderr. On a failure it 
 {"error": {"kind": ..., "message": ...}} with exit code 3 (missing dependency) or 4 (bad
 job or artifact); any other non-zero exit is a crash.
 """
-from __future__ import absolute_import, division, print_function
 
 import base64
 import gc
@@ -176,7 +175,7 @@ def _read(path):
     try:
         with open(path, "rb") as handle:
             return handle.read().decode("utf-8", "replace")
-    except (IOError, OSError):
+    except OSError:
         return ""
 
 
@@ -310,7 +309,7 @@ def reset_peak_rss():
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
         return True
-    except (IOError, OSError):
+    except OSError:
         return False
 
 
@@ -620,7 +619,7 @@ def run_eval(interpreter, x, numpy, batch=64):
                 interpreter.resize_tensor_input(detail["index"], [n] + want)
             interpreter.allocate_tensors()
             allocated = n
-        for detail, data, want, _ in feeds:
+        for detail, data, _want, _ in feeds:
             part = data[begin:begin + n]
             if not dynamic and n != step:  # fixed batch > 1: pad the last chunk
                 part = numpy.concatenate([part, numpy.repeat(part[-1:], step - n, axis=0)])
@@ -731,7 +730,7 @@ def read_job(argv):
             with open(source) as handle:
                 text = handle.read()
         job = json.loads(text)
-    except (IOError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise RunnerFailure("bad_job", "cannot read the job %s: %s" % (source[:80], exc))
     if not isinstance(job, dict) or not ("artifact" in job or "time_models" in job):
         raise RunnerFailure("bad_job", "the job must be a JSON object with an 'artifact' or 'time_models' key")

@@ -25,7 +25,7 @@ __all__ = ["CustomObjects", "LoadedModel", "load_model", "save_model", "load_cus
 class LoadedModel:
     """A model ready for edgeprune: the functional tf_keras model and where it came from."""
 
-    model: "object"  # functional keras.Model (Keras 3) or tf_keras.Model, as in the file;
+    model: object  # functional keras.Model (Keras 3) or tf_keras.Model, as in the file;
     # a SavedModelGraph for kind "savedmodel_bare" (no Keras graph)
     flavour: str  # "keras3" | "tf_keras"
     path: Path

@@ -6,8 +6,8 @@ imported; both are refused in safe mode with a message naming the layer and the 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from edgeprune._pyfile import import_python_file
 from edgeprune.errors import InputError, UnsafeModelError

@@ -185,9 +185,7 @@ class LayerTimer:
         return K.Model(x, layer(x))
 
     def convert(self, model) -> bytes:
-        from edgeprune._env import quiet_native, tf
-
-        from edgeprune._env import keras_of
+        from edgeprune._env import keras_of, quiet_native, tf
 
         t = tf()
         with quiet_native():

@@ -44,7 +44,7 @@ class Base:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Base":
+    def from_dict(cls, d: dict) -> Base:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         known["protect"] = tuple(known.get("protect") or ())
         return cls(**known)

@@ -63,8 +63,8 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
     """
     import optuna
 
-    from edgeprune.datasets import load_arrays
     from edgeprune import metrics
+    from edgeprune.datasets import load_arrays
     from edgeprune.model_io import load_model
     from edgeprune.profiles import load_profile
 

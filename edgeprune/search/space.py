@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -37,10 +36,10 @@ class SpaceConfig(BaseModel):
 
     ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75])
     per_stage: bool = False
-    stage_ratios: Optional[list[float]] = None  # per-stage choices (default: ratios)
+    stage_ratios: list[float] | None = None  # per-stage choices (default: ratios)
     criteria: list[str] = Field(default_factory=lambda: ["l1"])
-    round_to: Optional[list[int]] = None  # default: the profile's pruning.round_to
-    quantizations: Optional[list[str]] = None  # default: every mode the profile allows
+    round_to: list[int] | None = None  # default: the profile's pruning.round_to
+    quantizations: list[str] | None = None  # default: every mode the profile allows
     finetune_epochs: list[int] = Field(default_factory=lambda: [0])
     distill: list[bool] = Field(default_factory=lambda: [False])
 

@@ -1,7 +1,8 @@
 """Small graph helpers shared by the training modules (functional config surgery)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from edgeprune.errors import InputError
 

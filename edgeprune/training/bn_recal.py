@@ -16,7 +16,6 @@ def recalibrate_batchnorm(model, x: np.ndarray, *, batch_size: int = 128) -> dic
     Modifies ``model`` in place; returns ``{"layers": [names], "samples": n}``.
     """
     from edgeprune._env import keras_of
-
     from edgeprune.training._models import as_functional
 
     model = as_functional(model)

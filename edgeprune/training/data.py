@@ -32,11 +32,11 @@ class Split:
     def __len__(self) -> int:
         return count(self.x)
 
-    def take(self, index) -> "Split":
+    def take(self, index) -> Split:
         y = None if self.y is None else take(self.y, index)
         return Split(take(self.x, index), y, self.source)
 
-    def unlabelled(self) -> "Split":
+    def unlabelled(self) -> Split:
         return Split(self.x, None, self.source)
 
 

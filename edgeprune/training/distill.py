@@ -44,7 +44,6 @@ def teacher_logits_model(teacher, sample: np.ndarray):
     """(model, mode): a logits model and mode 'logits' (split at softmax / already logits) or
     'log-probs' (outputs look like probabilities: use log p)."""
     from edgeprune._env import is_keras3_model, keras_of
-
     from edgeprune.training._models import as_functional, logits_model
 
     split = logits_model(teacher)
@@ -186,7 +185,13 @@ def distill(student, teacher, train, val=None, *, task: str, temperature: float 
 
 def _distill_heads(student, teacher, train, val, *, task: dict, temperature, alpha, settings, output):
     """Distillation of a model with several outputs (see the module docstring)."""
-    from edgeprune.training._models import as_functional, copy_model, layer_is_softmax, logits_model, output_layers
+    from edgeprune.training._models import (
+        as_functional,
+        copy_model,
+        layer_is_softmax,
+        logits_model,
+        output_layers,
+    )
 
     if settings.epochs <= 0:
         return student, {}

@@ -27,7 +27,7 @@ class FitSettings:
     extra_callbacks: list = field(default_factory=list)
 
     @classmethod
-    def from_options(cls, options, **overrides) -> "FitSettings":
+    def from_options(cls, options, **overrides) -> FitSettings:
         values = dict(
             epochs=options.finetune_epochs,
             batch_size=options.batch_size,

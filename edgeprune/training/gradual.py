@@ -13,7 +13,14 @@ import numpy as np
 
 from edgeprune.console import Output, default_output
 from edgeprune.errors import InputError
-from edgeprune.training.finetune import FitSettings, fit_compiled, loss_for, make_optimizer, output_is_logits, strategy
+from edgeprune.training.finetune import (
+    FitSettings,
+    fit_compiled,
+    loss_for,
+    make_optimizer,
+    output_is_logits,
+    strategy,
+)
 
 PRUNABLE = ("Conv2D", "Dense")  # tfmot never prunes depthwise kernels
 
@@ -39,9 +46,8 @@ def wrap_for_pruning(model, *, sparsity: float | None, schedule: str = "polynomi
     import tensorflow_model_optimization as tfmot
 
     from edgeprune._env import tf_keras
-    from edgeprune.training._models import as_functional
-
     from edgeprune.model_io import to_tf_keras
+    from edgeprune.training._models import as_functional
 
     keras = tf_keras()
     model = as_functional(to_tf_keras(model, source="gradual/M:N sparsity (tfmot needs tf_keras)"))

@@ -8,7 +8,7 @@ original model) so each cut starts from recovered weights.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from edgeprune.console import Output, default_output
 from edgeprune.errors import InputError

@@ -5,7 +5,7 @@ Precedence: built-in defaults < ``--recipe`` YAML file < flags given on the comm
 from __future__ import annotations
 
 import functools
-from typing import Literal, Optional
+from typing import Literal
 
 import click
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,8 +18,8 @@ class TrainingOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    train_data: Optional[str] = None
-    val_data: Optional[str] = None
+    train_data: str | None = None
+    val_data: str | None = None
     val_split: float = Field(default=0.2, gt=0.0, lt=1.0)
     finetune_epochs: int = Field(default=10, ge=0)
     batch_size: int = Field(default=32, ge=1)
@@ -32,16 +32,16 @@ class TrainingOptions(BaseModel):
     distill_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
     iterative_steps: int = Field(default=1, ge=1)
     qat: bool = False
-    qat_epochs: Optional[int] = Field(default=None, ge=1)
-    gradual_sparsity: Optional[float] = Field(default=None, gt=0.0, lt=1.0)
+    qat_epochs: int | None = Field(default=None, ge=1)
+    gradual_sparsity: float | None = Field(default=None, gt=0.0, lt=1.0)
     sparsity_schedule: Literal["constant", "polynomial"] = "polynomial"
     per_layer_sparsity: dict[str, float] = Field(default_factory=dict)
-    sparsity_m_by_n: Optional[tuple[int, int]] = None
-    max_accuracy_drop: Optional[float] = Field(default=None, ge=0.0)
-    gate_data: Optional[str] = None
+    sparsity_m_by_n: tuple[int, int] | None = None
+    max_accuracy_drop: float | None = Field(default=None, ge=0.0)
+    gate_data: str | None = None
     gate_split: float = Field(default=0.5, gt=0.0, lt=1.0)
     gate_mode: Literal["point", "upper"] = "point"
-    gate_output: Optional[str] = None
+    gate_output: str | None = None
     seed: int = 0
 
     @field_validator("sparsity_m_by_n", mode="before")

@@ -11,7 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from edgeprune.console import Output, default_output
-from edgeprune.training.finetune import FitSettings, fit_compiled, loss_for, make_optimizer, output_is_logits, strategy
+from edgeprune.training.finetune import (
+    FitSettings,
+    fit_compiled,
+    loss_for,
+    make_optimizer,
+    output_is_logits,
+    strategy,
+)
 
 _NO_WEIGHTS_OK = ("InputLayer",)
 
@@ -54,10 +61,9 @@ def prepare_qat(model, *, prune_preserve: bool = False):
     """Fold BN, annotate supported layers and apply QAT; returns ``(qat_model, report)``."""
     import tensorflow_model_optimization as tfmot
 
+    from edgeprune.model_io import to_tf_keras
     from edgeprune.training._models import as_functional
     from edgeprune.training.bn_fold import fold_batchnorm
-
-    from edgeprune.model_io import to_tf_keras
 
     model = to_tf_keras(model, source="quantization-aware training (tfmot needs tf_keras)")
     folded, fold_report = fold_batchnorm(as_functional(model))
