@@ -65,17 +65,9 @@ def _keras(flavour):
 
 
 def _run_tflite(blob: bytes, x: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
+    from edgeprune.harness.api import evaluate_tflite
 
-    it = Interpreter(model_content=blob)
-    it.allocate_tensors()
-    d = it.get_input_details()[0]
-    if d["dtype"] != np.float32:
-        scale, zero = d["quantization"]
-        x = np.clip(np.round(x / scale + zero), -128, 127).astype(d["dtype"])
-    it.set_tensor(d["index"], x)
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
+    return np.asarray(evaluate_tflite(blob, x)["outputs"])
 
 
 def one(flavour: str, name: str, work: Path) -> dict:

@@ -80,8 +80,8 @@ class ConvRule(LayerRule):
         return _groups(node.config) == 1  # grouped convs prune whole groups; cost follows MACs
 
 
-class ConvTransposeRule(LayerRule):
-    """Conv1D/2D/3DTranspose: kernel is (..., out, in)."""
+class FiltersRule(LayerRule):
+    """A channels-last layer whose ``filters`` are its output channels (the config to change)."""
 
     producer = True
     timed = True
@@ -93,6 +93,13 @@ class ConvTransposeRule(LayerRule):
     def new_config(self, node, cfg, kept_in, kept_out, g):
         ko = kept_out[0] if kept_out else None
         return cfg if ko is None else dict(cfg, filters=len(ko))
+
+    def latency_config(self, cfg, cin, cout):
+        return dict(cfg, filters=int(cout))
+
+
+class ConvTransposeRule(FiltersRule):
+    """Conv1D/2D/3DTranspose: kernel is (..., out, in)."""
 
     def slice_weights(self, node, weights, kept_in, kept_out, g):
         w = list(weights)
@@ -107,9 +114,6 @@ class ConvTransposeRule(LayerRule):
 
     def filter_norms(self, node, weights, p):
         return channel_norm(weights[0], weights[0].ndim - 2, p)
-
-    def latency_config(self, cfg, cin, cout):
-        return dict(cfg, filters=int(cout))
 
 
 class DepthwiseRule(LayerRule):
@@ -147,19 +151,8 @@ class DepthwiseRule(LayerRule):
         return cin, cin  # output follows input (times the multiplier, fixed by the config)
 
 
-class SeparableRule(LayerRule):
+class SeparableRule(FiltersRule):
     """SeparableConv1D/2D: a depthwise kernel on the inputs, a pointwise kernel to the filters."""
-
-    producer = True
-    timed = True
-
-    def couple(self, node, g, c):
-        if not channels_last(node.config):
-            c.lock_layer(node, f"{node.name}: {node.class_name} with channels_first")
-
-    def new_config(self, node, cfg, kept_in, kept_out, g):
-        ko = kept_out[0] if kept_out else None
-        return cfg if ko is None else dict(cfg, filters=len(ko))
 
     def slice_weights(self, node, weights, kept_in, kept_out, g):
         ki, ko = kept_in[0], kept_out[0]
@@ -179,6 +172,3 @@ class SeparableRule(LayerRule):
 
     def filter_norms(self, node, weights, p):
         return channel_norm(weights[1], weights[1].ndim - 1, p)
-
-    def latency_config(self, cfg, cin, cout):
-        return dict(cfg, filters=int(cout))
