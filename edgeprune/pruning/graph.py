@@ -92,9 +92,6 @@ def is_entry(obj) -> bool:
             and isinstance(obj[1], int) and not isinstance(obj[1], bool) and isinstance(obj[2], int))
 
 
-_is_entry = is_entry
-
-
 def io_refs(struct) -> list:
     """The tensor references of an ``input_layers``/``output_layers`` structure, in order."""
     if is_entry(struct):
@@ -219,7 +216,7 @@ def model_layers(model) -> list:
 
 def parse_call(call) -> tuple[list, dict]:
     """Inbound-node entries of one call -> (tensor refs, kwargs of the first entry)."""
-    entries = [call] if _is_entry(call) else list(call)
+    entries = [call] if is_entry(call) else list(call)
     refs, kwargs = [], {}
     for i, entry in enumerate(entries):
         refs.append((entry[0], int(entry[1]), int(entry[2])))
@@ -233,7 +230,7 @@ def kwarg_tensor_refs(kwargs: dict, names: set) -> list:
     found = []
 
     def walk(obj):
-        if _is_entry(obj) and obj[0] in names:
+        if is_entry(obj) and obj[0] in names:
             found.append((obj[0], int(obj[1]), int(obj[2])))
         elif isinstance(obj, dict):
             for v in obj.values():
@@ -348,7 +345,7 @@ def _inline(cfg: dict, taken: set) -> tuple[dict, bool]:
 
 
 def _map_entries(obj, fn):
-    if _is_entry(obj):
+    if is_entry(obj):
         entry = list(fn(list(obj)))
         if len(entry) > 3 and isinstance(entry[3], dict):
             entry[3] = _map_entries(entry[3], fn)
