@@ -429,21 +429,22 @@ def _get_layer(model, name):
     return None
 
 
-_BUILTIN_MODULES = ("keras.", "tf_keras.", "tensorflow.", "keras_core.")
-
-
 def custom_objects_of(model) -> dict:
-    """The model's non-built-in layer classes by class name (lets from_config rebuild them).
+    """The model's layer classes by class name (lets from_config rebuild custom layers).
 
-    Built-in classes are left out on purpose: Keras 3 operations share class names with
-    layers (``Add``), and a scope entry would shadow the layer of the same name.
+    For a Keras 3 model, Keras's own classes are left out: Keras 3 finds them by module, and its
+    operations share class names with layers (``Add``), so a scope entry would shadow one with
+    the other. tf_keras needs its non-exported built-ins (ConvNeXt's ``LayerScale``) in scope.
     """
+    from edgeprune._env import is_keras3_model
+
+    k3 = is_keras3_model(model)
     found = {}
 
     def walk(m):
         for layer in getattr(m, "layers", []):
             cls = layer.__class__
-            if not cls.__module__.startswith(_BUILTIN_MODULES):
+            if not (k3 and cls.__module__.split(".")[0] == "keras"):
                 found[cls.__name__] = cls
             if hasattr(layer, "layers"):
                 walk(layer)
