@@ -119,6 +119,11 @@ class Profile(_Strict):
                 raise ValueError(f"operators.int8_only allows only int8, not {', '.join(bad)}")
         return self
 
+    @property
+    def emulated(self) -> bool:
+        """Reached by emulation: its latency means nothing and is never gated or searched on."""
+        return self.connection.kind == "emulated"
+
     def check_quantization(self, mode: str) -> str:
         """Return ``mode`` if the device accepts it, else raise a clear InputError."""
         allowed = [q.value for q in self.quantization.allowed]

@@ -262,17 +262,14 @@ def test_remote_target_is_timed_on_the_device_not_here(files, tmp_path):
 
 
 def test_emulated_target_refuses_latency_objectives(files, tmp_path):
-    from edgeprune.profiles import Profile
+    from edgeprune.profiles import load_profile
 
-    if "emulated" not in Profile.model_fields:
-        pytest.skip("profiles have no 'emulated' field on this branch yet")
-    profile = tmp_path / "emu.yaml"
-    profile.write_text(Path(SMALL_CPU).read_text().replace("name: small-cpu", "name: emu") + "emulated: true\n")
+    assert load_profile("rpi4-emulated").emulated and not load_profile("rpi4").emulated
     with pytest.raises(InputError, match="emulated"):
-        search(str(files / "digits.h5"), val_data=str(files / "val.npz"), target=str(profile),
+        search(str(files / "digits.h5"), val_data=str(files / "val.npz"), target="rpi4-emulated",
                objectives="accuracy,latency", output_dir=tmp_path / "e")
     with pytest.raises(InputError, match="emulated"):
-        search(str(files / "digits.h5"), val_data=str(files / "val.npz"), target=str(profile),
+        search(str(files / "digits.h5"), val_data=str(files / "val.npz"), target="rpi4-emulated",
                latency_table=str(tmp_path / "t.json"), output_dir=tmp_path / "e")
 
 
