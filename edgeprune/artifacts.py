@@ -39,6 +39,19 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     return path
 
 
+def read_json_object(path: Path) -> dict:
+    """A JSON object from ``path`` (manifest, report): InputError naming the file otherwise."""
+    import json
+
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return value
+
+
 def write_json(path: Path, payload: Any) -> Path:
     text = json.dumps(payload, indent=2, sort_keys=False, default=json_default) + "\n"
     return write_bytes_atomic(path, text.encode("utf-8"))

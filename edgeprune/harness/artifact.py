@@ -7,7 +7,6 @@ be checked against them.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,12 +110,9 @@ def check_manifest(path: Path, sha: str) -> dict | None:
     manifest_path = path.parent / MANIFEST
     if not manifest_path.is_file():
         return None
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{manifest_path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise InputError(f"{manifest_path}: expected a JSON object")
+    from edgeprune.artifacts import read_json_object
+
+    manifest = read_json_object(manifest_path)
     entries: list[tuple[str | None, str]] = []
     _sha_entries(manifest, entries)
     named = [s for n, s in entries if n == path.name]

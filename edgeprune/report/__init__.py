@@ -13,7 +13,6 @@ bench result or a search result into report.json first, so the HTML always deriv
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,13 +42,9 @@ def _load(path: Path, what: str, required: bool = True) -> dict:
         if required:
             raise InputError(f"{path}: missing ({what})")
         return {}
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return value
+    from edgeprune.artifacts import read_json_object
+
+    return read_json_object(path)
 
 
 def collect(directory: Path) -> ReportData:
