@@ -7,7 +7,7 @@ RUN apt-get update \
 
 RUN useradd --create-home --uid 1000 edgeprune
 WORKDIR /opt/edgeprune
-COPY setup.cfg pyproject.toml constraints.txt README.md ./
+COPY setup.py setup.cfg pyproject.toml constraints.txt README.md ./
 COPY edgeprune ./edgeprune
 COPY targets ./targets
 COPY calibration ./calibration

@@ -237,9 +237,9 @@ def _collect(result: Any, spec: _Spec, where: str):
 
 
 def _bundled_dir() -> Path:
-    from importlib import resources
+    from edgeprune.resources import bundled_dir
 
-    return Path(str(resources.files("edgeprune") / "data" / "calibration"))
+    return bundled_dir("calibration")
 
 
 def _recipe(src: str) -> dict | None:

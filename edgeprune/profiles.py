@@ -7,7 +7,6 @@ a user can pass the path of their own file anywhere a profile name is accepted.
 from __future__ import annotations
 
 from enum import Enum
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -138,7 +137,9 @@ class Profile(_Strict):
 
 
 def _targets_dir() -> Path:
-    return Path(str(resources.files("edgeprune") / "data" / "targets"))
+    from edgeprune.resources import bundled_dir
+
+    return bundled_dir("targets")
 
 
 def list_profiles() -> list[Profile]:

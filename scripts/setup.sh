@@ -17,7 +17,10 @@ fi
 extras=""
 [ "$with_test" = 1 ] && extras="[test]"
 echo "[setup] installing edgeprune$extras with the pinned set in constraints.txt"
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".$extras"
+# The one filter: setuptools' editable finder prints a notice about folders named like the
+# package on every install; nothing else is hidden.
+PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" \
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".$extras"
 
 if [ "$with_test" = 1 ]; then
   # System packages the tests drive for real, installed in one apt-get run:

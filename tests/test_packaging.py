@@ -22,11 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def wheel_venv(tmp_path_factory):
     work = tmp_path_factory.mktemp("pkg")
     dist = work / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v",
          "-w", str(dist), str(ROOT)],
-        check=True, capture_output=True, cwd=work,
+        check=True, capture_output=True, text=True, cwd=work,
     )
+    (work / "build.log").write_text(build.stdout + build.stderr)
     wheels = list(dist.glob("edgeprune-*.whl"))
     assert len(wheels) == 1
     env_dir = work / "venv"
@@ -42,6 +43,18 @@ def wheel_venv(tmp_path_factory):
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheels[0])],
                    check=True, capture_output=True)
     return env_dir, wheels[0]
+
+
+def test_data_is_declared_package_data_not_symlinked_packages(wheel_venv):
+    """The profiles and sample data live once, at the top of the checkout; the build copies
+    them in (setup.py), so setuptools has no undeclared data folders to warn about and no
+    symlink breaks a Windows checkout."""
+    env_dir, _ = wheel_venv
+    tracked = subprocess.check_output(["git", "ls-files", "-s"], cwd=ROOT, text=True).splitlines()
+    assert not [line for line in tracked if line.startswith("120000")], "symlinks in the repository"
+    log = (env_dir.parent / "build.log").read_text()
+    assert "would be ignored" not in log and "SetuptoolsDeprecationWarning" not in log, log[-3000:]
+    assert not (ROOT / "edgeprune" / "data").exists()
 
 
 def _run(env_dir, *args, cwd):
