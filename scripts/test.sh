@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 echo "[test] ruff check (rule set in pyproject.toml)"
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest "$@"
+# One worker per core (pytest-xdist); --dist loadfile keeps each file's tests, and its module
+# fixtures (a built wheel, a started sshd or PostgreSQL), in one worker.
+exec .venv/bin/python -m pytest -n "${EDGEPRUNE_TEST_WORKERS:-auto}" --dist loadfile "$@"
