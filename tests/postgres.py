@@ -10,12 +10,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ports import free_port, wait_listening
 
 
 def _bin(name: str) -> str | None:
@@ -33,12 +33,6 @@ def postgres_available() -> bool:
             return False
         return shutil.which("runuser") is not None
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -81,12 +75,7 @@ def start_postgres() -> PostgresServer:
         shutil.rmtree(root, ignore_errors=True)
         raise RuntimeError(f"PostgreSQL did not start: {exc.stderr[-2000:]} {log}") from None
     server = PostgresServer(root, port, user)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return server
-        except OSError:
-            time.sleep(0.2)
+    if wait_listening(port, 30, step=0.2):
+        return server
     server.stop()
     raise RuntimeError("PostgreSQL did not accept connections within 30 s")

@@ -10,19 +10,13 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ports import free_port, wait_listening  # noqa: F401  (free_port: used by the tests as sshd.free_port)
+
 SSHD = "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def keygen(path: Path, comment: str) -> Path:
@@ -109,15 +103,9 @@ def start_sshd(root: Path, remote_tmp: Path | None = None) -> SshServer:
     log = open(root / "sshd.log", "wb")
     process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
     server = SshServer(root, port, user, client_key, known_hosts, client_config, remote_tmp, process)
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"sshd exited: {(root / 'sshd.log').read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return server
-        except OSError:
-            time.sleep(0.1)
+    if wait_listening(port, 15, exited=lambda: None if process.poll() is None
+                      else f"sshd exited: {(root / 'sshd.log').read_text()[-2000:]}"):
+        return server
     server.stop()
     raise RuntimeError("sshd did not start listening within 15 s")
 

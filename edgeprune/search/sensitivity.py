@@ -138,18 +138,12 @@ def per_layer_from_file(path, target_macs: float) -> dict:
     """The AIMET-style greedy allocation of a sensitivity file for ``target_macs``, as the
     per-layer ratios ``prune``/``compile`` take (``prune --sensitivity FILE --target-macs F``)."""
     data = _read(path)
-    alloc = greedy_allocation(data.get("stages", []), int(data["baseline"]["macs"]), float(target_macs))
-    return alloc
+    return greedy_allocation(data.get("stages", []), int(data["baseline"]["macs"]), float(target_macs))
 
 
 def allocations_from_file(path, stage_names: list[str]) -> list[dict]:
     """The per-stage allocations of a sensitivity JSON (for the search prior)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"--sensitivity {path}: cannot read it ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise InputError(f"--sensitivity {path}: not a sensitivity file (expected format '{FORMAT}')")
+    data = _read(path)
     names = {c["name"] for c in data.get("stages", [])}
     if names != set(stage_names):
         raise InputError(f"--sensitivity {path}: its stages ({', '.join(sorted(names))}) are not this model's")
