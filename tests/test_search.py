@@ -13,10 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_training_fixtures import digits, trained_cnn
+from test_training_fixtures import write_search_inputs
 
 from edgeprune.cli import cli
 from edgeprune.errors import InputError
@@ -29,11 +28,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("search")
-    trained_cnn().save(tmp / "digits.h5")
-    _, _, x_val, y_val = digits()
-    np.savez(tmp / "val.npz", x=x_val, y=y_val)
-    return tmp
+    return write_search_inputs(tmp_path_factory.mktemp("search"))
 
 
 def _load(url, name):

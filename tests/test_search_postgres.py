@@ -16,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import postgres
 import pytest
-from test_training_fixtures import digits, trained_cnn
+from test_training_fixtures import write_search_inputs
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not postgres.postgres_available(), reason="PostgreSQL (initdb/pg_ctl) not installed")]
@@ -38,11 +37,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pgsearch")
-    trained_cnn().save(tmp / "digits.h5")
-    _, _, x_val, y_val = digits()
-    np.savez(tmp / "val.npz", x=x_val, y=y_val)
-    return tmp
+    return write_search_inputs(tmp_path_factory.mktemp("pgsearch"))
 
 
 def _worker(files: Path, url: str, study: str, out: str, *extra: str) -> subprocess.Popen:

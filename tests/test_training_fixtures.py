@@ -65,6 +65,15 @@ def trained_cnn(bn: bool = False):
     return model
 
 
+def write_search_inputs(folder):
+    """``digits.h5`` (the trained baseline) and ``val.npz`` (the digits validation split) in
+    ``folder``: what the search CLI tests pass to ``edgeprune search``."""
+    trained_cnn().save(folder / "digits.h5")
+    _, _, x_val, y_val = digits()
+    np.savez(folder / "val.npz", x=x_val, y=y_val)
+    return folder
+
+
 def acc(model, x, y) -> float:
     return float(np.mean(model.predict(x, verbose=0).argmax(axis=1) == y))
 
