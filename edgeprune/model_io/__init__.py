@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeprune.errors import EdgepruneError, InputError
+from edgeprune.model_io.custom_objects import CustomObjects, load_custom_objects
 from edgeprune.model_io.detect import ModelFormat, detect, sha256_file
-from edgeprune.model_io.safety import CustomObjects, check_config, load_custom_objects
+from edgeprune.model_io.safety import check_config
 from edgeprune.model_io.save import save_model
 
 __all__ = ["CustomObjects", "LoadedModel", "load_model", "save_model", "load_custom_objects", "detect",
@@ -120,6 +121,19 @@ def _load_tf_keras(path: Path, tk_objects: dict, safe_mode: bool):
         raise InputError(f"{path}: tf_keras could not load the model ({_one_line(exc)})") from None
 
 
+def check_savedmodel(path: Path, fmt: ModelFormat, *, custom_objects: dict, safe_mode: bool) -> None:
+    """Refuse a SavedModel whose graph reaches outside the model (safe mode), or whose Keras
+    metadata would run code, before TensorFlow loads any of it."""
+    if safe_mode:
+        from edgeprune.model_io.graph_safety import check_savedmodel_graph
+
+        check_savedmodel_graph(path)
+    if fmt.kind == "savedmodel":
+        from edgeprune.model_io.safety import check_keras_metadata
+
+        check_keras_metadata(path, custom_objects=custom_objects, safe_mode=safe_mode)
+
+
 def load_model(path, *, custom_objects=None, safe_mode: bool = True) -> LoadedModel:
     """Load any supported Keras model as a functional tf_keras model.
 
@@ -132,6 +146,8 @@ def load_model(path, *, custom_objects=None, safe_mode: bool = True) -> LoadedMo
     if not isinstance(custom_objects, dict):
         custom_objects = load_custom_objects(custom_objects)
     fmt: ModelFormat = detect(path)
+    if fmt.kind in ("savedmodel", "savedmodel_bare"):
+        check_savedmodel(path, fmt, custom_objects=custom_objects, safe_mode=safe_mode)
     if fmt.kind == "savedmodel_bare":  # no Keras graph: compile (quantize and lower) only
         from edgeprune.model_io.savedmodel import SavedModelGraph
 
@@ -152,6 +168,9 @@ def load_model(path, *, custom_objects=None, safe_mode: bool = True) -> LoadedMo
         from edgeprune.model_io.keras3_to_tfkeras import as_functional
 
         model = as_functional(_load_tf_keras(path, tk_objects, safe_mode), tk, str(path))
+    from edgeprune.limits import check_model
+
+    check_model(model, str(path))  # before calibration or training allocate per-sample buffers
     digest_of = path / "saved_model.pb" if fmt.kind == "savedmodel" else path
     return LoadedModel(model=model, flavour=fmt.flavour, path=path, sha256=sha256_file(digest_of),
                        kind=fmt.kind, keras_version=fmt.keras_version, translation=translation)
