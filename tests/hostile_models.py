@@ -11,6 +11,8 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
 import edgeprune._env as _env
 
 
@@ -268,3 +270,74 @@ def savedmodel_save_on_load(root: Path) -> tuple[Path, Path]:
     saver.restore_op_name = saver.save_tensor_name.split(":")[0]
     (path / "saved_model.pb").write_bytes(saved.SerializeToString())
     return path, root / "canary_save_on_load"
+
+
+def _secret(root: Path) -> Path:
+    """A file of this machine that a hostile model tries to read into its weights."""
+    import numpy as np
+
+    secret = root / "secret.bin"
+    np.full(64, 7, np.float32).tofile(secret)
+    return secret
+
+
+def _externalize_first_dataset(h5, secret: Path, link: bool) -> None:
+    import h5py
+
+    names: list[str] = []
+    h5.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    name = names[0]
+    shape, dtype = h5[name].shape, h5[name].dtype
+    del h5[name]
+    if link:
+        with h5py.File(secret.with_suffix(".h5"), "w") as other:
+            other.create_dataset("w", data=np.zeros(shape, dtype))
+        h5[name] = h5py.ExternalLink(str(secret.with_suffix(".h5")), "w")
+    else:
+        h5.create_dataset(name, shape=shape, dtype=dtype, external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+
+
+def h5_outside_weights(root: Path, link: bool) -> tuple[Path, Path]:
+    """A tf_keras ``.h5`` whose first weight is read from another file of the machine: external
+    raw storage or an HDF5 external link."""
+    import h5py
+
+    tk = _tk()
+    inputs = tk.Input((4,))
+    path = root / f"outside_weights_{'link' if link else 'storage'}.h5"
+    tk.Model(inputs, tk.layers.Dense(2, name="dense")(inputs)).save(path)
+    with h5py.File(path, "r+") as h5:
+        _externalize_first_dataset(h5, _secret(root), link)
+    return path, root / "canary_outside_weights"
+
+
+def keras3_outside_weights(root: Path) -> tuple[Path, Path]:
+    """A Keras 3 ``.keras`` whose model.weights.h5 keeps a weight in an outside raw file."""
+    import io
+
+    import h5py
+
+    path = keras3_zip(root, "outside_weights", lambda config: None)
+    edited = root / "outside_weights.edited.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(edited, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "model.weights.h5":
+                buffer = io.BytesIO(data)
+                with h5py.File(buffer, "r+") as h5:
+                    _externalize_first_dataset(h5, _secret(root), link=False)
+                data = buffer.getvalue()
+            dst.writestr(item, data)
+    edited.replace(path)
+    return path, root / "canary_outside_weights"
+
+
+def savedmodel_symlinked_variables(root: Path) -> tuple[Path, Path]:
+    """A plain SavedModel whose variables data file is a symbolic link to another file."""
+    path = _module_savedmodel(root / "symlinked", lambda tf, x: x * 2.0)
+    variables = path / "variables"
+    variables.mkdir(exist_ok=True)
+    target = variables / "variables.data-00000-of-00001"
+    target.unlink(missing_ok=True)
+    target.symlink_to(_secret(root))
+    return path, root / "canary_symlink"

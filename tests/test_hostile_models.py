@@ -34,6 +34,10 @@ def hostile(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     cases.update(hm.keras3_attacks(root))
     cases.update(hm.savedmodel_graph_attacks(root))
     cases["savedmodel_save_on_load"] = hm.savedmodel_save_on_load(root)
+    cases["h5_external_storage"] = hm.h5_outside_weights(root, link=False)
+    cases["h5_external_link"] = hm.h5_outside_weights(root, link=True)
+    cases["keras3_external_storage"] = hm.keras3_outside_weights(root)
+    cases["savedmodel_symlinked_variables"] = hm.savedmodel_symlinked_variables(root)
     return cases
 
 
@@ -46,7 +50,8 @@ CASES = (
     + ["h5_module_initializer", "keras3_module_function", "keras3_get_file", "keras3_marshalled_lambda",
        "keras3_tfsm_layer", "keras3_lambda_in_time_distributed", "keras3_vocabulary_file",
        "graph_write_file", "graph_read_file", "graph_matching_files", "graph_print_to_file",
-       "graph_py_function", "graph_write_in_cond_branch", "savedmodel_save_on_load"]
+       "graph_py_function", "graph_write_in_cond_branch", "savedmodel_save_on_load",
+       "h5_external_storage", "h5_external_link", "keras3_external_storage", "savedmodel_symlinked_variables"]
 )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from edgeprune.errors import EdgepruneError, InputError
 from edgeprune.model_io.custom_objects import CustomObjects, load_custom_objects
 from edgeprune.model_io.detect import ModelFormat, detect, sha256_file
-from edgeprune.model_io.safety import check_config
+from edgeprune.model_io.safety import check_config, check_h5_storage
 from edgeprune.model_io.save import save_model
 
 __all__ = ["CustomObjects", "LoadedModel", "load_model", "save_model", "load_custom_objects", "detect",
@@ -126,7 +126,9 @@ def check_savedmodel(path: Path, fmt: ModelFormat, *, custom_objects: dict, safe
     metadata would run code, before TensorFlow loads any of it."""
     if safe_mode:
         from edgeprune.model_io.graph_safety import check_savedmodel_graph
+        from edgeprune.model_io.safety import check_savedmodel_files
 
+        check_savedmodel_files(path)
         check_savedmodel_graph(path)
     if fmt.kind == "savedmodel":
         from edgeprune.model_io.safety import check_keras_metadata
@@ -154,6 +156,8 @@ def load_model(path, *, custom_objects=None, safe_mode: bool = True) -> LoadedMo
         return LoadedModel(model=SavedModelGraph(path), flavour=fmt.flavour, path=path,
                            sha256=sha256_file(path / "saved_model.pb"), kind=fmt.kind)
     check_config(path, fmt.config, fmt.flavour, custom_objects=custom_objects, safe_mode=safe_mode)
+    if safe_mode and fmt.kind != "savedmodel":
+        check_h5_storage(path)
     tk = tf_keras()
     tk_objects, k3_objects = _split_custom(custom_objects, tk)
     translation: dict = {}

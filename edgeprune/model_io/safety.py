@@ -273,3 +273,65 @@ def check_keras_metadata(path: Path, *, custom_objects: dict, safe_mode: bool) -
             continue
         check_config(path, config, "tf_keras", custom_objects=custom_objects, safe_mode=safe_mode,
                      known_layers_only=False)
+
+
+def _h5_storage_problem(h5) -> str | None:
+    """The first object of an open HDF5 file that would make a reader open another file:
+    an external link, a dataset stored in external raw files, a virtual dataset."""
+    import h5py
+
+    found: list[str] = []
+
+    def visit(name, _obj=None):
+        link = h5.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            found.append(f"'{name}' is an external link to '{link.filename}'")
+            return True
+        obj = h5.get(name)
+        if isinstance(obj, h5py.Dataset):
+            if obj.external:
+                found.append(f"dataset '{name}' keeps its data in the outside file '{obj.external[0][0]}'")
+                return True
+            if obj.is_virtual:
+                found.append(f"dataset '{name}' is a virtual dataset mapped from other files")
+                return True
+        return None
+
+    h5.visit_links(visit) if hasattr(h5, "visit_links") else h5.visit(visit)
+    return found[0] if found else None
+
+
+def check_h5_storage(path: Path) -> None:
+    """Refuse an ``.h5`` model (or a ``.keras`` file's ``model.weights.h5``) whose weights would be
+    read from outside the file: loading it would copy another file of this machine into the model.
+    """
+    import zipfile
+
+    import h5py
+
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                if "model.weights.h5" not in zf.namelist():
+                    return
+                with zf.open("model.weights.h5") as fh, h5py.File(fh, "r") as h5:
+                    problem = _h5_storage_problem(h5)
+                where = f"{path} (model.weights.h5)"
+        else:
+            with h5py.File(path, "r") as h5:
+                problem = _h5_storage_problem(h5)
+            where = str(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: unreadable HDF5 weights ({str(exc).splitlines()[0][:200]})") from None
+    if problem:
+        raise UnsafeModelError(f"{where}: {problem}; refused: weights must live inside the model file ({_UNSAFE_HINT})")
+
+
+def check_savedmodel_files(path: Path) -> None:
+    """Refuse a SavedModel directory holding symbolic links: a link to a file elsewhere would be
+    read as the model's variables or assets."""
+    for item in sorted(Path(path).rglob("*")):
+        if item.is_symlink():
+            raise UnsafeModelError(f"{path}: '{item.relative_to(path)}' is a symbolic link; refused: a "
+                                   f"SavedModel must hold its own files ({_UNSAFE_HINT})")
