@@ -52,7 +52,7 @@ class CompileOptions:
     target_macs: float | None = None  # target MACs as a fraction of the original
     target_latency: float | None = None  # target predicted latency as a fraction of the original
     latency_table: str | None = None  # JSON latency table to reuse/extend (see pruning.latency)
-    criterion: str = "l1"
+    criterion: str | None = None  # None: l1, or group_norm after a sparsity phase
     protect: tuple[str, ...] = ()
     per_layer: dict | None = None  # layer name/regex -> ratio, overriding ``ratio`` (search's per-stage ratios)
     round_to: int | None = None  # None: the profile's pruning.round_to
@@ -202,7 +202,7 @@ def _stage_training(model, original, options, profile, data, stages, out, gate: 
     from edgeprune.training.api import run_training_stage
 
     training = options.training
-    iterative = training.iterative_steps > 1 and options.prunes
+    iterative = training.prunes_in_training and options.prunes
     with stages.stage("training", "Training-aware compression") as entry:
         result = run_training_stage(
             original if iterative else model, training, original=original,
@@ -291,7 +291,7 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         from edgeprune.training.options import TrainingOptions
 
         training = options.training = TrainingOptions()
-    iterative = training.iterative_steps > 1 and options.prunes
+    iterative = training.prunes_in_training and options.prunes  # the training stage prunes
     prune_report = None
     if not iterative:
         model, prune_report = _stage_prune(model, options, profile, data, stages)

@@ -11,8 +11,8 @@ from typing import Any
 
 from edgeprune.console import Output, default_output
 from edgeprune.errors import InputError
+from edgeprune.pruning.importance import CRITERIA  # noqa: F401  (the one list; the CLI imports it here)
 
-CRITERIA = ("l1", "l2", "bn", "taylor", "mean_activation", "apoz", "entropy", "random")
 DATA_CRITERIA = ("taylor", "mean_activation", "apoz", "entropy")
 LATENCY_OBJECTIVES = ("macs", "importance")
 _RENAMED = {"data": "calibration"}  # old keyword -> current one (deprecated alias)
@@ -50,7 +50,7 @@ def check_prune_options(ratio, target_macs, target_latency, latency_table, threa
         raise InputError("--latency-table is used with --target-latency only")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")
-    if criterion not in CRITERIA:
+    if criterion is not None and criterion not in CRITERIA:
         raise InputError(f"--criterion: unknown criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
     if criterion in DATA_CRITERIA and calibration is None:
         raise InputError(f"--criterion {criterion} needs calibration data: pass --calibration FILE")
@@ -59,7 +59,7 @@ def check_prune_options(ratio, target_macs, target_latency, latency_table, threa
 
 
 def prune(model_path, output_path, *, ratio: float | None = None, target_macs: float | None = None,
-          target_latency: float | None = None, criterion: str = "l1", protect=(), per_layer: dict | None = None,
+          target_latency: float | None = None, criterion: str | None = None, protect=(), per_layer: dict | None = None,
           global_ranking: bool = False, max_ratio: float = 0.9, round_to: int | None = None,
           min_channels: int | None = None, target: str | None = None, threads: int | None = None,
           latency_table=None, latency_objective: str = "macs", latency_quantization: str = "float32",
@@ -136,10 +136,10 @@ def prune(model_path, output_path, *, ratio: float | None = None, target_macs: f
     if target_latency is not None:
         prune_kwargs.update(target_latency=target_latency, latency_table=latency_table, threads=threads or 1,
                             latency_quantization=latency_quantization, latency_objective=latency_objective)
-    if options.iterative_steps > 1 or options.wants_training:
+    if options.wants_training:
         from edgeprune.training.api import run_training_stage
 
-        iterative = options.iterative_steps > 1
+        iterative = options.prunes_in_training  # in steps, or after a sparsity phase
         first = None
         if not iterative:
             with out.progress("analysing channel groups and pruning"):

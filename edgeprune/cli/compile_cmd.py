@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from edgeprune.cli import cli, deprecated_aliases, get_output, input_shape_option, json_option
+from edgeprune.pruning.importance import CRITERIA
 from edgeprune.training.options import training_options
 
 
@@ -33,7 +34,8 @@ from edgeprune.training.options import training_options
 @click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --target-latency: JSON latency table to reuse and extend (required for remote profiles).")
 @input_shape_option
-@click.option("--criterion", default="l1", show_default=True, help="Channel importance criterion for pruning.")
+@click.option("--criterion", type=click.Choice(CRITERIA), default=None,
+              help="Channel importance criterion for pruning [l1; group_norm after --sparsity-epochs].")
 @click.option("--protect", multiple=True, metavar="REGEX", help="Never prune layers matching REGEX (repeatable).")
 @click.option("--custom-objects", type=click.Path(path_type=Path), default=None, metavar="PY",
               help="Python file whose `custom_objects` dict (or classes) the model needs to load; "

@@ -64,8 +64,8 @@ def _render(out, report: dict) -> None:
 @click.option("--threads", type=int, help="With --target-latency: interpreter threads (default: profile, else 1).")
 @click.option("--latency-quantization", type=click.Choice(("float32", "int8")), default="float32",
               show_default=True, help="With --target-latency: the arithmetic the table is measured in.")
-@click.option("--criterion", type=click.Choice(CRITERIA), default="l1", show_default=True,
-              help="Channel importance criterion.")
+@click.option("--criterion", type=click.Choice(CRITERIA), default=None,
+              help="Channel importance criterion [l1; group_norm after --sparsity-epochs].")
 @click.option("--protect", multiple=True, metavar="REGEX", help="Layers (name or regex) whose outputs stay intact.")
 @click.option("--per-layer", multiple=True, metavar="NAME_OR_REGEX=R", help="Ratio for matching layers.")
 @click.option("--sensitivity", "sensitivity", type=click.Path(dir_okay=False), default=None,

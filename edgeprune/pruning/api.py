@@ -53,7 +53,7 @@ def _check_options(ratio, target_macs, round_to, min_channels, max_ratio, target
         raise InputError(f"max_ratio must be in (0, 1), got {max_ratio}")
 
 
-def prune_model(model, *, ratio=None, target_macs=None, criterion="l1", protect=(), per_layer=None,
+def prune_model(model, *, ratio=None, target_macs=None, criterion=None, protect=(), per_layer=None,
                 global_ranking=False, round_to=1, min_channels=1, data=None, labels=None, seed=0,
                 max_ratio=0.9, target_latency=None, latency_table=None, threads=1,
                 latency_quantization="float32", progress=None, latency_objective="macs") -> PruneResult:
@@ -67,6 +67,7 @@ def prune_model(model, *, ratio=None, target_macs=None, criterion="l1", protect=
     See the module docs of :mod:`edgeprune.pruning` for the options.
     """
     _check_options(ratio, target_macs, round_to, min_channels, max_ratio, target_latency)
+    criterion = criterion or "l1"
     if isinstance(protect, str):
         protect = (protect,)
     crit = get_criterion(criterion, seed)

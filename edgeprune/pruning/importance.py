@@ -289,7 +289,28 @@ class ActivationStat(Criterion):
         return np.asarray(ent)
 
 
-CRITERIA = ("l1", "l2", "bn", "taylor", "mean_activation", "apoz", "entropy", "random")
+class GroupNorm(Criterion):
+    """L2 norm of all of a unit's parameters taken together (DepGraph's group norm).
+
+    Where :class:`Magnitude` averages each layer's normalised filter norms, this sums the
+    squares of everything that goes with the unit (filter, BN scale and shift, consumers'
+    input slices), unnormalised: after a structured-sparsity phase
+    (:mod:`edgeprune.training.structured_sparsity`) the units the penalty drove to zero score
+    zero, and global ranking removes exactly those.
+    """
+
+    name = "group_norm"
+
+    def score(self, gs: GroupSet, data=None, labels=None) -> np.ndarray:
+        from edgeprune.pruning.group_params import unit_norms
+
+        scores = unit_norms(gs)
+        for g in gs.groups:
+            scores[g.units] = _normalise(scores[g.units])
+        return scores
+
+
+CRITERIA = ("l1", "l2", "group_norm", "bn", "taylor", "mean_activation", "apoz", "entropy", "random")
 
 
 def get_criterion(name: str, seed: int = 0) -> Criterion:
@@ -300,6 +321,8 @@ def get_criterion(name: str, seed: int = 0) -> Criterion:
         return Magnitude(1, seed)
     if name == "l2":
         return Magnitude(2, seed)
+    if name == "group_norm":
+        return GroupNorm(seed)
     if name == "bn":
         return BNScale(seed)
     if name == "taylor":

@@ -141,6 +141,8 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
     if prune_kwargs is not None:
         kwargs = dict(prune_kwargs)
         targets = {key: kwargs.pop(key, None) for key in ("ratio", "target_macs", "target_latency")}
+        if options.sparsity_epochs > 0:
+            model, report["structured_sparsity"] = _sparsity_phase(model, options, trainable, kwargs, output)
         if options.iterative_steps > 1:
             from edgeprune.training.iterative import iterative_prune
 
@@ -180,6 +182,26 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
     return StageResult(model=model, report=report, quantization=quantization, validation=validation,
                        gate=None if data is None else data.gate, gate_source=None if data is None else data.gate_source,
                        pruned_report=pruned_report)
+
+
+def _sparsity_phase(model, options, data, prune_kwargs: dict, output):
+    """Train with the structured-sparsity penalty, then let the learnt group norms rank the
+    units globally (unless a criterion was chosen): the cut removes what the penalty zeroed,
+    and each group keeps as many channels as it needed."""
+    from edgeprune.training.finetune import FitSettings
+    from edgeprune.training.structured_sparsity import train_structured_sparsity
+
+    if data is None or data.train.y is None:
+        raise InputError("--sparsity-epochs needs labelled training data: pass --train-data (a .npz with x "
+                         "and y, or a class-folder image directory)")
+    settings = FitSettings.from_options(options, epochs=options.sparsity_epochs)
+    model, report = train_structured_sparsity(
+        model, data.train, data.val, task=data.task, method=options.sparsity_method,
+        strength=options.sparsity_strength, growth=options.sparsity_growth, settings=settings,
+        protect=prune_kwargs.get("protect", ()), output=output)
+    if prune_kwargs.get("criterion") is None:
+        prune_kwargs.update(criterion="group_norm", global_ranking=True)
+    return model, report
 
 
 def _recalibrated(model, x, log: list):

@@ -25,6 +25,9 @@ class FitSettings:
     label: str = "fine-tune"
     early_stopping: bool = True  # off where earlier weights would undo a schedule (pruning)
     extra_callbacks: list = field(default_factory=list)
+    # A penalty on the weights added to the loss: an object with ``bind(model)`` (called on the
+    # model that trains) and ``__call__() -> scalar tensor`` (structured sparsity).
+    regularizer: object = None
 
     @classmethod
     def from_options(cls, options, **overrides) -> FitSettings:
@@ -222,6 +225,21 @@ def fit_compiled(model, train, val, settings: FitSettings, *, monitor_acc: bool,
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
+def with_regularizer(loss, regularizer, model):
+    """``loss`` plus ``regularizer()`` on ``model``'s weights (for several outputs: on the first)."""
+    regularizer.bind(model)
+
+    def add(base):
+        def regularized(y_true, y_pred):
+            return base(y_true, y_pred) + regularizer()
+        return regularized
+
+    if isinstance(loss, dict):
+        first = next(iter(loss))
+        return {name: add(fn) if name == first else fn for name, fn in loss.items()}
+    return add(loss)
+
+
 def finetune(model, train, val=None, *, task: str, settings: FitSettings | None = None, output: Output | None = None):
     """Fine-tune a copy of ``model`` on labelled data; returns ``(model, history)``.
 
@@ -241,9 +259,12 @@ def finetune(model, train, val=None, *, task: str, settings: FitSettings | None 
         work = copy_model(model)
         keras = keras_of(work)
         loss, metrics, names = compile_args(model, task, keras)
+        train_loss = loss if settings.regularizer is None else with_regularizer(loss, settings.regularizer, work)
         steps = int(np.ceil(len(train) / settings.batch_size))
-        work.compile(optimizer=make_optimizer(settings, steps, keras), loss=loss, metrics=metrics)
+        work.compile(optimizer=make_optimizer(settings, steps, keras), loss=train_loss, metrics=metrics)
     # several outputs: early stopping watches the total validation loss
     history = fit_compiled(work, only_outputs(train, names), only_outputs(val, names), settings,
                            monitor_acc=bool(metrics) and names is None, output=output)
+    if train_loss is not loss:  # cloning recompiles, and the regularized loss is not serializable
+        work.compile(loss=loss)
     return copy_model(work), history

@@ -31,6 +31,10 @@ class TrainingOptions(BaseModel):
     distill_temperature: float = Field(default=4.0, gt=0.0)
     distill_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
     iterative_steps: int = Field(default=1, ge=1)
+    sparsity_epochs: int = Field(default=0, ge=0)
+    sparsity_method: Literal["group-norm", "bn-l1"] = "group-norm"
+    sparsity_strength: float = Field(default=1.0, gt=0.0)
+    sparsity_growth: Literal["linear", "constant"] = "linear"
     qat: bool = False
     qat_epochs: int | None = Field(default=None, ge=1)
     gradual_sparsity: float | None = Field(default=None, gt=0.0, lt=1.0)
@@ -72,10 +76,15 @@ class TrainingOptions(BaseModel):
         return bool(self.gradual_sparsity or self.per_layer_sparsity or self.sparsity_m_by_n)
 
     @property
+    def prunes_in_training(self) -> bool:
+        """The training stage does the pruning itself: in steps, or after a sparsity phase."""
+        return self.iterative_steps > 1 or self.sparsity_epochs > 0
+
+    @property
     def wants_training(self) -> bool:
         """True when the stage has anything to do beyond the accuracy gate."""
         return bool(
-            self.train_data or self.distill or self.qat or self.wants_sparsity or self.iterative_steps > 1
+            self.train_data or self.distill or self.qat or self.wants_sparsity or self.prunes_in_training
         )
 
 
@@ -117,6 +126,10 @@ _FLAGS = [
     (click.option("--distill-temperature", type=float, metavar="T", help="Distillation temperature [4]."), "distill_temperature"),
     (click.option("--distill-alpha", type=float, metavar="A", help="Weight of the hard-label loss; 1-A weighs the teacher term [0.5]."), "distill_alpha"),
     (click.option("--iterative-steps", type=int, metavar="N", help="Prune in N steps with fine-tuning between them [1 = one-shot]."), "iterative_steps"),
+    (click.option("--sparsity-epochs", type=int, metavar="N", help="Pruning during training: train N epochs with a structured-sparsity penalty before the cut, then prune by the learnt group norms with global ranking [0 = off]."), "sparsity_epochs"),
+    (click.option("--sparsity-method", type=click.Choice(["group-norm", "bn-l1"]), help="Penalty of --sparsity-epochs: every unit's coupled weights as one group (group-norm) or BatchNorm scales only (bn-l1) [group-norm]."), "sparsity_method"),
+    (click.option("--sparsity-strength", type=float, metavar="S", help="Shrinkage of --sparsity-epochs per step, in units of the learning rate times each group's starting mean norm [1.0]."), "sparsity_strength"),
+    (click.option("--sparsity-growth", type=click.Choice(["linear", "constant"]), help="Ramp the --sparsity-strength up from 0 over the phase (linear) or apply it throughout (constant) [linear]."), "sparsity_growth"),
     (click.option("--qat/--no-qat", default=None, help="Quantization-aware training (int8) before conversion."), "qat"),
     (click.option("--gradual-sparsity", type=float, metavar="S", help="Gradual magnitude pruning (tfmot) to this weight sparsity."), "gradual_sparsity"),
     (click.option("--sparsity-schedule", type=click.Choice(["constant", "polynomial"]), help="Schedule for --gradual-sparsity [polynomial]."), "sparsity_schedule"),
