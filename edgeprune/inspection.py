@@ -137,9 +137,9 @@ def inspect_tflite(data: bytes, *, name: str = "model.tflite", tflm: bool = Fals
     """Everything about a .tflite flatbuffer that the runtime can tell (see module docstring)."""
     from edgeprune.artifacts import sha256_bytes
     from edgeprune.convert import estimate_arena_bytes, read_graph
+    from edgeprune.tflite_check import verify_flatbuffer
 
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise InputError(f"{name}: not a TFLite model (expected the 'TFL3' flatbuffer identifier)")
+    verify_flatbuffer(data, name)  # the walk below follows the file's indices
     graph = read_graph(data)
     tensors, ops = graph["tensors"], graph["ops"]
     interp = interpreter(data, delegates=False)
@@ -233,7 +233,12 @@ def inspect_keras(path: Path, *, custom_objects=None, unsafe: bool = False) -> d
 
 
 def inspect(path, *, custom_objects=None, unsafe: bool = False) -> dict:
-    """Python API of ``edgeprune inspect``: a .tflite file, an artifact directory or a Keras model."""
+    """Python API of ``edgeprune inspect``: a .tflite file, an artifact directory or a Keras model.
+
+    A .tflite passes edgeprune.tflite_check first: the interpreter below runs in this process.
+    """
+    from edgeprune.tflite_check import check_untrusted_tflite
+
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or directory")
@@ -243,6 +248,7 @@ def inspect(path, *, custom_objects=None, unsafe: bool = False) -> dict:
         art = resolve_artifact(p)
         data = art.read_bytes()
         facts = check_manifest(art, sha256_of(data))
+        check_untrusted_tflite(data, str(art))
         manifest = _read_json(p / "manifest.json")
         tflm = (manifest or {}).get("runtime") == "tflm"
         result = inspect_tflite(data, name=str(art), tflm=tflm)
@@ -252,8 +258,10 @@ def inspect(path, *, custom_objects=None, unsafe: bool = False) -> dict:
                                   "quantization": (manifest or {}).get("quantization"),
                                   "target": ((manifest or {}).get("profile") or {}).get("name")}
         return result
-    if p.is_file() and is_tflite(p):
-        return inspect_tflite(p.read_bytes(), name=str(p))
+    if p.is_file() and (is_tflite(p) or p.suffix.lower() == ".tflite"):
+        data = p.read_bytes()
+        check_untrusted_tflite(data, str(p))
+        return inspect_tflite(data, name=str(p))
     if p.suffix in (".keras", ".h5", ".hdf5") or p.is_dir():
         return inspect_keras(p, custom_objects=custom_objects, unsafe=unsafe)
     raise InputError(f"{p}: expected a .tflite file, an artifact directory or a Keras model (.keras/.h5/SavedModel)")

@@ -6,13 +6,16 @@ compile stores a small reference sample (``reference_sample.npz``: inputs ``x`` 
 the manifest. verify checks the hashes (edgeprune.harness.artifact's manifest reader), loads
 the artifact with the LiteRT interpreter, runs the sample and compares within a tolerance of a
 couple of output quantization steps (float: 1e-4 relative). Any difference → VerificationError
-(exit 1) that says what differs.
+(exit 1) that says what differs. The artifact may come from anywhere, so it passes
+edgeprune.tflite_check before the interpreter in this process sees it (InputError, exit 2).
 """
 from __future__ import annotations
 
 import io
 import json
 import tempfile
+import tokenize
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,8 @@ from edgeprune.errors import InputError, VerificationError
 
 SAMPLE_FILE = "reference_sample.npz"
 SAMPLE_SIZE = 8
+# A reference sample is a few kilobytes; a member that declares more is refused unread.
+SAMPLE_MAX_BYTES = 256 << 20
 
 
 def sample_inputs(input_detail: dict, data: np.ndarray | None, *, count: int = SAMPLE_SIZE, seed: int = 0) -> np.ndarray:
@@ -43,7 +48,7 @@ def make_reference_sample(tflite: bytes, data: np.ndarray | None, outputs_meta: 
     from edgeprune.harness.api import evaluate_tflite
 
     x = sample_inputs(input_detail, data)
-    y = np.asarray(evaluate_tflite(tflite, x)["outputs"], np.float32)
+    y = np.asarray(evaluate_tflite(tflite, x, trusted=True)["outputs"], np.float32)  # compile's own bytes
     buffer = io.BytesIO()
     np.savez(buffer, x=x, y=y)
     raw = buffer.getvalue()
@@ -54,11 +59,38 @@ def make_reference_sample(tflite: bytes, data: np.ndarray | None, outputs_meta: 
 
 
 def _load_sample(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of the sample: numeric arrays with the same number of rows, or VerificationError.
+
+    The zip directory's sizes are checked before numpy inflates a member (a small file may
+    declare gigabytes); numpy's own header errors (tokenize's included) are one line.
+    """
     try:
+        with zipfile.ZipFile(path) as zf:
+            big = [i.filename for i in zf.infolist() if i.file_size > SAMPLE_MAX_BYTES]
+        if big:
+            raise VerificationError(f"{path}: reference sample member '{big[0]}' declares more than "
+                                    f"{SAMPLE_MAX_BYTES >> 20} MiB")
         with np.load(path, allow_pickle=False) as npz:
-            return np.asarray(npz["x"]), np.asarray(npz["y"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise VerificationError(f"{path}: unreadable reference sample ({exc})") from None
+            x, y = np.asarray(npz["x"]), np.asarray(npz["y"])
+    except (OSError, ValueError, KeyError, EOFError, MemoryError, NotImplementedError, zipfile.BadZipFile,
+            tokenize.TokenError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VerificationError(f"{path}: unreadable reference sample ({first})") from None
+    for key, a in (("x", x), ("y", y)):
+        if a.dtype.kind not in "biuf" or a.ndim < 1:
+            raise VerificationError(f"{path}: reference sample '{key}' is not an array of numbers "
+                                    f"(dtype {a.dtype}, shape {list(a.shape)})")
+    if len(x) != len(y):
+        raise VerificationError(f"{path}: reference sample has {len(x)} inputs but {len(y)} outputs")
+    return x, y
+
+
+def _plain_name(value, what: str) -> str:
+    """A file name from manifest.json that stays inside the artifact directory."""
+    name = str(value)
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise VerificationError(f"manifest.json: {what} '{name}' is not a file name inside the artifact")
+    return name
 
 
 def _check_hashes(directory: Path, manifest: dict) -> list[dict]:
@@ -89,10 +121,15 @@ def _check_hashes(directory: Path, manifest: dict) -> list[dict]:
     return checked
 
 
-def verify_directory(directory) -> dict:
-    """Check hashes, load the artifact and re-run the reference sample. Raises VerificationError."""
+def verify_directory(directory, *, bundle: str | None = None) -> dict:
+    """Check hashes, load the artifact and re-run the reference sample. Raises VerificationError.
+
+    ``bundle``: the bundle ``directory`` was unpacked from, to name the artifact as its member
+    rather than by a temp path.
+    """
     from edgeprune.harness.api import evaluate_tflite
     from edgeprune.metrics import agreement
+    from edgeprune.tflite_check import check_untrusted_tflite
 
     d = Path(directory)
     manifest_path = d / "manifest.json"
@@ -105,26 +142,32 @@ def verify_directory(directory) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("artifact"), dict):
         raise VerificationError(f"{manifest_path}: no 'artifact' entry")
     hashes = _check_hashes(d, manifest)
-    art = d / manifest["artifact"].get("file", "model.tflite")
+    art = d / _plain_name(manifest["artifact"].get("file", "model.tflite"), "artifact file")
     if not any(h["file"] == art.name for h in hashes):
         raise VerificationError(f"{manifest_path}: no sha256 for {art.name}")
     result = {"directory": str(d), "artifact": str(art), "hashes": hashes}
     entry = manifest.get("reference_sample")
     if not entry:
         raise VerificationError(f"{manifest_path}: no reference sample recorded (compiled by an older edgeprune?)")
+    if not isinstance(entry, dict):
+        raise VerificationError(f"{manifest_path}: 'reference_sample' is not an object")
+    check_untrusted_tflite(art, f"{bundle}: member '{art.name}'" if bundle else str(art))  # before our interpreter
     if entry.get("skipped"):  # several inputs/outputs: no x/y sample, the hashes were checked
         result.update(sample={"skipped": entry["skipped"]}, ok=True)
         return result
-    x, expected = _load_sample(d / entry["file"])
+    x, expected = _load_sample(d / _plain_name(entry.get("file", SAMPLE_FILE), "reference sample"))
     try:
-        actual = np.asarray(evaluate_tflite(art, x)["outputs"], np.float32)
+        actual = np.asarray(evaluate_tflite(art, x, trusted=True)["outputs"], np.float32)
     except InputError as exc:
         raise VerificationError(f"{art}: the artifact cannot run its reference sample ({exc})") from None
     if actual.shape != expected.shape:
         raise VerificationError(f"{art}: outputs have shape {list(actual.shape)}, the reference sample "
                                 f"recorded {list(expected.shape)}")
     diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    atol = float(entry.get("atol", 1e-4))
+    try:
+        atol = float(entry.get("atol", 1e-4))
+    except (TypeError, ValueError):
+        raise VerificationError(f"{manifest_path}: reference sample 'atol' is not a number") from None
     agree = agreement(actual, expected)
     result["sample"] = {"count": int(len(x)), "max_abs_diff": float(diff.max()) if diff.size else 0.0,
                         "atol": atol, "top1_agreement": agree.get("top1_agreement")}
@@ -150,7 +193,7 @@ def verify(path) -> dict:
     with tempfile.TemporaryDirectory(prefix="edgeprune-verify-") as tmp:
         dest = Path(tmp) / "bundle"
         unpack(p, dest)
-        result = verify_directory(dest)
+        result = verify_directory(dest, bundle=str(p))
     result["bundle"] = str(p)
     result["directory"] = None
     return result

@@ -47,6 +47,7 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
             raise InputError("--quant-error needs --reference MODEL and --calibration X")
         from edgeprune.quant_error import quant_error as measure
 
+        _check_tflite_inputs(path, reference)
         result = measure(path, reference, calibration, num_samples=num_samples, custom_objects=co, unsafe=unsafe,
                          output=out, target=target, host=host, remote_python=remote_python)
         out.emit_json(result)
@@ -75,6 +76,18 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
         _print_tflite(out, result, top)
     else:
         _print_keras(out, result, top)
+
+
+def _check_tflite_inputs(path: Path, reference: Path) -> None:
+    """--quant-error runs the artifact and a .tflite reference in this process: check them first."""
+    from edgeprune.harness.artifact import resolve_artifact
+    from edgeprune.inspection import is_tflite
+    from edgeprune.tflite_check import check_untrusted_tflite
+
+    art = resolve_artifact(path)
+    check_untrusted_tflite(art, str(art))
+    if reference.is_file() and (is_tflite(reference) or reference.suffix.lower() == ".tflite"):
+        check_untrusted_tflite(reference, f"--reference {reference}")
 
 
 def _print_tflite(out, r: dict, top: int) -> None:

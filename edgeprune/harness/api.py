@@ -200,7 +200,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
 
     host_outputs = None
     if data is not None and (emulated or any(not d.is_local for d in devices)):
-        host_outputs = evaluate_tflite(info.path, data.x)["outputs"]
+        host_outputs = evaluate_tflite(info.path, data.x, trusted=True)["outputs"]  # checked by inspect_artifact
 
     with ExitStack() as stack:
         work = stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-bench-"))
@@ -330,7 +330,8 @@ def _compliant(spec: dict) -> bool:
     return all(spec[k] >= rules[k] for k in ("min_queries", "min_duration_s", "repeats"))
 
 
-def evaluate_tflite(tflite_path_or_bytes, x, y=None, *, threads: int = 1, output_names=None) -> dict:
+def evaluate_tflite(tflite_path_or_bytes, x, y=None, *, threads: int = 1, output_names=None,
+                    trusted: bool = False) -> dict:
     """Run a .tflite model in-process on x; {'accuracy', 'mse', 'outputs'} (accuracy in 0..1).
 
     Float x is quantized with the input's scale/zero point for int8/uint8 models and outputs
@@ -339,6 +340,8 @@ def evaluate_tflite(tflite_path_or_bytes, x, y=None, *, threads: int = 1, output
     the result adds ``per_output`` (accuracy and mse of the first output stay at the top).
     ``output_names``: the Keras model's output names (a Keras 3 artifact calls them output_0,
     ...); read from the manifest beside a compiled artifact when not given.
+    The model runs in this process, so it passes edgeprune.tflite_check first (once per
+    content); ``trusted=True`` skips that for bytes edgeprune's own converter just wrote.
     """
     if isinstance(tflite_path_or_bytes, (bytes, bytearray, memoryview)):
         content, name, path = bytes(tflite_path_or_bytes), "<tflite bytes>", None
@@ -347,6 +350,10 @@ def evaluate_tflite(tflite_path_or_bytes, x, y=None, *, threads: int = 1, output
         if not path.is_file():
             raise InputError(f"{path}: TFLite model not found")
         content, name = None, str(path)
+    if not trusted:
+        from edgeprune.tflite_check import check_untrusted_tflite
+
+        check_untrusted_tflite(content if path is None else path, name)
     try:
         from edgeprune._env import quiet_native
 

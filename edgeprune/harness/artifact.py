@@ -69,7 +69,8 @@ def _tensor_summary(detail: dict) -> dict:
 
 
 def read_tensors(data: bytes, name: str) -> tuple[list[dict], list[dict]]:
-    """Input and output tensor summaries, read with the local LiteRT interpreter."""
+    """Input and output tensor summaries, read with the local LiteRT interpreter (in this process:
+    ``data`` has passed edgeprune.tflite_check)."""
     from edgeprune.harness import runner
 
     try:
@@ -132,13 +133,20 @@ def check_manifest(path: Path, sha: str) -> dict | None:
 
 
 def inspect_artifact(path: str | Path) -> ArtifactInfo:
-    """Validate the artifact and describe it (sha256, tensors, manifest facts)."""
+    """Validate the artifact and describe it (sha256, tensors, manifest facts).
+
+    The tensors are read by the interpreter in this process, so the file passes
+    edgeprune.tflite_check first (a malformed file is one error line, not a crash).
+    """
+    from edgeprune.tflite_check import check_untrusted_tflite
+
     p = resolve_artifact(path)
     data = p.read_bytes()
     if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
         raise InputError(f"{p}: not a TFLite model (expected the 'TFL3' flatbuffer identifier)")
     sha = sha256_of(data)
     manifest = check_manifest(p, sha)
+    check_untrusted_tflite(data, str(p))
     inputs, outputs = read_tensors(data, str(p))
     names = (manifest or {}).get("keras_outputs")
     if names:  # Keras 3 artifacts name their outputs output_0, ...: use the model's names

@@ -16,7 +16,8 @@ base64; the controller scores them), watch_stdin (exit when stdin reaches EOF, i
 controller went away), protocol ({"name": "mlperf", "min_queries", "min_duration_s",
 "repeats", "pause_s"}: repeated single-stream runs instead of one steady state),
 time_models (list of .tflite paths: microseconds per invoke of each, e.g. the single-layer
-models of a latency table; ``artifact`` may then be omitted), time_runs/time_rounds.
+models of a latency table; ``artifact`` may then be omitted), time_runs/time_rounds,
+probe (only load, allocate and invoke ``artifact`` once: edgeprune.tflite_check's child).
 
 Output: exactly one JSON document on stdout; logs go to stderr. On a failure it is
 {"error": {"kind": ..., "message": ...}} with exit code 3 (missing dependency) or 4 (bad
@@ -711,6 +712,59 @@ def dump_tensors(cls, artifact, job, numpy):
             "npz_b64": base64.b64encode(buffer.getvalue()).decode("ascii")}
 
 
+def _zeros(detail, numpy):
+    shape = [max(int(d), 1) for d in detail["shape"]]
+    return numpy.zeros(shape, numpy.dtype(detail["dtype"]))
+
+
+def probe_model(cls, artifact, numpy):
+    """Load, allocate and invoke once on zero inputs, with the runtime's default delegate and
+    with builtin kernels only (every tensor kept), the ways edgeprune's own process loads a model.
+
+    edgeprune.tflite_check runs this job in a child before a user's file reaches the
+    interpreter in edgeprune's process: a file that crashes the native code kills this process
+    only. Returns {"ok": True, ...} or {"ok": False, "stage", "error"}; no core file is written.
+    """
+    try:  # no core file: neither by size limit nor through a core_pattern pipe (PR_SET_DUMPABLE 0)
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+    except Exception:  # not on this platform
+        pass
+    module = sys.modules.get(cls.__module__)
+    resolver = getattr(module, "OpResolverType", None)
+    variants = [{}]
+    if resolver is not None and hasattr(resolver, "BUILTIN_WITHOUT_DEFAULT_DELEGATES"):
+        variants.append({"experimental_op_resolver_type": resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                         "experimental_preserve_all_tensors": True})
+    t0 = time.perf_counter()
+    for kwargs in variants:
+        stage = "load"
+        try:
+            interpreter = cls(model_path=artifact, num_threads=1, **kwargs)
+            stage = "allocate"
+            interpreter.allocate_tensors()
+            interpreter.get_tensor_details()
+            stage = "invoke"
+            ins, outs = signature_io(interpreter)
+            for _, detail in ins:
+                if numpy.dtype(detail["dtype"]).kind != "O":  # strings: left empty
+                    interpreter.set_tensor(detail["index"], _zeros(detail, numpy))
+            interpreter.invoke()
+            for _, detail in outs:
+                interpreter.get_tensor(detail["index"])
+        except Exception as exc:
+            lines = str(exc).strip().splitlines()
+            return {"ok": False, "stage": stage,
+                    "error": ("%s" % (lines[0] if lines else type(exc).__name__))[:300]}
+        del interpreter
+    return {"ok": True, "inputs": len(ins), "outputs": len(outs), "variants": len(variants),
+            "seconds": time.perf_counter() - t0}
+
+
 def sha256_file(path):
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -767,6 +821,12 @@ def run(job):
     artifact = job.get("artifact")
     if artifact is not None and not os.path.isfile(artifact):
         raise RunnerFailure("missing_artifact", "artifact %s not found on the device" % artifact)
+    if job.get("probe"):
+        if artifact is None:
+            raise RunnerFailure("bad_job", "a probe job needs an 'artifact'")
+        runtime, version, cls = find_runtime()
+        return {"runner_version": 2, "runtime": runtime, "runtime_version": version,
+                "probe": probe_model(cls, artifact, numpy)}
     for path in job.get("time_models") or ():
         if not os.path.isfile(path):
             raise RunnerFailure("missing_artifact", "model %s not found on the device" % path)

@@ -35,6 +35,8 @@ def to_tflite(model, quantization: str = "float32", *, representative=None, spar
 
 
 def interpreter(tflite_bytes: bytes, threads: int = 1):
+    """An interpreter for ``to_tflite``'s own output (trusted bytes: a user's file goes through
+    edgeprune.tflite_check.check_untrusted_tflite first)."""
     from ai_edge_litert.interpreter import Interpreter
 
     from edgeprune._env import quiet_native

@@ -53,14 +53,18 @@ def check_accuracy_gate(tflite_bytes, reference_model, x_val, y_val, max_drop: f
     from edgeprune.harness.api import evaluate_tflite
     from edgeprune.harness.reference import keras_outputs
     from edgeprune.harness.verify import align, as_dict, labels_dict
+    from edgeprune.tflite_check import check_untrusted_tflite, verify_flatbuffer
 
     if y_val is None:
         raise InputError("the accuracy gate needs labelled data (--gate-data, --val-data or --train-data with labels)")
-    if isinstance(tflite_bytes, (str, os.PathLike)):
+    if isinstance(tflite_bytes, (str, os.PathLike)):  # a file from outside: the full check
+        check_untrusted_tflite(tflite_bytes, str(tflite_bytes))
         tflite_bytes = Path(tflite_bytes).read_bytes()
+    else:  # compile's own converter output: the cheap structural check, no child per candidate
+        verify_flatbuffer(tflite_bytes, "the converted model")
     reference = keras_outputs(reference_model, x_val, batch_size=256)
     names = list(reference)
-    candidate = align(as_dict(evaluate_tflite(tflite_bytes, x_val)["outputs"], names), names)
+    candidate = align(as_dict(evaluate_tflite(tflite_bytes, x_val, trusted=True)["outputs"], names), names)
     y = labels_dict(y_val, names)
     name = _gated(reference, y, output)
     kind = metrics.label_kind(y[name], metrics._flat(reference[name]).shape[1], f"gate labels of output '{name}'")
