@@ -11,9 +11,8 @@ from typing import Any
 
 from edgeprune.console import Output, default_output
 from edgeprune.errors import InputError
-from edgeprune.pruning.importance import CRITERIA  # noqa: F401  (the one list; the CLI imports it here)
+from edgeprune.pruning.criteria import CRITERIA, DATA_CRITERIA
 
-DATA_CRITERIA = ("taylor", "mean_activation", "apoz", "entropy")
 LATENCY_OBJECTIVES = ("macs", "importance")
 _RENAMED = {"data": "calibration"}  # old keyword -> current one (deprecated alias)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from edgeprune.cli import cli, deprecated_aliases, get_output, input_shape_option, json_option
-from edgeprune.pruning.importance import CRITERIA
+from edgeprune.pruning.criteria import CRITERIA
 from edgeprune.training.options import training_options
 
 

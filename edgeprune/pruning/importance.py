@@ -11,6 +11,7 @@ import numpy as np
 
 from edgeprune.errors import InputError
 from edgeprune.pruning import rules
+from edgeprune.pruning.criteria import CRITERIA
 from edgeprune.pruning.groups import GroupSet
 
 ACTIVATION_LAYERS = {"ReLU", "Activation", "LeakyReLU", "ELU", "PReLU", "ThresholdedReLU"}
@@ -310,7 +311,6 @@ class GroupNorm(Criterion):
         return scores
 
 
-CRITERIA = ("l1", "l2", "group_norm", "bn", "taylor", "mean_activation", "apoz", "entropy", "random")
 
 
 def get_criterion(name: str, seed: int = 0) -> Criterion:

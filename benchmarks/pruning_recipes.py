@@ -1,0 +1,260 @@
+"""Benchmark: which pruning recipe beats a narrow network trained from scratch (Fashion-MNIST).
+
+Two architectures, the MobileNet-style depthwise-separable CNN of
+``fashion_mnist_recovery.py`` and a residual conv-BN CNN (two stages of two residual blocks),
+each trained dense for ``--epochs``; then, at 2x and 4x fewer MACs, every recipe below gets the
+same recovery budget of ``--recovery-epochs`` (a sparsity phase counts against it):
+
+- ``narrow``: the same architecture made narrow by a width multiplier giving the pruned MACs,
+  trained from scratch for ``--epochs + --recovery-epochs`` (equal total epochs, the same
+  careful training as the dense model: Adam, cosine decay, best validation epoch kept);
+- ``narrow (budget)``: the narrow network given only the recovery budget (the user who has a
+  trained model and little time: the question is then whether pruning saves that time);
+- ``l1 uniform, low LR``: today's default: one-shot l1, every group cut alike, fine-tuned at
+  ``--finetune-lr``;
+- ``l1 uniform, high LR``: the same cut retrained from the dense learning rate with cosine decay
+  (Le & Hua, ICLR 2021; learning-rate rewinding, Renda et al. 2020);
+- ``l1 global, high LR``: l1 scores ranked across groups (per-group normalised): a
+  non-uniform allocation;
+- ``group-norm sparsity`` / ``bn-l1 sparsity``: ``--sparsity-epochs`` of structured-sparsity
+  training (edgeprune.training.structured_sparsity), cut by the learnt group norms with global
+  ranking, then the rest of the budget at the high LR.
+
+Accuracy is measured on the converted float32 ``.tflite`` over the test split; validation data
+(carved from the training images, disjoint from the training subset) is all that selects.
+
+    python benchmarks/pruning_recipes.py --screen            # 1 seed, 10k train images: ~25 min on 2 cores
+    python benchmarks/pruning_recipes.py --seeds 3 --save run.json   # confirmation run
+    python benchmarks/pruning_recipes.py --quick             # smoke run (tests)
+
+Prints a Markdown table (mean ± std over seeds, Δ paired by seed against narrow from scratch);
+``--json`` prints one JSON document on stdout instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fashion_mnist_recovery as fm  # noqa: E402  (the depthwise CNN, narrow widths, careful training)
+
+import edgeprune._env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+TARGETS = (("2x", 0.5), ("4x", 0.25))
+RECIPES = ("narrow", "narrow (budget)", "l1 uniform, low LR", "l1 uniform, high LR", "l1 global, high LR",
+           "group-norm sparsity", "bn-l1 sparsity")
+RECAL = 2048
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_resnet(width: float = 1.0, *, seed: int = 0):
+    """A residual conv-BN CNN: stem 16, stages of 32 and 64 channels, two blocks each."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+
+    def ch(n: int) -> int:
+        return max(1, int(round(n * width)))
+
+    def conv_bn(x, filters, stride, name, relu=True):
+        x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=name)(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+    inp = keras.Input((28, 28, 1), name="image")
+    x = conv_bn(inp, ch(16), 1, "stem")
+    for s, filters in enumerate((32, 64), start=1):
+        for b in range(2):
+            stride = 2 if b == 0 else 1
+            h = conv_bn(x, ch(filters), stride, f"s{s}b{b}_a")
+            h = conv_bn(h, ch(filters), 1, f"s{s}b{b}_b", relu=False)
+            if b == 0:
+                x = layers.Conv2D(ch(filters), 1, strides=stride, use_bias=False, name=f"s{s}_proj")(x)
+                x = layers.BatchNormalization(momentum=0.9, name=f"s{s}_proj_bn")(x)
+            x = layers.ReLU(name=f"s{s}b{b}_out")(layers.Add(name=f"s{s}b{b}_add")([x, h]))
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inp, layers.Dense(10, activation="softmax", name="classes")(x), name=f"fmnist_resnet_w{width:.3f}")
+
+
+ARCHITECTURES = {"depthwise": fm.build, "residual": build_resnet}
+
+
+def narrow_width(builder, target_macs: int) -> tuple[float, int]:
+    lo, hi = 0.02, 1.0
+    for _ in range(16):
+        mid = (lo + hi) / 2
+        if fm.macs(builder(mid)) > target_macs:
+            hi = mid
+        else:
+            lo = mid
+    best = min((lo, hi), key=lambda w: abs(fm.macs(builder(w)) - target_macs))
+    return best, fm.macs(builder(best))
+
+
+def run_arch(arch: str, seed: int, data, args, out) -> dict:
+    from edgeprune.pruning.api import prune_model
+    from edgeprune.training.api import recover
+    from edgeprune.training.data import Split
+    from edgeprune.training.finetune import FitSettings
+    from edgeprune.training.structured_sparsity import train_structured_sparsity
+
+    builder = ARCHITECTURES[arch]
+    t0 = time.time()
+    train, val, test = fm.splits(data, seed, args.train_size, args.val_size, args.test_size)
+    recal_x = train[0][:RECAL]
+    res = {"arch": arch, "seed": seed, "acc": {}, "macs": {}, "width": {}}
+    acc, mac = res["acc"], res["macs"]
+    dense = fm.train_from_scratch(builder(seed=seed), train, val, epochs=args.epochs, batch_size=args.batch_size,
+                                  lr=args.lr, seed=seed)
+    mac["dense"], acc["dense"] = fm.macs(dense), fm.acc_tflite(dense, test)
+    log(f"  {arch} seed {seed}: dense {acc['dense']:.2f}% ({time.time() - t0:.0f}s)")
+
+    def finetune(model, epochs, lr):
+        if epochs <= 0:
+            return model
+        return recover(fm.recalibrated(model, recal_x), train=train, val=val, epochs=epochs, batch_size=args.batch_size,
+                       learning_rate=lr, patience=epochs, seed=seed, recalibrate_bn=False, output=out)
+
+    for label, target in TARGETS:
+        def record(name, model, macs_after, label=label):
+            acc[f"{label} {name}"] = fm.acc_tflite(model, test)
+            mac[f"{label} {name}"] = macs_after
+            log(f"  {arch} seed {seed} {label} {name}: {acc[f'{label} {name}']:.2f}% "
+                f"({macs_after / 1e6:.3f} MMACs, {time.time() - t0:.0f}s)")
+
+        uniform = prune_model(dense, target_macs=target, criterion="l1")
+        record("l1 uniform, low LR", finetune(uniform.model, args.recovery_epochs, args.finetune_lr),
+               uniform.report["macs_after"])
+        record("l1 uniform, high LR", finetune(uniform.model, args.recovery_epochs, args.lr),
+               uniform.report["macs_after"])
+        ranked = prune_model(dense, target_macs=target, criterion="l1", global_ranking=True)
+        record("l1 global, high LR", finetune(ranked.model, args.recovery_epochs, args.lr), ranked.report["macs_after"])
+        for method in ("group-norm", "bn-l1"):
+            settings = FitSettings(epochs=args.sparsity_epochs, batch_size=args.batch_size,
+                                   learning_rate=args.finetune_lr, seed=seed)
+            sparse, report = train_structured_sparsity(dense, Split(*train, "train"), Split(*val, "val"), task="sparse",
+                                                       method=method, strength=args.sparsity_strength,
+                                                       settings=settings, output=out)
+            cut = prune_model(sparse, target_macs=target, criterion="group_norm", global_ranking=True)
+            res.setdefault("sparsity", {})[f"{label} {method}"] = {
+                k: report[k] for k in ("units_near_zero", "median_norm_kept", "units_penalized")}
+            record(f"{method} sparsity", finetune(cut.model, args.recovery_epochs - args.sparsity_epochs, args.lr),
+                   cut.report["macs_after"])
+        width, narrow_macs = narrow_width(builder, uniform.report["macs_after"])
+        res["width"][label] = width
+        narrow = fm.train_from_scratch(builder(width, seed=seed), train, val, epochs=args.epochs + args.recovery_epochs,
+                                       batch_size=args.batch_size, lr=args.lr, seed=seed)
+        record("narrow", narrow, narrow_macs)
+        budget = fm.train_from_scratch(builder(width, seed=seed), train, val, epochs=args.recovery_epochs,
+                                       batch_size=args.batch_size, lr=args.lr, seed=seed)
+        record("narrow (budget)", budget, narrow_macs)
+    res["seconds"] = round(time.time() - t0, 1)
+    return res
+
+
+def summarize(runs) -> dict:
+    table = {}
+    for arch in sorted({r["arch"] for r in runs}):
+        mine = [r for r in runs if r["arch"] == arch]
+        rows = {}
+        for key in ["dense"] + [f"{label} {recipe}" for label, _ in TARGETS for recipe in RECIPES]:
+            vals = np.array([r["acc"][key] for r in mine])
+            row = {"mean": float(vals.mean()), "std": float(vals.std()),
+                   "mmacs": float(np.mean([r["macs"][key] for r in mine])) / 1e6}
+            if key != "dense":
+                label = key.split()[0]
+                for ref, name in ((f"{label} narrow", "vs_narrow"), ("dense", "vs_dense")):
+                    d = vals - np.array([r["acc"][ref] for r in mine])
+                    row[name] = {"mean": float(d.mean()), "std": float(d.std())}
+            rows[key] = row
+        table[arch] = rows
+    return table
+
+
+def _delta(d) -> str:
+    return "" if d is None else f"{d['mean']:+.2f} ± {d['std']:.2f}"
+
+
+def markdown(summary, seeds, setup) -> str:
+    lines = []
+    for arch, rows in summary.items():
+        lines += [f"### {arch} CNN ({seeds} seed(s), {setup['train_size']} train images, {setup['epochs']} dense "
+                  f"epochs, recovery budget {setup['recovery_epochs']} epochs; test accuracy % on the .tflite)", "",
+                  "| setting | MMACs | accuracy % | Δ vs narrow | Δ vs dense |", "|---|---|---|---|---|"]
+        for key, row in rows.items():
+            vn, vd = (_delta(row.get(name)) for name in ("vs_narrow", "vs_dense"))
+            lines.append(f"| {key} | {row['mmacs']:.3f} | {row['mean']:.2f} ± {row['std']:.2f} | {vn} | {vd} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--arch", default="depthwise,residual")
+    parser.add_argument("--train-size", type=int, default=30000)
+    parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument("--test-size", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=15, help="dense training epochs")
+    parser.add_argument("--recovery-epochs", type=int, default=6,
+                        help="epochs every recipe gets after the dense model (sparsity phase included)")
+    parser.add_argument("--sparsity-epochs", type=int, default=3)
+    parser.add_argument("--sparsity-strength", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3, help="dense, narrow and high-LR recovery learning rate")
+    parser.add_argument("--finetune-lr", type=float, default=5e-4, help="low-LR recovery learning rate")
+    parser.add_argument("--screen", action="store_true",
+                        help="screening run: 1 seed, 10k train / 2k val / 5k test images, 8 dense epochs, "
+                             "recovery 4 epochs (2 of them sparsity)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: a few hundred images, 1 epoch each")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--save", metavar="PATH", help="also write the JSON document here after every run")
+    args = parser.parse_args(argv)
+    if args.screen:
+        args.seeds, args.train_size, args.val_size, args.test_size = 1, 10000, 2000, 5000
+        args.epochs, args.recovery_epochs, args.sparsity_epochs = 8, 4, 2
+    if args.quick:
+        args.seeds, args.train_size, args.val_size, args.test_size = 1, 384, 128, 256
+        args.epochs, args.recovery_epochs, args.sparsity_epochs = 1, 2, 1
+    if args.sparsity_epochs >= args.recovery_epochs:
+        parser.error("--sparsity-epochs must leave at least one recovery epoch")
+    from _fashion import load_fashion_mnist
+
+    from edgeprune.console import Output
+
+    data = tuple((x.astype(np.float32)[..., None] / 255.0, y) for x, y in load_fashion_mnist())
+    out = Output(quiet=True)
+    setup = {k: getattr(args, k) for k in ("seeds", "arch", "train_size", "val_size", "test_size", "epochs",
+                                           "recovery_epochs", "sparsity_epochs", "sparsity_strength", "batch_size",
+                                           "lr", "finetune_lr", "screen", "quick")}
+    start, runs = time.time(), []
+    for seed in range(args.seeds):
+        for arch in args.arch.split(","):
+            runs.append(run_arch(arch.strip(), seed, data, args, out))
+            setup["seconds"] = round(time.time() - start, 1)
+            document = {"setup": setup, "runs": runs, "summary": summarize(runs)}
+            if args.save:
+                tmp = Path(args.save + ".tmp")
+                tmp.write_text(json.dumps(document, indent=2))
+                tmp.replace(args.save)
+    table = markdown(document["summary"], args.seeds, setup) + f"\n(total {setup['seconds']:.0f}s)"
+    if args.json:
+        log(table)
+        print(json.dumps(document, indent=2))
+    else:
+        print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
