@@ -5,24 +5,33 @@ their images, the reference sample), with normalised owners, modes and times. ``
 treats the archive as hostile: every member is checked before anything is written (no
 absolute paths, no ``..``, no links, no device files or FIFOs, no duplicates, only regular
 files and folders), then the files are copied out by hand (never ``tarfile.extract``) into a
-temp directory that becomes ``DIR`` atomically (edgeprune.artifacts.ArtifactDir). A refused
-archive exits 2 and leaves nothing behind.
+temp directory that becomes ``DIR`` atomically (edgeprune.artifacts.ArtifactDir). Declared
+sizes, the member count and the total are bounded (edgeprune.limits) and checked header by
+header, so a compression bomb is refused before it is inflated. A refused archive exits 2 and
+leaves nothing behind.
 """
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
 import os
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 
+from edgeprune import limits
 from edgeprune.artifacts import ArtifactDir, write_bytes_atomic
-from edgeprune.errors import InputError
+from edgeprune.errors import InputError, output_error
 from edgeprune.report import ASSETS as REPORT_ASSETS  # report_files/
 
 # What a bundle carries: fixed names, plus everything under the report's image folder.
 BUNDLE_FILES = ("model.tflite", "manifest.json", "labels.txt", "report.json", "report.html", "report.md",
                 "reference_sample.npz")
-MAX_MEMBER_BYTES = 4 << 30
+# Compressed tar formats by magic bytes; anything else is read as a plain tar.
+_COMPRESSED = ((b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")), (b"BZh", bz2.BZ2File),
+               (b"\xfd7zXZ\x00", lzma.LZMAFile))
 
 
 def _members(src: Path) -> list[tuple[str, Path]]:
@@ -58,11 +67,14 @@ def pack(directory, output, *, force: bool = False) -> dict:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(data))
-    write_bytes_atomic(out, buffer.getvalue())
+    try:
+        write_bytes_atomic(out, buffer.getvalue())
+    except OSError as exc:
+        raise (output_error(exc, f"-o {out}") or exc) from None
     return {"bundle": str(out), "bytes": len(buffer.getvalue()), "files": [n for n, _ in members]}
 
 
-def _check_member(m: tarfile.TarInfo, where: str) -> str:
+def _check_member(m: tarfile.TarInfo, where: str, limit: limits.ResourceLimits) -> str:
     """The member's safe relative path, or InputError naming it and why."""
     name = m.name
     if m.issym() or m.islnk():
@@ -81,41 +93,95 @@ def _check_member(m: tarfile.TarInfo, where: str) -> str:
     parts = [p for p in path.parts if p not in ("", ".")]
     if not parts:
         raise InputError(f"{where}: member '{name}' has an empty path (refused)")
-    if m.isfile() and m.size > MAX_MEMBER_BYTES:
-        raise InputError(f"{where}: member '{name}' is {m.size} bytes, larger than a bundle file can be")
+    if m.isfile():
+        limits.check("member_bytes", m.size, f"{where}: member '{name}'", limits=limit)
     return "/".join(parts)
 
 
+class _Bounded(io.RawIOBase):
+    """The decompressed tar stream, refusing any single read over the member limit.
+
+    tarfile reads a pax or GNU long-name header's payload in one read of the size its header
+    declares, inside ``next()`` and before we see the member; this is where a small .tar.gz
+    declaring a huge header is stopped without allocating it. Member data is read only after
+    :func:`_check_member` passed its declared size.
+    """
+
+    def __init__(self, stream, limit: limits.ResourceLimits, where: str):
+        self.stream, self.limit, self.where = stream, limit, where
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size=-1) -> bytes:
+        if size is None or size < 0:
+            raise InputError(f"{self.where}: unbounded read refused")
+        limits.check("member_bytes", size, f"{self.where}: a tar header", limits=self.limit)
+        return self.stream.read(size)
+
+    def seek(self, offset, whence=io.SEEK_SET) -> int:
+        return self.stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+
+def _decompressed(raw):
+    """A reader of the uncompressed tar: gzip, bzip2 or xz by magic bytes, else ``raw`` itself."""
+    head = raw.read(6)
+    raw.seek(0)
+    for magic, opener in _COMPRESSED:
+        if head.startswith(magic):
+            return opener(raw)
+    return raw
+
+
 def read_members(bundle) -> list[tuple[str, bytes | None]]:
-    """Check every member of ``bundle`` and return (relative path, data or None for a folder)."""
+    """Check every member of ``bundle`` and return (relative path, data or None for a folder).
+
+    Members are read one at a time, each header checked (path, type, declared size, running
+    count and total) before its data is inflated, so a gzip bomb is refused at its first
+    oversized header without allocating it.
+    """
     src = Path(bundle)
     if not src.is_file():
         raise InputError(f"{src}: bundle not found")
-    try:
-        tar = tarfile.open(src, mode="r:*")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise InputError(f"{src}: not a readable tar archive ({exc})") from None
+    where = str(src)
+    limit = limits.current()
     out: list[tuple[str, bytes | None]] = []
     seen: set[str] = set()
-    with tar:
-        try:
-            members = tar.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise InputError(f"{src}: corrupt archive ({exc})") from None
-        for m in members:
-            rel = _check_member(m, str(src))
-            if rel in seen:
-                raise InputError(f"{src}: member '{m.name}' appears twice (refused)")
-            seen.add(rel)
-            if m.isdir():
-                out.append((rel, None))
-                continue
-            fh = tar.extractfile(m)
+    total = 0
+    try:
+        with open(src, "rb") as raw, _decompressed(raw) as stream:
             try:
-                data = fh.read() if fh is not None else b""
-            except (tarfile.TarError, OSError, EOFError) as exc:
-                raise InputError(f"{src}: member '{m.name}' cannot be read ({exc})") from None
-            out.append((rel, data))
+                tar = tarfile.open(fileobj=_Bounded(stream, limit, where), mode="r:")
+            except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+                raise InputError(f"{src}: not a readable tar archive ({exc})") from None
+            with tar:
+                while (m := tar.next()) is not None:
+                    limits.check("archive_members", len(out) + 1, where, what="has at least", limits=limit)
+                    rel = _check_member(m, where, limit)
+                    if rel in seen:
+                        raise InputError(f"{src}: member '{m.name}' appears twice (refused)")
+                    seen.add(rel)
+                    if m.isdir():
+                        out.append((rel, None))
+                        continue
+                    total += m.size
+                    limits.check("archive_bytes", total, f"{where}: members together", what="declare at least",
+                                 limits=limit)
+                    fh = tar.extractfile(m)
+                    data = fh.read() if fh is not None else b""
+                    if len(data) != m.size:
+                        raise InputError(f"{src}: member '{m.name}' is truncated")
+                    out.append((rel, data))
+    except InputError:
+        raise
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise InputError(f"{src}: corrupt archive ({exc})") from None
     files = {rel for rel, data in out if data is not None}
     for rel in files:  # a file may not also be the parent folder of another member
         parent = rel.rsplit("/", 1)[0] if "/" in rel else None

@@ -15,6 +15,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import math
+import os
+import re
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeprune import limits
 from edgeprune._pyfile import import_python_file
 from edgeprune.errors import InputError
 
@@ -43,13 +47,58 @@ def _fmt_shape(shape) -> str:
 
 # --- sources -------------------------------------------------------------------------------
 
-def _from_npy(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def _npy_header(fh, where: str, available: int) -> None:
+    """Read an npy header from ``fh`` and refuse, before anything is allocated, object dtypes
+    (they need pickle), a declared shape x itemsize over the array limit, and more data declared
+    than the ``available`` bytes hold (np.load allocates the declared shape first)."""
+    fmt = np.lib.format
     try:
+        version = fmt.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(fh)
+        else:  # 3.0 (utf-8 field names) has no public reader
+            shape, _, dtype = fmt._read_array_header(fh, version)
+    except (ValueError, TypeError, SyntaxError, AttributeError, EOFError) as exc:
+        raise InputError(f"{where}: not a valid .npy array ({_first_line(exc)})") from None
+    if dtype.hasobject:
+        raise InputError(f"{where}: holds Python objects (dtype {dtype}), which cannot be read without pickle "
+                         "(refused); save numeric arrays")
+    nbytes = math.prod(shape) * dtype.itemsize
+    limits.check("array_bytes", nbytes, where)
+    data_left = available - fh.tell()
+    if nbytes > data_left:
+        raise InputError(f"{where}: declares {nbytes:,} bytes of data but holds {max(data_left, 0):,} (truncated)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _from_npy(path: Path, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with open(path, "rb") as fh:
+            _npy_header(fh, where, os.fstat(fh.fileno()).st_size)
         return np.load(path, allow_pickle=False), None
     except ValueError as exc:
-        raise InputError(f"{path}: cannot read .npy without pickle ({exc})") from None
+        raise InputError(f"{where}: cannot read .npy without pickle ({exc})") from None
     except OSError as exc:
-        raise InputError(f"{path}: unreadable .npy file ({exc})") from None
+        raise InputError(f"{where}: unreadable .npy file ({exc})") from None
+
+
+def _check_npz(path: Path, where: str) -> None:
+    """Every member's declared size (zip directory) and its inner npy header, before np.load
+    inflates any of them."""
+    limit = limits.current()
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            member = f"{where}: member '{info.filename}'"
+            limits.check("array_bytes", info.file_size, member, limits=limit)
+            if info.filename.endswith(".npy") and not info.is_dir():
+                with zf.open(info) as fh:
+                    _npy_header(fh, member, info.file_size)
 
 
 def _npz_labels(data, keys: list[str], outputs, where: str):
@@ -67,6 +116,7 @@ def _npz_labels(data, keys: list[str], outputs, where: str):
 
 def _from_npz(path: Path, spec: _Spec, where: str):
     try:
+        _check_npz(path, where)
         with np.load(path, allow_pickle=False) as data:
             keys = list(data.keys())
             if spec.multi:
@@ -90,8 +140,8 @@ def _from_npz(path: Path, spec: _Spec, where: str):
         raise
     except ValueError as exc:  # object arrays need pickle: refused on purpose
         raise InputError(f"{where}: cannot read without pickle ({str(exc).splitlines()[0]})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{where}: unreadable .npz file ({str(exc).splitlines()[0]})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:  # NotImplemented: zip method
+        raise InputError(f"{where}: unreadable .npz file ({_first_line(exc)})") from None
     return x, y
 
 
@@ -121,16 +171,45 @@ def _from_images(root: Path, input_shape, preprocessing, subset, where: str) -> 
     keep = subset(len(files))
     files = [files[i] for i in keep]
     labels = None if labels is None else np.asarray([labels[i] for i in keep])
+    limits.check("array_bytes", len(files) * h * w * c * 4, where, what="decodes to")
     out = np.empty((len(files), h, w, c), np.float32)
+    limit = limits.current()
     for i, f in enumerate(files):
         try:
-            with Image.open(f) as img:
+            with _open_image(f, limit) as img:
                 img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
                 arr = np.asarray(img, np.float32)
         except OSError as exc:
             raise InputError(f"{f}: unreadable image ({exc})") from None
         out[i] = (arr.reshape(h, w, c) / 255.0) * (hi - lo) + lo
     return out, labels
+
+
+def _open_image(f: Path, limit: limits.ResourceLimits):
+    """``Image.open`` (which reads the header only) with the pixel limit checked before any
+    decoding. Pillow's own bomb check is set to the same limit: it warns past it (the check
+    right after reports that with numbers) and raises past twice it (reported the same way)."""
+    import warnings
+
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = limit.image_pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(f)
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = int(found.group(1)) if found else 2 * limit.image_pixels + 1
+            limits.check("image_pixels", pixels, str(f), limits=limit)
+            raise  # not reached: Pillow raised past twice the limit
+    width, height = img.size
+    try:
+        limits.check("image_pixels", width * height, f"{f} ({width}x{height})", limits=limit)
+    except InputError:
+        img.close()
+        raise
+    return img
 
 
 def _import_callable(spec: str, where: str):
@@ -460,7 +539,7 @@ def load_arrays(src: str, *, input_shape=None, preprocessing=None, num_samples: 
         if path.suffix.lower() == ".npz":
             x, y = _from_npz(path, spec, where)
         elif path.suffix.lower() == ".npy":
-            x, y = _from_npy(path)
+            x, y = _from_npy(path, where)
         else:
             raise InputError(f"{where}: expected .npy, .npz, an image folder or module:function")
     elif ":" in src:

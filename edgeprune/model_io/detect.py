@@ -43,20 +43,48 @@ def _flavour_of(version: str | None) -> str:
     return "keras3" if major.isdigit() and int(major) >= 3 else "tf_keras"
 
 
+def _check_keras_members(path: Path, zf: zipfile.ZipFile) -> None:
+    """Declared sizes from the zip directory, before anything is inflated: each member (and its
+    compression ratio), all members together, and the JSON files we read in full."""
+    from edgeprune import limits
+
+    limit = limits.current()
+    total = 0
+    for info in zf.infolist():
+        if info.filename in ("config.json", "metadata.json"):
+            limits.check("config_bytes", info.file_size, f"{path}: member '{info.filename}'", limits=limit)
+        limits.check_zip_member(info, str(path), limits=limit)
+        total += info.file_size
+    limits.check("archive_bytes", total, f"{path}: members together", limits=limit)
+
+
+def _read_json_member(path: Path, zf: zipfile.ZipFile, name: str):
+    """A JSON member, read no further than the config limit whatever its header claims."""
+    from edgeprune import limits
+
+    cap = limits.current().config_bytes
+    with zf.open(name) as fh:
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        limits.check("config_bytes", len(data), f"{path}: member '{name}'", what="holds at least")
+    return json.loads(data)
+
+
 def _sniff_keras_zip(path: Path) -> ModelFormat:
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
             if "config.json" not in names:
                 raise InputError(f"{path}: not a Keras model (zip archive without config.json)")
-            meta = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
-            config = json.loads(zf.read("config.json"))
+            _check_keras_members(path, zf)
+            meta = _read_json_member(path, zf, "metadata.json") if "metadata.json" in names else {}
+            config = _read_json_member(path, zf, "config.json")
             bad = zf.testzip()
             if bad is not None:
                 raise InputError(f"{path}: corrupt .keras archive (bad CRC in {bad})")
     except InputError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, NotImplementedError) as exc:
         raise InputError(f"{path}: unreadable .keras archive ({_short(exc)})") from None
     version = meta.get("keras_version") if isinstance(meta, dict) else None
     return ModelFormat("keras_zip", _flavour_of(version), version, config)
