@@ -1,7 +1,8 @@
 """The ``edgeprune`` command line: a Click group whose subcommands live one per module.
 
 Errors raised as :class:`edgeprune.errors.EdgepruneError` become one line on stderr and
-the error's exit code (1 verification/budget/device, 2 bad input); Ctrl-C exits 130. Anything
+the error's exit code (1 verification/budget/device/output, 2 bad input); Ctrl-C exits 130,
+SIGTERM 143 (both clean up: they raise through every ``finally``). Anything
 else is a bug in edgeprune or in a library below it: it is still one line (``internal error``,
 exit 1), and ``-v`` prints the traceback, so no Python traceback reaches a user by default.
 """
@@ -73,8 +74,11 @@ def get_output(ctx: click.Context, json_mode: bool = False) -> Output:
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Prune, quantize and lower Keras models to TFLite for edge devices, then prove it on the device."""
+    from edgeprune.artifacts import release_locks
+
     _env.set_verbose(verbose)
     ctx.obj = {"verbose": verbose, "quiet": quiet}
+    ctx.call_on_close(release_locks)  # an -o folder a failed command locked is free when it ends
 
 
 def _register_commands() -> None:
@@ -122,20 +126,48 @@ def _internal_error(exc: BaseException, argv: list[str] | None) -> None:
         click.echo(f"edgeprune: internal error: {detail} (run with -v for the traceback)", err=True)
 
 
+def _raise_terminated(signum, frame) -> None:
+    from edgeprune.errors import Terminated
+
+    raise Terminated(signum)
+
+
+def raise_on_termination() -> None:
+    """SIGTERM and SIGHUP raise (edgeprune.errors.Terminated, a KeyboardInterrupt) so that every
+    ``finally`` and ``__exit__`` runs: the artifact temp dir and lock go, remote runs stop.
+    A signal the parent set to ignored (nohup) stays ignored."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _raise_terminated)
+
+
+def _interrupted(exc: BaseException) -> None:
+    """Ctrl-C exits 130; SIGTERM/SIGHUP (Terminated, maybe wrapped in click's Abort) 128 + signal."""
+    import signal
+
+    from edgeprune.errors import Terminated
+
+    cause = exc if isinstance(exc, Terminated) else exc.__cause__ or exc.__context__
+    if isinstance(cause, Terminated):
+        click.echo(f"edgeprune: terminated ({signal.Signals(cause.signum).name})", err=True)
+        sys.exit(128 + cause.signum)
+    click.echo("edgeprune: interrupted", err=True)
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    from edgeprune.errors import known_fault
+
+    raise_on_termination()
     try:
         cli.main(args=argv, prog_name="edgeprune", standalone_mode=False)
     except EdgepruneError as exc:
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        click.echo(f"edgeprune: error: {message}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("edgeprune: interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("edgeprune: interrupted", err=True)
-        sys.exit(130)
+        _error_line(exc)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        _interrupted(exc)
     except click.ClickException as exc:
         exc.show()
         sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
@@ -146,7 +178,16 @@ def main(argv: list[str] | None = None) -> None:
     except MemoryError:
         click.echo("edgeprune: error: out of memory", err=True)
         sys.exit(1)
-    except Exception as exc:  # a bug: one line, never a traceback (unless -v)
+    except Exception as exc:  # an expected fault a writer or reader let through, else a bug
+        fault = known_fault(exc)
+        if fault is not None:
+            _error_line(fault)
         _internal_error(exc, argv)
         sys.exit(1)
     sys.exit(0)
+
+
+def _error_line(exc: EdgepruneError) -> None:
+    message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    click.echo(f"edgeprune: error: {message}", err=True)
+    sys.exit(exc.exit_code)
