@@ -49,7 +49,7 @@ def remote_dirs(server) -> list[Path]:
     return sorted(server.remote_tmp.glob("edgeprune.*"))
 
 
-def ctrl_c_when_running(argv, server, running, settle=0.0):
+def ctrl_c_when_running(argv, server, running):
     """Start ``argv``, press Ctrl-C once ``running()`` holds, and check the exit code 130 and
     that the device is left clean (no remote directory, no runner process).
 
@@ -61,7 +61,6 @@ def ctrl_c_when_running(argv, server, running, settle=0.0):
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_until(running, timeout=60)
-        time.sleep(settle)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -81,8 +80,9 @@ def wait_until(predicate, timeout=20.0, step=0.05):
     return predicate()
 
 
-def runner_pid(server, exclude=()) -> int | None:
-    """PID of a runner whose working directory is inside the server's remote TMPDIR."""
+def runner_pids(server, exclude=()) -> list[int]:
+    """PIDs of the runners whose working directory is inside the server's remote TMPDIR."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in exclude:
             continue
@@ -92,8 +92,13 @@ def runner_pid(server, exclude=()) -> int | None:
         except OSError:
             continue
         if any(part.endswith(b"runner.py") for part in cmdline) and cwd.startswith(str(server.remote_tmp)):
-            return int(entry.name)
-    return None
+            found.append(int(entry.name))
+    return found
+
+
+def runner_pid(server, exclude=()) -> int | None:
+    """PID of a runner whose working directory is inside the server's remote TMPDIR."""
+    return next(iter(runner_pids(server, exclude)), None)
 
 
 def parent_pid(pid: int) -> int:
@@ -257,15 +262,39 @@ def test_ctrl_c_stops_the_remote_run_and_cleans_up(server, models):
     ctrl_c_when_running(argv, server, lambda: runner_pid(server))
 
 
-def test_dropped_connection_is_retried(server, models):
-    """Kill the sshd session process mid-run once: ssh exits 255 after connecting; the run is retried."""
-    argv = [PY, "-m", "edgeprune", "bench", str(models["f32"]), "--host", server.aliases[0], "--remote-python", PY,
-            "--runs", "5", "--min-duration", "2", "--json", "--ssh-config", str(server.config)]
+def first_attempt_never_ends(root: Path) -> tuple[Path, Path]:
+    """A --remote-python for the device whose first run cannot finish by itself: it raises the
+    job's runs to 10^9, then writes its pid (the runner's: it execs python) to a marker file.
+    Later runs are the job as given. Returns (the wrapper, the marker)."""
+    state = root / "attempts"
+    state.mkdir()
+    marker = state / "first.pid"
+    wrapper = root / "python-first-attempt-blocks"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'if mkdir "{state}/first" 2>/dev/null; then\n'
+        f'  "{PY}" -c "import json, sys; j = json.load(open(sys.argv[1])); j[\'runs\'] = 10**9; '
+        f'json.dump(j, open(sys.argv[1], \'w\'))" "$2" || exit 1\n'
+        f'  echo $$ > "{marker}.tmp" && mv "{marker}.tmp" "{marker}"\n'
+        "fi\n"
+        f'exec "{PY}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, marker
+
+
+def test_dropped_connection_is_retried(server, models, tmp_path):
+    """Kill the sshd session process mid-run once: ssh exits 255 after connecting; the run is retried.
+
+    The first attempt runs until its connection is gone (no race with a run that ends on its
+    own); the retry is a normal 5-run job.
+    """
+    python, marker = first_attempt_never_ends(tmp_path)
+    argv = [PY, "-m", "edgeprune", "bench", str(models["f32"]), "--host", server.aliases[0], "--remote-python",
+            str(python), "--runs", "5", "--json", "--ssh-config", str(server.config)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        pid = wait_until(lambda: runner_pid(server), timeout=60)
-        assert pid
-        session = sshd_session_of(pid)
+        assert wait_until(marker.exists, timeout=60), "the first runner never started on the device"
+        session = sshd_session_of(int(marker.read_text()))
         assert session, "no sshd process above the runner"
         os.kill(session, signal.SIGKILL)
         out, err = proc.communicate(timeout=90)
@@ -276,7 +305,7 @@ def test_dropped_connection_is_retried(server, models):
     assert "connection dropped during the run" in err
     assert json.loads(out)["devices"][0]["transport"]["attempts"] == 2
     # The orphaned first runner notices its closed stdin and its shell removes the directory.
-    assert wait_until(lambda: remote_dirs(server) == [], timeout=15)
+    assert wait_until(lambda: remote_dirs(server) == [] and runner_pid(server) is None, timeout=15)
 
 
 def test_target_profile_connection_and_env_config(server, models, tmp_path):
@@ -324,7 +353,7 @@ def test_ctrl_c_during_a_fleet_run(server, models, tmp_path):
     fleet.write_text("".join(f"- host: {alias}\n  python: {PY}\n" for alias in server.aliases))
     argv = [PY, "-m", "edgeprune", "bench", str(models["f32"]), "--fleet", str(fleet), "--runs", "1000000000",
             "--ssh-config", str(server.config)]
-    ctrl_c_when_running(argv, server, lambda: len(remote_dirs(server)) == 2 and runner_pid(server), settle=0.5)
+    ctrl_c_when_running(argv, server, lambda: len(runner_pids(server)) == 2)  # both runs under way
 
 
 def test_device_out_of_disk(models, tmp_path):
