@@ -19,6 +19,7 @@ import math
 import os
 import re
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,7 @@ def _npy_header(fh, where: str, available: int) -> None:
             shape, _, dtype = fmt.read_array_header_2_0(fh)
         else:  # 3.0 (utf-8 field names) has no public reader
             shape, _, dtype = fmt._read_array_header(fh, version)
-    except (ValueError, TypeError, SyntaxError, AttributeError, EOFError) as exc:
+    except Exception as exc:  # numpy parses the header with ast and tokenize: hostile bytes raise a zoo
         raise InputError(f"{where}: not a valid .npy array ({_first_line(exc)})") from None
     if dtype.hasobject:
         raise InputError(f"{where}: holds Python objects (dtype {dtype}), which cannot be read without pickle "
@@ -140,7 +141,7 @@ def _from_npz(path: Path, spec: _Spec, where: str):
         raise
     except ValueError as exc:  # object arrays need pickle: refused on purpose
         raise InputError(f"{where}: cannot read without pickle ({str(exc).splitlines()[0]})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:  # NotImplemented: zip method
+    except (OSError, EOFError, zipfile.BadZipFile, NotImplementedError, zlib.error) as exc:  # NotImplemented: zip method
         raise InputError(f"{where}: unreadable .npz file ({_first_line(exc)})") from None
     return x, y
 
