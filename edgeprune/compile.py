@@ -254,164 +254,167 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         raise InputError(f"--target-latency: profile '{profile.name}' is a remote device; measure its latency "
                          f"table there (`edgeprune latency-table MODEL -o TABLE.json --target {profile.name}`) "
                          f"and pass --latency-table TABLE.json")
-    artifact = ArtifactDir(output_dir, force=options.force)  # refuses an existing DIR early
-    report: dict[str, Any] = {"stages": []}
-    stages = _Stages(report, out)
+    artifact = ArtifactDir(output_dir, force=options.force)  # refuses an existing DIR early, locks it
+    try:
+        report: dict[str, Any] = {"stages": []}
+        stages = _Stages(report, out)
 
-    with stages.stage("load", f"Loading {model_path}") as entry:
-        loaded = load_model(model_path, custom_objects=options.custom_objects, safe_mode=not options.unsafe)
-        model = _with_input_shape(loaded, options)
-        entry.update({"flavour": loaded.flavour, "kind": loaded.kind})
-        if loaded.translation:
-            entry["translation"] = loaded.translation
-    source_params = int(model.count_params())
-    from edgeprune.datasets import signature
-    from edgeprune.shapes import apply_input_shape, input_names
+        with stages.stage("load", f"Loading {model_path}") as entry:
+            loaded = load_model(model_path, custom_objects=options.custom_objects, safe_mode=not options.unsafe)
+            model = _with_input_shape(loaded, options)
+            entry.update({"flavour": loaded.flavour, "kind": loaded.kind})
+            if loaded.translation:
+                entry["translation"] = loaded.translation
+        source_params = int(model.count_params())
+        from edgeprune.datasets import signature
+        from edgeprune.shapes import apply_input_shape, input_names
 
-    output_names = signature(model)[1]
-    names = input_names(model)
-    inputs = list(zip(names, apply_input_shape([(n, tuple(t.shape)) for n, t in zip(names, model.inputs)],
-                                               options.input_shape)))
+        output_names = signature(model)[1]
+        names = input_names(model)
+        inputs = list(zip(names, apply_input_shape([(n, tuple(t.shape)) for n, t in zip(names, model.inputs)],
+                                                   options.input_shape)))
 
-    data = None
-    calibration_info = None
-    if options.calibration:
-        with stages.stage("calibration", "Reading calibration data") as entry:
-            data = load_arrays(options.calibration, inputs=inputs, outputs=output_names,
-                               preprocessing=profile.preprocessing, num_samples=options.num_samples,
-                               seed=options.seed, check_range=_float_input(model))
-            calibration_info = {"source": str(options.calibration), "sha256": array_sha256(data[0]),
-                                "count": count(data[0]), "seed": options.seed,
-                                "num_samples": options.num_samples, "labelled": data[1] is not None}
-            entry["count"] = calibration_info["count"]
+        data = None
+        calibration_info = None
+        if options.calibration:
+            with stages.stage("calibration", "Reading calibration data") as entry:
+                data = load_arrays(options.calibration, inputs=inputs, outputs=output_names,
+                                   preprocessing=profile.preprocessing, num_samples=options.num_samples,
+                                   seed=options.seed, check_range=_float_input(model))
+                calibration_info = {"source": str(options.calibration), "sha256": array_sha256(data[0]),
+                                    "count": count(data[0]), "seed": options.seed,
+                                    "num_samples": options.num_samples, "labelled": data[1] is not None}
+                entry["count"] = calibration_info["count"]
 
-    original = model
-    training = options.training
-    if training is None:
-        from edgeprune.training.options import TrainingOptions
+        original = model
+        training = options.training
+        if training is None:
+            from edgeprune.training.options import TrainingOptions
 
-        training = options.training = TrainingOptions()
-    iterative = training.prunes_in_training and options.prunes  # the training stage prunes
-    prune_report = None
-    if not iterative:
-        model, prune_report = _stage_prune(model, options, profile, data, stages)
-    from edgeprune.budgets import Limits
+            training = options.training = TrainingOptions()
+        iterative = training.prunes_in_training and options.prunes  # the training stage prunes
+        prune_report = None
+        if not iterative:
+            model, prune_report = _stage_prune(model, options, profile, data, stages)
+        from edgeprune.budgets import Limits
 
-    limits = Limits.of(profile, max_accuracy_drop=training.max_accuracy_drop, gate_mode=training.gate_mode)
-    max_drop = limits.max_accuracy_drop
-    stage_result = None
-    if training.wants_training or training.val_data or training.gate_data or iterative:
-        stage_result = _stage_training(model, original, options, profile, data, stages, out,
-                                       gate=max_drop is not None)
-        model = stage_result.model
-        prune_report = stage_result.pruned_report or prune_report
-        report["training"] = stage_result.report
-    if prune_report is not None:
-        report["pruning"] = prune_report
+        limits = Limits.of(profile, max_accuracy_drop=training.max_accuracy_drop, gate_mode=training.gate_mode)
+        max_drop = limits.max_accuracy_drop
+        stage_result = None
+        if training.wants_training or training.val_data or training.gate_data or iterative:
+            stage_result = _stage_training(model, original, options, profile, data, stages, out,
+                                           gate=max_drop is not None)
+            model = stage_result.model
+            prune_report = stage_result.pruned_report or prune_report
+            report["training"] = stage_result.report
+        if prune_report is not None:
+            report["pruning"] = prune_report
 
-    representative = None if data is None else data[0]
-    if representative is None and stage_result is not None and stage_result.validation is not None:
-        representative = take(stage_result.validation.x, slice(0, options.num_samples or 200))
-    gate = _gate_data(stage_result, data, training, max_drop, out)
-    from edgeprune import shipping
+        representative = None if data is None else data[0]
+        if representative is None and stage_result is not None and stage_result.validation is not None:
+            representative = take(stage_result.validation.x, slice(0, options.num_samples or 200))
+        gate = _gate_data(stage_result, data, training, max_drop, out)
+        from edgeprune import shipping
 
-    shipping.check_options(options, quant, profile, max_drop if gate is not None else None)
-    with stages.stage("convert", f"Converting to TFLite ({quant})") as entry:
-        tflite = convert(model, quant, representative=representative, io=io,
-                         int8_only=profile.operators.int8_only, input_shape=options.input_shape)
-        entry["bytes"] = len(tflite)
-        dynamic = _dynamic_inputs(model, options.input_shape)
-        if dynamic:
-            entry["dynamic_dims"] = dynamic
-            out.warn(f"{dynamic[0]} is dynamic in the artifact (the interpreter allocates it as 1 until "
-                     f"resized); pass --input-shape to fix it")
-    if options.keep_float:
-        with stages.stage("keep_float", "Keeping the worst int8 layers in float (measured)") as entry:
-            tflite, report["keep_float"] = shipping.keep_float(model, original, tflite, representative, io, gate,
-                                                               max_drop, profile, out)
-            entry["kept_float"] = report["keep_float"]["kept_float"]
-    tflite = shipping.with_metadata(tflite, model, profile, options.labels)
+        shipping.check_options(options, quant, profile, max_drop if gate is not None else None)
+        with stages.stage("convert", f"Converting to TFLite ({quant})") as entry:
+            tflite = convert(model, quant, representative=representative, io=io,
+                             int8_only=profile.operators.int8_only, input_shape=options.input_shape)
+            entry["bytes"] = len(tflite)
+            dynamic = _dynamic_inputs(model, options.input_shape)
+            if dynamic:
+                entry["dynamic_dims"] = dynamic
+                out.warn(f"{dynamic[0]} is dynamic in the artifact (the interpreter allocates it as 1 until "
+                         f"resized); pass --input-shape to fix it")
+        if options.keep_float:
+            with stages.stage("keep_float", "Keeping the worst int8 layers in float (measured)") as entry:
+                tflite, report["keep_float"] = shipping.keep_float(model, original, tflite, representative, io, gate,
+                                                                   max_drop, profile, out)
+                entry["kept_float"] = report["keep_float"]["kept_float"]
+        tflite = shipping.with_metadata(tflite, model, profile, options.labels)
 
-    with stages.stage("check", "Checking the artifact") as entry:
-        ios = io_details(tflite)
-        ops = op_counts(tflite)
-        if profile.operators.runtime == "tflm":
-            from edgeprune import tflm
+        with stages.stage("check", "Checking the artifact") as entry:
+            ios = io_details(tflite)
+            ops = op_counts(tflite)
+            if profile.operators.runtime == "tflm":
+                from edgeprune import tflm
 
-            micro = tflm.check(tflite)
-            arena = {"bytes": micro["arena_bytes"], "method": "tflm (exact, RecordingMicroAllocator)",
-                     "detail": micro}
-        else:
-            arena = {"bytes": estimate_arena_bytes(tflite),
-                     "method": "estimate: peak bytes of live non-constant tensors"}
-        from edgeprune import budgets as budget_checks
-
-        budgets = budget_checks.check(limits, model_bytes=len(tflite), arena_bytes=arena["bytes"])
-        entry["ops"] = sum(ops.values())
-
-    if gate is not None:
-        from edgeprune.training.gate import check_accuracy_gate
-
-        with stages.stage("gate", "Accuracy gate (interpreter vs original model)") as entry:
-            try:
-                report["accuracy_gate"] = check_accuracy_gate(tflite, original, gate[0], gate[1], max_drop,
-                                                              mode=limits.gate_mode, output=training.gate_output,
-                                                              source=gate[2])
-            except VerificationError as exc:
-                report["accuracy_gate"] = exc.result
-                gate_error = exc
+                micro = tflm.check(tflite)
+                arena = {"bytes": micro["arena_bytes"], "method": "tflm (exact, RecordingMicroAllocator)",
+                         "detail": micro}
             else:
-                gate_error = None
-            entry.update(report["accuracy_gate"])
-        if report["accuracy_gate"].get("note"):
-            out.warn(report["accuracy_gate"]["note"])
-    else:
-        gate_error = None
+                arena = {"bytes": estimate_arena_bytes(tflite),
+                         "method": "estimate: peak bytes of live non-constant tensors"}
+            from edgeprune import budgets as budget_checks
 
-    report["sizes"] = {"source_params": source_params, "source_bytes": path_bytes(loaded.path),
-                       "tflite_bytes": len(tflite)}
-    if prune_report is not None:
-        report["sizes"]["pruned_params"] = int(model.count_params())
-    report["arena"] = arena
-    report["ops"] = ops
-    report["budgets"] = budgets
+            budgets = budget_checks.check(limits, model_bytes=len(tflite), arena_bytes=arena["bytes"])
+            entry["ops"] = sum(ops.values())
 
-    manifest = {
-        "edgeprune": __version__,
-        "versions": _versions(),
-        "runtime": profile.operators.runtime,
-        "source": {"path": str(loaded.path.resolve()), "sha256": loaded.sha256, "flavour": loaded.flavour,
-                   "kind": loaded.kind, "keras_version": loaded.keras_version},
-        "profile": profile.model_dump(mode="json"),
-        "quantization": {"mode": quant, "io": io},
-        "calibration": calibration_info,
-        "artifact": {"file": "model.tflite", "sha256": sha256_bytes(tflite), "bytes": len(tflite)},
-        "inputs": ios["inputs"],
-        "outputs": ios["outputs"],
-        "keras_outputs": list(output_names),  # the model's output names, in order (bench labels y_<name>)
-        "options": {k: v for k, v in asdict(options).items() if k not in ("custom_objects",)},
-        "study": options.study,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    extra_files = shipping.extra_files(tflite, manifest, representative, options.labels)
+        if gate is not None:
+            from edgeprune.training.gate import check_accuracy_gate
 
-    dest = Path(output_dir)
-    with artifact as tmp:
-        write_bytes_atomic(tmp / "model.tflite", tflite)
-        write_json(tmp / "manifest.json", manifest)
-        write_json(tmp / "report.json", report)
-        shipping.write_extras(tmp, extra_files, out)
-        if gate_error is not None:
-            write_json(tmp / "GATE_FAILED.json", report["accuracy_gate"])
-            kept = artifact.reject()
-            raise VerificationError(f"{gate_error}; candidate kept in {kept}, nothing written to {dest}")
-        failed = budget_checks.failures(budgets)
-        if failed:
-            kept = artifact.reject()
-            detail = "; ".join(failed)
-            raise BudgetError(f"target '{profile.name}': {detail}; candidate kept in {kept}, nothing written to {dest}")
-    out.debug(f"wrote {dest}")
-    return CompileResult(dest, dest / "model.tflite", manifest, report)
+            with stages.stage("gate", "Accuracy gate (interpreter vs original model)") as entry:
+                try:
+                    report["accuracy_gate"] = check_accuracy_gate(tflite, original, gate[0], gate[1], max_drop,
+                                                                  mode=limits.gate_mode, output=training.gate_output,
+                                                                  source=gate[2])
+                except VerificationError as exc:
+                    report["accuracy_gate"] = exc.result
+                    gate_error = exc
+                else:
+                    gate_error = None
+                entry.update(report["accuracy_gate"])
+            if report["accuracy_gate"].get("note"):
+                out.warn(report["accuracy_gate"]["note"])
+        else:
+            gate_error = None
+
+        report["sizes"] = {"source_params": source_params, "source_bytes": path_bytes(loaded.path),
+                           "tflite_bytes": len(tflite)}
+        if prune_report is not None:
+            report["sizes"]["pruned_params"] = int(model.count_params())
+        report["arena"] = arena
+        report["ops"] = ops
+        report["budgets"] = budgets
+
+        manifest = {
+            "edgeprune": __version__,
+            "versions": _versions(),
+            "runtime": profile.operators.runtime,
+            "source": {"path": str(loaded.path.resolve()), "sha256": loaded.sha256, "flavour": loaded.flavour,
+                       "kind": loaded.kind, "keras_version": loaded.keras_version},
+            "profile": profile.model_dump(mode="json"),
+            "quantization": {"mode": quant, "io": io},
+            "calibration": calibration_info,
+            "artifact": {"file": "model.tflite", "sha256": sha256_bytes(tflite), "bytes": len(tflite)},
+            "inputs": ios["inputs"],
+            "outputs": ios["outputs"],
+            "keras_outputs": list(output_names),  # the model's output names, in order (bench labels y_<name>)
+            "options": {k: v for k, v in asdict(options).items() if k not in ("custom_objects",)},
+            "study": options.study,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        extra_files = shipping.extra_files(tflite, manifest, representative, options.labels)
+
+        dest = Path(output_dir)
+        with artifact as tmp:
+            write_bytes_atomic(tmp / "model.tflite", tflite)
+            write_json(tmp / "manifest.json", manifest)
+            write_json(tmp / "report.json", report)
+            shipping.write_extras(tmp, extra_files, out)
+            if gate_error is not None:
+                write_json(tmp / "GATE_FAILED.json", report["accuracy_gate"])
+                kept = artifact.reject()
+                raise VerificationError(f"{gate_error}; candidate kept in {kept}, nothing written to {dest}")
+            failed = budget_checks.failures(budgets)
+            if failed:
+                kept = artifact.reject()
+                detail = "; ".join(failed)
+                raise BudgetError(f"target '{profile.name}': {detail}; candidate kept in {kept}, nothing written to {dest}")
+        out.debug(f"wrote {dest}")
+        return CompileResult(dest, dest / "model.tflite", manifest, report)
+    finally:
+        artifact.close()  # a compile that failed before writing lets go of DIR's lock now
 
 
 # Option names before every command used the same ones (kept as deprecated aliases).

@@ -41,6 +41,9 @@ _CODE_CLASSES = {
     "JaxLayer": "wraps Python functions",
     "FlaxLayer": "wraps a Python module",
 }
+# What a model config carries for training only: edgeprune loads with compile=False, so no
+# loader reads these (a custom loss named there is neither needed nor run).
+_TRAINING_KEYS = {"compile_config", "training_config"}
 # Keys under which a config nests a layer (wrappers, RNN cells, inner models).
 _NESTED_LAYER_KEYS = ("layers", "layer", "backward_layer", "forward_layer", "cell", "cells")
 # Keras's own modules whose classes edgeprune lets a config name (tf_keras writes "keras.*" too).
@@ -98,7 +101,7 @@ def iter_objects(config, where: str = "") -> Iterator[tuple[str, dict]]:
                 here = f"{here}/{name}" if here else name
             yield here, node
         root = False
-        stack.extend((here, value) for value in reversed(list(node.values())))
+        stack.extend((here, value) for key, value in reversed(list(node.items())) if key not in _TRAINING_KEYS)
 
 
 def iter_layers(config: dict, prefix: str = "") -> Iterator[tuple[str, str, dict]]:
@@ -200,6 +203,13 @@ def _check_object(path: Path, where: str, obj: dict, supplied: set[str], flavour
         name = obj.get("config") if isinstance(obj.get("config"), str) else None
         if name in supplied:
             return
+        if module == "builtins":  # Keras looks the name up among its own functions...
+            import builtins
+
+            if not hasattr(builtins, str(name)):
+                return
+            # ...but tf_keras falls back to the module itself: builtins.exec, builtins.exit
+            raise _refuse(path, where, f"refers to the Python built-in '{name}' as a function", _HINT)
         if not _FUNCTION_MODULES.match(module):
             raise _refuse(path, where, f"refers to the function '{module}.{name}', which edgeprune does "
                                        f"not allow in a model file", _HINT)
