@@ -10,11 +10,11 @@ same recovery budget of ``--recovery-epochs`` (a sparsity phase counts against i
   careful training as the dense model: Adam, cosine decay, best validation epoch kept);
 - ``narrow (budget)``: the narrow network given only the recovery budget (the user who has a
   trained model and little time: the question is then whether pruning saves that time);
-- ``l1 uniform, low LR``: today's default: one-shot l1, every group cut alike, fine-tuned at
+- ``l1 uniform low-LR``: today's default: one-shot l1, every group cut alike, fine-tuned at
   ``--finetune-lr``;
-- ``l1 uniform, high LR``: the same cut retrained from the dense learning rate with cosine decay
+- ``l1 uniform high-LR``: the same cut retrained from the dense learning rate with cosine decay
   (Le & Hua, ICLR 2021; learning-rate rewinding, Renda et al. 2020);
-- ``l1 global, high LR``: l1 scores ranked across groups (per-group normalised): a
+- ``l1 global high-LR``: l1 scores ranked across groups (per-group normalised): a
   non-uniform allocation;
 - ``group-norm sparsity`` / ``bn-l1 sparsity``: ``--sparsity-epochs`` of structured-sparsity
   training (edgeprune.training.structured_sparsity), cut by the learnt group norms with global
@@ -47,7 +47,7 @@ import fashion_mnist_recovery as fm  # noqa: E402  (the depthwise CNN, narrow wi
 import edgeprune._env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 TARGETS = (("2x", 0.5), ("4x", 0.25))
-RECIPES = ("narrow", "narrow (budget)", "l1 uniform, low LR", "l1 uniform, high LR", "l1 global, high LR",
+RECIPES = ("narrow", "narrow (budget)", "l1 uniform low-LR", "l1 uniform high-LR", "l1 global high-LR",
            "group-norm sparsity", "bn-l1 sparsity")
 RECAL = 2048
 
@@ -125,21 +125,25 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
         return recover(fm.recalibrated(model, recal_x), train=train, val=val, epochs=epochs, batch_size=args.batch_size,
                        learning_rate=lr, patience=epochs, seed=seed, recalibrate_bn=False, output=out)
 
+    wanted = set(args.recipes)
     for label, target in TARGETS:
         def record(name, model, macs_after, label=label):
+            if name not in wanted:
+                return
             acc[f"{label} {name}"] = fm.acc_tflite(model, test)
             mac[f"{label} {name}"] = macs_after
             log(f"  {arch} seed {seed} {label} {name}: {acc[f'{label} {name}']:.2f}% "
                 f"({macs_after / 1e6:.3f} MMACs, {time.time() - t0:.0f}s)")
 
         uniform = prune_model(dense, target_macs=target, criterion="l1")
-        record("l1 uniform, low LR", finetune(uniform.model, args.recovery_epochs, args.finetune_lr),
-               uniform.report["macs_after"])
-        record("l1 uniform, high LR", finetune(uniform.model, args.recovery_epochs, args.lr),
-               uniform.report["macs_after"])
-        ranked = prune_model(dense, target_macs=target, criterion="l1", global_ranking=True)
-        record("l1 global, high LR", finetune(ranked.model, args.recovery_epochs, args.lr), ranked.report["macs_after"])
-        for method in ("group-norm", "bn-l1"):
+        for name, lr in (("l1 uniform low-LR", args.finetune_lr), ("l1 uniform high-LR", args.lr)):
+            if name in wanted:
+                record(name, finetune(uniform.model, args.recovery_epochs, lr), uniform.report["macs_after"])
+        if "l1 global high-LR" in wanted:
+            ranked = prune_model(dense, target_macs=target, criterion="l1", global_ranking=True)
+            record("l1 global high-LR", finetune(ranked.model, args.recovery_epochs, args.lr),
+                   ranked.report["macs_after"])
+        for method in [m for m in ("group-norm", "bn-l1") if f"{m} sparsity" in wanted]:
             settings = FitSettings(epochs=args.sparsity_epochs, batch_size=args.batch_size,
                                    learning_rate=args.finetune_lr, seed=seed)
             sparse, report = train_structured_sparsity(dense, Split(*train, "train"), Split(*val, "val"), task="sparse",
@@ -155,19 +159,20 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
         narrow = fm.train_from_scratch(builder(width, seed=seed), train, val, epochs=args.epochs + args.recovery_epochs,
                                        batch_size=args.batch_size, lr=args.lr, seed=seed)
         record("narrow", narrow, narrow_macs)
-        budget = fm.train_from_scratch(builder(width, seed=seed), train, val, epochs=args.recovery_epochs,
-                                       batch_size=args.batch_size, lr=args.lr, seed=seed)
-        record("narrow (budget)", budget, narrow_macs)
+        if "narrow (budget)" in wanted:
+            budget = fm.train_from_scratch(builder(width, seed=seed), train, val, epochs=args.recovery_epochs,
+                                           batch_size=args.batch_size, lr=args.lr, seed=seed)
+            record("narrow (budget)", budget, narrow_macs)
     res["seconds"] = round(time.time() - t0, 1)
     return res
 
 
-def summarize(runs) -> dict:
+def summarize(runs, recipes=RECIPES) -> dict:
     table = {}
     for arch in sorted({r["arch"] for r in runs}):
         mine = [r for r in runs if r["arch"] == arch]
         rows = {}
-        for key in ["dense"] + [f"{label} {recipe}" for label, _ in TARGETS for recipe in RECIPES]:
+        for key in ["dense"] + [f"{label} {recipe}" for label, _ in TARGETS for recipe in recipes]:
             vals = np.array([r["acc"][key] for r in mine])
             row = {"mean": float(vals.mean()), "std": float(vals.std()),
                    "mmacs": float(np.mean([r["macs"][key] for r in mine])) / 1e6}
@@ -217,6 +222,8 @@ def main(argv=None) -> int:
                         help="screening run: 1 seed, 10k train / 2k val / 5k test images, 8 dense epochs, "
                              "recovery 4 epochs (2 of them sparsity)")
     parser.add_argument("--quick", action="store_true", help="smoke run: a few hundred images, 1 epoch each")
+    parser.add_argument("--recipes", default=",".join(RECIPES),
+                        help=f"comma-separated recipes to run (narrow is always run): {', '.join(RECIPES)}")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--save", metavar="PATH", help="also write the JSON document here after every run")
     args = parser.parse_args(argv)
@@ -226,6 +233,11 @@ def main(argv=None) -> int:
     if args.quick:
         args.seeds, args.train_size, args.val_size, args.test_size = 1, 384, 128, 256
         args.epochs, args.recovery_epochs, args.sparsity_epochs = 1, 2, 1
+    args.recipes = tuple(r.strip() for r in args.recipes.split(",") if r.strip())
+    unknown = sorted(set(args.recipes) - set(RECIPES))
+    if unknown:
+        parser.error(f"--recipes: unknown {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+    args.recipes = tuple(r for r in RECIPES if r in args.recipes or r == "narrow")
     if args.sparsity_epochs >= args.recovery_epochs:
         parser.error("--sparsity-epochs must leave at least one recovery epoch")
     from _fashion import load_fashion_mnist
@@ -236,13 +248,13 @@ def main(argv=None) -> int:
     out = Output(quiet=True)
     setup = {k: getattr(args, k) for k in ("seeds", "arch", "train_size", "val_size", "test_size", "epochs",
                                            "recovery_epochs", "sparsity_epochs", "sparsity_strength", "batch_size",
-                                           "lr", "finetune_lr", "screen", "quick")}
+                                           "lr", "finetune_lr", "recipes", "screen", "quick")}
     start, runs = time.time(), []
     for seed in range(args.seeds):
         for arch in args.arch.split(","):
             runs.append(run_arch(arch.strip(), seed, data, args, out))
             setup["seconds"] = round(time.time() - start, 1)
-            document = {"setup": setup, "runs": runs, "summary": summarize(runs)}
+            document = {"setup": setup, "runs": runs, "summary": summarize(runs, args.recipes)}
             if args.save:
                 tmp = Path(args.save + ".tmp")
                 tmp.write_text(json.dumps(document, indent=2))

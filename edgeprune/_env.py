@@ -16,15 +16,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
 
 _verbose = False
+_LOG_LEVELS = ("TF_CPP_MIN_LOG_LEVEL", "ABSL_MIN_LOG_LEVEL")
+_quiet_levels: dict = {}  # the values -v replaced, put back by the next quiet command
 
 
 def set_verbose(verbose: bool) -> None:
-    """Let TensorFlow's own logging through (``-v``) or keep it quiet (default)."""
+    """Let TensorFlow's own logging through (``-v``) or keep it quiet (default).
+
+    The levels live in the environment, which child processes (the runner, the probe, TFLM)
+    inherit; a quiet command after a verbose one in the same process (the Python API, tests)
+    puts back what ``-v`` replaced, so the children are quiet again.
+    """
     global _verbose
     _verbose = verbose
     if verbose:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-        os.environ["ABSL_MIN_LOG_LEVEL"] = "0"
+        for name in _LOG_LEVELS:
+            _quiet_levels.setdefault(name, os.environ.get(name))
+            os.environ[name] = "0"
+        return
+    for name, value in _quiet_levels.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _quiet_levels.clear()
 
 
 @contextlib.contextmanager

@@ -65,3 +65,17 @@ def test_help_does_not_import_tensorflow():
 def test_python_api_exposes_the_commands():
     assert callable(edgeprune.load_profile)
     assert callable(edgeprune.list_profiles)
+
+
+def test_verbose_command_does_not_leave_tensorflow_logs_on_for_the_next(monkeypatch):
+    """-v lets TensorFlow's logs through by the environment, which child processes inherit; a
+    quiet command after it in the same process (the Python API, a test runner) is quiet again."""
+    import os
+
+    from helpers_models import invoke_cli
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    invoke_cli(["-v", "targets"])
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    invoke_cli(["targets"])
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
