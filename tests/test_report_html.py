@@ -134,7 +134,8 @@ def test_search_result_adds_the_pareto_plot(compiled, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(out, art)
     code, search = invoke_cli(["search", root / "m.h5", "--target", SMALL_CPU, "--val-data", root / "cal.npz",
-                               "--ratios", "0,0.5", "--quantize", "float32", "--latency-runs", "3", "--json"])
+                               "--ratios", "0,0.5", "--quantize", "float32", "--latency-runs", "3",
+                               "-o", tmp_path / "search", "--json"])
     assert code == 0, search.output
     (tmp_path / "search.json").write_text(search.stdout)
     code, result = invoke_cli(["report", art, "--search", tmp_path / "search.json", "--json"])
