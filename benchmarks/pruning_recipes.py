@@ -256,9 +256,7 @@ def main(argv=None) -> int:
             setup["seconds"] = round(time.time() - start, 1)
             document = {"setup": setup, "runs": runs, "summary": summarize(runs, args.recipes)}
             if args.save:
-                tmp = Path(args.save + ".tmp")
-                tmp.write_text(json.dumps(document, indent=2))
-                tmp.replace(args.save)
+                fm._write_atomic(Path(args.save), json.dumps(document, indent=2))
     table = markdown(document["summary"], args.seeds, setup) + f"\n(total {setup['seconds']:.0f}s)"
     if args.json:
         log(table)

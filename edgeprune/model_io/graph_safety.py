@@ -140,6 +140,15 @@ def _refuse(path: Path, where: str, op: str, why: str) -> UnsafeModelError:
         f"TensorFlow loads it (pass --unsafe only if you trust the file)")
 
 
+def read_proto(path: Path, message, what: str):
+    """Parse ``path`` into the protocol buffer ``message`` (parsing runs no code), or InputError."""
+    try:
+        message.ParseFromString(Path(path).read_bytes())
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise InputError(f"{path}: not a valid {what} ({type(exc).__name__})") from None
+    return message
+
+
 def check_savedmodel_graph(path: Path) -> None:
     """Raise UnsafeModelError naming the first op that reaches outside the model (see module doc)."""
     path = Path(path)
@@ -149,11 +158,7 @@ def check_savedmodel_graph(path: Path) -> None:
     tf()  # the protocol buffer classes come with TensorFlow; importing it runs no model
     from tensorflow.core.protobuf import saved_model_pb2
 
-    saved = saved_model_pb2.SavedModel()
-    try:
-        saved.ParseFromString(pb.read_bytes())
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise InputError(f"{pb}: not a valid SavedModel ({type(exc).__name__})") from None
+    saved = read_proto(pb, saved_model_pb2.SavedModel(), "SavedModel")
     for meta_graph in saved.meta_graphs:
         _check_meta_graph(path, meta_graph)
 

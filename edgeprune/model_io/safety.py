@@ -269,11 +269,9 @@ def check_keras_metadata(path: Path, *, custom_objects: dict, safe_mode: bool) -
         from tf_keras.protobuf import saved_metadata_pb2
     except ImportError:  # pragma: no cover - older tf_keras layouts
         from tf_keras.src.protobuf import saved_metadata_pb2
-    metadata = saved_metadata_pb2.SavedMetadata()
-    try:
-        metadata.ParseFromString(meta_path.read_bytes())
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise InputError(f"{meta_path}: not a valid keras_metadata.pb ({type(exc).__name__})") from None
+    from edgeprune.model_io.graph_safety import read_proto
+
+    metadata = read_proto(meta_path, saved_metadata_pb2.SavedMetadata(), "keras_metadata.pb")
     for node in metadata.nodes:
         try:
             config = json.loads(node.metadata) if node.metadata else None
