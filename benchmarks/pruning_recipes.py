@@ -205,7 +205,8 @@ def markdown(summary, seeds, setup) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=None, help="seeds to run [3; --screen: 1]")
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed+seeds-1")
     parser.add_argument("--arch", default="depthwise,residual")
     parser.add_argument("--train-size", type=int, default=30000)
     parser.add_argument("--val-size", type=int, default=5000)
@@ -226,10 +227,20 @@ def main(argv=None) -> int:
                         help=f"comma-separated recipes to run (narrow is always run): {', '.join(RECIPES)}")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--save", metavar="PATH", help="also write the JSON document here after every run")
+    parser.add_argument("--table-from", nargs="+", metavar="PATH",
+                        help="print the table of the runs in these saved documents (e.g. seeds run apart) and exit")
     args = parser.parse_args(argv)
+    if args.table_from:
+        docs = [json.loads(Path(p).read_text()) for p in args.table_from]
+        runs = [run for doc in docs for run in doc["runs"]]
+        setup = docs[0]["setup"]
+        print(markdown(summarize(runs, setup["recipes"]), len({r["seed"] for r in runs}), setup))
+        return 0
     if args.screen:
-        args.seeds, args.train_size, args.val_size, args.test_size = 1, 10000, 2000, 5000
+        args.seeds = 1 if args.seeds is None else args.seeds
+        args.train_size, args.val_size, args.test_size = 10000, 2000, 5000
         args.epochs, args.recovery_epochs, args.sparsity_epochs = 8, 4, 2
+    args.seeds = 3 if args.seeds is None else args.seeds
     if args.quick:
         args.seeds, args.train_size, args.val_size, args.test_size = 1, 384, 128, 256
         args.epochs, args.recovery_epochs, args.sparsity_epochs = 1, 2, 1
@@ -250,7 +261,7 @@ def main(argv=None) -> int:
                                            "recovery_epochs", "sparsity_epochs", "sparsity_strength", "batch_size",
                                            "lr", "finetune_lr", "recipes", "screen", "quick")}
     start, runs = time.time(), []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for arch in args.arch.split(","):
             runs.append(run_arch(arch.strip(), seed, data, args, out))
             setup["seconds"] = round(time.time() - start, 1)

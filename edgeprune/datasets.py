@@ -89,7 +89,7 @@ def _from_npy(path: Path, where: str) -> tuple[np.ndarray, np.ndarray | None]:
         raise InputError(f"{where}: unreadable .npy file ({exc})") from None
 
 
-def _check_npz(path: Path, where: str) -> None:
+def check_npz(path: Path, where: str) -> None:
     """Every member's declared size (zip directory) and its inner npy header, before np.load
     inflates any of them."""
     limit = limits.current()
@@ -117,7 +117,7 @@ def _npz_labels(data, keys: list[str], outputs, where: str):
 
 def _from_npz(path: Path, spec: _Spec, where: str):
     try:
-        _check_npz(path, where)
+        check_npz(path, where)
         with np.load(path, allow_pickle=False) as data:
             keys = list(data.keys())
             if spec.multi:

@@ -64,18 +64,23 @@ def _load_sample(path: Path) -> tuple[np.ndarray, np.ndarray]:
     The zip directory's sizes are checked before numpy inflates a member (a small file may
     declare gigabytes); numpy's own header errors (tokenize's included) are one line.
     """
+    from edgeprune.datasets import check_npz
+
     try:
         with zipfile.ZipFile(path) as zf:
             big = [i.filename for i in zf.infolist() if i.file_size > SAMPLE_MAX_BYTES]
         if big:
             raise VerificationError(f"{path}: reference sample member '{big[0]}' declares more than "
                                     f"{SAMPLE_MAX_BYTES >> 20} MiB")
+        check_npz(path, f"{path}: reference sample")  # each member's npy header, before numpy allocates
         with np.load(path, allow_pickle=False) as npz:
             x, y = np.asarray(npz["x"]), np.asarray(npz["y"])
     except (OSError, ValueError, KeyError, EOFError, MemoryError, NotImplementedError, zipfile.BadZipFile,
             tokenize.TokenError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise VerificationError(f"{path}: unreadable reference sample ({first})") from None
+    except InputError as exc:
+        raise VerificationError(str(exc)) from None
     for key, a in (("x", x), ("y", y)):
         if a.dtype.kind not in "biuf" or a.ndim < 1:
             raise VerificationError(f"{path}: reference sample '{key}' is not an array of numbers "

@@ -314,3 +314,24 @@ def test_env_overrides_and_bad_values(monkeypatch):
 def test_bad_limit_value_is_one_line(model, tmp_path):
     line = refused_compile(tmp_path, model, env={"EDGEPRUNE_MAX_CONFIG_BYTES": "-5"})
     assert "EDGEPRUNE_MAX_CONFIG_BYTES='-5': expected a positive integer" in line
+
+
+def test_reference_sample_declaring_terabytes_is_refused_before_numpy_allocates(model, tmp_path):
+    """verify reads an artifact's reference sample with the data loader's header checks: a
+    hash-consistent sample whose x.npy declares 8 TB names the limit instead of asking for 8 TB."""
+    import hashlib
+
+    art = tmp_path / "art"
+    assert edgeprune("compile", model, "-o", art).returncode == 0
+    raw = io.BytesIO()
+    np.lib.format.write_array_header_1_0(raw, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)})
+    with zipfile.ZipFile(art / "reference_sample.npz", "w") as zf:
+        zf.writestr("x.npy", raw.getvalue() + bytes(64))
+        zf.writestr("y.npy", npy_header((2,)) + bytes(8))
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["reference_sample"]["sha256"] = hashlib.sha256((art / "reference_sample.npz").read_bytes()).hexdigest()
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    proc = edgeprune("verify", art)
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert "declares 8,000,000,000,000 bytes" in line and "EDGEPRUNE_MAX_ARRAY_BYTES" in line
