@@ -42,7 +42,7 @@ def _as_split(data, name: str) -> Split | None:
 
 
 def recover(student, *, teacher=None, train, val=None, epochs: int = 10, distill: bool = False,
-            temperature: float = 4.0, alpha: float = 0.5, batch_size: int = 32, learning_rate: float = 1e-3,
+            temperature: float = 4.0, alpha: float = 0.5, batch_size: int = 32, learning_rate: float = 3e-3,
             lr_schedule: str = "cosine", patience: int = 3, seed: int = 0, recalibrate_bn: bool = True,
             output: Output | None = None):
     """Recover a pruned model's accuracy by fine-tuning or distillation; returns the new model.

@@ -23,7 +23,7 @@ class TrainingOptions(BaseModel):
     val_split: float = Field(default=0.2, gt=0.0, lt=1.0)
     finetune_epochs: int = Field(default=10, ge=0)
     batch_size: int = Field(default=32, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0.0)
+    learning_rate: float | None = Field(default=None, gt=0.0)  # None: finetune.RECOVERY_LEARNING_RATE etc.
     lr_schedule: Literal["cosine", "plateau"] = "cosine"
     patience: int = Field(default=3, ge=1)
     bn_recalibrate: bool = True
@@ -119,7 +119,7 @@ _FLAGS = [
     (click.option("--val-split", type=float, metavar="FRACTION", help="Hold out this fraction of --train-data for validation when no --val-data [0.2]."), "val_split"),
     (click.option("--finetune-epochs", type=int, metavar="N", help="Fine-tuning epochs after pruning (0 disables) [10]."), "finetune_epochs"),
     (click.option("--batch-size", type=int, help="Training batch size [32]."), "batch_size"),
-    (click.option("--learning-rate", type=float, help="Adam learning rate [1e-3]."), "learning_rate"),
+    (click.option("--learning-rate", type=float, help="Adam learning rate, decayed by --lr-schedule [3e-3 for recovery (fine-tuning, distillation, --sparsity-epochs); 1e-3 for --qat and --gradual-sparsity]."), "learning_rate"),
     (click.option("--lr-schedule", type=click.Choice(["cosine", "plateau"]), help="Learning-rate schedule [cosine]."), "lr_schedule"),
     (click.option("--bn-recalibrate/--no-bn-recalibrate", default=None, help="Re-estimate BatchNorm statistics after pruning from training or calibration inputs [on]."), "bn_recalibrate"),
     (click.option("--distill/--no-distill", default=None, help="Distil from the unpruned model while fine-tuning."), "distill"),
