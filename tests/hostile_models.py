@@ -117,8 +117,9 @@ def evil_module(root: Path) -> Path:
 
 
 def h5_module_initializer(root: Path) -> tuple[Path, Path]:
-    """A tf_keras ``.h5`` whose kernel initializer names a class in ``evil_mod`` (tf_keras would
-    import the module)."""
+    """A tf_keras ``.h5`` whose kernel initializer names a class in ``evil_mod``. tf_keras 2.21's
+    legacy path looks the name up without importing it, but its serialization_lib imports the
+    module a config names: refused before any loader decides which path it takes."""
     tk = _tk()
     canary = evil_module(root)
     inputs = tk.Input((4,))

@@ -178,17 +178,18 @@ def _check_object(path: Path, where: str, obj: dict, supplied: set[str], flavour
         return
     short = cls.split(">")[-1]
     config = obj.get("config") if isinstance(obj.get("config"), dict) else {}
-    if safe_mode:
-        if short in _CODE_CLASSES:
-            kind = "is a Lambda layer, which" if short == "Lambda" else f"is a {short}, which"
-            hint = _HINT if short == "Lambda" else _UNSAFE_HINT
-            raise _refuse(path, where, f"{kind} {_CODE_CLASSES[short]} when loaded", hint)
-        marshalled = "function_type" in config or isinstance(config.get("function"), (list, dict))
-        if marshalled and short not in _TF_OP_LAYERS:
-            raise _refuse(path, where, f"({cls}) carries a marshalled Python function")
-        vocabulary = config.get("vocabulary")
-        if isinstance(vocabulary, str):
-            raise _refuse(path, where, f"({cls}) reads its vocabulary from the file '{vocabulary}'")
+    if not safe_mode:  # --unsafe: the user trusts the file's code (SECURITY.md)
+        return
+    if short in _CODE_CLASSES:
+        kind = "is a Lambda layer, which" if short == "Lambda" else f"is a {short}, which"
+        hint = _HINT if short == "Lambda" else _UNSAFE_HINT
+        raise _refuse(path, where, f"{kind} {_CODE_CLASSES[short]} when loaded", hint)
+    marshalled = "function_type" in config or isinstance(config.get("function"), (list, dict))
+    if marshalled and short not in _TF_OP_LAYERS:
+        raise _refuse(path, where, f"({cls}) carries a marshalled Python function")
+    vocabulary = config.get("vocabulary")
+    if isinstance(vocabulary, str):
+        raise _refuse(path, where, f"({cls}) reads its vocabulary from the file '{vocabulary}'")
     if short in _TF_OP_LAYERS:
         symbol = config.get("function")
         problem = _tf_function_problem(symbol) if isinstance(symbol, str) else "no TensorFlow function name"
