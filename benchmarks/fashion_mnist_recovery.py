@@ -420,13 +420,17 @@ def main(argv=None) -> int:
         document = {"setup": setup, "runs": runs, **summarize(runs, args.criteria)}
         if args.save:
             _write_atomic(Path(args.save), json.dumps(document, indent=2))
-    table = markdown(runs, document, setup) + f"\n\n(total {setup['seconds']:.0f}s)"
-    if args.json:
+    emit(markdown(runs, document, setup) + f"\n\n(total {setup['seconds']:.0f}s)", document, args.json)
+    return 0
+
+
+def emit(table: str, document: dict, as_json: bool) -> None:
+    """The table on stdout, or (``--json``) the document on stdout and the table on stderr."""
+    if as_json:
         log(table)
         print(json.dumps(document, indent=2))
     else:
         print(table)
-    return 0
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -234,7 +234,7 @@ def main(argv=None) -> int:
         docs = [json.loads(Path(p).read_text()) for p in args.table_from]
         runs = [run for doc in docs for run in doc["runs"]]
         setup = docs[0]["setup"]
-        print(markdown(summarize(runs, setup["recipes"]), len({r["seed"] for r in runs}), setup))
+        print(markdown(summarize(runs, setup.get("recipes", RECIPES)), len({r["seed"] for r in runs}), setup))
         return 0
     if args.screen:
         args.seeds = 1 if args.seeds is None else args.seeds
@@ -268,12 +268,8 @@ def main(argv=None) -> int:
             document = {"setup": setup, "runs": runs, "summary": summarize(runs, args.recipes)}
             if args.save:
                 fm._write_atomic(Path(args.save), json.dumps(document, indent=2))
-    table = markdown(document["summary"], args.seeds, setup) + f"\n(total {setup['seconds']:.0f}s)"
-    if args.json:
-        log(table)
-        print(json.dumps(document, indent=2))
-    else:
-        print(table)
+    fm.emit(markdown(document["summary"], args.seeds, setup) + f"\n(total {setup['seconds']:.0f}s)", document,
+            args.json)
     return 0
 
 

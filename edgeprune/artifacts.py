@@ -118,16 +118,6 @@ class _DestLock:
             _remove_empty(self.created)
 
 
-def release_locks() -> None:
-    """Release every output lock this process still holds: the command is over, and an
-    ArtifactDir whose caller failed before ``with`` may outlive it (its exception and frames are
-    still referenced, e.g. by a test runner) and would keep ``.DIR.lock`` until collected."""
-    with _DestLock._guard:
-        held = list(_DestLock._held.values())
-    for lock in held:
-        lock.release(lock.owner)
-
-
 def _make_parents(parent: Path, where: str) -> list[Path]:
     """Create ``parent`` and missing ancestors; returns the ones created, deepest first."""
     missing = []

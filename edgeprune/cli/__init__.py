@@ -74,11 +74,8 @@ def get_output(ctx: click.Context, json_mode: bool = False) -> Output:
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Prune, quantize and lower Keras models to TFLite for edge devices, then prove it on the device."""
-    from edgeprune.artifacts import release_locks
-
     _env.set_verbose(verbose)
     ctx.obj = {"verbose": verbose, "quiet": quiet}
-    ctx.call_on_close(release_locks)  # an -o folder a failed command locked is free when it ends
 
 
 def _register_commands() -> None:
