@@ -63,6 +63,9 @@ class CompileOptions:
     # selective quantization chosen by measurement (edgeprune.selective): None or "auto"
     keep_float: str | None = None
     labels: str | None = None  # text file, one class label per line (TFLite metadata + labels.txt)
+    # Python only: ``hook(epoch, logs)`` functions called after every recovery epoch; the search
+    # reports intermediate accuracy to Optuna's pruner through them (training.finetune.FitSettings).
+    recovery_hooks: tuple = ()
 
     @property
     def prunes(self) -> bool:
@@ -208,7 +211,7 @@ def _stage_training(model, original, options, profile, data, stages, out, gate: 
             original if iterative else model, training, original=original,
             prune_kwargs=_prune_kwargs(options, profile, data) if iterative else None,
             calibration=None if data is None else data[0],
-            preprocessing=profile.preprocessing, gate=gate, output=out)
+            preprocessing=profile.preprocessing, gate=gate, epoch_hooks=options.recovery_hooks, output=out)
         entry.update({k: v for k, v in result.report.items() if k in ("recovery", "data")})
     return result
 
@@ -390,7 +393,7 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
             "inputs": ios["inputs"],
             "outputs": ios["outputs"],
             "keras_outputs": list(output_names),  # the model's output names, in order (bench labels y_<name>)
-            "options": {k: v for k, v in asdict(options).items() if k not in ("custom_objects",)},
+            "options": {k: v for k, v in asdict(options).items() if k not in ("custom_objects", "recovery_hooks")},
             "study": options.study,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

@@ -85,7 +85,7 @@ def _recover(student, teacher, data: TrainingData, distill: bool, temperature, a
 
 def run_training_stage(model, options, *, original=None, prune_kwargs: dict | None = None,
                        calibration: np.ndarray | None = None, preprocessing=None, gate: bool = True,
-                       output: Output | None = None) -> StageResult:
+                       epoch_hooks=(), output: Output | None = None) -> StageResult:
     """Run every training step ``options`` asks for on ``model``.
 
     - ``model``: the pruned model (compile pruned it one-shot), or the unpruned model when
@@ -98,6 +98,8 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
       statistics after pruning and (with --distill) for label-free distillation.
     - ``gate``: hold out gate data (an accuracy gate follows); False keeps all the validation
       data for selection (``edgeprune prune`` has no gate).
+    - ``epoch_hooks``: ``hook(epoch, logs)`` functions called after every recovery epoch
+      (:class:`FitSettings.epoch_hooks`); the search stops unpromising trials through them.
     """
     from edgeprune.training.data import resolve
     from edgeprune.training.finetune import FitSettings
@@ -124,7 +126,8 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
     if options.iterative_steps > 1 and trainable is None:
         output.warn("--iterative-steps without --train-data (or --distill with calibration images): "
                     "steps are not fine-tuned in between, so this equals one-shot pruning")
-    settings = FitSettings.from_options(options, label="distill" if options.distill else "fine-tune")
+    settings = FitSettings.from_options(options, label="distill" if options.distill else "fine-tune",
+                                        epoch_hooks=list(epoch_hooks))
 
     recal_x = trainable.train.x if trainable is not None else calibration
     recal_log: list = []

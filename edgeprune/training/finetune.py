@@ -33,6 +33,10 @@ class FitSettings:
     label: str = "fine-tune"
     early_stopping: bool = True  # off where earlier weights would undo a schedule (pruning)
     extra_callbacks: list = field(default_factory=list)
+    # Plain functions ``hook(epoch, logs)`` called after every epoch, whatever the model's Keras:
+    # the search reports a trial's intermediate accuracy through one, and an exception raised
+    # by a hook (Optuna's TrialPruned) ends the training and propagates to the caller.
+    epoch_hooks: list = field(default_factory=list)
     # A penalty on the weights added to the loss: an object with ``bind(model)`` (called on the
     # model that trains) and ``__call__() -> scalar tensor`` (structured sparsity).
     regularizer: object = None
@@ -211,7 +215,21 @@ def callbacks_for(settings: FitSettings, has_val: bool, monitor_acc: bool, outpu
         cbs.append(
             keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5, patience=max(1, settings.patience // 2))
         )
+    if settings.epoch_hooks:
+        cbs.append(_hook_callback(settings.epoch_hooks, keras))
     return cbs + list(settings.extra_callbacks)
+
+
+def _hook_callback(hooks, keras):
+    """A Keras callback (of the model's own Keras) that calls each ``hook(epoch, logs)``."""
+
+    class EpochHooks(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            values = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+            for hook in hooks:
+                hook(epoch, values)
+
+    return EpochHooks()
 
 
 def fit_compiled(model, train, val, settings: FitSettings, *, monitor_acc: bool, output: Output) -> dict:
