@@ -5,6 +5,8 @@ Human output goes to stderr when ``--json`` is set so stdout stays a single JSON
 from __future__ import annotations
 
 import json
+import numbers
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -39,10 +41,18 @@ class Output:
 
     def table(self, title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]], *,
               compact: bool = False) -> None:
-        """A Rich table; ``compact`` (light borders, one space between columns) fits wide
-        tables into 80 columns."""
+        """A Rich table that never cuts a number or a name.
+
+        Every column wraps, folding a long name onto more lines instead of ending it in an
+        ellipsis, and is never narrower than the longest number in it (numeric columns are
+        right-aligned). On a terminal the table fits its width as far as the numbers allow (a
+        wider table wraps in the terminal, whole). Written to a pipe or file, where nobody resizes
+        anything, it takes its natural width, whatever COLUMNS says: a log keeps every character.
+        ``compact`` (light borders, one space between columns) suits wide tables.
+        """
         if self.quiet:
             return
+        raw_rows = [list(row) for row in rows]
         if compact:
             from rich import box
 
@@ -50,10 +60,23 @@ class Output:
                           padding=(0, 1, 0, 0))
         else:
             table = Table(title=title, title_justify="left")
-        for col in columns:
-            table.add_column(col)
-        for row in rows:
-            table.add_row(*[_fmt(v) for v in row])
+        cells = [[_fmt(v) for v in row] for row in raw_rows]
+        for index, header in enumerate(columns):
+            values = [row[index] for row in raw_rows if index < len(row) and row[index] not in (None, "")]
+            numeric = bool(values) and all(_is_number(v) for v in values)
+            # Rich shrinks columns to the console's width and, when it must, below their words;
+            # a column's min_width is the one bound it keeps, so the longest number sets it.
+            longest_number = max((len(word) for row in cells if index < len(row) for word in row[index].split()
+                                  if _NUMBER.fullmatch(word.strip("()[],;:"))), default=0)
+            table.add_column(header, justify="right" if numeric else "left", overflow="fold",
+                             min_width=longest_number or None)
+        for row in cells:
+            table.add_row(*row)
+        if not self.console.is_terminal:
+            from rich.measure import Measurement
+
+            # Table.width overrides the console's width (80, or COLUMNS, off a terminal).
+            table.width = Measurement.get(self.console, self.console.options.update_width(_UNLIMITED), table).maximum
         self.console.print(table)
 
     def emit_json(self, payload: Any) -> None:
@@ -107,6 +130,21 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
+
+
+# A number as the tables print it: 12, -3.5, 1,234,567, 1.2e-05, 97.5%, nan, inf.
+_NUMBER = re.compile(r"[-+]?(\d[\d,]*(\.\d*)?|\.\d+)([eE][-+]?\d+)?%?|[-+]?(nan|inf)", re.IGNORECASE)
+
+# "No limit" for a table that is not written to a terminal.
+_UNLIMITED = 1_000_000
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Number):  # numpy's scalars too
+        return True
+    return isinstance(value, str) and _NUMBER.fullmatch(value.strip()) is not None
 
 
 def json_default(obj: Any):

@@ -24,7 +24,27 @@ json_option = click.option(
 input_shape_option = click.option(
     "--input-shape", "input_shape", multiple=True, metavar="[NAME=]DIMS",
     help="Fix unknown input dimensions (sequence length, image size), e.g. 128, 1x224x224x3 or "
-         "tokens=1x128 (repeat for several inputs); used for conversion, calibration and MAC counting.")
+         "tokens=1x128 (repeat for several inputs); used for conversion, calibration and MAC counting "
+         "(default: the model's own shape; unknown dimensions are refused).")
+
+
+def model_code_options(func):
+    """``--custom-objects`` and ``--unsafe`` for every command that loads a Keras model.
+
+    One declaration and one help text (SECURITY.md's trust model in a sentence each), so the
+    commands cannot drift apart. The command receives ``custom_objects`` (``str`` or None, the
+    file is checked and imported by :func:`edgeprune.model_io.load_custom_objects`, which names
+    it in a one-line error) and ``unsafe`` (bool).
+    """
+    func = click.option(
+        "--unsafe", "unsafe", is_flag=True,
+        help="Trust the model file: let Keras run its Lambda layers and import the modules its config "
+             "names, and TensorFlow run every op of its graph (see SECURITY.md) (default: off, safe mode).")(func)
+    return click.option(
+        "--custom-objects", "custom_objects", type=click.Path(path_type=str), default=None, metavar="FILE.py",
+        help="Python file imported (trusted code, see SECURITY.md) to load the model: its `custom_objects` "
+             "dict (else its classes) gives the custom layers, an optional `tf_keras_objects` dict their "
+             "tf_keras versions, `pruning_rules` their pruning rules (default: none).")(func)
 
 
 def deprecated_aliases(*pairs: tuple):
@@ -67,15 +87,46 @@ def get_output(ctx: click.Context, json_mode: bool = False) -> Output:
     return Output(json_mode=json_mode, quiet=root.get("quiet", False), verbose=root.get("verbose", False))
 
 
+VERBOSE_HELP = "Show debug output and TensorFlow's own logs (default: off)."
+QUIET_HELP = "Only print errors and the final result (default: off)."
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeprune")
-@click.option("-v", "--verbose", is_flag=True, help="Show debug output and TensorFlow's own logs.")
-@click.option("-q", "--quiet", is_flag=True, help="Only print errors and the final result.")
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
+@click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Prune, quantize and lower Keras models to TFLite for edge devices, then prove it on the device."""
     _env.set_verbose(verbose)
     ctx.obj = {"verbose": verbose, "quiet": quiet}
+
+
+def _set_root_flag(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """-v/-q typed after a command name: the same switch as before it (the group's ``ctx.obj``,
+    which :func:`get_output` reads). Click has run the group's callback by the time it parses
+    the command's options, so this only turns a flag on, never off."""
+    if not value:
+        return
+    root = ctx.find_root()
+    if root.obj is None:
+        root.obj = {"verbose": False, "quiet": False}
+    root.obj[param.name] = True
+    if param.name == "verbose":
+        _env.set_verbose(True)
+
+
+def _accept_verbosity_everywhere(group: click.Group) -> None:
+    """Give every command and nested group -v/--verbose and -q/--quiet, so that
+    ``edgeprune compile ... -v`` means what ``edgeprune -v compile ...`` means."""
+    for command in group.commands.values():
+        names = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        for flags, help_text in ((("-v", "--verbose"), VERBOSE_HELP), (("-q", "--quiet"), QUIET_HELP)):
+            if not names.intersection(flags):
+                command.params.append(click.Option(list(flags), is_flag=True, expose_value=False,
+                                                   callback=_set_root_flag, help=help_text))
+        if isinstance(command, click.Group):
+            _accept_verbosity_everywhere(command)
 
 
 def _register_commands() -> None:
@@ -93,18 +144,21 @@ def _register_commands() -> None:
 
 
 _register_commands()
+_accept_verbosity_everywhere(cli)
 
 
 def _verbose_requested(argv: list[str] | None) -> bool:
-    """Whether -v/--verbose was given to the group (read before Click has parsed, or after it failed)."""
+    """Whether -v/--verbose was given, before or after the command name (read from the raw
+    arguments: the error may have come before Click parsed them, or from Click itself)."""
     args = sys.argv[1:] if argv is None else argv
-    for arg in args:
-        if arg in ("-v", "--verbose"):
+    for arg in map(str, args):
+        if arg == "--":
+            break
+        if arg == "--verbose":
             return True
-        if arg == "--" or not arg.startswith("-"):
-            break  # the group's options come before the command name
-        if arg.startswith("-") and not arg.startswith("--") and "v" in arg[1:]:
-            return True  # combined short flags such as -vq
+        # -v, or short flags combined (-vq); only -v and -q combine, so -ovdir is -o's value
+        if arg.startswith("-") and not arg.startswith("--") and "v" in arg and set(arg[1:]) <= {"v", "q"}:
+            return True
     return False
 
 

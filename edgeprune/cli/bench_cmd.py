@@ -25,8 +25,9 @@ def _render(out, result: dict) -> None:
             rows.append((r["threads"], _ms(r["load_ms"]), _ms(r["init_ms"]), _ms(r["first_inference_ms"]),
                          _ms(r["warmup"]["mean_ms"]), _ms(s["mean_ms"]), _ms(s["std_ms"]),
                          _ms(s["p50_ms"]), _ms(s["p90_ms"]), _ms(s["p99_ms"]), _ms(_mb(r["peak_rss_kb"]))))
-        _table(out, title, ["thr", "load", "init", "first", "warmup", "mean", "std", "p50", "p90",
-                            "p99", "RSS MB"], rows)
+        # compact (light borders): the 11-column latency table fits 80 columns where it can
+        out.table(title, ["thr", "load", "init", "first", "warmup", "mean", "std", "p50", "p90", "p99", "RSS MB"],
+                  rows, compact=True)
         _render_state(out, dev)
         _render_protocol(out, dev)
         _render_per_layer(out, dev)
@@ -50,8 +51,8 @@ def _render(out, result: dict) -> None:
                                                 host_ag.get("max_abs_error"))):
                     columns[key].append(value)
         keep = [k for k, values in columns.items() if k == "device" or any(v is not None for v in values)]
-        _table(out, f"Verification on {result['eval']['samples']} samples ({result['eval']['path']})", keep,
-               list(zip(*(columns[k] for k in keep))))
+        out.table(f"Verification on {result['eval']['samples']} samples ({result['eval']['path']})", keep,
+                  list(zip(*(columns[k] for k in keep))), compact=True)
     gate = result.get("gate") or {}
     if gate.get("checked"):
         limits = ", ".join(f"{k} {v:g}" for k, v in (("max latency ms", gate["max_latency_ms"]),
@@ -112,28 +113,13 @@ def _render_per_layer(out, dev: dict) -> None:
              None if r["macs_per_us"] is None else f"{r['macs_per_us']:.0f}") for r in per["layers"]]
     label = "EMULATED " if per.get("emulated") else ""
     total = f"{per['total_us']:.1f}" if per.get("total_us") is not None else "?"
-    _table(out, f"{label}Per layer on {dev['host']} ({per['threads']} thread(s)); layers sum {per['sum_us']:.1f} us "
-                f"of {total} us p50 (each op timed alone)", ["layer", "op", "MACs", "us", "% of total", "MACs/us"],
-           rows)
-
-
-def _table(out, title, columns, rows) -> None:
-    """A compact table (light borders) so a 12-column latency table fits 80 columns."""
-    if out.quiet:
-        return
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
-    for col in columns:
-        table.add_column(col, justify="right")
-    for row in rows:
-        table.add_row(*["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row])
-    out.console.print(table)
+    out.table(f"{label}Per layer on {dev['host']} ({per['threads']} thread(s)); layers sum {per['sum_us']:.1f} us "
+              f"of {total} us p50 (each op timed alone)", ["layer", "op", "MACs", "us", "% of total", "MACs/us"],
+              rows, compact=True)
 
 
 def _ms(value):
-    """Compact fixed-point milliseconds (the table must fit 80 columns)."""
+    """Compact fixed-point milliseconds (so the latency table fits 80 columns where it can)."""
     if value is None:
         return None
     return f"{value:.3f}" if value < 10 else f"{value:.2f}" if value < 100 else f"{value:.1f}"
