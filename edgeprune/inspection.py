@@ -24,6 +24,27 @@ from edgeprune.errors import InputError
 _MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL", "CONV_3D")
 
 
+def display_name(name: str, width: int = 48) -> str:
+    """A tensor name short enough for a table cell or a plot label; JSON keeps the full name.
+
+    The converter names the output of a fused op after every op it fused, joined by ``;``
+    (MobileNetV2's run to 255 characters). The first part names the op that writes the tensor,
+    so it is kept; its leading component is the model's own name, the same on every tensor, so
+    it is dropped; "+N" says how many fused names were left out. What is still over ``width``
+    keeps its end (the layer and op), not its start.
+    """
+    parts = [p for p in str(name).split(";") if p] or [str(name)]
+    head = parts[0]
+    components = head.split("/")
+    if len(components) >= 3:
+        head = "/".join(components[1:])
+    extra = f" +{len(parts) - 1}" if len(parts) > 1 else ""
+    room = max(width - len(extra), 8)
+    if len(head) > room:
+        head = "…" + head[-(room - 1):]
+    return head + extra
+
+
 def is_tflite(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:

@@ -10,9 +10,17 @@ that to the same op type at the same position with the same shape, dequantized, 
 
 - RMSE, and RMSE over the tensor's quantization scale (how many quantization steps off);
 - cosine similarity of the flattened tensors;
-- SQNR in dB: 10 log10(sum ref^2 / sum (q - ref)^2).
+- SQNR in dB: 10 log10(sum ref^2 / sum (q - ref)^2);
+- RMSE over the float reference's range (max - min over the samples): the error as a fraction
+  of what the tensor spans, comparable across tensors whatever their scale.
 
-Tensors are ranked worst first (lowest SQNR). Errors accumulate, so a layer's figure includes
+Tensors are ranked worst first by that normalised error. Tensors it cannot describe are
+degenerate, flagged with the reason and listed after the ranking (``rank`` null): a float
+reference that is constant on the samples (no range to normalise by), or an integer grid that
+spans less than ``DEGENERATE_SPAN`` (scale x (levels - 1); the converter picks such scales,
+~1e-8 for int8, only for tensors that were (nearly) constant on the calibration data, dead
+activations of an untrained or collapsed layer). Ranked by SQNR or RMSE/scale they came first
+and hid the layers that lose accuracy. Errors accumulate, so a layer's figure includes
 what the layers before it lost; the first layer where SQNR drops sharply is the one to keep in
 float (``compile --keep-float auto`` does this by measurement, edgeprune.selective).
 """
@@ -25,6 +33,10 @@ import numpy as np
 from edgeprune.errors import InputError
 
 _SKIP_OPS = ("DEQUANTIZE",)  # its output is its input dequantized: already measured
+# A quantized tensor whose whole integer grid spans less than this (in real units) carries no
+# usable signal: see the module docstring. int8: scale below ~3.9e-7; int16: below ~1.5e-9.
+DEGENERATE_SPAN = 1e-4
+_LEVELS = {"int8": 255, "uint8": 255, "int16": 65535}  # activation dtypes
 
 
 def _interp(tflite: bytes):
@@ -110,6 +122,8 @@ def measure(quantized: bytes, reference_float: bytes, x: np.ndarray, *, progress
     qdet = {d["index"]: d for d in q_it.get_tensor_details()}
     acc = {p["q"]: np.zeros(4) for p in pairs}  # sum err^2, sum ref^2, dot, sum q^2
     counts = {p["q"]: 0 for p in pairs}
+    lo = {p["q"]: np.inf for p in pairs}  # the float reference's range over all samples
+    hi = {p["q"]: -np.inf for p in pairs}
     for i in range(len(x)):
         sample = x[i:i + 1]
         _set_input(f_it, sample)
@@ -124,6 +138,9 @@ def measure(quantized: bytes, reference_float: bytes, x: np.ndarray, *, progress
             a = acc[p["q"]]
             a += (float(np.sum((qv - fv) ** 2)), float(np.sum(fv * fv)), float(np.dot(qv, fv)), float(np.sum(qv * qv)))
             counts[p["q"]] += qv.size
+            if fv.size:
+                lo[p["q"]] = min(lo[p["q"]], float(fv.min()))
+                hi[p["q"]] = max(hi[p["q"]], float(fv.max()))
         if progress is not None:
             progress.advance()
     rows = []
@@ -135,10 +152,14 @@ def measure(quantized: bytes, reference_float: bytes, x: np.ndarray, *, progress
         cosine = float(dot / np.sqrt(ref2 * q2)) if ref2 > 0 and q2 > 0 else (1.0 if err2 == 0 else 0.0)
         # None when the tensor is exact (no error) or the reference is all zeros.
         sqnr = float(10 * np.log10(ref2 / err2)) if err2 > 0 and ref2 > 0 else None
+        span = hi[p["q"]] - lo[p["q"]] if np.isfinite(hi[p["q"]]) else 0.0
         rows.append({"op": p["op"], "tensor": p["tensor"], "float_tensor": p["float_tensor"],
                      "shape": p["shape"], "dtype": p["dtype"],
                      "scale": scale or None, "rmse": rmse, "rmse_over_scale": rmse / scale if scale else None,
-                     "cosine": cosine, "sqnr_db": sqnr, "exact": err2 == 0})
+                     "float_range": [lo[p["q"]], hi[p["q"]]] if np.isfinite(hi[p["q"]]) else None,
+                     "rmse_over_range": rmse / span if span > 0 else None,
+                     "cosine": cosine, "sqnr_db": sqnr, "exact": err2 == 0,
+                     "degenerate": degenerate_reason(scale, p["dtype"], span)})
     # Error added by this op: SQNR of its (measured) inputs minus its own. Cumulative SQNR alone
     # blames every layer after the culprit; the local drop points at the culprit itself.
     by_q = {p["q"]: r for p, r in zip(pairs, rows)}
@@ -148,17 +169,15 @@ def measure(quantized: bytes, reference_float: bytes, x: np.ndarray, *, progress
         r["local_drop_db"] = max(0.0, min(before) - own) if before and own < 1e8 else (
             0.0 if r["exact"] else None)
         r["inputs"] = [by_q[j]["float_tensor"] for j in p["inputs"] if j in by_q]
-    order = {id(r): i for i, r in enumerate(rows)}
-    def badness(r):  # lowest SQNR first; exact tensors last, an all-zero reference with error first
-        if r["exact"]:
-            return float("inf")
-        return r["sqnr_db"] if r["sqnr_db"] is not None else float("-inf")
-
-    ranked = sorted(rows, key=lambda r: (badness(r), order[id(r)]))
-    for rank, r in enumerate(ranked, 1):
-        r["rank"] = rank
     for i, r in enumerate(rows):
         r["position"] = i
+    ranked = sorted((r for r in rows if r["degenerate"] is None),
+                    key=lambda r: (-r["rmse_over_range"], r["position"]))  # worst first, then graph order
+    for rank, r in enumerate(ranked, 1):
+        r["rank"] = rank
+    degenerate = [r for r in rows if r["degenerate"] is not None]
+    for r in degenerate:
+        r["rank"] = None
     note = None
     if unmatched and len(unmatched) >= len(rows):
         note = (f"{len(unmatched)} of {len(unmatched) + len(rows)} tensors have no float counterpart of the same "
@@ -166,7 +185,19 @@ def measure(quantized: bytes, reference_float: bytes, x: np.ndarray, *, progress
     return {"samples": int(len(x)), "compared": len(rows), "unmatched": unmatched, "note": note,
             "method": "LiteRT builtin kernels, experimental_preserve_all_tensors; float reference = "
                       "the reference model converted to float32 .tflite",
-            "layers": ranked}
+            "ranking": "rmse_over_range: RMSE / (max - min) of the float reference over the samples, worst first",
+            "degenerate_span": DEGENERATE_SPAN, "degenerate_count": len(degenerate),
+            "layers": ranked + degenerate}
+
+
+def degenerate_reason(scale: float, dtype: str, float_span: float) -> str | None:
+    """Why a tensor's error cannot be ranked (see the module docstring), or None when it can."""
+    if float_span <= 0:
+        return "constant float reference on the samples (no range to normalise by)"
+    levels = _LEVELS.get(dtype)
+    if scale and levels and scale * levels < DEGENERATE_SPAN:
+        return f"quantization scale {scale:.3g}: the {dtype} grid spans under {DEGENERATE_SPAN:g}"
+    return None
 
 
 def float_reference(reference, *, custom_objects=None, unsafe: bool = False) -> bytes:

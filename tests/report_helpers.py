@@ -46,3 +46,25 @@ def labelled_by(model, n: int = 64, seed: int = 0):
     x = np.random.default_rng(seed).random((n, 8, 8, 1), dtype=np.float32)
     y = np.argmax(np.asarray(model(x, training=False)), axis=-1)
     return x, y
+
+
+def degenerate_model(seed: int = 0):
+    """A model with one degenerate tensor: ``tiny``'s outputs are ~1e-8, below the smallest range
+    the converter calibrates to (its int8 scale comes out ~1e-8, coarser than the values), so its
+    SQNR is about 0 dB although it changes nothing downstream; and ``dead`` is a ReLU that is
+    zero on every input (a constant tensor)."""
+    tk = _env.tf_keras()
+    tk.utils.set_random_seed(seed)
+    inputs = tk.Input((8, 8, 1), name="image")
+    h = tk.layers.Flatten(name="flat")(inputs)
+    live = tk.layers.Dense(10, name="live")
+    tiny = tk.layers.Dense(10, name="tiny")
+    dead = tk.layers.Dense(10, activation="relu", name="dead")
+    s = tk.layers.Add(name="sum")([live(h), tiny(h), dead(h)])
+    outputs = tk.layers.Softmax(name="head")(s)
+    model = tk.Model(inputs, outputs, name="degenerate")
+    rng = np.random.default_rng(seed)
+    live.set_weights([rng.normal(0, 0.3, (64, 10)).astype(np.float32), np.zeros(10, np.float32)])
+    tiny.set_weights([rng.normal(0, 1e-8, (64, 10)).astype(np.float32), np.zeros(10, np.float32)])
+    dead.set_weights([np.zeros((64, 10), np.float32), -np.ones(10, np.float32)])
+    return model

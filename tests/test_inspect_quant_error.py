@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers_models import invoke_cli, tiny_keras3_resnet
-from report_helpers import labelled_by, outlier_model, prunable_cnn
+from report_helpers import degenerate_model, labelled_by, outlier_model, prunable_cnn
 
 from edgeprune.convert import convert, read_graph
 
@@ -80,8 +80,13 @@ def test_quant_error_on_the_artifact(files):
     assert r["samples"] == 16 and r["compared"] >= 4 and not r["unmatched"]
     ops = {row["op"] for row in r["layers"]}
     assert {"CONV_2D", "FULLY_CONNECTED"} <= ops
+    errors = [row["rmse_over_range"] for row in r["layers"]]
+    assert errors == sorted(errors, reverse=True)  # worst first, by error / float range
+    assert [row["rank"] for row in r["layers"]] == list(range(1, len(errors) + 1)) and r["degenerate_count"] == 0
+    for row in r["layers"]:
+        lo, hi = row["float_range"]
+        assert hi > lo and row["rmse_over_range"] == pytest.approx(row["rmse"] / (hi - lo))
     sqnr = [row["sqnr_db"] for row in r["layers"] if row["sqnr_db"] is not None]
-    assert sqnr == sorted(sqnr)  # worst first
     assert all(10 < s < 80 for s in sqnr) and all(row["cosine"] > 0.9 for row in r["layers"])
     # the same measurement against the float .tflite gives the same numbers
     r2 = _json(["inspect", files / "int8.tflite", "--quant-error", "--reference", files / "float.tflite",
@@ -100,6 +105,42 @@ def test_quant_error_finds_the_outlier_layer(tmp_path):
     worst_local = max(r["layers"], key=lambda row: row["local_drop_db"] or 0)
     assert worst_local["op"] == "FULLY_CONNECTED" and "head" in worst_local["tensor"]
     assert r["layers"][0]["sqnr_db"] < 10  # the output is ruined
+
+
+def test_degenerate_tensors_are_flagged_not_ranked_first(tmp_path):
+    """A ~1e-8 tensor (SQNR ~19 dB, which ranked it worst) and a constant ReLU are flagged apart;
+    the ranking starts with a tensor that carries signal, and --json keeps full fused names."""
+    from edgeprune.inspection import interpreter
+
+    model = degenerate_model()
+    model.save(tmp_path / "d.h5")
+    x, y = labelled_by(model, 16)
+    np.savez(tmp_path / "x.npz", x=x, y=y)
+    art = convert(model, "int8", representative=x)
+    (tmp_path / "d.tflite").write_bytes(art)
+    args = ["inspect", tmp_path / "d.tflite", "--quant-error", "--reference", tmp_path / "d.h5",
+            "--calibration", tmp_path / "x.npz", "--num-samples", "16"]
+    r = _json(args)
+    ranked = [row for row in r["layers"] if row["rank"] is not None]
+    flagged = {row["tensor"]: row for row in r["layers"] if row["rank"] is None}
+    assert r["degenerate_count"] == len(flagged) == 2
+    tiny = next(row for name, row in flagged.items() if "tiny" in name)
+    dead = next(row for name, row in flagged.items() if "dead" in name)
+    assert tiny["scale"] * 255 < r["degenerate_span"] and "scale" in tiny["degenerate"]
+    assert dead["float_range"][0] == dead["float_range"][1] and "constant" in dead["degenerate"]
+    assert not any(k in ranked[0]["tensor"] for k in ("tiny", "dead"))
+    assert [row["rank"] for row in ranked] == list(range(1, len(ranked) + 1))
+    assert all(row["rmse_over_range"] is not None for row in ranked)
+    # names in full: exactly the artifact's tensor names, ';'-joined fused names included
+    names = {d["name"] for d in interpreter(art, delegates=False).get_tensor_details()}
+    assert {row["tensor"] for row in r["layers"]} <= names
+    assert ";" in dead["tensor"] and dead["tensor"] in names
+    # the table for people: degenerate tensors in their own table, not in the ranking
+    code, result = invoke_cli(args)
+    assert code == 0, result.output
+    ranking, _, apart = result.stdout.partition("Degenerate tensors, not ranked (2)")
+    assert apart and "tiny" in apart and "dead" in apart
+    assert "tiny" not in ranking and "dead" not in ranking
 
 
 @pytest.mark.slow

@@ -5,27 +5,29 @@ from pathlib import Path
 
 import click
 
-from edgeprune.cli import cli, deprecated_aliases, get_output, json_option
+from edgeprune.cli import cli, deprecated_aliases, get_output, json_option, model_code_options
 
 
 @cli.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--quant-error", "quant_error", is_flag=True,
-              help="Compare every intermediate tensor of the artifact with the float --reference model on --calibration.")
+              help="Compare every intermediate tensor of the artifact with the float --reference model on "
+                   "--calibration (default: off, describe the file).")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
               help="With --quant-error: the float model (Keras file or float .tflite) the artifact was compiled from.")
 @click.option("--calibration", "calibration", default=None, metavar="SRC",
               help="With --quant-error: inputs (.npy/.npz, image folder, module:function), as in compile.")
-@click.option("--num-samples", type=int, default=32, show_default=True, help="With --quant-error: samples to use.")
+@click.option("--num-samples", type=int, default=32, show_default=True,
+              help="With --quant-error: calibration samples to run, a seeded random subset.")
 @click.option("--target", "-t", "target", default=None, metavar="NAME|PATH",
-              help="With --quant-error: run the artifact on this profile's ssh device through the bench runner.")
+              help="With --quant-error: run the artifact on this profile's ssh device through the bench runner "
+                   "(default: this machine).")
 @click.option("--host", "host", default=None, metavar="HOST",
-              help="With --quant-error: run the artifact on this ssh host ('local': the runner in its own process).")
+              help="With --quant-error: run the artifact on this ssh host ('local': the runner in its own process; "
+                   "default: in this process).")
 @click.option("--remote-python", metavar="PATH", default=None, help="python3 on the device (default: profile or python3).")
-@click.option("--top", type=int, default=15, show_default=True, help="Rows of the tables printed for people.")
-@click.option("--custom-objects", type=click.Path(path_type=Path), default=None, metavar="PY",
-              help="Python file with the `custom_objects` a Keras model needs.")
-@click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code from the model file).")
+@click.option("--top", type=int, default=15, show_default=True, help="Rows of the tables printed for people (--json has them all).")
+@model_code_options
 @json_option
 @deprecated_aliases(("--data", "--calibration"))
 @click.pass_context
@@ -52,16 +54,7 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
                          output=out, target=target, host=host, remote_python=remote_python)
         out.emit_json(result)
         if not out.json_mode:
-            out.table(f"Quantization error of {result['artifact']} on {result['device']} vs {reference} "
-                      f"({result['samples']} samples), worst first",
-                      ["rank", "tensor", "op", "SQNR dB", "local drop dB", "cosine", "RMSE/scale"],
-                      [(r["rank"], r["tensor"], r["op"], r["sqnr_db"], r.get("local_drop_db"), r["cosine"],
-                        r["rmse_over_scale"]) for r in result["layers"][:top]])
-            if result.get("note"):
-                out.warn(result["note"])
-            elif result["unmatched"]:
-                out.warn(f"{len(result['unmatched'])} tensor(s) had no float counterpart: "
-                         f"{', '.join(result['unmatched'][:5])}")
+            _print_quant_error(out, result, reference, top)
         return
     if reference is not None or calibration is not None or host is not None or target is not None:
         raise InputError("--reference, --calibration, --target and --host are used with --quant-error")
@@ -115,3 +108,27 @@ def _print_keras(out, r: dict, top: int) -> None:
     out.table("Pruning groups", ["group", "channels", "layers", "prunable", "locked because"],
               [(g["name"], g["channels"], ", ".join(g["layers"][:6]), g["prunable"], g["locked"])
                for g in r["groups"][: max(top, 30)]])
+
+
+def _print_quant_error(out, r: dict, reference, top: int) -> None:
+    """The ranking for people: short tensor names (inspection.display_name; --json has the full
+    ones), the error as % of the tensor's float range, and the degenerate tensors apart."""
+    from edgeprune.inspection import display_name
+
+    ranked = [x for x in r["layers"] if x.get("rank") is not None]
+    out.table(f"Quantization error of {r['artifact']} on {r['device']} vs {reference} "
+              f"({r['samples']} samples), worst first by error / float range",
+              ["rank", "tensor", "op", "error % of range", "SQNR dB", "local drop dB", "cosine"],
+              [(x["rank"], display_name(x["tensor"]), x["op"], 100 * x["rmse_over_range"], x["sqnr_db"],
+                x.get("local_drop_db"), x["cosine"]) for x in ranked[:top]])
+    degenerate = [x for x in r["layers"] if x.get("rank") is None]
+    if degenerate:
+        out.table(f"Degenerate tensors, not ranked ({len(degenerate)})", ["tensor", "op", "scale", "why"],
+                  [(display_name(x["tensor"]), x["op"], x["scale"], x["degenerate"]) for x in degenerate[:top]])
+    if any(display_name(x["tensor"]) != x["tensor"] for x in r["layers"]):
+        out.info("Tensor names are shortened here; --json gives them in full.")
+    if r.get("note"):
+        out.warn(r["note"])
+    elif r["unmatched"]:
+        out.warn(f"{len(r['unmatched'])} tensor(s) had no float counterpart: "
+                 f"{', '.join(display_name(n) for n in r['unmatched'][:5])}")
