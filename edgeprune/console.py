@@ -61,22 +61,22 @@ class Output:
         else:
             table = Table(title=title, title_justify="left")
         cells = [[_fmt(v) for v in row] for row in raw_rows]
+        terminal = self.console.is_terminal
         for index, header in enumerate(columns):
             values = [row[index] for row in raw_rows if index < len(row) and row[index] not in (None, "")]
             numeric = bool(values) and all(_is_number(v) for v in values)
-            # Rich shrinks columns to the console's width and, when it must, below their words;
-            # a column's min_width is the one bound it keeps, so the longest number sets it.
+            # Rich shrinks the widest wrapping columns to fit the console and, as a last resort,
+            # every column; min_width is the bound it keeps, so the longest number sets it, and a
+            # numeric column gets a fixed width (its header may wrap), so names give way first.
             longest_number = max((len(word) for row in cells if index < len(row) for word in row[index].split()
                                   if _NUMBER.fullmatch(word.strip("()[],;:"))), default=0)
+            fixed = max([longest_number, *map(len, header.split())]) if numeric and terminal else None
             table.add_column(header, justify="right" if numeric else "left", overflow="fold",
-                             min_width=longest_number or None)
+                             min_width=longest_number or None, width=fixed)
         for row in cells:
             table.add_row(*row)
-        if not self.console.is_terminal:
-            from rich.measure import Measurement
-
-            # Table.width overrides the console's width (80, or COLUMNS, off a terminal).
-            table.width = Measurement.get(self.console, self.console.options.update_width(_UNLIMITED), table).maximum
+        # Table.width overrides the console's width (80, or COLUMNS, off a terminal).
+        table.width = _natural_width(self.console, table) if not terminal else _narrowest_whole(self.console, table)
         self.console.print(table)
 
     def emit_json(self, payload: Any) -> None:
@@ -135,6 +135,9 @@ def _fmt(value: Any) -> str:
 # A number as the tables print it: 12, -3.5, 1,234,567, 1.2e-05, 97.5%, nan, inf.
 _NUMBER = re.compile(r"[-+]?(\d[\d,]*(\.\d*)?|\.\d+)([eE][-+]?\d+)?%?|[-+]?(nan|inf)", re.IGNORECASE)
 
+# Narrowest a name column gets (folded, whole) before a table outgrows a narrow terminal: a
+# table wider than the terminal is wrapped by it, which scrambles the layout, so this is small.
+_MIN_NAME_WIDTH = 4
 # "No limit" for a table that is not written to a terminal.
 _UNLIMITED = 1_000_000
 
@@ -145,6 +148,25 @@ def _is_number(value: Any) -> bool:
     if isinstance(value, numbers.Number):  # numpy's scalars too
         return True
     return isinstance(value, str) and _NUMBER.fullmatch(value.strip()) is not None
+
+
+def _natural_width(console: Console, table: Table) -> int:
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update_width(_UNLIMITED), table).maximum
+
+
+def _narrowest_whole(console: Console, table: Table) -> int | None:
+    """None when ``table`` fits the terminal with its numbers whole, else the width that keeps
+    them so (names at ``_MIN_NAME_WIDTH``): past it Rich shrinks every column, numbers too."""
+    saved = [column.max_width for column in table.columns]
+    for column in table.columns:
+        if column.width is None:
+            column.max_width = max(_MIN_NAME_WIDTH, column.min_width or 0)
+    needed = _natural_width(console, table)
+    for column, width in zip(table.columns, saved):
+        column.max_width = width
+    return needed if needed > console.width else None
 
 
 def json_default(obj: Any):

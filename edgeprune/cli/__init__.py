@@ -25,7 +25,22 @@ input_shape_option = click.option(
     "--input-shape", "input_shape", multiple=True, metavar="[NAME=]DIMS",
     help="Fix unknown input dimensions (sequence length, image size), e.g. 128, 1x224x224x3 or "
          "tokens=1x128 (repeat for several inputs); used for conversion, calibration and MAC counting "
-         "(default: the model's own shape; unknown dimensions are refused).")
+         "(default: the model's own input shape).")
+
+
+def _parse_input_range(ctx, param, value):
+    from edgeprune.datasets import parse_input_range
+
+    return parse_input_range(value)
+
+
+def input_range_option(default: str = "what a leading Rescaling/Normalization layer expects, else the range "
+                                       "of the calibration data, else the profile's preprocessing.scale"):
+    """``--input-range LO,HI`` (parsed to ``(lo, hi)``) for every command that reads input data."""
+    return click.option(
+        "--input-range", "input_range", default=None, metavar="LO,HI", callback=_parse_input_range,
+        help=f"The value range the model's input takes, e.g. -1,1 or 0,255: image folders are scaled onto it "
+             f"and data outside it is refused (default: {default}).")
 
 
 def model_code_options(func):
@@ -38,13 +53,13 @@ def model_code_options(func):
     """
     func = click.option(
         "--unsafe", "unsafe", is_flag=True,
-        help="Trust the model file: let Keras run its Lambda layers and import the modules its config "
-             "names, and TensorFlow run every op of its graph (see SECURITY.md) (default: off, safe mode).")(func)
+        help="Trust the model file: Keras may run its Lambda layers and import the modules its config names, "
+             "TensorFlow every op of its graph (see SECURITY.md; default: off, safe mode).")(func)
     return click.option(
         "--custom-objects", "custom_objects", type=click.Path(path_type=str), default=None, metavar="FILE.py",
-        help="Python file imported (trusted code, see SECURITY.md) to load the model: its `custom_objects` "
-             "dict (else its classes) gives the custom layers, an optional `tf_keras_objects` dict their "
-             "tf_keras versions, `pruning_rules` their pruning rules (default: none).")(func)
+        help="Python file with the model's custom layers, imported (trusted code, see SECURITY.md): its "
+             "`custom_objects` dict, else its classes; optional `tf_keras_objects` and `pruning_rules` dicts "
+             "(default: none).")(func)
 
 
 def deprecated_aliases(*pairs: tuple):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from edgeprune.cli import cli, deprecated_aliases, get_output, json_option
+from edgeprune.cli import cli, deprecated_aliases, get_output, input_range_option, json_option
 from edgeprune.errors import EdgepruneError
 
 
@@ -131,41 +131,51 @@ def _pct(value):
 
 @cli.command("bench")
 @click.argument("artifact", type=click.Path(path_type=str))
-@click.option("--target", "-t", "target", metavar="NAME|PATH", help="Device profile: its ssh connection, threads and budgets.")
+@click.option("--target", "-t", "target", metavar="NAME|PATH",
+              help="Device profile: its ssh connection, threads and budgets (default: none, this machine).")
 @click.option("--host", "hosts", multiple=True, metavar="HOST",
-              help="ssh alias or user@host[:port] (repeatable; 'local' = this machine). Hosts run in parallel.")
-@click.option("--fleet", type=click.Path(path_type=str), help="YAML list of hosts (host, python?, threads?).")
-@click.option("--threads", "threads", metavar="1,2,4", help="Thread counts to sweep (default: profile's, else 1).")
-@click.option("--runs", type=int, default=50, show_default=True, help="Steady-state runs (at least).")
-@click.option("--warmup", type=int, default=5, show_default=True, help="Warm-up runs after the first inference.")
+              help="ssh alias or user@host[:port] (repeatable; 'local' = this machine). Hosts run in parallel "
+                   "(default: the profile's device, else this machine).")
+@click.option("--fleet", type=click.Path(path_type=str),
+              help="YAML list of hosts (host, python?, threads?) to run on in parallel (default: none).")
+@click.option("--threads", "threads", metavar="1,2,4", help="Comma-separated interpreter thread counts to sweep (default: the profile's, else 1).")
+@click.option("--runs", type=int, default=50, show_default=True, help="Timed steady-state inferences, at least (see --min-duration).")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed warm-up inferences after the first one.")
 @click.option("--min-duration", "min_duration", type=float, default=0.0, show_default=True,
-              help="Keep running until at least this many seconds of steady state.")
+              help="Keep running until at least this many seconds of steady state (0: just --runs).")
 @click.option("--val-data", "val_data", type=click.Path(path_type=str),
-              help="Labelled validation data (.npz with x and y): accuracy on the device.")
+              help="Labelled validation data (.npz with x and y): accuracy on the device (default: none, latency only).")
 @click.option("--reference", "reference", type=click.Path(path_type=str),
-              help="Source Keras model: its accuracy and output agreement, computed here.")
+              help="Source Keras model: its accuracy and output agreement, computed here (default: none).")
 @click.option("--max-accuracy-drop", type=float, metavar="POINTS",
-              help="Fail (exit 1) if reference accuracy minus artifact accuracy exceeds this many points.")
+              help="Fail (exit 1) if reference accuracy minus artifact accuracy exceeds this many percentage "
+                   "points (default: the profile's budget when --reference is given, else no gate).")
 @click.option("--gate-mode", type=click.Choice(["point", "upper"]), default="point", show_default=True,
               help="Judge the measured accuracy drop (point) or the upper end of its 95% CI (upper).")
-@click.option("--gate-output", metavar="NAME", help="Model with several outputs: the output the accuracy gate judges.")
+@click.option("--gate-output", metavar="NAME",
+              help="Model with several outputs: the output the accuracy gate judges (default: the first "
+                   "classification output).")
 @click.option("--max-latency-ms", type=float, metavar="MS",
-              help="Fail (exit 1) if the best p50 latency exceeds this (default: profile budgets.max_latency_ms).")
+              help="Fail (exit 1) if the best p50 latency exceeds this many milliseconds (default: the profile's "
+                   "budgets.max_latency_ms, else no limit).")
 @click.option("--remote-python", metavar="PATH", help="python3 on the device (default: profile or python3).")
 @click.option("--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE",
-              help="Extra ssh -o option (repeatable; also EDGEPRUNE_SSH_OPTIONS).")
-@click.option("--ssh-config", type=click.Path(path_type=str), help="ssh config file to use (ssh -F; also EDGEPRUNE_SSH_CONFIG).")
-@click.option("--connect-timeout", type=int, default=10, show_default=True, help="ssh ConnectTimeout in seconds.")
+              help="Extra ssh -o option (repeatable; also EDGEPRUNE_SSH_OPTIONS; default: none).")
+@click.option("--ssh-config", type=click.Path(path_type=str),
+              help="ssh config file to use (ssh -F; also EDGEPRUNE_SSH_CONFIG; default: ssh's own).")
+@click.option("--connect-timeout", type=int, default=10, show_default=True, help="ssh ConnectTimeout, in seconds.")
 @click.option("--per-layer", is_flag=True, help="Time each conv/dense layer on the device: its share of the total "
-              "and MACs per microsecond.")
+              "and MACs per microsecond (default: off).")
 @click.option("--protocol", type=click.Choice(["mlperf"]), help="mlperf: MLPerf Mobile single-stream rules "
-              "(>= 1024 queries and 60 s, p90, 5 repeats with pauses, spread flagged above 5 percent).")
+              "(>= 1024 queries and 60 s, p90, 5 repeats with pauses, spread flagged above 5 percent; "
+              "default: none, --runs/--warmup).")
+@input_range_option("the range the compile recorded in the artifact's manifest.json, else none checked")
 @json_option
 @deprecated_aliases(("--eval", "--val-data"))
 @click.pass_context
 def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, min_duration, val_data, reference,
                   max_accuracy_drop, gate_mode, gate_output, max_latency_ms, remote_python, ssh_options, ssh_config,
-                  connect_timeout, per_layer, protocol, json_mode):
+                  connect_timeout, per_layer, protocol, input_range, json_mode):
     """Benchmark ARTIFACT (.tflite or an artifact directory) with the real LiteRT interpreter,
     on this machine or on devices over SSH, and optionally verify its accuracy.
 
@@ -185,7 +195,7 @@ def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, mi
                        max_accuracy_drop=max_accuracy_drop, remote_python=remote_python, output=out, fleet=fleet,
                        max_latency_ms=max_latency_ms, ssh_options=ssh_options, ssh_config=ssh_config,
                        connect_timeout=connect_timeout, per_layer=per_layer, protocol=protocol,
-                       gate_mode=gate_mode, gate_output=gate_output)
+                       gate_mode=gate_mode, gate_output=gate_output, input_range=input_range)
     except EdgepruneError as exc:
         partial = getattr(exc, "result", None)
         if partial is not None:

@@ -5,7 +5,15 @@ from pathlib import Path
 
 import click
 
-from edgeprune.cli import cli, deprecated_aliases, get_output, input_shape_option, json_option
+from edgeprune.cli import (
+    cli,
+    deprecated_aliases,
+    get_output,
+    input_range_option,
+    input_shape_option,
+    json_option,
+    model_code_options,
+)
 from edgeprune.pruning.criteria import CRITERIA
 from edgeprune.training.options import training_options
 
@@ -22,37 +30,39 @@ from edgeprune.training.options import training_options
               help="Representative data: .npy/.npz, an image folder, module:function / file.py:function, "
                    "or a recipe (bundled name like digits-sample, or recipe.yaml).")
 @click.option("--num-samples", type=int, default=200, show_default=True,
-              help="Calibration samples to use (seeded random subset).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling and pruning.")
+              help="Calibration samples to use, a seeded random subset of --calibration.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed for calibration sampling and pruning.")
 @click.option("--ratio", type=float, default=None, metavar="R",
-              help="Prune: remove this fraction of channels from every prunable group (0-1).")
+              help="Prune: remove this fraction (0-1) of the channels of every prunable group "
+                   "(default: no pruning; give at most one of --ratio, --target-macs, --target-latency).")
 @click.option("--target-macs", type=float, default=None, metavar="F",
-              help="Prune until MACs are at most this fraction of the original (0-1].")
+              help="Prune until MACs are at most this fraction (0-1] of the original (default: no pruning).")
 @click.option("--target-latency", type=float, default=None, metavar="F",
               help="Prune until the latency predicted by a per-layer table (measured with the "
-                   "interpreter, the profile's threads) is this fraction of the original.")
+                   "interpreter, the profile's threads) is this fraction (0-1] of the original (default: no pruning).")
 @click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="With --target-latency: JSON latency table to reuse and extend (required for remote profiles).")
+              help="With --target-latency: JSON latency table to reuse and extend (default: measured here; "
+                   "required for remote profiles, see `edgeprune latency-table`).")
 @input_shape_option
+@input_range_option()
 @click.option("--criterion", type=click.Choice(CRITERIA), default=None,
               help="Channel importance criterion for pruning [l1; group_norm after --sparsity-epochs].")
-@click.option("--protect", multiple=True, metavar="REGEX", help="Never prune layers matching REGEX (repeatable).")
-@click.option("--custom-objects", type=click.Path(path_type=Path), default=None, metavar="PY",
-              help="Python file whose `custom_objects` dict (or classes) the model needs to load; "
-                   "a `tf_keras_objects` dict gives tf_keras versions of Keras 3 custom layers.")
-@click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code from the model file).")
+@click.option("--protect", multiple=True, metavar="REGEX",
+              help="Never prune layers whose name matches REGEX (repeatable; default: none).")
+@model_code_options
 @click.option("--keep-float", "keep_float", type=click.Choice(["auto"]), default=None,
               help="int8 only: when the accuracy gate fails, keep the layers whose measured error is worst "
-                   "in float until it passes (needs --max-accuracy-drop and labelled data).")
+                   "in float until it passes (needs --max-accuracy-drop and labelled data; default: off).")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Text file with one class label per line: embedded in the TFLite metadata and shipped as labels.txt.")
+              help="Text file with one class label per line: embedded in the TFLite metadata and shipped as "
+                   "labels.txt (default: none).")
 @click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), required=True,
               help="Artifact directory to create.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--from-study", "from_study", default=None, metavar="STORAGE",
               help="Rebuild a trial of an `edgeprune search` study (Optuna storage URL); MODEL is then "
                    "optional (the study's) and every other setting comes from the trial.")
-@click.option("--study-name", default=None, help="With --from-study: the study.")
+@click.option("--study-name", default=None, help="With --from-study: the study's name (required there).")
 @click.option("--pick", default="best", show_default=True,
               help="With --from-study: best | pareto:K (K-th fastest of the front, from 1) | a trial number.")
 @training_options
@@ -61,7 +71,7 @@ from edgeprune.training.options import training_options
                     ("--prune-latency", "--target-latency", float))
 @click.pass_context
 def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, calibration, num_samples,
-                    seed, ratio, target_macs, target_latency, latency_table, input_shape, criterion, protect,
+                    seed, ratio, target_macs, target_latency, latency_table, input_shape, input_range, criterion, protect,
                     custom_objects, unsafe, keep_float, labels, output_dir, force, from_study, study_name, pick,
                     json_mode, training) -> None:
     """Prune (optional), quantize and lower MODEL to TFLite for a device profile.
@@ -83,7 +93,8 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
     if from_study:
         given = [flag for flag, value in (("--quantize", quantize), ("--io", io), ("--calibration", calibration),
                                           ("--ratio", ratio), ("--target-macs", target_macs),
-                                          ("--target-latency", target_latency), ("--protect", protect)) if value]
+                                          ("--target-latency", target_latency), ("--protect", protect),
+                                          ("--input-range", input_range)) if value]
         if given:
             raise click.UsageError(f"--from-study takes every setting from the trial; drop {', '.join(given)}")
         from edgeprune.search.ship import compile_from_study
@@ -98,7 +109,7 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
         target=target, quantize=quantize, io=io, calibration=calibration, num_samples=num_samples,
         seed=seed, custom_objects=str(custom_objects) if custom_objects else None, unsafe=unsafe,
         force=force, ratio=ratio, target_macs=target_macs, target_latency=target_latency,
-        input_shape=tuple(input_shape) or None,
+        input_shape=tuple(input_shape) or None, input_range=input_range,
         latency_table=str(latency_table) if latency_table else None, criterion=criterion, protect=tuple(protect),
         training=training, keep_float=keep_float, labels=str(labels) if labels else None,
     )

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from edgeprune.cli import cli, deprecated_aliases, get_output, input_shape_option, json_option
+from edgeprune.cli import cli, deprecated_aliases, get_output, input_shape_option, json_option, model_code_options
 from edgeprune.errors import InputError
 
 
@@ -14,22 +14,24 @@ from edgeprune.errors import InputError
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="JSON table to write (an existing table from this device is extended).")
 @click.option("--target", "-t", "target", help="Device profile: threads, channel rounding, and where to time "
-              "(its ssh or emulated connection; a local profile times on this machine).")
+              "(its ssh or emulated connection; a local profile times on this machine) (default: none, this machine).")
 @click.option("--host", "host", metavar="HOST", help="Time on this ssh device (alias or user@host[:port]); "
               "it needs only numpy and a TFLite runtime, no TensorFlow.")
 @click.option("--remote-python", metavar="PATH", help="python3 on the device (default: profile or python3); "
               "without --host/--target: another Python on this machine.")
 @click.option("--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE",
-              help="Extra ssh -o option (repeatable; also EDGEPRUNE_SSH_OPTIONS).")
-@click.option("--ssh-config", type=click.Path(path_type=str), help="ssh config file to use (ssh -F; also EDGEPRUNE_SSH_CONFIG).")
+              help="Extra ssh -o option (repeatable; also EDGEPRUNE_SSH_OPTIONS; default: none).")
+@click.option("--ssh-config", type=click.Path(path_type=str),
+              help="ssh config file to use (ssh -F; also EDGEPRUNE_SSH_CONFIG; default: ssh's own).")
 @click.option("--threads", type=int, help="Interpreter threads (default: the profile's, else 1).")
 @click.option("--latency-quantization", type=click.Choice(("float32", "int8")), default="float32", show_default=True,
               help="Arithmetic the layers are timed in (the same option as in `edgeprune prune`).")
 @input_shape_option
-@click.option("--round-to", type=int, help="Channel step of the measured grid (default: profile, else 1).")
-@click.option("--min-channels", type=int, help="Smallest width measured (default: profile, else 1).")
-@click.option("--custom-objects", type=click.Path(path_type=Path), help="Python file defining custom layers.")
-@click.option("--unsafe", is_flag=True, help="Load models that need code (Lambda layers, custom objects).")
+@click.option("--round-to", type=int, metavar="N",
+              help="Channel step of the measured grid, in channels (default: the profile's, else 1).")
+@click.option("--min-channels", type=int, metavar="N",
+              help="Smallest width measured, in channels (default: the profile's, else 1).")
+@model_code_options
 @json_option
 @deprecated_aliases(("--quantization", "--latency-quantization", click.Choice(("float32", "int8"))))
 @click.pass_context

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from edgeprune.cli import cli, deprecated_aliases, get_output, input_shape_option, json_option
+from edgeprune.cli import cli, deprecated_aliases, get_output, input_shape_option, json_option, model_code_options
 from edgeprune.errors import InputError
 from edgeprune.prune_pipeline import CRITERIA, LATENCY_OBJECTIVES
 from edgeprune.training.options import training_options
@@ -51,13 +51,16 @@ def _render(out, report: dict) -> None:
 
 @cli.command("prune")
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
-@click.option("--ratio", type=float, help="Fraction of channels removed from every prunable group (0-1).")
-@click.option("--target-macs", type=float, help="Keep at most this fraction of the original MACs (0-1].")
+@click.option("--ratio", type=float,
+              help="Fraction (0-1) of the channels removed from every prunable group (no default: give exactly one of --ratio, --target-macs, --target-latency).")
+@click.option("--target-macs", type=float,
+              help="Keep at most this fraction (0-1] of the original MACs (no default: give exactly one of --ratio, --target-macs, --target-latency).")
 @click.option("--target-latency", type=float,
               help="Keep at most this fraction of the latency predicted by a per-layer table measured "
-                   "with the interpreter (0-1].")
+                   "with the interpreter (no default: give exactly one of --ratio, --target-macs, --target-latency).")
 @click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path),
-              help="With --target-latency: JSON table to reuse and extend (created if missing).")
+              help="With --target-latency: JSON table to reuse and extend (created if missing; default: "
+                   "measured here and not kept).")
 @click.option("--latency-objective", type=click.Choice(LATENCY_OBJECTIVES), default="macs", show_default=True,
               help="With --target-latency: keep the most MACs (macs) or the most channel importance "
                    "(importance) within the latency.")
@@ -66,24 +69,31 @@ def _render(out, report: dict) -> None:
               show_default=True, help="With --target-latency: the arithmetic the table is measured in.")
 @click.option("--criterion", type=click.Choice(CRITERIA), default=None,
               help="Channel importance criterion [l1; group_norm after --sparsity-epochs].")
-@click.option("--protect", multiple=True, metavar="REGEX", help="Layers (name or regex) whose outputs stay intact.")
-@click.option("--per-layer", multiple=True, metavar="NAME_OR_REGEX=R", help="Ratio for matching layers.")
+@click.option("--protect", multiple=True, metavar="REGEX",
+              help="Layers (name or regex) whose outputs stay intact (repeatable; default: none).")
+@click.option("--per-layer", multiple=True, metavar="NAME_OR_REGEX=R",
+              help="Remove fraction R (0-1) of the channels of the matching layers instead of --ratio's "
+                   "(repeatable; default: none).")
 @click.option("--sensitivity", "sensitivity", type=click.Path(dir_okay=False), default=None,
               help="A file from `edgeprune sensitivity --json`: with --target-macs F, per-stage ratios "
                    "come from the greedy allocation on its measured accuracy curves (AIMET-style).")
-@click.option("--global-ranking", is_flag=True, help="Rank channels across groups (max 90% of any group).")
+@click.option("--global-ranking", is_flag=True,
+              help="Rank channels across groups, at most --max-ratio of any one (default: off, each group alone).")
 @click.option("--max-ratio", type=float, default=0.9, show_default=True,
-              help="With --global-ranking: never remove more than this fraction of one group.")
-@click.option("--round-to", type=int, help="Round remaining channels down to a multiple of N (default: profile).")
-@click.option("--min-channels", type=int, help="Never keep fewer channels than N (default: profile).")
-@click.option("--target", "-t", "target", help="Device profile (name or YAML) for round_to/min_channels.")
+              help="With --global-ranking: never remove more than this fraction (0-1) of one group.")
+@click.option("--round-to", type=int, metavar="N",
+              help="Round remaining channels down to a multiple of N (default: the profile's, else 1).")
+@click.option("--min-channels", type=int, metavar="N",
+              help="Never keep fewer channels than N (default: the profile's, else 1).")
+@click.option("--target", "-t", "target",
+              help="Device profile (name or YAML) for round_to/min_channels and latency (default: none).")
 @click.option("--calibration", metavar="SRC",
-              help="Calibration data (.npy/.npz, image folder, module:function) for taylor/mean_activation/apoz/entropy.")
+              help="Calibration data (.npy/.npz, image folder, module:function) for taylor/mean_activation/"
+                   "apoz/entropy (default: none; those criteria need it).")
 @input_shape_option
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling and pruning.")
-@click.option("--custom-objects", type=click.Path(path_type=Path), help="Python file defining custom layers.")
-@click.option("--unsafe", is_flag=True, help="Load models that need code (Lambda layers, custom objects).")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output .keras/.h5 file.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed for calibration sampling and pruning.")
+@model_code_options
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Pruned model file to write (.keras or .h5).")
 @training_options
 @json_option
 @deprecated_aliases(("--data", "--calibration"))

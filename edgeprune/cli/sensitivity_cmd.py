@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import click
 
-from edgeprune.cli import cli, get_output, json_option
+from edgeprune.cli import cli, get_output, json_option, model_code_options
 from edgeprune.cli.search_cmd import _floats
+from edgeprune.pruning.criteria import CRITERIA
 
 
 @cli.command("sensitivity")
@@ -12,18 +13,21 @@ from edgeprune.cli.search_cmd import _floats
 @click.option("--target", "-t", default="x86-64", show_default=True, help="Device profile name or YAML path.")
 @click.option("--val-data", required=True, help="Labelled validation data (.npz with x and y, or an image folder).")
 @click.option("--calibration", help="Calibration data for int8 and data-driven criteria (default: the validation x).")
-@click.option("--ratios", default="0.25,0.5,0.75", show_default=True, help="Ratios each stage is pruned at, alone.")
+@click.option("--ratios", default="0.25,0.5,0.75", show_default=True,
+              help="Comma-separated fractions (0-1) of the channels each stage is pruned at, alone.")
 @click.option("--quantize", default=None, help="Quantization of the measured artifacts (default: the profile's).")
-@click.option("--criterion", default="l1", show_default=True)
+@click.option("--criterion", type=click.Choice(CRITERIA), default="l1", show_default=True,
+              help="Channel importance criterion the stages are pruned by.")
 @click.option("--target-macs", default="0.75,0.5", show_default=True,
-              help="MAC fractions to compute the greedy per-stage allocation for.")
+              help="Comma-separated fractions (0-1] of the original MACs to compute the greedy per-stage "
+                   "allocation for.")
 @click.option("--plot", type=click.Path(dir_okay=False), default="sensitivity.png", show_default=True,
-              help="PNG of the curves.")
+              help="PNG file to draw the curves in.")
 @click.option("-o", "--output", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the curves and allocations as JSON (the prior for `search --sensitivity`).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--custom-objects", type=click.Path(exists=True, dir_okay=False))
-@click.option("--unsafe", is_flag=True, help="Allow Lambda layers / arbitrary code in the model file.")
+              help="Write the curves and allocations as JSON (the prior for `search --sensitivity`; default: "
+                   "not written).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed for calibration sampling and pruning.")
+@model_code_options
 @json_option
 @click.pass_context
 def sensitivity_cmd(ctx, model, target, val_data, calibration, ratios, quantize, criterion, target_macs, plot,
