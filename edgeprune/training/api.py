@@ -42,44 +42,59 @@ def _as_split(data, name: str) -> Split | None:
 
 
 def recover(student, *, teacher=None, train, val=None, epochs: int = 10, distill: bool = False,
-            temperature: float = 4.0, alpha: float = 0.5, batch_size: int = 32, learning_rate: float = 3e-3,
-            lr_schedule: str = "cosine", patience: int = 3, seed: int = 0, recalibrate_bn: bool = True,
-            output: Output | None = None):
+            temperature: float = 4.0, alpha: float = 0.5, distill_schedule: str = "constant",
+            alpha_end: float | None = None, batch_size: int = 32, learning_rate: float = 3e-3,
+            lr_schedule: str = "cosine", lr_warmup: float | None = None, original_epochs: int | None = None,
+            patience: int = 3, seed: int = 0, recalibrate_bn: bool = True, output: Output | None = None):
     """Recover a pruned model's accuracy by fine-tuning or distillation; returns the new model.
 
     BatchNorm statistics are first re-estimated on ``train`` inputs (``recalibrate_bn``).
 
     ``train``/``val`` are ``(x, y)`` (y may be None: label-free distillation, needs ``teacher``)
     or bare ``x`` arrays. ``distill`` needs ``teacher`` (normally the unpruned model).
+
+    The settings are the training flags' (``--finetune-epochs`` is ``epochs``,
+    ``--distill-temperature``/``--distill-alpha``/``--distill-alpha-end`` are ``temperature``/
+    ``alpha``/``alpha_end``, the rest have the flags' names) and are checked like them:
+    ``lr_schedule`` is cosine, plateau, one-cycle (warm-up over ``lr_warmup`` of the steps),
+    constant or rewind (replays the last ``epochs`` of an ``original_epochs`` cosine training
+    from ``learning_rate``); ``distill_schedule`` constant or anneal. Bad values -> InputError.
     """
     from edgeprune.training.data import check_against_model
     from edgeprune.training.finetune import FitSettings
+    from edgeprune.training.options import build_options
 
+    given = dict(finetune_epochs=epochs, distill=distill, distill_temperature=temperature, distill_alpha=alpha,
+                 distill_schedule=distill_schedule, distill_alpha_end=alpha_end, batch_size=batch_size,
+                 learning_rate=learning_rate, lr_schedule=lr_schedule, lr_warmup=lr_warmup,
+                 original_epochs=original_epochs, patience=patience, seed=seed, bn_recalibrate=recalibrate_bn)
+    options = build_options({k: v for k, v in given.items() if v is not None})  # None: the option's default
     train_s, val_s = _as_split(train, "train"), _as_split(val, "val")
     task = check_against_model(train_s, student, "train")
     if val_s is not None:
         check_against_model(val_s, student, "val")
         if train_s.y is None:
             val_s = Split(val_s.x, None, val_s.source)
-    if recalibrate_bn:
+    if options.bn_recalibrate:
         student = _recalibrated(student, train_s.x, [])
-    settings = FitSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                           lr_schedule=lr_schedule, patience=patience, seed=seed,
-                           label="distill" if distill or train_s.y is None else "fine-tune")
-    return _recover(student, teacher, TrainingData(train_s, val_s, task), distill, temperature, alpha, settings,
+    settings = FitSettings.from_options(options, label="distill" if distill or train_s.y is None else "fine-tune")
+    return _recover(student, teacher, TrainingData(train_s, val_s, task), options, settings,
                     output or default_output())[0]
 
 
-def _recover(student, teacher, data: TrainingData, distill: bool, temperature, alpha, settings, output):
+def _recover(student, teacher, data: TrainingData, options, settings, output):
+    """Distil (``options.distill``, or no labels) or fine-tune ``student`` with ``settings``."""
     from edgeprune.training.distill import distill as run_distill
     from edgeprune.training.finetune import finetune
 
-    if distill or data.train.y is None:
+    if options.distill or data.train.y is None:
         if teacher is None:
-            raise InputError("distillation needs the unpruned model as teacher" if distill else
+            raise InputError("distillation needs the unpruned model as teacher" if options.distill else
                              "recovery without labels needs a teacher model (label-free distillation)")
-        return run_distill(student, teacher, data.train, data.val, task=data.task, temperature=temperature,
-                           alpha=alpha, settings=settings, output=output)
+        return run_distill(student, teacher, data.train, data.val, task=data.task,
+                           temperature=options.distill_temperature, alpha=options.distill_alpha,
+                           schedule=options.distill_schedule, alpha_end=options.distill_alpha_end,
+                           settings=settings, output=output)
     return finetune(student, data.train, data.val, task=data.task, settings=settings, output=output)
 
 
@@ -137,8 +152,7 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
             m = _recalibrated(m, recal_x, recal_log)
         if trainable is None or options.finetune_epochs <= 0:
             return m
-        return _recover(m, teacher, trainable, options.distill, options.distill_temperature, options.distill_alpha,
-                        settings, output)[0]
+        return _recover(m, teacher, trainable, options, settings, output)[0]
 
     pruned_report = None
     if prune_kwargs is not None:
@@ -227,7 +241,9 @@ def _recovery_summary(options, data, recal_log=()) -> dict:
         why = "no training data" if data is None else "--finetune-epochs 0"
         return {"method": "bn-recalibration" if recal_log else "none", "why": why, **bn}
     method = "distillation" if options.distill or data.train.y is None else "fine-tuning"
-    out = {"method": method, "epochs": options.finetune_epochs, "labelled": data.train.y is not None, **bn}
+    out = {"method": method, "epochs": options.finetune_epochs, "labelled": data.train.y is not None,
+           "lr_schedule": options.lr_schedule, **bn}
     if method == "distillation":
-        out.update(temperature=options.distill_temperature, alpha=options.distill_alpha)
+        out.update(temperature=options.distill_temperature, alpha=options.distill_alpha,
+                   distill_schedule=options.distill_schedule)
     return out

@@ -8,6 +8,10 @@ Without labels (e.g. only calibration images) the loss is the teacher term alone
 Models with several outputs are distilled head by head and the losses summed: softmax heads
 as above, every other head (regression, one-unit sigmoid) by alpha * MSE to its labels +
 (1 - alpha) * MSE to the teacher's output.
+
+T and alpha are fixed (``schedule="constant"``, the default) or annealed epoch by epoch
+(``"anneal"``, see :func:`schedule_values`): then they are variables of the Distiller that a
+callback of the model's own Keras sets before each epoch, and its train step reads.
 """
 from __future__ import annotations
 
@@ -18,19 +22,49 @@ from edgeprune.errors import InputError
 from edgeprune.training.finetune import FitSettings, fit_compiled, make_optimizer, strategy
 
 _EPS = 1e-7
+DISTILL_SCHEDULES = ("constant", "anneal")
+
+
+def schedule_values(epoch: int, epochs: int, *, temperature: float, alpha: float, schedule: str = "constant",
+                    alpha_end: float | None = None) -> tuple[float, float]:
+    """(temperature, alpha) for 0-based ``epoch`` of ``epochs``.
+
+    ``anneal`` moves both linearly from their starting values in the first epoch to a temperature
+    of 1 and ``alpha_end`` (None: alpha stays) in the last. Why: a high temperature passes on the
+    teacher's relative class similarities while the freshly pruned student is still far off; at 1
+    the teacher term matches the probabilities the student will actually output. Moving alpha
+    towards 1 ends as plain fine-tuning on the labels. The T^2 factor of the loss keeps the
+    teacher term's gradient scale comparable as T changes (Hinton et al., 2015).
+    """
+    if schedule == "constant":
+        return float(temperature), float(alpha)
+    if schedule != "anneal":
+        raise ValueError(f"unknown distillation schedule {schedule!r} (known: {', '.join(DISTILL_SCHEDULES)})")
+    done = epoch / max(1, epochs - 1)
+    end = alpha if alpha_end is None else alpha_end
+    return float(temperature + (1.0 - temperature) * done), float(alpha + (end - alpha) * done)
+
+
+def _weight_is_zero(alpha) -> bool:
+    """A fixed alpha of 0 (skip the hard term); a scheduled alpha (a variable) is never skipped."""
+    from edgeprune._env import tf
+
+    return not tf().is_tensor(alpha) and alpha == 0.0
 
 
 def distillation_loss(student_logits, teacher_logits, y=None, *, temperature=4.0, alpha=0.5, task="sparse"):
-    """The distillation loss for one batch (a scalar tensor); y None -> teacher term only."""
+    """The distillation loss for one batch (a scalar tensor); y None -> teacher term only.
+
+    ``temperature`` and ``alpha`` are numbers or scalar variables (an annealing schedule)."""
     from edgeprune._env import tf
 
     tf_ = tf()
-    t = float(temperature)
+    t = tf_.cast(temperature, student_logits.dtype) if tf_.is_tensor(temperature) else float(temperature)
     s_log = tf_.nn.log_softmax(student_logits / t, axis=-1)
     t_prob = tf_.nn.softmax(teacher_logits / t, axis=-1)
     t_log = tf_.nn.log_softmax(teacher_logits / t, axis=-1)
     kl = tf_.reduce_mean(tf_.reduce_sum(t_prob * (t_log - s_log), axis=-1)) * (t * t)
-    if y is None or alpha == 0.0:
+    if y is None or _weight_is_zero(alpha):
         return kl
     if task == "onehot":
         hard = tf_.reduce_mean(tf_.nn.softmax_cross_entropy_with_logits(tf_.cast(y, tf_.float32), student_logits))
@@ -68,14 +102,19 @@ def _distiller_class(keras):
     class Distiller(keras.Model):
         """Trains ``student`` (a logits model) against a frozen ``teacher`` (logits model)."""
 
-        def __init__(self, student, teacher, temperature, alpha, task, labelled, heads=None):
+        def __init__(self, student, teacher, temperature, alpha, task, labelled, heads=None, scheduled=False):
             super().__init__()
             self.heads = heads  # several outputs: [(name, 'softmax'|'mse', task)]
             self.student = student
             self.teacher = teacher
             self.teacher.trainable = False
-            self.temperature = temperature
-            self.alpha = alpha
+            # fixed: Python numbers (the graph of before schedules existed); scheduled: variables
+            # that _schedule_callback sets before each epoch and the compiled train step reads
+            if scheduled:
+                self.temperature = tf_.Variable(float(temperature), trainable=False, name="distill_temperature")
+                self.alpha = tf_.Variable(float(alpha), trainable=False, name="distill_alpha")
+            else:
+                self.temperature, self.alpha = temperature, alpha
             self.task = task
             self.labelled = labelled
             self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -110,7 +149,7 @@ def _distiller_class(keras):
                     continue
                 si = tf_.cast(s[i], tf_.float32)
                 term = tf_.reduce_mean(tf_.square(si - tf_.cast(t[i], tf_.float32)))
-                if yi is not None and self.alpha > 0.0:
+                if yi is not None and not _weight_is_zero(self.alpha):
                     target = tf_.reshape(tf_.cast(yi, tf_.float32), tf_.shape(si))
                     term = self.alpha * tf_.reduce_mean(tf_.square(si - target)) + (1.0 - self.alpha) * term
                 total += term
@@ -141,13 +180,48 @@ def _distiller_class(keras):
     return Distiller
 
 
+def _schedule_callback(keras, distiller, epochs: int, values):
+    """A callback of ``keras`` that sets the Distiller's temperature and alpha variables to
+    ``values(epoch, epochs)`` before each epoch and logs them (the history shows what was used)."""
+
+    class DistillSchedule(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            temperature, alpha = values(epoch, epochs)
+            distiller.temperature.assign(temperature)
+            distiller.alpha.assign(alpha)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["temperature"] = float(distiller.temperature.numpy())
+                logs["alpha"] = float(distiller.alpha.numpy())
+
+    return DistillSchedule()
+
+
+def _fit_distiller(distiller, keras, train, val, settings: FitSettings, schedule: str, values, *, monitor_acc, output):
+    """``fit_compiled`` on the Distiller, with the schedule's callback first when it anneals."""
+    if schedule != "constant":
+        from dataclasses import replace
+
+        callback = _schedule_callback(keras, distiller, settings.epochs, values)
+        settings = replace(settings, extra_callbacks=[callback, *settings.extra_callbacks])
+    return fit_compiled(distiller, train, val, settings, monitor_acc=monitor_acc, output=output)
+
+
 def distill(student, teacher, train, val=None, *, task: str, temperature: float = 4.0, alpha: float = 0.5,
+            schedule: str = "constant", alpha_end: float | None = None,
             settings: FitSettings | None = None, output: Output | None = None):
     """Distil ``teacher`` into a copy of ``student``; returns ``(student_model, history)``.
 
     ``train.y`` None means label-free distillation (teacher outputs only). The returned
     student has the original architecture (softmax included), plain and uncompiled.
+    ``schedule``/``alpha_end``: how temperature and alpha move over the epochs
+    (:func:`schedule_values`); with ``"anneal"`` the history has ``temperature`` and ``alpha``.
     """
+    from functools import partial
+
+    values = partial(schedule_values, temperature=temperature, alpha=alpha, schedule=schedule, alpha_end=alpha_end)
+    values(0, 1)  # an unknown schedule fails here, before any model is built
     from edgeprune._env import keras_of
     from edgeprune.training._models import as_functional, copy_model, logits_model
 
@@ -155,7 +229,7 @@ def distill(student, teacher, train, val=None, *, task: str, temperature: float 
     output = output or default_output()
     if isinstance(task, dict):
         return _distill_heads(student, teacher, train, val, task=task, temperature=temperature, alpha=alpha,
-                              settings=settings, output=output)
+                              schedule=schedule, values=values, settings=settings, output=output)
     if task not in ("sparse", "onehot", "unlabelled"):
         raise InputError(f"--distill needs classification labels (class indices or one-hot), found '{task}' labels")
     if settings.epochs <= 0:
@@ -173,17 +247,20 @@ def distill(student, teacher, train, val=None, *, task: str, temperature: float 
             )
         keras = keras_of(student_logits)
         distiller = _distiller_class(keras)(student_logits, teacher_logits, temperature, alpha,
-                                            "onehot" if task == "onehot" else "sparse", labelled)
+                                            "onehot" if task == "onehot" else "sparse", labelled,
+                                            scheduled=schedule != "constant")
         steps = int(np.ceil(len(train) / settings.batch_size))
         distiller.compile(optimizer=make_optimizer(settings, steps, keras))
-    output.debug(f"distillation: teacher read as {mode}, T={temperature}, alpha={alpha}, labelled={labelled}")
-    history = fit_compiled(distiller, train, val, settings, monitor_acc=labelled and (val is None or val.y is not None), output=output)
+    output.debug(f"distillation: teacher read as {mode}, T={temperature}, alpha={alpha}, schedule={schedule}, "
+                 f"labelled={labelled}")
+    history = _fit_distiller(distiller, keras, train, val, settings, schedule, values,
+                             monitor_acc=labelled and (val is None or val.y is not None), output=output)
     result = copy_model(student)
     result.set_weights(student_logits.get_weights())
     return result, history
 
 
-def _distill_heads(student, teacher, train, val, *, task: dict, temperature, alpha, settings, output):
+def _distill_heads(student, teacher, train, val, *, task: dict, temperature, alpha, schedule, values, settings, output):
     """Distillation of a model with several outputs (see the module docstring)."""
     from edgeprune.training._models import (
         as_functional,
@@ -212,11 +289,12 @@ def _distill_heads(student, teacher, train, val, *, task: dict, temperature, alp
 
         keras = keras_of(student_logits)
         distiller = _distiller_class(keras)(student_logits, teacher_logits, temperature, alpha, "sparse", labelled,
-                                            heads)
+                                            heads, scheduled=schedule != "constant")
         steps = int(np.ceil(len(train) / settings.batch_size))
         distiller.compile(optimizer=make_optimizer(settings, steps, keras))
     output.debug(f"distillation of {len(heads)} outputs: {', '.join(f'{n} ({k})' for n, k, _ in heads)}")
-    history = fit_compiled(distiller, train, val, settings, monitor_acc=False, output=output)
+    history = _fit_distiller(distiller, keras, train, val, settings, schedule, values, monitor_acc=False,
+                             output=output)
     result = copy_model(student)
     result.set_weights(student_logits.get_weights())
     return result, history

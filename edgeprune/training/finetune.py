@@ -5,6 +5,7 @@ several), so the same code uses a multi-GPU machine without changes.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,19 @@ RECOVERY_LEARNING_RATE = 3e-3
 GENTLE_LEARNING_RATE = 1e-3
 _GENTLE = ("QAT", "gradual pruning")
 
+# The learning-rate schedules (--lr-schedule), in the order --help lists them.
+LR_SCHEDULES = ("cosine", "plateau", "one-cycle", "constant", "rewind")
+# cosine ends at this fraction of the peak: recovery keeps learning until its last epoch.
+COSINE_FLOOR = 0.05
+# one-cycle (Smith & Topin 2019; Le & Hua 2021 retrain pruned networks with it) warms up over the
+# first 10 % of the steps. Recovery starts from trained weights, so the warm-up only has to let
+# Adam's moment estimates settle before the peak LR (a few hundred steps); the 25-30 % of
+# PyTorch's OneCycleLR and fastai are meant for training from scratch and would spend a short
+# recovery budget at a low LR. Le & Hua warm up over the first few epochs of a long retraining.
+ONE_CYCLE_WARMUP = 0.1
+# ...from 1/25 of the peak (OneCycleLR's div_factor): a start at 0 would waste the first steps.
+ONE_CYCLE_START = 1.0 / 25.0
+
 
 @dataclass
 class FitSettings:
@@ -27,7 +41,9 @@ class FitSettings:
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3
-    lr_schedule: str = "cosine"  # or "plateau"
+    lr_schedule: str = "cosine"  # one of LR_SCHEDULES (see learning_rate_schedule)
+    lr_warmup: float = ONE_CYCLE_WARMUP  # one-cycle: fraction of the steps spent warming up
+    original_epochs: int | None = None  # rewind: epochs of the dense model's cosine training
     patience: int = 3
     seed: int = 0
     label: str = "fine-tune"
@@ -51,6 +67,8 @@ class FitSettings:
             batch_size=options.batch_size,
             learning_rate=options.learning_rate or (GENTLE_LEARNING_RATE if gentle else RECOVERY_LEARNING_RATE),
             lr_schedule=options.lr_schedule,
+            lr_warmup=options.lr_warmup,
+            original_epochs=options.original_epochs,
             patience=options.patience,
             seed=options.seed,
         )
@@ -146,14 +164,103 @@ def only_outputs(split, names):
     return Split(split.x, {k: v for k, v in split.y.items() if k in names}, split.source)
 
 
-def make_optimizer(settings: FitSettings, steps_per_epoch: int, keras=None):
+def rewind_problem(original_epochs: int | None, epochs: int, flag: str = "--finetune-epochs") -> str | None:
+    """Why ``--lr-schedule rewind`` cannot replay ``epochs`` epochs of an ``original_epochs``-epoch
+    training, in one line naming the flags; None when it can."""
+    if original_epochs is None:
+        return "--lr-schedule rewind needs --original-epochs E (the epochs the dense model was trained)"
+    if original_epochs < epochs:
+        return (f"--lr-schedule rewind replays the last {flag} ({epochs}) epochs of the original training, "
+                f"but --original-epochs is {original_epochs}: it must be at least {epochs}")
+    return None
+
+
+def learning_rate_schedule(settings: FitSettings, steps_per_epoch: int, keras=None):
+    """The learning rate ``settings`` ask for: a float or a schedule of ``keras`` (per step).
+
+    - ``cosine``: Keras' CosineDecay from the LR to :data:`COSINE_FLOOR` of it over all steps.
+    - ``plateau`` and ``constant``: the LR itself (plateau halves it from a callback).
+    - ``one-cycle``: a linear warm-up from :data:`ONE_CYCLE_START` of the LR to the LR over the
+      first ``lr_warmup`` of the steps, then a cosine to zero: a large LR early lets a pruned
+      network leave the fine-tuning basin, the decay settles it (Le & Hua, ICLR 2021).
+    - ``rewind``: learning-rate rewinding (Renda et al., ICLR 2020): recovery of N epochs
+      (``epochs``) replays epochs E-N..E of the dense model's own E-epoch schedule
+      (``original_epochs``), assumed to be a cosine from the LR (its peak) to zero, the common
+      recipe. Renda et al. found this beats fine-tuning at the final, small LR; Le & Hua show the
+      gain comes from the larger LR it restarts at. N = E is a full cosine from the peak.
+    """
     keras = _keras(keras)
     lr = settings.learning_rate
+    total = max(1, settings.epochs * steps_per_epoch)
     if settings.lr_schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(
-            settings.learning_rate, decay_steps=max(1, settings.epochs * steps_per_epoch), alpha=0.05
-        )
-    return keras.optimizers.Adam(learning_rate=lr)
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total, alpha=COSINE_FLOOR)
+    if settings.lr_schedule == "one-cycle":
+        warmup = int(round(settings.lr_warmup * total))
+        return _warmup_cosine_class(keras)(lr, warmup_steps=warmup, start=lr * ONE_CYCLE_START,
+                                          decay_steps=max(1, total - warmup))
+    if settings.lr_schedule == "rewind":
+        problem = rewind_problem(settings.original_epochs, settings.epochs)
+        if problem:
+            from edgeprune.errors import InputError
+
+            raise InputError(problem)
+        skipped = (settings.original_epochs - settings.epochs) * steps_per_epoch
+        return _warmup_cosine_class(keras)(lr, decay_steps=settings.original_epochs * steps_per_epoch,
+                                          offset_steps=skipped)
+    if settings.lr_schedule in ("plateau", "constant"):
+        return lr
+    raise ValueError(f"unknown lr_schedule {settings.lr_schedule!r} (known: {', '.join(LR_SCHEDULES)})")
+
+
+def warmup_epochs(settings: FitSettings) -> int:
+    """Epochs the one-cycle warm-up spans (0 for other schedules): early stopping waits them out,
+    since a rising LR makes those epochs worse on purpose."""
+    if settings.lr_schedule != "one-cycle":
+        return 0
+    return int(np.ceil(settings.lr_warmup * settings.epochs))
+
+
+@functools.cache
+def _warmup_cosine_class(keras):
+    """A LearningRateSchedule of ``keras`` (Keras 3 or tf_keras; each optimizer takes only its
+    own): linear warm-up, then a cosine from ``peak`` to zero, optionally entered part-way.
+
+    Keras' CosineDecay has a warm-up but cannot start part-way down the cosine (rewinding), so
+    both schedules that need either are this one class.
+    """
+    from edgeprune._env import tf
+
+    tf_ = tf()
+
+    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+        """lr(step): ``start`` -> ``peak`` linearly over ``warmup_steps``; then
+        peak * (1 + cos(pi * p)) / 2 with p = (offset_steps + steps after warm-up) / decay_steps."""
+
+        def __init__(self, peak, *, decay_steps, warmup_steps=0, start=0.0, offset_steps=0):
+            super().__init__()
+            self.peak, self.start = float(peak), float(start)
+            self.decay_steps, self.warmup_steps = int(decay_steps), int(warmup_steps)
+            self.offset_steps = int(offset_steps)
+
+        def __call__(self, step):
+            step = tf_.cast(step, tf_.float32)
+            rising = self.start + (self.peak - self.start) * step / max(1, self.warmup_steps)
+            done = tf_.minimum(1.0, (self.offset_steps + step - self.warmup_steps) / self.decay_steps)
+            falling = self.peak * 0.5 * (1.0 + tf_.cos(np.pi * done))
+            return tf_.where(step < self.warmup_steps, rising, falling)
+
+        def get_config(self):
+            return dict(peak=self.peak, decay_steps=self.decay_steps, warmup_steps=self.warmup_steps,
+                        start=self.start, offset_steps=self.offset_steps)
+
+    # registered: Keras 3's clone_model (copy_model) rebuilds a compiled model's optimizer from config
+    return keras.saving.register_keras_serializable(package="edgeprune")(WarmupCosine)
+
+
+def make_optimizer(settings: FitSettings, steps_per_epoch: int, keras=None):
+    """Adam with the learning rate (schedule) of :func:`learning_rate_schedule`."""
+    keras = _keras(keras)
+    return keras.optimizers.Adam(learning_rate=learning_rate_schedule(settings, steps_per_epoch, keras))
 
 
 class _Progress:
@@ -202,14 +309,16 @@ class _Progress:
 
 def callbacks_for(settings: FitSettings, has_val: bool, monitor_acc: bool, output: Output,
                   keras=None) -> list:
-    """Early stopping (best weights restored), optional plateau LR, progress reporting."""
+    """Early stopping (best weights restored; not during a one-cycle warm-up), optional plateau
+    LR, progress reporting, the epoch hooks, then ``settings.extra_callbacks``."""
     keras = _keras(keras)
     monitor = ("val_" if has_val else "") + ("accuracy" if monitor_acc else "loss")
     mode = "max" if monitor_acc else "min"
     cbs = [_Progress.make(output, settings.label, settings.epochs, keras)]
     if settings.early_stopping:
         cbs.append(keras.callbacks.EarlyStopping(
-            monitor=monitor, mode=mode, patience=settings.patience, restore_best_weights=True
+            monitor=monitor, mode=mode, patience=settings.patience, restore_best_weights=True,
+            start_from_epoch=warmup_epochs(settings),
         ))
     if settings.lr_schedule == "plateau":
         cbs.append(

@@ -11,6 +11,7 @@ import click
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgeprune.errors import InputError
+from edgeprune.training.finetune import LR_SCHEDULES, ONE_CYCLE_WARMUP, rewind_problem
 
 
 class TrainingOptions(BaseModel):
@@ -24,12 +25,16 @@ class TrainingOptions(BaseModel):
     finetune_epochs: int = Field(default=10, ge=0)
     batch_size: int = Field(default=32, ge=1)
     learning_rate: float | None = Field(default=None, gt=0.0)  # None: finetune.RECOVERY_LEARNING_RATE etc.
-    lr_schedule: Literal["cosine", "plateau"] = "cosine"
+    lr_schedule: Literal[LR_SCHEDULES] = "cosine"
+    lr_warmup: float = Field(default=ONE_CYCLE_WARMUP, ge=0.0, lt=1.0)  # one-cycle only
+    original_epochs: int | None = Field(default=None, ge=1)  # rewind only
     patience: int = Field(default=3, ge=1)
     bn_recalibrate: bool = True
     distill: bool = False
     distill_temperature: float = Field(default=4.0, gt=0.0)
     distill_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    distill_schedule: Literal["constant", "anneal"] = "constant"
+    distill_alpha_end: float | None = Field(default=None, ge=0.0, le=1.0)  # anneal only; None: alpha stays
     iterative_steps: int = Field(default=1, ge=1)
     sparsity_epochs: int = Field(default=0, ge=0)
     sparsity_method: Literal["group-norm", "bn-l1"] = "group-norm"
@@ -69,6 +74,17 @@ class TrainingOptions(BaseModel):
             m, n = self.sparsity_m_by_n
             if not 0 < m < n:
                 raise ValueError(f"sparsity_m_by_n must be M:N with 0 < M < N, got {m}:{n}")
+        return self
+
+    @model_validator(mode="after")
+    def _rewind_fits(self):
+        """Rewinding replays the end of the original training, so it cannot be longer than it;
+        checked here, before any training, for each phase that uses the schedule."""
+        if self.lr_schedule == "rewind":
+            for flag, epochs in (("--finetune-epochs", self.finetune_epochs), ("--sparsity-epochs", self.sparsity_epochs)):
+                problem = rewind_problem(self.original_epochs, epochs, flag)
+                if problem:
+                    raise ValueError(problem)
         return self
 
     @property
@@ -114,33 +130,37 @@ def parse_layer_sparsity(items) -> dict[str, float]:
 # (flag declaration, option field) for every training flag; defaults are None so that a flag
 # the user did not type never overrides the recipe.
 _FLAGS = [
-    (click.option("--train-data", metavar="SRC", help="Training data: .npz (x, y), class-folder image dir, or module:function."), "train_data"),
-    (click.option("--val-data", metavar="SRC", help="Validation data (same forms as --train-data)."), "val_data"),
-    (click.option("--val-split", type=float, metavar="FRACTION", help="Hold out this fraction of --train-data for validation when no --val-data [0.2]."), "val_split"),
-    (click.option("--finetune-epochs", type=int, metavar="N", help="Fine-tuning epochs after pruning (0 disables) [10]."), "finetune_epochs"),
-    (click.option("--batch-size", type=int, help="Training batch size [32]."), "batch_size"),
-    (click.option("--learning-rate", type=float, help="Adam learning rate, decayed by --lr-schedule [3e-3 for recovery (fine-tuning, distillation, --sparsity-epochs); 1e-3 for --qat and --gradual-sparsity]."), "learning_rate"),
-    (click.option("--lr-schedule", type=click.Choice(["cosine", "plateau"]), help="Learning-rate schedule [cosine]."), "lr_schedule"),
-    (click.option("--bn-recalibrate/--no-bn-recalibrate", default=None, help="Re-estimate BatchNorm statistics after pruning from training or calibration inputs [on]."), "bn_recalibrate"),
-    (click.option("--distill/--no-distill", default=None, help="Distil from the unpruned model while fine-tuning."), "distill"),
-    (click.option("--distill-temperature", type=float, metavar="T", help="Distillation temperature [4]."), "distill_temperature"),
-    (click.option("--distill-alpha", type=float, metavar="A", help="Weight of the hard-label loss; 1-A weighs the teacher term [0.5]."), "distill_alpha"),
+    (click.option("--train-data", metavar="SRC", help="Training data: .npz (x, y), class-folder image dir, or module:function [none: no training]."), "train_data"),
+    (click.option("--val-data", metavar="SRC", help="Validation data (same forms as --train-data) [none: --val-split of --train-data]."), "val_data"),
+    (click.option("--val-split", type=float, metavar="FRACTION", help="Fraction (0-1) of --train-data held out for validation when no --val-data [0.2]."), "val_split"),
+    (click.option("--finetune-epochs", type=int, metavar="N", help="Recovery (fine-tuning or distillation) epochs after pruning; 0 disables [10]."), "finetune_epochs"),
+    (click.option("--batch-size", type=int, metavar="N", help="Training batch size, in samples [32]."), "batch_size"),
+    (click.option("--learning-rate", type=float, metavar="LR", help="Adam (peak) learning rate, shaped over the steps by --lr-schedule [3e-3 for recovery (fine-tuning, distillation, --sparsity-epochs); 1e-3 for --qat and --gradual-sparsity]."), "learning_rate"),
+    (click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), help="Learning rate over the training steps: cosine (decay to 5% of --learning-rate), plateau (halve when validation stalls), one-cycle (linear warm-up over --lr-warmup, then cosine to 0), constant, or rewind (replay the last --finetune-epochs of an --original-epochs cosine training from --learning-rate) [cosine]."), "lr_schedule"),
+    (click.option("--lr-warmup", type=float, metavar="FRACTION", help=f"one-cycle: fraction (0-1) of the training steps spent rising linearly from 1/25 of --learning-rate to it [{ONE_CYCLE_WARMUP}]."), "lr_warmup"),
+    (click.option("--original-epochs", type=int, metavar="E", help="rewind: epochs the dense model was trained, with a cosine decay from --learning-rate to 0; at least --finetune-epochs [none: required by rewind]."), "original_epochs"),
+    (click.option("--bn-recalibrate/--no-bn-recalibrate", default=None, help="Re-estimate BatchNorm statistics after pruning on up to 1024 training or calibration inputs [on]."), "bn_recalibrate"),
+    (click.option("--distill/--no-distill", default=None, help="Distil from the unpruned model while fine-tuning [off]."), "distill"),
+    (click.option("--distill-temperature", type=float, metavar="T", help="Distillation softmax temperature (> 0, unitless) [4]."), "distill_temperature"),
+    (click.option("--distill-alpha", type=float, metavar="A", help="Weight (0-1) of the hard-label loss; 1-A weighs the teacher term [0.5]."), "distill_alpha"),
+    (click.option("--distill-schedule", type=click.Choice(["constant", "anneal"]), help="constant keeps --distill-temperature and --distill-alpha; anneal moves them linearly, epoch by epoch, to a temperature of 1 and --distill-alpha-end at the last epoch [constant]."), "distill_schedule"),
+    (click.option("--distill-alpha-end", type=float, metavar="A", help="anneal: weight (0-1) of the hard-label loss in the last epoch [--distill-alpha: alpha stays]."), "distill_alpha_end"),
     (click.option("--iterative-steps", type=int, metavar="N", help="Prune in N steps with fine-tuning between them [1 = one-shot]."), "iterative_steps"),
     (click.option("--sparsity-epochs", type=int, metavar="N", help="Pruning during training: train N epochs with a structured-sparsity penalty before the cut, then prune by the learnt group norms with global ranking [0 = off]."), "sparsity_epochs"),
     (click.option("--sparsity-method", type=click.Choice(["group-norm", "bn-l1"]), help="Penalty of --sparsity-epochs: every unit's coupled weights as one group (group-norm) or BatchNorm scales only (bn-l1) [group-norm]."), "sparsity_method"),
     (click.option("--sparsity-strength", type=float, metavar="S", help="Shrinkage of --sparsity-epochs per step, in units of the learning rate times each group's starting mean norm [1.0]."), "sparsity_strength"),
     (click.option("--sparsity-growth", type=click.Choice(["linear", "constant"]), help="Ramp the --sparsity-strength up from 0 over the phase (linear) or apply it throughout (constant) [linear]."), "sparsity_growth"),
-    (click.option("--qat/--no-qat", default=None, help="Quantization-aware training (int8) before conversion."), "qat"),
-    (click.option("--gradual-sparsity", type=float, metavar="S", help="Gradual magnitude pruning (tfmot) to this weight sparsity."), "gradual_sparsity"),
+    (click.option("--qat/--no-qat", default=None, help="Quantization-aware training (int8) before conversion [off]."), "qat"),
+    (click.option("--gradual-sparsity", type=float, metavar="S", help="Gradual magnitude pruning (tfmot) to this weight sparsity, the fraction (0-1) of weights set to zero [off]."), "gradual_sparsity"),
     (click.option("--sparsity-schedule", type=click.Choice(["constant", "polynomial"]), help="Schedule for --gradual-sparsity [polynomial]."), "sparsity_schedule"),
-    (click.option("--per-layer-sparsity", multiple=True, metavar="NAME=S", help="Sparsity for one layer (repeatable); other layers use --gradual-sparsity."), "per_layer_sparsity"),
-    (click.option("--sparsity-m-by-n", metavar="M:N", help="Structured M:N weight sparsity, e.g. 2:4 (tfmot)."), "sparsity_m_by_n"),
-    (click.option("--max-accuracy-drop", type=float, metavar="POINTS", help="Refuse the artifact if accuracy drops more than this many points."), "max_accuracy_drop"),
-    (click.option("--gate-data", metavar="SRC", help="Labelled data the accuracy gate measures on (never used to select); default: --gate-split of the validation data."), "gate_data"),
-    (click.option("--gate-split", type=float, metavar="FRACTION", help="Fraction of the validation data held out for the gate before early stopping and distillation select on the rest [0.5]."), "gate_split"),
+    (click.option("--per-layer-sparsity", multiple=True, metavar="NAME=S", help="Weight sparsity (fraction 0-1) for one layer (repeatable); other layers use --gradual-sparsity [none]."), "per_layer_sparsity"),
+    (click.option("--sparsity-m-by-n", metavar="M:N", help="Structured M:N weight sparsity, e.g. 2:4 (tfmot) [off]."), "sparsity_m_by_n"),
+    (click.option("--max-accuracy-drop", type=float, metavar="POINTS", help="Refuse the artifact if accuracy drops more than this many percentage points [none: no gate]."), "max_accuracy_drop"),
+    (click.option("--gate-data", metavar="SRC", help="Labelled data the accuracy gate measures on (never used to select) [--gate-split of the validation data]."), "gate_data"),
+    (click.option("--gate-split", type=float, metavar="FRACTION", help="Fraction (0-1) of the validation data held out for the gate before early stopping and distillation select on the rest [0.5]."), "gate_split"),
     (click.option("--gate-mode", type=click.Choice(["point", "upper"]), help="Gate on the measured drop (point) or on the upper end of its 95% CI (upper) [point]."), "gate_mode"),
     (click.option("--gate-output", metavar="NAME", help="For a model with several outputs: the output the accuracy gate measures [the first classification output]."), "gate_output"),
-    (click.option("--recipe", type=click.Path(dir_okay=False), help="YAML file with any of these settings; flags override it."), "recipe"),
+    (click.option("--recipe", type=click.Path(dir_okay=False), help="YAML file with any of these settings (same names); flags override it [none]."), "recipe"),
 ]
 FLAG_FIELDS = [field for _, field in _FLAGS]
 
@@ -194,6 +214,9 @@ def build_options(values: dict, origin: str | None = None) -> TrainingOptions:
         return TrainingOptions(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "?"
+        key = ".".join(str(p) for p in err["loc"])
         where = f" (from recipe {origin} or flags)" if origin else ""
+        if not key:  # a rule over several settings: its message names them, the input is everything
+            message = str(err["msg"]).removeprefix("Value error, ")
+            raise InputError(f"training settings{where}: {message}") from None
         raise InputError(f"training setting '{key}'{where}: {err['msg']}, found {err.get('input')!r}") from None
