@@ -408,6 +408,162 @@ def take(a, index):
     return np.asarray(a)[index]
 
 
+# --- the input range -------------------------------------------------------------------------
+
+# What a data set's span snaps to (smallest first), and what a leading layer's input is tried as.
+STANDARD_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0))
+
+
+@dataclass(frozen=True)
+class InputRange:
+    """The value range the model's image inputs take, and who said so.
+
+    Passed to :func:`load_arrays` wherever a profile's ``Preprocessing`` fits (it has the same
+    ``scale`` and ``color``): image folders are scaled onto ``scale``, and array data outside it
+    is refused when ``checked`` (the range was stated by --input-range, the model or the
+    calibration data). The profile's value alone is a default, not a fact about the model, so
+    it scales images but refuses no data.
+    """
+
+    scale: tuple[float, float]
+    source: str  # who decided: "--input-range", "model layer 'NAME' (Rescaling)", "calibration data", ...
+    color: str = "rgb"
+    checked: bool = True
+
+    @property
+    def described(self) -> str:
+        return f"the model's input range is [{self.scale[0]:g}, {self.scale[1]:g}] (from {self.source})"
+
+    def to_json(self) -> dict:
+        """What manifest.json records (and ``bench`` reads back as the artifact's range)."""
+        return {"range": [float(self.scale[0]), float(self.scale[1])], "source": self.source,
+                "checked": self.checked}
+
+
+def parse_input_range(value, flag: str = "--input-range") -> tuple[float, float] | None:
+    """``"LO,HI"`` (or a pair of numbers) -> ``(lo, hi)``; one-line InputError otherwise."""
+    if value is None:
+        return None
+    parts = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    try:
+        lo, hi = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise InputError(f"{flag}: expected LO,HI (two numbers, e.g. -1,1 or 0,255), found '{value}'") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise InputError(f"{flag}: expected finite LO < HI, found '{value}'")
+    return lo, hi
+
+
+def _image_of(lo: float, hi: float, scale, offset) -> tuple[float, float]:
+    """The span ``[lo, hi]`` maps to under ``x * scale + offset`` (per channel: the union)."""
+    ends = np.concatenate([np.ravel(lo * np.asarray(scale, np.float64) + np.asarray(offset, np.float64)),
+                           np.ravel(hi * np.asarray(scale, np.float64) + np.asarray(offset, np.float64))])
+    return float(ends.min()), float(ends.max())
+
+
+def _rescaling_input(scale, offset) -> tuple[float, float] | None:
+    """The standard range a Rescaling layer's input is meant to be: the one it maps onto a
+    normalised span ([0, 1], [-1, 1], or any unit-wide span inside [-1, 1]), e.g. 1/255 and
+    (1/127.5, -1) take [0, 255], (2, -1) takes [0, 1]."""
+    for cand in (STANDARD_RANGES[2], STANDARD_RANGES[0], STANDARD_RANGES[1]):
+        a, b = _image_of(*cand, scale, offset)
+        if a >= -1.05 and b <= 1.05 and b - a >= 0.9:
+            return cand
+    return None
+
+
+def _normalization_input(mean, variance) -> tuple[float, float] | None:
+    """The standard range a Normalization layer was adapted on: the one it maps onto the most
+    centred span a few standard deviations wide (ImageNet statistics in pixels take [0, 255],
+    the same statistics in [0, 1] take [0, 1]). An identity layer (mean 0, variance 1) says nothing."""
+    mean, variance = np.asarray(mean, np.float64), np.asarray(variance, np.float64)
+    if np.allclose(mean, 0.0) and np.allclose(variance, 1.0):
+        return None
+    std = np.sqrt(np.maximum(variance, 1e-12))
+    best = None
+    for cand in STANDARD_RANGES:
+        a, b = _image_of(*cand, 1.0 / std, -mean / std)
+        if 1.0 <= b - a <= 20.0:
+            off_centre = abs(a + b) / 2 / (b - a)
+            if best is None or off_centre < best[0]:
+                best = (off_centre, cand)
+    return None if best is None else best[1]
+
+
+def model_input_range(model) -> tuple[tuple[float, float], str] | None:
+    """``((lo, hi), "model layer 'NAME' (Rescaling)")`` when the model's first input is an image
+    (N, H, W, C) that goes straight into a Rescaling or Normalization layer: the range that
+    layer's input expects. None when the model has no such layer (or its graph cannot be traced:
+    a bare SavedModel); a feature vector's Normalization describes no pixel range."""
+    try:
+        from edgeprune.pruning.graph import trace
+
+        graph = trace(model)
+        first = graph.tensors[tuple(graph.inputs[0])]
+    except Exception:  # any model compile accepts must still compile: no layer, no opinion
+        return None
+    consumers = first.consumers
+    if len(first.shape) != 3 or len(consumers) != 1:
+        return None
+    node = graph.layers[consumers[0]]
+    found = None
+    if node.class_name == "Rescaling":
+        found = _rescaling_input(node.config.get("scale", 1.0), node.config.get("offset", 0.0))
+    elif node.class_name == "Normalization" and not node.config.get("invert"):
+        try:
+            found = _normalization_input(np.asarray(node.layer.mean), np.asarray(node.layer.variance))
+        except (AttributeError, TypeError, ValueError):
+            found = None
+    return None if found is None else (found, f"model layer '{node.name}' ({node.class_name})")
+
+
+def data_range(x, prefer=None) -> tuple[float, float] | None:
+    """The range the image inputs of ``x`` fit in (within 5 %): ``prefer`` (the profile's) if they
+    fit it, else the smallest of [0, 1], [-1, 1], [0, 255], else their own span; None when ``x``
+    has no image (N, H, W, C) input."""
+    arrays = [v for v in (x.values() if isinstance(x, dict) else [x]) if np.ndim(v) == 4]
+    if not arrays:
+        return None
+    lo = min(float(np.min(a)) for a in arrays)
+    hi = max(float(np.max(a)) for a in arrays)
+    for a, b in ((tuple(prefer),) if prefer is not None else ()) + STANDARD_RANGES:
+        span = b - a
+        if lo >= a - 0.05 * span and hi <= b + 0.05 * span:
+            return a, b
+    return (lo, hi) if hi > lo else None
+
+
+def input_range(profile=None, *, flag=None, model=None, recorded: dict | None = None, data=None,
+                data_source: str = "calibration data") -> InputRange:
+    """The one decision of the model's input range, for every command that reads input data.
+
+    Precedence: ``flag`` (``--input-range LO,HI``) > the model's leading Rescaling/Normalization
+    layer (or, for an artifact, the range its compile ``recorded`` in manifest.json) > ``data``
+    (the calibration data, snapped to a standard range) > the profile's ``preprocessing.scale``.
+    The range belongs to the model: a profile cannot know whether a MobileNet expects [-1, 1]
+    or [0, 255], so its value is only the default for image folders and refuses no data.
+    """
+    color = profile.preprocessing.color if profile is not None else "rgb"
+    stated = parse_input_range(flag)
+    if stated is not None:
+        return InputRange(stated, "--input-range", color)
+    found = model_input_range(model) if model is not None else None
+    if found is not None:
+        return InputRange(found[0], found[1], color)
+    if recorded and recorded.get("range"):
+        lo, hi = recorded["range"]
+        return InputRange((float(lo), float(hi)), f"the artifact's manifest ({recorded.get('source')})", color,
+                          checked=bool(recorded.get("checked", True)))
+    spanned = data_range(data, profile.preprocessing.scale if profile is not None else None) \
+        if data is not None else None
+    if spanned is not None:
+        return InputRange(spanned, data_source, color)
+    if profile is not None:
+        return InputRange(tuple(profile.preprocessing.scale), f"profile '{profile.name}' (default)", color,
+                          checked=False)
+    return InputRange((0.0, 1.0), "default", color, checked=False)
+
+
 # --- checks --------------------------------------------------------------------------------
 
 def _check_input(x: np.ndarray, where: str, shape, preprocessing, check_range: bool, label: str = ""):
@@ -435,15 +591,15 @@ def _check_input(x: np.ndarray, where: str, shape, preprocessing, check_range: b
             f"{where}: {int(bad.sum())} NaN/Inf values in {int(bad.reshape(len(x), -1).any(1).sum())} "
             f"samples{label}; expected finite numbers"
         )
-    if check_range and preprocessing is not None:
+    if check_range and preprocessing is not None and getattr(preprocessing, "checked", True):
         lo, hi = preprocessing.scale
         span = max(hi - lo, 1e-12)
         mn, mx = float(x.min()), float(x.max())
         if mn < lo - 0.05 * span or mx > hi + 0.05 * span:
+            expected = getattr(preprocessing, "described", None) or f"the target's preprocessing.scale expects [{lo:g}, {hi:g}]"
             raise InputError(
-                f"{where}: values{label} span [{mn:.4g}, {mx:.4g}] but the target's "
-                f"preprocessing.scale expects [{lo:g}, {hi:g}]; rescale the data or use a profile "
-                "with the matching preprocessing.scale"
+                f"{where}: values{label} span [{mn:.4g}, {mx:.4g}] but {expected}; rescale the data, "
+                "or pass --input-range LO,HI if the model really takes this range"
             )
     return x
 

@@ -115,14 +115,42 @@ class EvalData:
         return count(self.x)
 
 
-def load_eval_data(path, info) -> EvalData:
-    """--eval data for the artifact's inputs, read by the one loader (edgeprune.datasets)."""
+def load_eval_data(path, info, in_range=None) -> EvalData:
+    """--val-data for the artifact's inputs, read by the one loader (edgeprune.datasets): image
+    folders scaled onto ``in_range`` (an :class:`edgeprune.datasets.InputRange`), arrays refused
+    outside it when it is a checked one (the flag's, or the one the compile recorded)."""
     from edgeprune.datasets import load_arrays
 
     inputs = [(t.get("key") or t["name"], [None, *t["shape"][1:]]) for t in info.inputs]
     outputs = [t.get("key") or t["name"] for t in info.outputs]
-    x, y = load_arrays(str(path), inputs=inputs, outputs=outputs, check_range=False, flag="--val-data")
+    # real-valued inputs (float, or quantized from float by the runner); token ids are not a range
+    real = not info.inputs or str(info.inputs[0].get("dtype")) in ("float32", "float16", "int8", "uint8", "int16")
+    x, y = load_arrays(str(path), inputs=inputs, outputs=outputs, preprocessing=in_range,
+                       check_range=in_range is not None and real, flag="--val-data")
     return EvalData(Path(path), x, y)
+
+
+def artifact_input_range(info, profile=None, flag=None):
+    """The input range bench and verify feed the artifact: ``--input-range``, else the one its
+    compile recorded in manifest.json, else the profile's default (edgeprune.datasets.input_range)."""
+    from edgeprune.datasets import input_range
+
+    return input_range(profile, flag=flag, recorded=(info.manifest or {}).get("input_range"))
+
+
+def _warn_if_not_on_its_device(info, profile, hosts, fleet, threads, out) -> None:
+    """An artifact compiled for a device benched here without saying so measures this machine,
+    not the device: say it in one line (``--host local`` says it on purpose)."""
+    compiled_for = (info.manifest or {}).get("profile")
+    if profile is not None or hosts or fleet is not None or not isinstance(compiled_for, dict):
+        return
+    kind = (compiled_for.get("connection") or {}).get("kind", "local")
+    if kind == "local":
+        return
+    name = compiled_for.get("name", "?")
+    out.warn(f"{info.path} was compiled for '{name}' (reached over {kind}) but runs on this machine, "
+             f"{', '.join(map(str, threads))} thread(s): pass --target {name} to measure it on the device, "
+             "or --host local to measure it here")
 
 
 def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
@@ -131,7 +159,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
           fleet=None, max_latency_ms=None, ssh_options=(), ssh_config=None,
           connect_timeout: int = 10, retries: int = 2, keep_outputs: bool = False, per_layer: bool = False,
           protocol: str | None = None, protocol_settings: dict | None = None,
-          gate_mode: str = "point", gate_output: str | None = None) -> dict:
+          gate_mode: str = "point", gate_output: str | None = None, input_range=None) -> dict:
     """Benchmark ``artifact`` on this machine or devices and verify it; return one result dict.
 
     threads: thread counts to sweep (default: the profile's ``threads``, else 1).
@@ -149,6 +177,10 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     protocol: "mlperf" repeats the steady state per MLPerf Mobile single-stream rules
     (``protocol_settings`` overrides its numbers for quick checks; the result says whether the
     run still meets the rules).
+    input_range: ``"LO,HI"`` or ``(lo, hi)``, the range eval data must be in (default: the one the
+    compile recorded in manifest.json; edgeprune.datasets.input_range).
+    An artifact compiled for an ssh or emulated profile, benched with no ``target``, ``hosts`` or
+    ``fleet``, runs here: a warning says so.
     """
     out = output or default_output()
     from edgeprune.profiles import load_profile
@@ -165,6 +197,8 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     threads = parse_threads(threads if threads else ((profile.threads,) if profile else (1,)), "--threads")
     protocol_job = _protocol(protocol, protocol_settings)
     info = inspect_artifact(artifact)
+    in_range = artifact_input_range(info, profile, input_range)
+    _warn_if_not_on_its_device(info, profile, hosts, fleet, threads, out)
     emulated = profile is not None and profile.connection.kind == "emulated" and not hosts and fleet is None
     if emulated and ssh_config:
         raise InputError(f"--ssh-config: target {profile.name} is reached through its own throwaway ssh config")
@@ -184,7 +218,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     out_names = [t.get("key") or t["name"] for t in info.outputs]
     data = None
     if eval_data is not None:
-        data = load_eval_data(eval_data, info)
+        data = load_eval_data(eval_data, info, in_range)
 
     reference = ref_outputs = None
     if reference_model is not None:
@@ -248,7 +282,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
         "profile": profile.name if profile else None,
         "settings": {"threads": list(threads), "runs": runs, "warmup": warmup, "min_duration_s": min_duration_s},
         "eval": None if data is None else {"path": str(data.path), "samples": data.samples,
-                                           "labels": data.y is not None},
+                                           "labels": data.y is not None, "input_range": in_range.to_json()},
         "reference": reference,
         "protocol": None if protocol_job is None else {**protocol_job, "compliant": _compliant(protocol_job)},
         "devices": [],

@@ -17,7 +17,8 @@ TFLITE_IDENTIFIER = b"TFL3"
 MANIFEST = "manifest.json"
 # Manifest keys worth carrying into the bench result (quantization and profile facts).
 MANIFEST_KEYS = ("profile", "target", "quantization", "io", "int8_only", "source", "model",
-                 "created", "edgeprune_version", "budgets", "sizes", "macs", "keras_outputs")
+                 "created", "edgeprune_version", "budgets", "sizes", "macs", "keras_outputs",
+                 "input_range")
 
 
 @dataclass
