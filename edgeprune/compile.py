@@ -47,6 +47,9 @@ class CompileOptions:
     unsafe: bool = False
     force: bool = False
     input_shape: Any = None  # --input-shape: fixes unknown input dimensions (edgeprune.shapes)
+    # --input-range "LO,HI" or (lo, hi): the value range the model takes; None: read from a leading
+    # Rescaling/Normalization layer, else the calibration data, else the profile (datasets.input_range)
+    input_range: Any = None
     # pruning (edgeprune.pruning.api.prune_model); the same names as `edgeprune prune`
     ratio: float | None = None  # channel ratio
     target_macs: float | None = None  # target MACs as a fraction of the original
@@ -197,7 +200,7 @@ def _stage_prune(model, options, profile, data, stages) -> tuple[Any, dict | Non
     return result.model, result.report
 
 
-def _stage_training(model, original, options, profile, data, stages, out, gate: bool = True):
+def _stage_training(model, original, options, profile, data, stages, out, in_range, gate: bool = True):
     """Fine-tuning / distillation / iterative pruning / gradual sparsity / QAT (edgeprune.training).
 
     Returns the training.api.StageResult, or None when no training was asked for.
@@ -211,9 +214,38 @@ def _stage_training(model, original, options, profile, data, stages, out, gate: 
             original if iterative else model, training, original=original,
             prune_kwargs=_prune_kwargs(options, profile, data) if iterative else None,
             calibration=None if data is None else data[0],
-            preprocessing=profile.preprocessing, gate=gate, epoch_hooks=options.recovery_hooks, output=out)
+            preprocessing=in_range, gate=gate, epoch_hooks=options.recovery_hooks, output=out)
         entry.update({k: v for k, v in result.report.items() if k in ("recovery", "data")})
     return result
+
+
+PRUNED_MODEL = "pruned"  # DIR/pruned.keras (Keras 3) or DIR/pruned.h5 (tf_keras)
+
+
+def _keep_pruned_model(model, directory: Path, training, out) -> dict:
+    """Save the pruned (and recovered) float Keras model in the artifact directory, in its own
+    flavour (edgeprune.model_io.save_model), and return its manifest entry.
+
+    It is the float model the artifact was converted from: ``inspect --quant-error`` compares the
+    artifact with it tensor by tensor (the unpruned model's tensors have other shapes), and it is
+    what a user fine-tunes further. A QAT model holds fake-quantization wrappers, not float
+    layers, so it is not kept; a model Keras cannot serialise is reported, not fatal.
+    """
+    if training.qat:
+        return {"skipped": "--qat: the trained model holds fake-quantization wrappers, not a float model"}
+    from edgeprune._env import is_keras3_model
+    from edgeprune.model_io.save import save_model
+
+    flavour = "keras3" if is_keras3_model(model) else "tf_keras"
+    name = f"{PRUNED_MODEL}.keras" if flavour == "keras3" else f"{PRUNED_MODEL}.h5"
+    try:
+        path = save_model(model, directory / name)
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        out.warn(f"the pruned Keras model was not kept in the artifact ({reason})")
+        return {"skipped": reason}
+    raw = path.read_bytes()
+    return {"file": name, "sha256": sha256_bytes(raw), "bytes": len(raw), "flavour": flavour}
 
 
 def _gate_data(stage_result, data, training, max_drop, out):
@@ -241,7 +273,14 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
                 output: Output | None = None) -> CompileResult:
     """Compile ``model_path`` into ``output_dir`` (model.tflite, manifest.json, report.json)."""
     from edgeprune.convert import convert, estimate_arena_bytes, io_details, op_counts
-    from edgeprune.datasets import array_sha256, count, load_arrays, take
+    from edgeprune.datasets import (
+        array_sha256,
+        count,
+        input_range,
+        load_arrays,
+        parse_input_range,
+        take,
+    )
     from edgeprune.model_io import load_model
     from edgeprune.profiles import load_profile
 
@@ -249,6 +288,7 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
     out = output or default_output()
     profile = load_profile(options.target)
     quant, io = _resolve_modes(options, profile)
+    parse_input_range(options.input_range)  # a bad --input-range fails before the model loads
     if sum(x is not None for x in (options.ratio, options.target_macs, options.target_latency)) > 1:
         raise InputError("give at most one of --ratio, --target-macs and --target-latency")
     if options.latency_table and options.target_latency is None:
@@ -279,11 +319,14 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
 
         data = None
         calibration_info = None
+        in_range = input_range(profile, flag=options.input_range, model=model)
         if options.calibration:
             with stages.stage("calibration", "Reading calibration data") as entry:
                 data = load_arrays(options.calibration, inputs=inputs, outputs=output_names,
-                                   preprocessing=profile.preprocessing, num_samples=options.num_samples,
+                                   preprocessing=in_range, num_samples=options.num_samples,
                                    seed=options.seed, check_range=_float_input(model))
+                if not in_range.checked:  # neither the flag nor the model said: the data does
+                    in_range = input_range(profile, data=data[0])
                 calibration_info = {"source": str(options.calibration), "sha256": array_sha256(data[0]),
                                     "count": count(data[0]), "seed": options.seed,
                                     "num_samples": options.num_samples, "labelled": data[1] is not None}
@@ -305,7 +348,7 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         max_drop = limits.max_accuracy_drop
         stage_result = None
         if training.wants_training or training.val_data or training.gate_data or iterative:
-            stage_result = _stage_training(model, original, options, profile, data, stages, out,
+            stage_result = _stage_training(model, original, options, profile, data, stages, out, in_range,
                                            gate=max_drop is not None)
             model = stage_result.model
             prune_report = stage_result.pruned_report or prune_report
@@ -316,6 +359,10 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         representative = None if data is None else data[0]
         if representative is None and stage_result is not None and stage_result.validation is not None:
             representative = take(stage_result.validation.x, slice(0, options.num_samples or 200))
+            if not in_range.checked:
+                in_range = input_range(profile, data=representative, data_source="validation data")
+        out.debug(f"input range [{in_range.scale[0]:g}, {in_range.scale[1]:g}] from {in_range.source}")
+        report["input_range"] = in_range.to_json()
         gate = _gate_data(stage_result, data, training, max_drop, out)
         from edgeprune import shipping
 
@@ -334,7 +381,10 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
                 tflite, report["keep_float"] = shipping.keep_float(model, original, tflite, representative, io, gate,
                                                                    max_drop, profile, out)
                 entry["kept_float"] = report["keep_float"]["kept_float"]
-        tflite = shipping.with_metadata(tflite, model, profile, options.labels)
+        # the metadata's normalization describes the range decided above, not the profile's default
+        scaled = profile.model_copy(update={"preprocessing": profile.preprocessing.model_copy(
+            update={"scale": tuple(in_range.scale)})})
+        tflite = shipping.with_metadata(tflite, model, scaled, options.labels)
 
         with stages.stage("check", "Checking the artifact") as entry:
             ios = io_details(tflite)
@@ -389,6 +439,7 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
             "profile": profile.model_dump(mode="json"),
             "quantization": {"mode": quant, "io": io},
             "calibration": calibration_info,
+            "input_range": in_range.to_json(),
             "artifact": {"file": "model.tflite", "sha256": sha256_bytes(tflite), "bytes": len(tflite)},
             "inputs": ios["inputs"],
             "outputs": ios["outputs"],
@@ -402,6 +453,8 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         dest = Path(output_dir)
         with artifact as tmp:
             write_bytes_atomic(tmp / "model.tflite", tflite)
+            if prune_report is not None:
+                manifest["pruned_model"] = _keep_pruned_model(model, tmp, training, out)
             write_json(tmp / "manifest.json", manifest)
             write_json(tmp / "report.json", report)
             shipping.write_extras(tmp, extra_files, out)

@@ -37,7 +37,9 @@ class Output:
             self.err.print(f"[dim]{message}[/dim]")
 
     def warn(self, message: str) -> None:
-        self.err.print(f"[yellow]warning:[/yellow] {message}")
+        """One line on stderr; -q hides it with everything else but errors."""
+        if not self.quiet:
+            self.err.print(f"[yellow]warning:[/yellow] {message}")
 
     def table(self, title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]], *,
               compact: bool = False) -> None:

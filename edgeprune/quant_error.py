@@ -261,6 +261,7 @@ def quant_error(artifact, reference, data, *, num_samples: int = 32, seed: int =
 
     art = resolve_artifact(artifact)
     quantized = art.read_bytes()
+    given, reference, swapped = reference, *kept_pruned_reference(art, reference)
     ref = float_reference(reference, custom_objects=custom_objects, unsafe=unsafe)
     q_it = _interp(quantized)
     shape = tuple(int(d) for d in q_it.get_input_details()[0]["shape"])
@@ -280,7 +281,38 @@ def quant_error(artifact, reference, data, *, num_samples: int = 32, seed: int =
     else:
         result = measure(quantized, ref, x, device_values=values)
     result.update(artifact=str(art), reference=str(reference), data=str(data), device=where)
+    if swapped:
+        result["reference_given"] = str(given)
+        result["note"] = result["note"] or (f"compared with {reference}, the pruned float model compile kept, "
+                                            f"not with --reference {given} (the model before pruning)")
     return result
+
+
+def kept_pruned_reference(art: Path, reference) -> tuple[Path, bool]:
+    """(the float model to compare with, whether it replaced ``reference``).
+
+    A pruned artifact's directory keeps the pruned float model (manifest ``pruned_model``): its
+    tensors have the artifact's shapes, the unpruned model's do not. It replaces ``reference``
+    when that is missing or is the artifact's own source model (same sha256); any other
+    reference the user names is kept."""
+    import json
+
+    from edgeprune.artifacts import sha256_bytes
+
+    try:
+        manifest = json.loads((art.parent / "manifest.json").read_text())
+        kept = art.parent / Path(str(manifest["pruned_model"]["file"])).name
+        source_sha = manifest["source"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return reference, False
+    if not kept.is_file():
+        return reference, False
+    if reference is None:
+        return kept, True
+    given = Path(reference)
+    if given.is_file() and given.resolve() != kept.resolve() and sha256_bytes(given.read_bytes()) == source_sha:
+        return kept, True
+    return reference, False
 
 
 def _is_ssh(target) -> bool:

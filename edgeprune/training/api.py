@@ -125,7 +125,8 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
     teacher = original if original is not None else model
     report: dict = {}
     use_calibration = calibration if options.distill else None
-    data = resolve(options, teacher, calibration=use_calibration, preprocessing=preprocessing, gate=gate)
+    data = resolve(options, teacher, calibration=use_calibration, preprocessing=preprocessing, gate=gate,
+                   output=output)
     trainable = data if data is not None and data.train is not None else None
     if data is not None:
         report["data"] = {"train_samples": len(data.train) if data.train else 0,

@@ -107,14 +107,16 @@ def _selects(options) -> bool:
     return options.finetune_epochs > 0
 
 
-def resolve(options, model, *, calibration=None, preprocessing=None, gate: bool = True) -> TrainingData | None:
+def resolve(options, model, *, calibration=None, preprocessing=None, gate: bool = True,
+            output=None) -> TrainingData | None:
     """Training, validation and gate splits for ``options`` checked against ``model``.
 
     With no ``train_data`` but calibration inputs, returns unlabelled data for label-free
     distillation; with only ``val_data``, validation data alone (``train`` None) that is also
     the gate data. When training selects on the validation data, ``gate_split`` of it is held
     out first for the gate (unless ``gate_data`` is given; ``gate`` False: no gate follows, keep
-    it all for selection). Returns None when no data was given.
+    it all for selection). Returns None when no data was given. Unlabelled ``train_data``
+    without ``distill`` trains by label-free distillation: ``output`` warns that it does.
     """
     wants_gate, gate, gate_source = gate, None, None
     if options.gate_data:
@@ -139,6 +141,13 @@ def resolve(options, model, *, calibration=None, preprocessing=None, gate: bool 
     else:
         return TrainingData(None, None, "unlabelled", gate, gate_source) if gate is not None else None
     task = check_against_model(train, model, "--train-data")
+    if task == "unlabelled" and options.train_data and not options.distill and options.finetune_epochs > 0:
+        from edgeprune.console import default_output
+
+        (output or default_output()).warn(
+            f"--train-data {options.train_data} has no labels: recovery distils the unpruned model's outputs "
+            "(label-free distillation) instead of fine-tuning on labels; pass --distill to say so, or add labels "
+            "(y in the .npz, or class sub-folders)")
     val_task = check_against_model(val, model, "--val-data")
     if task != "unlabelled" and val_task != "unlabelled" and task != val_task:
         raise InputError(f"--val-data {val.source}: labels look like '{val_task}' but training labels are '{task}'")
