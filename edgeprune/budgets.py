@@ -110,6 +110,9 @@ def describe(row: dict) -> str:
         return line + (f"; {note}" if note else "")
     if name == "max_latency_ms":
         return f"latency p50 {actual:.4g} ms > budget {limit:g} ms"
+    if row.get("estimate"):  # a lower bound computed before TFLM ran: the real need is larger
+        return (f"{name} at least {actual} bytes (estimated before TFLM) > limit {limit} "
+                f"(over by at least {row['over_by']} bytes, {100.0 * row['over_by'] / max(limit, 1):.1f}%)")
     return (f"{name} {actual} bytes > limit {limit} (over by {row['over_by']} bytes, "
             f"{100.0 * row['over_by'] / max(limit, 1):.1f}%)")
 

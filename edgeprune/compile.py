@@ -389,18 +389,18 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
         with stages.stage("check", "Checking the artifact") as entry:
             ios = io_details(tflite)
             ops = op_counts(tflite)
-            if profile.operators.runtime == "tflm":
+            from edgeprune import budgets as budget_checks
+
+            runtime_error = None  # why the target's runtime cannot run the artifact (it is rejected)
+            if profile.operators.runtime == "tflm":  # budgets before TFLM, then TFLM in a child
                 from edgeprune import tflm
 
-                micro = tflm.check(tflite)
-                arena = {"bytes": micro["arena_bytes"], "method": "tflm (exact, RecordingMicroAllocator)",
-                         "detail": micro}
+                mcu = tflm.check_for_target(tflite, limits)
+                arena, budgets, runtime_error = mcu.arena, mcu.budgets, mcu.error
             else:
                 arena = {"bytes": estimate_arena_bytes(tflite),
                          "method": "estimate: peak bytes of live non-constant tensors"}
-            from edgeprune import budgets as budget_checks
-
-            budgets = budget_checks.check(limits, model_bytes=len(tflite), arena_bytes=arena["bytes"])
+                budgets = budget_checks.check(limits, model_bytes=len(tflite), arena_bytes=arena["bytes"])
             entry["ops"] = sum(ops.values())
 
         if gate is not None:
@@ -467,6 +467,10 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
                 kept = artifact.reject()
                 detail = "; ".join(failed)
                 raise BudgetError(f"target '{profile.name}': {detail}; candidate kept in {kept}, nothing written to {dest}")
+            if runtime_error is not None:
+                kept = artifact.reject()
+                raise VerificationError(f"target '{profile.name}': {runtime_error}; candidate kept in {kept}, "
+                                        f"nothing written to {dest}")
         out.debug(f"wrote {dest}")
         return CompileResult(dest, dest / "model.tflite", manifest, report)
     finally:
