@@ -518,17 +518,17 @@ def model_input_range(model) -> tuple[tuple[float, float], str] | None:
 
 
 def data_range(x, prefer=None) -> tuple[float, float] | None:
-    """The range the image inputs of ``x`` fit in (within 5 %): ``prefer`` (the profile's) if they
-    fit it, else the smallest of [0, 1], [-1, 1], [0, 255], else their own span; None when ``x``
-    has no image (N, H, W, C) input."""
+    """The range the image inputs of ``x`` fit in (within 5 %, at most 0.1): ``prefer`` (the
+    profile's) if they fit it, else the smallest of [0, 1], [-1, 1], [0, 255], else their own
+    span; None when ``x`` has no image (N, H, W, C) input."""
     arrays = [v for v in (x.values() if isinstance(x, dict) else [x]) if np.ndim(v) == 4]
     if not arrays:
         return None
     lo = min(float(np.min(a)) for a in arrays)
     hi = max(float(np.max(a)) for a in arrays)
     for a, b in ((tuple(prefer),) if prefer is not None else ()) + STANDARD_RANGES:
-        span = b - a
-        if lo >= a - 0.05 * span and hi <= b + 0.05 * span:
+        slack = 0.05 * min(b - a, 2.0)  # [-3, 3] is not [0, 255] data
+        if lo >= a - slack and hi <= b + slack:
             return a, b
     return (lo, hi) if hi > lo else None
 
@@ -600,6 +600,12 @@ def _check_input(x: np.ndarray, where: str, shape, preprocessing, check_range: b
             raise InputError(
                 f"{where}: values{label} span [{mn:.4g}, {mx:.4g}] but {expected}; rescale the data, "
                 "or pass --input-range LO,HI if the model really takes this range"
+            )
+        if span >= 100 and mx - mn < 0.02 * span:  # [0, 1] or [-1, 1] data for a model that scales pixels itself
+            expected = getattr(preprocessing, "described", None) or f"the target's preprocessing.scale is [{lo:g}, {hi:g}]"
+            raise InputError(
+                f"{where}: values{label} span only [{mn:.4g}, {mx:.4g}] but {expected}: already rescaled? "
+                "Give the data unscaled, or pass --input-range LO,HI if the model really takes this range"
             )
     return x
 
