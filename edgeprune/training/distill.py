@@ -220,10 +220,11 @@ def distill(student, teacher, train, val=None, *, task: str, temperature: float 
     """
     from functools import partial
 
-    values = partial(schedule_values, temperature=temperature, alpha=alpha, schedule=schedule, alpha_end=alpha_end)
-    values(0, 1)  # an unknown schedule fails here, before any model is built
     from edgeprune._env import keras_of
     from edgeprune.training._models import as_functional, copy_model, logits_model
+
+    values = partial(schedule_values, temperature=temperature, alpha=alpha, schedule=schedule, alpha_end=alpha_end)
+    values(0, 1)  # an unknown schedule fails here, before any model is built
 
     settings = settings or FitSettings(label="distill")
     output = output or default_output()
