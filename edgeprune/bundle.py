@@ -139,6 +139,25 @@ def _decompressed(raw):
     return raw
 
 
+# What may follow the tar's end-of-archive blocks: tar pads to 10 KiB records; allow far more.
+_TRAILER_BYTES = 1 << 20
+
+
+def _read_to_end(stream, where: str) -> None:
+    """Read the compressed stream to its end, so gzip, bzip2 and xz check their CRC.
+
+    tarfile stops at the end-of-archive blocks; without this a bit flipped inside a member's
+    compressed data unpacks without a word and only surfaces later as a broken file. Data after
+    the archive is bounded, so an archive cannot hide a bomb behind its end either.
+    """
+    read = 0
+    while chunk := stream.read(1 << 16):
+        read += len(chunk)
+        if read > _TRAILER_BYTES:
+            raise InputError(f"{where}: more than {_TRAILER_BYTES:,} bytes after the end of the tar archive "
+                             f"(refused)")
+
+
 def read_members(bundle) -> list[tuple[str, bytes | None]]:
     """Check every member of ``bundle`` and return (relative path, data or None for a folder).
 
@@ -178,6 +197,7 @@ def read_members(bundle) -> list[tuple[str, bytes | None]]:
                     if len(data) != m.size:
                         raise InputError(f"{src}: member '{m.name}' is truncated")
                     out.append((rel, data))
+            _read_to_end(stream, where)
     except InputError:
         raise
     except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:

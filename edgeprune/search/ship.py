@@ -40,16 +40,14 @@ def options_from_study(storage: str, study_name: str, pick: str = "best", *, mod
     row = st.pick(st.rows(study), pick, study_name)
     base = Base.from_dict(config["base"])
     if model is not None:  # the model on this machine; it must be the study's model
-        from edgeprune.model_io import sha256_file
-
-        path = Path(model)
-        if not path.exists():
+        if not Path(model).exists():
             raise InputError(f"{model}: model not found")
-        if sha256_file(path / "saved_model.pb" if path.is_dir() else path) != config["model_sha256"]:
-            raise InputError(f"{model}: not the model study '{study_name}' searched (sha256 differs)")
+        _check_study_model(Path(model), model, base.model, config["model_sha256"], study_name)
         base.model = str(Path(model).resolve())
     elif not Path(base.model).exists():
         raise InputError(f"--from-study: the study's model {base.model} is not on this machine; pass MODEL")
+    else:
+        _check_study_model(Path(base.model), base.model, base.model, config["model_sha256"], study_name)
     stages = [Stage(s["name"], s["producers"], s["channels"]) for s in config["space"]["stages"]]
     provenance = {"storage": st.redact(storage), "study_name": study_name, "trial": row["number"],
                   "pick": pick, "params": row["params"], "trial_sha256": row["sha256"],
@@ -58,6 +56,23 @@ def options_from_study(storage: str, study_name: str, pick: str = "best", *, mod
     options = compile_options(base, decode(row["params"]), stages, study=provenance)
     options.force = False
     return base.model, options, row
+
+
+def _check_study_model(path: Path, shown: str, searched: str, searched_sha256: str, study_name: str) -> None:
+    """InputError unless ``path`` holds the bytes the study searched (a trial's per-layer ratios
+    and its numbers belong to those weights). The message says which of two things happened:
+    the file the study searched was changed since, or a different file was given."""
+    from edgeprune.model_io import sha256_file
+
+    now = sha256_file(path / "saved_model.pb" if path.is_dir() else path)
+    if now == searched_sha256:
+        return
+    hashes = f"sha256 {searched_sha256[:12]} when searched, {now[:12]} now"
+    if path.resolve() == Path(searched).resolve():
+        raise InputError(f"{shown}: changed since study '{study_name}' searched it ({hashes}); "
+                         f"restore that model or search again")
+    raise InputError(f"{shown}: a different model from the one study '{study_name}' searched, {searched} "
+                     f"(sha256 {searched_sha256[:12]}; this file {now[:12]}); pass that model or search again")
 
 
 def compile_from_study(storage: str, study_name: str, output_dir, *, pick: str = "best", model=None,
