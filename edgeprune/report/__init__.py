@@ -27,6 +27,7 @@ class Figure:
     key: str
     title: str
     png: bytes
+    layout: dict = field(default_factory=dict)  # measured on the drawn chart (edgeprune.report.plots)
 
 
 @dataclass
@@ -76,7 +77,7 @@ def collect(directory: Path) -> ReportData:
     for key, make in makers:
         made = make()
         if made is not None:
-            data.figures.append(Figure(key, made[0], made[1]))
+            data.figures.append(Figure(key, *made))
     return data
 
 

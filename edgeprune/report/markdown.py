@@ -5,6 +5,10 @@ from edgeprune.report import sections
 
 
 def _cell(value) -> str:
+    if isinstance(value, sections.Name):  # shortened as on the page; report.json has the full name
+        from edgeprune.inspection import display_name
+
+        value = display_name(value.full)
     return str("" if value is None else value).replace("|", "\\|").replace("\n", " ")
 
 

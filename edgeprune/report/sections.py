@@ -2,8 +2,22 @@
 
 A section is ``(heading, [block, ...])``; a block is ``("text", str)``, ``("table", columns,
 rows)`` or ``("figure", key)`` (a key of the collected figures; missing figures are skipped).
+A table cell is a plain value or a ``Name``.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Name:
+    """A tensor or layer name cell: the writers show it shortened (fused TFLite names run to 255
+    characters), the full name as the HTML tooltip; report.json keeps it whole."""
+
+    full: str
+
+    def __str__(self) -> str:
+        return self.full
 
 
 def _fmt_bytes(n) -> str:
@@ -65,7 +79,7 @@ def build(data) -> list[tuple[str, list]]:
                 f"{_fmt(pruning.get('params_before'))} → {_fmt(pruning.get('params_after'))}; criterion "
                 f"{pruning.get('criterion')}, {pruning.get('pruned_groups', '–')} of "
                 f"{pruning.get('prunable_groups', '–')} prunable groups pruned.")
-        rows = [(layer["name"], layer.get("class_name"), f"{layer['channels_before']} → {layer['channels_after']}",
+        rows = [(Name(layer["name"]), layer.get("class_name"), f"{layer['channels_before']} → {layer['channels_after']}",
                  f"{_fmt(layer['macs_before'])} → {_fmt(layer['macs_after'])}",
                  f"{_fmt(layer['params_before'])} → {_fmt(layer['params_after'])}") for layer in pruning.get("layers", [])]
         blocks = [("text", text), ("figure", "pruning"),
@@ -86,7 +100,7 @@ def build(data) -> list[tuple[str, list]]:
                                    f"{xnn.get('partitions')} partition(s); builtin kernels run: {fb}."))
         out.append(("Size and compute by op", blocks))
         if "quantization" in figs:
-            rows = [(t["name"], t["dtype"], _fmt(t["quantization"].get("scale")),
+            rows = [(Name(t["name"]), t["dtype"], _fmt(t["quantization"].get("scale")),
                      _fmt(t["quantization"].get("zero_point")))
                     for t in info["tensors"] if not t["constant"] and t.get("quantization")]
             out.append(("Quantization per tensor", [("figure", "quantization"),
@@ -104,15 +118,22 @@ def build(data) -> list[tuple[str, list]]:
         blocks = [("figure", "quant_error")]
         if kf:
             blocks.insert(0, ("text", kf.get("summary", "")))
-            rows = [(k["tensor"], k.get("op"), _fmt(k.get("sqnr_db")), _fmt(k.get("drop_points_after")),
+            rows = [(Name(k["tensor"]), k.get("op"), _fmt(k.get("sqnr_db")), _fmt(k.get("drop_points_after")),
                      _fmt(k.get("bytes_added")), _fmt(k.get("latency_ms_added"))) for k in kf.get("steps", [])]
             if rows:
                 blocks.append(("table", ["kept in float", "op", "SQNR dB (int8)", "drop after, pt",
                                          "bytes added", "latency added, ms"], rows))
-        worst = (qe.get("layers") or [])[:10]
-        blocks.append(("table", ["rank", "tensor", "op", "SQNR dB", "cosine", "RMSE/scale"],
-                       [(x.get("rank"), x["tensor"], x["op"], _fmt(x.get("sqnr_db")), _fmt(x.get("cosine")),
-                         _fmt(x.get("rmse_over_scale"))) for x in worst]))
+        layers = qe.get("layers") or []
+        worst = [x for x in layers if x.get("rank") is not None][:10]
+        blocks.append(("table", ["rank", "tensor", "op", "error, % of range", "SQNR dB", "cosine"],
+                       [(x.get("rank"), Name(x["tensor"]), x["op"],
+                         _fmt(100 * x["rmse_over_range"] if x.get("rmse_over_range") is not None else None),
+                         _fmt(x.get("sqnr_db")), _fmt(x.get("cosine"))) for x in worst]))
+        degenerate = [x for x in layers if x.get("degenerate")]
+        if degenerate:
+            blocks.append(("text", f"{len(degenerate)} degenerate tensor(s), not ranked (edgeprune.quant_error):"))
+            blocks.append(("table", ["tensor", "op", "scale", "why"],
+                           [(Name(x["tensor"]), x["op"], _fmt(x.get("scale")), x["degenerate"]) for x in degenerate]))
         out.append(("Quantization error per layer (measured on the artifact)", blocks))
 
     gate = r.get("accuracy_gate")
