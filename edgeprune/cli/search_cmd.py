@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import click
 
-from edgeprune.cli import cli, get_output, json_option
+from edgeprune.cli import cli, get_output, json_option, model_code_options
 from edgeprune.errors import BudgetError
+from edgeprune.pruning.criteria import CRITERIA
 
 
 def _floats(value: str) -> list[float]:
@@ -22,17 +23,32 @@ def _names(value: str) -> list[str]:
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("--target", "-t", default="x86-64", show_default=True, help="Device profile name or YAML path.")
 @click.option("--val-data", required=True, help="Labelled validation data (.npz with x and y, or an image folder).")
-@click.option("--train-data", help="Training data for fine-tuning trials (finetune_epochs > 0 in the space).")
+@click.option("--train-data", help="Labelled training data: every trial recovers on it (fine-tuning), and the "
+              "final candidates get the full recovery. Without it trials are not fine-tuned.")
 @click.option("--calibration", help="Calibration data for int8 and data-driven criteria (default: the validation x).")
 @click.option("--space", "space_file", type=click.Path(dir_okay=False),
               help="YAML search space (ratios, per_stage, stage_ratios, criteria, round_to, quantizations, "
                    "finetune_epochs, distill); overrides the flags below.")
-@click.option("--ratios", default="0,0.25,0.5,0.75", show_default=True, help="Global channel ratios to try.")
+@click.option("--ratios", default="0,0.25,0.5,0.75", show_default=True,
+              help="Comma list of global channel ratios to try: fractions (0-1) of each group's channels removed.")
 @click.option("--per-stage", is_flag=True, help="One ratio per stage (groups at one spatial resolution) instead of one global ratio.")
-@click.option("--criteria", default="l1", show_default=True, help="Importance criteria to try.")
+@click.option("--criteria", default="l1", show_default=True,
+              help="Comma list of importance criteria to try (" + ", ".join(CRITERIA) + ").")
 @click.option("--quantize", "quantizations", default=None,
-              help="Quantization modes to try (default: every mode the profile allows).")
-@click.option("--finetune-epochs", default="0", show_default=True, help="Fine-tuning epochs to try (needs --train-data).")
+              help="Comma list of quantization modes to try [every mode the profile allows but int16x8, "
+                   "which runs on slow reference kernels on CPUs].")
+@click.option("--finetune-epochs", default=None,
+              help="Comma list of recovery epochs a trial may get [2,4 with --train-data, else 0].")
+@click.option("--pruner", type=click.Choice(["auto", "none", "median", "halving", "hyperband"]), default="auto",
+              show_default=True,
+              help="Stop trials whose validation accuracy trails the others' after the same recovery epoch "
+                   "(Optuna pruners; single objective only). auto: hyperband when trials recover 2+ epochs.")
+@click.option("--final-epochs", type=int, default=None, metavar="N",
+              help="Recovery epochs the best trials get after the search; --pick best ships the best of them "
+                   "[10 with --train-data; 0 = off].")
+@click.option("--final-top", type=int, default=3, show_default=True, metavar="K",
+              help="How many of the most accurate feasible trials (of the Pareto front with several "
+                   "objectives) get the full recovery.")
 @click.option("--sampler", type=click.Choice(["grid", "random", "tpe", "bayes", "nsga2"]), default="tpe",
               show_default=True, help="Optuna sampler; bayes is an alias of tpe; nsga2 is multi-objective.")
 @click.option("--objectives", default=None,
@@ -49,21 +65,23 @@ def _names(value: str) -> list[str]:
                    "the final Pareto candidates are then measured on the device.")
 @click.option("--host", "hosts", multiple=True, help="Measure on this SSH host instead of the profile's (repeatable).")
 @click.option("--fleet", type=click.Path(dir_okay=False), help="Fleet YAML: measure on all its devices (slowest counts).")
-@click.option("--latency-runs", type=int, default=20, show_default=True)
+@click.option("--latency-runs", type=int, default=20, show_default=True, metavar="N",
+              help="Timed interpreter runs per latency measurement (the median counts).")
 @click.option("--heartbeat", type=float, default=30, show_default=True,
               help="Seconds between worker heartbeats; a trial silent for twice this is marked failed.")
-@click.option("--max-accuracy-drop", type=float, default=None, help="Accuracy budget in points (default: the profile's).")
+@click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
+              help="Accuracy budget in percentage points of drop from the unpruned model (default: the profile's).")
 @click.option("--sensitivity", "sensitivity_file", type=click.Path(exists=True, dir_okay=False),
               help="Sensitivity JSON (`edgeprune sensitivity`): its allocations are the first trials.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--custom-objects", type=click.Path(exists=True, dir_okay=False))
-@click.option("--unsafe", is_flag=True, help="Allow Lambda layers / arbitrary code in the model file.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the sampler, of calibration sampling and of training.")
+@model_code_options
 @json_option
 @click.pass_context
 def search_cmd(ctx, model, target, val_data, train_data, calibration, space_file, ratios, per_stage, criteria,
                quantizations, finetune_epochs, sampler, objectives, trials, storage, study_name, worker,
                output_dir, latency_table, hosts, fleet, latency_runs, heartbeat, max_accuracy_drop,
-               sensitivity_file, seed, custom_objects, unsafe, json_mode):
+               sensitivity_file, seed, custom_objects, unsafe, json_mode, pruner, final_epochs, final_top):
     """Search pruning ratios (global or per stage), criteria, rounding, quantization and recovery.
 
     Every trial runs compile's pipeline (prune, recover, convert, budgets, accuracy gate); its
@@ -82,7 +100,8 @@ def search_cmd(ctx, model, target, val_data, train_data, calibration, space_file
         try:
             space = SpaceConfig(ratios=_floats(ratios), per_stage=per_stage, criteria=_names(criteria),
                                 quantizations=_names(quantizations) if quantizations else None,
-                                finetune_epochs=[int(e) for e in _floats(finetune_epochs)])
+                                finetune_epochs=None if finetune_epochs is None else
+                                [int(e) for e in _floats(finetune_epochs)])
         except Exception as exc:  # pydantic ValidationError
             raise click.BadParameter(str(exc).splitlines()[-1] if str(exc) else "invalid search space") from None
     result = search(model, target=target, val_data=val_data, train_data=train_data, calibration=calibration,
@@ -90,7 +109,8 @@ def search_cmd(ctx, model, target, val_data, train_data, calibration, space_file
                     study_name=study_name, output_dir=output_dir, worker=worker, latency_table=latency_table,
                     hosts=hosts, fleet=fleet, latency_runs=latency_runs, heartbeat=heartbeat, seed=seed,
                     max_accuracy_drop=max_accuracy_drop, sensitivity=sensitivity_file,
-                    custom_objects=custom_objects, unsafe=unsafe, output=out)
+                    custom_objects=custom_objects, unsafe=unsafe, pruner=pruner, final_epochs=final_epochs,
+                    final_top=final_top, output=out)
     out.emit_json(result)
     study = result["study"]
     if worker:
@@ -102,11 +122,13 @@ def search_cmd(ctx, model, target, val_data, train_data, calibration, space_file
     stage_cols = [k for k, v in result["space"]["distributions"].items() if k != "ratio" and len(v) > 1]
     out.table(
         f"Study '{study['name']}' on {result['target']} ({result['sampler']}); unpruned accuracy "
-        f"{result['baseline']['accuracy']:.4f}",
-        ["#", "state", "ratio", *stage_cols, "accuracy", "latency ms", "bytes", "fits", "pareto", "note"],
+        f"{result['baseline']['accuracy']:.2%}",
+        ["#", "state", "ratio", *stage_cols, "accuracy %", "final accuracy %", "latency ms", "bytes", "fits",
+         "pareto", "note"],
         [
             (t["number"], t["state"].lower(), t["params"].get("ratio", "-"),
-             *[t["params"].get(k) for k in stage_cols], t["accuracy"], _latency(t), t["model_bytes"],
+             *[t["params"].get(k) for k in stage_cols], _percent(t["accuracy"]), _final(t), _latency(t),
+             t["model_bytes"],
              "yes" if t["feasible"] else "no", "*" if t["number"] in pareto else "", _note(t))
             for t in result["trials"]
         ],
@@ -116,7 +138,10 @@ def search_cmd(ctx, model, target, val_data, train_data, calibration, space_file
     if best is None:
         raise BudgetError(f"no trial of study '{study['name']}' fits the budgets of '{result['target']}'")
     lat = f", {_latency(best)} ms" if best["latency_ms"] is not None else ""
-    out.info(f"best: trial {best['number']} {best['params']} -> accuracy {best['accuracy']:.4f}{lat}, "
+    accuracy = f"accuracy {best['accuracy']:.2%}"
+    if best.get("final"):
+        accuracy += f" ({best['final']['accuracy']:.2%} after {best['final']['epochs']} recovery epochs)"
+    out.info(f"best: trial {best['number']} {best['params']} -> {accuracy}{lat}, "
              f"{best['model_bytes']} B; ship it: edgeprune compile --from-study '{study['storage']}' "
              f"--study-name {study['name']} --pick best -o DIR")
 
@@ -133,7 +158,22 @@ def _latency(t) -> str | None:
     return text
 
 
+def _final(t):
+    final = t.get("final")
+    if not final:
+        return None
+    return _percent(final["accuracy"]) if final.get("accuracy") is not None else "failed"
+
+
+def _percent(fraction):
+    """An accuracy (a fraction in results and JSON) as the tables print it: percent."""
+    return None if fraction is None else 100.0 * fraction
+
+
 def _note(t) -> str:
+    if t.get("stopped_early"):
+        stop = t["stopped_early"]
+        return f"stopped after recovery epoch {stop['epoch']} (val accuracy {stop['val_accuracy']:.2%})"
     if t.get("same_as") is not None:
         return f"same point as #{t['same_as']}"
     if t.get("error"):

@@ -96,13 +96,17 @@ class TrialResult:
 
 
 def run_trial(base: Base, choice, stages, out_dir: Path, *, eval_data, latency, profile,
-              baseline_macs: int | None = None) -> TrialResult:
-    """Compile one candidate into ``out_dir`` and measure it (accuracy, latency)."""
+              baseline_macs: int | None = None, recovery_hooks=()) -> TrialResult:
+    """Compile one candidate into ``out_dir`` and measure it (accuracy, latency).
+
+    ``recovery_hooks``: ``hook(epoch, logs)`` functions called after every recovery epoch (the
+    search's pruner: an exception they raise ends the trial and propagates)."""
     from edgeprune.artifacts import rejected_path
     from edgeprune.compile import run_compile
     from edgeprune.harness.api import evaluate_tflite
 
     options = compile_options(base, choice, stages)
+    options.recovery_hooks = tuple(recovery_hooks)
     quiet = Output(quiet=True)
     status, reason = "ok", None
     try:

@@ -51,6 +51,7 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
            hosts=(), fleet=None, latency_runs: int = 20, heartbeat: float | None = 30,
            seed: int = 0, max_accuracy_drop: float | None = None, sensitivity: str | None = None,
            custom_objects=None, unsafe: bool = False, protect=(), batch_size: int = 32,
+           pruner: str = "auto", final_epochs: int | None = None, final_top: int = 3,
            output: Output | None = None) -> dict:
     """Search pruning, rounding, quantization and recovery settings; return the study's results.
 
@@ -60,6 +61,13 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
     device of every trial. With ``worker`` the process only runs trials (several may share a
     study, on several machines); otherwise it also measures the final Pareto candidates on
     the device when latency was predicted, and writes ``results.json`` and ``pareto.png``.
+
+    Recovery is part of every trial when there is ``train_data`` (the space's finetune_epochs,
+    default ``space.RECOVERY_EPOCHS``). ``pruner`` (auto, none, median, halving, hyperband)
+    stops trials whose validation accuracy trails the others' after the same recovery epoch;
+    stopped trials count towards ``trials``. ``final_epochs`` (default: the fine-tuning default,
+    10; 0: off) is the full recovery the ``final_top`` most accurate feasible trials (with
+    several objectives: of the Pareto front) then get; ``best`` and ``--pick best`` use it.
     """
     import optuna
 
@@ -80,6 +88,10 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
         raise InputError(f"--latency-table: target '{profile.name}' is emulated and has no latency")
     if latency_runs < 1:
         raise InputError("--latency-runs must be at least 1")
+    if final_epochs is not None and final_epochs < 0:
+        raise InputError("--final-epochs must be 0 (off) or more")
+    if final_top < 1:
+        raise InputError("--final-top must be at least 1")
     if isinstance(space, dict):
         from pydantic import ValidationError
 
@@ -92,7 +104,10 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
 
     loaded = load_model(model_path, custom_objects=custom_objects, safe_mode=not unsafe)
     stages = find_stages(loaded.model, protect)
-    sp = Space(config, profile, stages)
+    sp = Space(config, profile, stages, trains=bool(train_data))
+    if not train_data:
+        out.warn("no --train-data: trials are not fine-tuned (BatchNorm statistics are re-estimated only), "
+                 "so pruned trials score far below what they reach after recovery")
     input_shape = tuple(loaded.model.inputs[0].shape)
     x_val, y_val = load_arrays(val_data, input_shape=input_shape, preprocessing=profile.preprocessing)
     if y_val is None:
@@ -131,8 +146,10 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     rdb = st.storage_for(storage_url, heartbeat)
     directions = [st.OBJECTIVES[n] for n in names]
+    trial_pruner = st.make_pruner(pruner, max_epochs=max(sp.finetune_epochs), objectives=len(names))
     study, created = st.open_study(rdb, study_name, directions=directions, config=study_config,
-                                   sampler=st.make_sampler(sampler, sp.distributions(), seed=seed, trials=n_wanted))
+                                   sampler=st.make_sampler(sampler, sp.distributions(), seed=seed, trials=n_wanted),
+                                   pruner=trial_pruner)
     stored = study.user_attrs.get(st.ATTR_CONFIG, study_config)
     n_wanted = int(stored["trials"])
     grid = stored["sampler"] == "grid"
@@ -166,6 +183,10 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
                     trial.set_user_attr(key, value)
             trial.set_user_attr("same_as", twin.number)
             return tuple(twin.values)
+        if twin is not None and st.stopped_early(twin):  # stopped before: it would be stopped again,
+            # and counting it keeps a sampler that proposes it again from looping forever
+            trial.set_user_attr(st.ATTR_STOPPED, {**twin.user_attrs[st.ATTR_STOPPED], "same_as": twin.number})
+            raise optuna.TrialPruned()
         if twin is not None:  # the same point is running on another worker (or a grid point is done)
             trial.set_user_attr("duplicate_of", twin.number)
             raise optuna.TrialPruned()
@@ -173,7 +194,13 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
         try:
             res = run_trial(base, choice, stages, trials_dir / f"{trial.number:05d}",
                             eval_data=(x_val, y_val), latency=latency, profile=profile,
-                            baseline_macs=baseline_macs)
+                            baseline_macs=baseline_macs,
+                            recovery_hooks=[_report_to(trial)] if trial_pruner is not None else [])
+        except optuna.TrialPruned:
+            trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+            mine.append(trial.number)
+            bar.advance()
+            raise
         except DeviceError:
             raise
         except EdgepruneError as exc:
@@ -206,12 +233,22 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
     }
     if worker:
         return result
-    best = st.best(trial_rows)
     front = st.pareto(trial_rows)
     if latency is not None and latency.table is not None:
         _measure_front(study, front, profile, str(target), hosts, fleet, latency_runs, out)
         trial_rows = st.rows(study)
-        best, front = st.best(trial_rows), st.pareto(trial_rows)
+        front = st.pareto(trial_rows)
+    if final_epochs is None:
+        from edgeprune.training.options import TrainingOptions
+
+        final_epochs = TrainingOptions().finetune_epochs if train_data else 0
+    if final_epochs:
+        candidates = final_candidates(trial_rows, front, top=final_top, objectives=len(names))
+        _recover_in_full(study, candidates, final_epochs, base, stages, out_dir / "final", (x_val, y_val),
+                         profile, baseline_macs, out)
+        trial_rows = st.rows(study)
+        front = st.pareto(trial_rows)
+    best = st.best(trial_rows)
     measured = {k: v for k, v in study.user_attrs.items() if k.startswith("measured:")}
     for r in trial_rows:
         r["latency_measured"] = measured.get(f"measured:{r['number']}")
@@ -225,6 +262,72 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
     return result
 
 
+def _report_to(trial):
+    """An epoch hook that reports the recovery's validation accuracy to Optuna and stops the
+    trial (``optuna.TrialPruned`` out of the training) when the pruner says it trails."""
+    import optuna
+
+    step = [0]
+
+    def report(_epoch, logs):
+        value = logs.get("val_accuracy")
+        if value is None:  # no labelled validation split: nothing to compare trials on
+            return
+        step[0] += 1
+        trial.report(float(value), step[0])
+        if trial.should_prune():
+            trial.set_user_attr(st.ATTR_STOPPED, {"epoch": step[0], "val_accuracy": float(value)})
+            raise optuna.TrialPruned(f"validation accuracy {value:.4f} after recovery epoch {step[0]}")
+
+    return report
+
+
+def final_candidates(trial_rows: list[dict], front: list[dict], *, top: int, objectives: int) -> list[dict]:
+    """The trials that get the full recovery: the ``top`` most accurate feasible ones; with
+    several objectives, the most accurate ``top`` of the Pareto front (so every trade-off a
+    user may pick from the front's head is recovered in full)."""
+    pool = front if objectives > 1 else [r for r in trial_rows if r["feasible"] and r["same_as"] is None]
+    pool = [r for r in pool if r["accuracy"] is not None]
+    return sorted(pool, key=st._rank_key)[:top]
+
+
+def _recover_in_full(study, candidates, epochs: int, base, stages, out_dir: Path, eval_data, profile,
+                     baseline_macs, out) -> None:
+    """Compile each candidate again with ``epochs`` of recovery; record it as ``final:<trial>``.
+
+    The trial's pruning is deterministic (same criterion, seed and data), so the final model has
+    the trial's architecture, and its latency is the trial's; only its accuracy changes."""
+    from dataclasses import replace
+
+    from edgeprune.search.space import decode
+
+    todo = [r for r in candidates if f"{st.FINAL_PREFIX}{r['number']}" not in study.user_attrs]
+    if not todo:
+        return
+    with out.progress(f"Full recovery ({epochs} epochs) of the best {len(todo)} trial(s)", total=len(todo)) as bar:
+        for r in todo:
+            choice = replace(decode(r["params"]), finetune_epochs=epochs)
+            try:
+                res = run_trial(base, choice, stages, out_dir / f"{r['number']:05d}", eval_data=eval_data,
+                                latency=None, profile=profile, baseline_macs=baseline_macs)
+            except EdgepruneError as exc:
+                study.set_user_attr(f"{st.FINAL_PREFIX}{r['number']}", {"epochs": epochs, "error": str(exc),
+                                                                        "feasible": False, "accuracy": None})
+                out.warn(f"trial {r['number']}: the full recovery failed: {exc}")
+                bar.advance()
+                continue
+            # the candidate met the latency budget as a trial, and its architecture is unchanged
+            feasible = res.status == "ok" and all(v <= 0 for v in res.constraints.values())
+            violations = list(res.violations)
+            study.set_user_attr(f"{st.FINAL_PREFIX}{r['number']}", {
+                "epochs": epochs, "accuracy": res.accuracy, "search_accuracy": r["accuracy"],
+                "artifact": res.artifact, "sha256": res.sha256, "model_bytes": res.model_bytes,
+                "feasible": feasible, "violations": violations})
+            out.info(f"trial {r['number']}: accuracy {r['accuracy']:.4f} after {r['params'].get('finetune_epochs', 0)} "
+                     f"recovery epoch(s), {res.accuracy:.4f} after {epochs}")
+            bar.advance()
+
+
 def _value(name: str, res) -> float:
     if name == "accuracy":
         return float(res.accuracy if res.accuracy is not None else 0.0)
@@ -234,9 +337,12 @@ def _value(name: str, res) -> float:
 
 
 def _complete(study) -> int:
+    """Trials done: completed, or stopped early by the pruner (a trial spent all the same)."""
     import optuna
 
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    S = optuna.trial.TrialState
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED))
+               if t.state == S.COMPLETE or st.stopped_early(t))
 
 
 def _counts(study) -> dict:
@@ -256,8 +362,10 @@ def _budget_reached(study, number: int | None, wanted: int, grid: bool) -> bool:
 
     S = optuna.trial.TrialState
     n = 0
-    for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.RUNNING)):
-        if t.state == S.COMPLETE or (number is not None and t.number != number and (grid or t.number < number)):
+    for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.RUNNING, S.PRUNED)):
+        if t.state == S.COMPLETE or st.stopped_early(t):
+            n += 1
+        elif t.state == S.RUNNING and number is not None and t.number != number and (grid or t.number < number):
             n += 1
     return n >= wanted
 
@@ -268,11 +376,13 @@ def _twin(study, number: int, params: dict):
 
     S = optuna.trial.TrialState
     running = None
-    for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.RUNNING)):
+    for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.RUNNING, S.PRUNED)):
         if t.number == number or t.params != params:
             continue
         if t.state == S.COMPLETE and t.user_attrs.get("same_as") is None:
             return t
+        if st.stopped_early(t):  # the pruner already judged this point
+            running = running or t
         if t.state == S.RUNNING and t.number < number:
             running = t
     return running

@@ -53,7 +53,15 @@ def options_from_study(storage: str, study_name: str, pick: str = "best", *, mod
                   "pick": pick, "params": row["params"], "trial_sha256": row["sha256"],
                   "trial_metrics": {k: row[k] for k in ("accuracy", "latency_ms", "latency_source",
                                                         "model_bytes", "device")}}
-    options = compile_options(base, decode(row["params"]), stages, study=provenance)
+    choice = decode(row["params"])
+    final = row.get("final")
+    if final and final.get("accuracy") is not None:  # the trial was recovered in full after the search
+        from dataclasses import replace
+
+        choice = replace(choice, finetune_epochs=int(final["epochs"]))
+        provenance.update(final_epochs=int(final["epochs"]), final_accuracy=final["accuracy"],
+                          trial_sha256=final.get("sha256"))
+    options = compile_options(base, choice, stages, study=provenance)
     options.force = False
     return base.model, options, row
 
@@ -86,7 +94,8 @@ def compile_from_study(storage: str, study_name: str, output_dir, *, pick: str =
     options.force = force
     out.info(f"study '{study_name}': trial {row['number']} {row['params']}")
     result = run_compile(model_path, output_dir, options, output=out)
-    if row["sha256"] and result.manifest["artifact"]["sha256"] != row["sha256"]:
+    expected = (row.get("final") or {}).get("sha256") or row["sha256"]
+    if expected and result.manifest["artifact"]["sha256"] != expected:
         out.warn(f"the rebuilt artifact's sha256 differs from trial {row['number']}'s "
                  "(training is not bit-for-bit reproducible); its numbers are in report.json")
     return result

@@ -15,6 +15,9 @@ import time
 from edgeprune.errors import BudgetError, InputError
 
 SAMPLERS = ("grid", "random", "tpe", "bayes", "nsga2")  # bayes: the old name of tpe
+PRUNERS = ("auto", "none", "median", "halving", "hyperband")
+ATTR_STOPPED = "stopped_early"  # trial user attr: the pruner stopped it (it counts as a trial)
+FINAL_PREFIX = "final:"  # study user attr per trial: its result after the full recovery
 OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "size": "minimize"}
 ATTR_CONFIG = "edgeprune"  # study user attr holding the study's configuration
 
@@ -118,7 +121,42 @@ def make_sampler(name: str, distributions: dict, *, seed: int, trials: int):
     raise InputError(f"--sampler: unknown sampler '{name}' (choose from {', '.join(SAMPLERS)})")
 
 
-def open_study(storage, name: str, *, sampler, directions: list[str], config: dict | None):
+def make_pruner(name, *, max_epochs: int, objectives: int):
+    """Optuna's pruner for ``--pruner`` (None: no pruning).
+
+    A trial reports its validation accuracy after every recovery epoch; the pruner stops the
+    ones that trail the others at the same epoch, so the trial budget goes to good points.
+    ``auto`` is Hyperband (successive halving over several brackets, robust to the choice of
+    the first rung) when trials recover for 2 or more epochs and the study has one objective:
+    Optuna cannot report intermediate values of a multi-objective trial.
+    """
+    import optuna
+
+    if isinstance(name, optuna.pruners.BasePruner):  # from Python: any Optuna pruner
+        return name
+    if name not in PRUNERS:
+        raise InputError(f"--pruner: unknown pruner '{name}' (choose from {', '.join(PRUNERS)})")
+    if name == "none" or (name == "auto" and (max_epochs < 2 or objectives > 1)):
+        return None
+    if objectives > 1:
+        raise InputError(f"--pruner {name}: Optuna stops trials early only in single-objective studies "
+                         "(--objectives accuracy); use --pruner none with several objectives")
+    if max_epochs < 1:
+        raise InputError(f"--pruner {name}: trials do not recover (finetune_epochs 0), so there is no "
+                         "intermediate accuracy to stop them on; give --train-data")
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, max_epochs), reduction_factor=3)
+
+
+def stopped_early(trial) -> bool:
+    """A trial the pruner stopped (not one skipped as a duplicate or over the trial count)."""
+    return trial.state.name == "PRUNED" and ATTR_STOPPED in trial.user_attrs
+
+
+def open_study(storage, name: str, *, sampler, directions: list[str], config: dict | None, pruner=None):
     """Create the study (recording ``config``) or join it; returns (study, created).
 
     Joining checks that the study was made for the same model, target, space and objectives:
@@ -126,8 +164,9 @@ def open_study(storage, name: str, *, sampler, directions: list[str], config: di
     """
     import optuna
 
+    pruner = pruner or optuna.pruners.NopPruner()
     try:
-        study = optuna.create_study(storage=storage, sampler=sampler, study_name=name,
+        study = optuna.create_study(storage=storage, sampler=sampler, study_name=name, pruner=pruner,
                                     directions=directions, load_if_exists=False)
         if config is not None:
             study.set_user_attr(ATTR_CONFIG, config)
@@ -135,7 +174,7 @@ def open_study(storage, name: str, *, sampler, directions: list[str], config: di
     except optuna.exceptions.DuplicatedStudyError:
         pass
     try:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
         raise InputError(f"--study-name {name}: no such study in the storage") from None
     stored = None
@@ -163,8 +202,12 @@ def _short(value) -> str:
 
 
 def rows(study) -> list[dict]:
-    """Every trial of the study as a flat dict (params, metrics, state), by number."""
+    """Every trial of the study as a flat dict (params, metrics, state), by number.
+
+    ``final`` is the trial's result after the full recovery (``search --final-epochs``), when
+    it was one of the final candidates: {epochs, accuracy, artifact, sha256, feasible, ...}."""
     out = []
+    finals = {k[len(FINAL_PREFIX):]: v for k, v in study.user_attrs.items() if k.startswith(FINAL_PREFIX)}
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
         out.append({
@@ -179,6 +222,7 @@ def rows(study) -> list[dict]:
             "feasible": t.state.name == "COMPLETE" and all(v <= 0 for v in constraints_of(t)),
             "violations": a.get("violations", []), "same_as": a.get("same_as"),
             "error": a.get("error"), "seconds": a.get("seconds"),
+            "stopped_early": a.get(ATTR_STOPPED), "final": finals.get(str(t.number)),
         })
     return out
 
@@ -189,7 +233,13 @@ def _rank_key(r: dict):
 
 
 def best(trial_rows: list[dict]) -> dict | None:
-    """The most accurate feasible trial (ties: faster, then smaller)."""
+    """The most accurate feasible trial (ties: faster, then smaller).
+
+    Once final candidates were recovered in full, the best is the most accurate of them after
+    that recovery (and still within the budgets): that is the model ``--pick best`` ships."""
+    finals = [r for r in trial_rows if r.get("final") and r["final"].get("feasible")]
+    if finals:
+        return min(finals, key=lambda r: (-(r["final"]["accuracy"] or 0.0), *_rank_key(r)[1:]))
     feasible = [r for r in trial_rows if r["feasible"] and r["same_as"] is None]
     return min(feasible, key=_rank_key) if feasible else None
 
