@@ -105,6 +105,12 @@ def test_unlabelled_train_data_says_it_distils(pruned, tmp_path):
     assert len(said) == 1 and "label-free distillation" in said[0] and said[0].startswith("warning:")
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["training"]["recovery"]["method"] == "distillation"
+    assert "distill: epoch" in result.output and "fine-tune: epoch" not in result.output
+    # labelled --val-data still gates, although distillation selects on it without labels
+    x_val, y_val = labelled_by(prunable_cnn(), 24, seed=5)
+    np.savez(tmp_path / "val.npz", x=x_val, y=y_val)
+    summary = _json([*base, "--val-data", tmp_path / "val.npz", "--max-accuracy-drop", "100", "-o", tmp_path / "g"])
+    assert summary["accuracy_gate"]["samples"] > 0 and "validation" in summary["accuracy_gate"]["data"]
     code, result = invoke_cli([*base, "--distill", "-o", tmp_path / "b"])  # asked for: nothing to say
     assert code == 0 and "has no labels" not in result.stderr
     code, result = invoke_cli([*base, "-o", tmp_path / "c", "-q"])  # -q: errors only

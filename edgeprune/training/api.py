@@ -142,7 +142,8 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
     if options.iterative_steps > 1 and trainable is None:
         output.warn("--iterative-steps without --train-data (or --distill with calibration images): "
                     "steps are not fine-tuned in between, so this equals one-shot pruning")
-    settings = FitSettings.from_options(options, label="distill" if options.distill else "fine-tune",
+    distils = options.distill or (trainable is not None and not labelled)  # unlabelled: label-free distillation
+    settings = FitSettings.from_options(options, label="distill" if distils else "fine-tune",
                                         epoch_hooks=list(epoch_hooks))
 
     recal_x = trainable.train.x if trainable is not None else calibration

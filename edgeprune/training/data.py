@@ -151,8 +151,6 @@ def resolve(options, model, *, calibration=None, preprocessing=None, gate: bool 
     val_task = check_against_model(val, model, "--val-data")
     if task != "unlabelled" and val_task != "unlabelled" and task != val_task:
         raise InputError(f"--val-data {val.source}: labels look like '{val_task}' but training labels are '{task}'")
-    if task == "unlabelled" and val_task != "unlabelled":
-        val = val.unlabelled()
     if gate is None and val.y is not None and wants_gate:
         if _selects(options):
             val, gate = split(val, options.gate_split, options.seed + 1, flag="--gate-split")
@@ -160,4 +158,6 @@ def resolve(options, model, *, calibration=None, preprocessing=None, gate: bool 
                            f"(--gate-split {options.gate_split:g}); selection used the other {len(val)}")
         else:
             gate, gate_source = val, "the validation data (nothing selects on it: --finetune-epochs 0)"
+    if task == "unlabelled" and val_task != "unlabelled":
+        val = val.unlabelled()  # distillation selects without labels; the gate above keeps them
     return TrainingData(train, val, task, gate, gate_source)
