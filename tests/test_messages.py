@@ -25,17 +25,15 @@ SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A one-trial grid study over ``model.h5`` (float32, unpruned: the cheapest real study)."""
-    from edgeprune.console import Output
-    from edgeprune.search import search
-
     root = tmp_path_factory.mktemp("study")
     tiny_tf_keras_cnn(seed=0).save(root / "model.h5")
     tiny_tf_keras_cnn(seed=1).save(root / "other.h5")
     np.savez(root / "val.npz", x=digits_like(40), y=np.arange(40) % 10)
-    result = search(str(root / "model.h5"), val_data=str(root / "val.npz"), target=SMALL_CPU, sampler="grid",
-                    latency_runs=2, final_epochs=0, space={"ratios": [0.0], "quantizations": ["float32"]},
-                    output_dir=root / "s", output=Output(quiet=True))
-    return root, f"sqlite:///{root / 's' / 'study.db'}", result["study"]["name"]
+    code, result = invoke_cli(["search", root / "model.h5", "--val-data", root / "val.npz", "--target", SMALL_CPU,
+                               "--sampler", "grid", "--ratios", "0", "--quantize", "float32", "--latency-runs", "2",
+                               "--final-epochs", "0", "--study-name", "one", "--output", root / "s"])
+    assert code == 0, result.output
+    return root, f"sqlite:///{root / 's' / 'study.db'}", "one", result.output
 
 
 def _from_study(storage, name, out, *model):
@@ -43,7 +41,7 @@ def _from_study(storage, name, out, *model):
 
 
 def test_from_study_with_the_searched_model_changed_in_place(study, tmp_path):
-    root, storage, name = study
+    root, storage, name, _ = study
     model = root / "model.h5"
     searched = sha256_file(model)
     saved = tmp_path / "saved.h5"
@@ -62,7 +60,7 @@ def test_from_study_with_the_searched_model_changed_in_place(study, tmp_path):
 
 
 def test_from_study_with_a_different_model_names_both(study, tmp_path):
-    root, storage, name = study
+    root, storage, name, _ = study
     code, result = _from_study(storage, name, tmp_path / "out", root / "other.h5")
     assert code == 2
     msg = str(result.exception)
@@ -74,7 +72,7 @@ def test_from_study_with_a_different_model_names_both(study, tmp_path):
 def test_from_study_accepts_a_copy_of_the_searched_model(study, tmp_path):
     from edgeprune.search.ship import options_from_study
 
-    root, storage, name = study
+    root, storage, name, _ = study
     copy = tmp_path / "copy.h5"
     shutil.copy(root / "model.h5", copy)
     model_path, _, row = options_from_study(storage, name, model=str(copy))
@@ -127,3 +125,37 @@ def test_an_intact_bundle_still_unpacks(tmp_path):
     code, result = invoke_cli(["unpack", bundle, "-o", tmp_path / "out", "--json"])
     assert code == 0, result.output
     assert json.loads(result.stdout)["files"] == ["manifest.json"]
+
+
+# --- accuracy units: fractions in JSON, points for drops, percent on screen -----------------------
+
+def test_accuracy_is_a_fraction_in_json_and_percent_on_screen(tmp_path):
+    import re
+
+    tiny_tf_keras_cnn().save(tmp_path / "tiny.h5")
+    np.savez(tmp_path / "cal.npz", x=digits_like(40), y=np.arange(40) % 10)
+    args = ["compile", tmp_path / "tiny.h5", "--calibration", tmp_path / "cal.npz", "--quantize", "int8",
+            "--max-accuracy-drop", "100"]
+    code, result = invoke_cli([*args, "-o", tmp_path / "j", "--json"])
+    assert code == 0, result.output
+    gate = json.loads(result.stdout)["accuracy_gate"]
+    assert 0.0 <= gate["candidate_accuracy"] <= 1.0 and 0.0 <= gate["reference_accuracy"] <= 1.0
+    drop = 100.0 * (gate["reference_accuracy"] - gate["candidate_accuracy"])
+    assert gate["drop_points"] == pytest.approx(drop, abs=1e-6) and gate["max_drop_points"] == 100.0
+    code, result = invoke_cli([*args, "-o", tmp_path / "h"])
+    assert code == 0, result.output
+    line = re.search(r"artifact (\d+\.\d\d)% vs original (\d+\.\d\d)%", result.output)
+    assert line and float(line.group(1)) == pytest.approx(100 * gate["candidate_accuracy"], abs=0.01)
+    page = (tmp_path / "h" / "report.md").read_text()
+    assert "artifact accuracy, %" in page and f"{100 * gate['candidate_accuracy']:.2f}" in page
+
+
+def test_search_table_prints_accuracy_in_percent_with_the_unit_in_the_header(study):
+    import re
+
+    root, _, _, output = study
+    results = json.loads((root / "s" / "results.json").read_text())
+    baseline = results["baseline"]["accuracy"]
+    assert 0.0 <= baseline <= 1.0 and all(0.0 <= t["accuracy"] <= 1.0 for t in results["trials"])
+    assert f"unpruned accuracy {baseline:.2%}" in output
+    assert "accuracy %" in output and re.search(r"-> accuracy \d+\.\d\d%", output)

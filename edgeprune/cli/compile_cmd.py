@@ -146,7 +146,7 @@ def gate_line(gate: dict) -> str:
     verdict = "" if gate.get("max_drop_points") is None else (
         f", limit {gate['max_drop_points']:g} pt ({gate.get('mode', 'point')}): "
         + ("pass" if gate["passed"] else "FAIL") + ("" if gate.get("decided", True) else ", undecided"))
-    return (f"{head}: artifact {gate['candidate_accuracy']:.4f} vs original {gate['reference_accuracy']:.4f} "
+    return (f"{head}: artifact {gate['candidate_accuracy']:.2%} vs original {gate['reference_accuracy']:.2%} "
             f"on {gate['samples']} held-out samples; drop {gate['drop_points']:.2f} pt, "
             f"95% CI [{lo:.2f}, {hi:.2f}]{verdict}")
 

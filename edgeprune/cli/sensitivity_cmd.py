@@ -47,13 +47,17 @@ def sensitivity_cmd(ctx, model, target, val_data, calibration, ratios, quantize,
                          unsafe=unsafe, output=out)
     out.emit_json(result)
     ratios_seen = [p["ratio"] for p in result["stages"][0]["points"]]
-    out.table(f"Accuracy of the artifact with one stage pruned ({result['target']}, {result['quantization']}); "
-              f"unpruned {result['baseline']['accuracy']:.4f}",
+    def percent(fraction):  # results and JSON hold fractions; tables print percent
+        return None if fraction is None else 100.0 * fraction
+
+    out.table(f"Accuracy (%) of the artifact with one stage pruned ({result['target']}, {result['quantization']}); "
+              f"unpruned {result['baseline']['accuracy']:.2%}",
               ["stage", "channels", *[f"r={r:g}" for r in ratios_seen]],
-              [(c["name"], c["channels"], *[p["accuracy"] for p in c["points"]]) for c in result["stages"]])
-    out.table("Greedy allocations (AIMET-style)", ["MAC target", "reached", "estimated MACs", "accuracy >=", "per stage"],
+              [(c["name"], c["channels"], *[percent(p["accuracy"]) for p in c["points"]]) for c in result["stages"]])
+    out.table("Greedy allocations (AIMET-style)", ["MAC target", "reached", "estimated MACs", "accuracy % >=",
+                                                   "per stage"],
               [(a["target_macs"], "yes" if a["reached"] else "no", a["estimated_macs_fraction"],
-                a["accuracy_threshold"], ", ".join(f"{k}={v:g}" for k, v in a["per_stage"].items()))
+                percent(a["accuracy_threshold"]), ", ".join(f"{k}={v:g}" for k, v in a["per_stage"].items()))
                for a in result["allocations"]])
     if result.get("plot"):
         out.info(f"plot: {result['plot']}")

@@ -43,6 +43,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _fmt_percent(fraction) -> str:
+    """An accuracy (a fraction in report.json) as the page prints it: percent, unit in the label."""
+    return "–" if fraction is None else f"{100.0 * fraction:.2f}"
+
+
 def build(data) -> list[tuple[str, list]]:
     r, m, info = data.report, data.manifest, data.info
     figs = {f.key for f in data.figures}
@@ -139,8 +144,8 @@ def build(data) -> list[tuple[str, list]]:
     gate = r.get("accuracy_gate")
     if gate:
         ci = gate.get("drop_ci95")
-        rows = [("original accuracy", _fmt(gate.get("reference_accuracy"))),
-                ("artifact accuracy", _fmt(gate.get("candidate_accuracy"))),
+        rows = [("original accuracy, %", _fmt_percent(gate.get("reference_accuracy"))),
+                ("artifact accuracy, %", _fmt_percent(gate.get("candidate_accuracy"))),
                 ("drop, points", _fmt(gate.get("drop_points"))),
                 ("95% interval of the drop", str(ci) if ci is not None else "–"),
                 ("limit, points", _fmt(gate.get("max_drop_points"))), ("samples", _fmt(gate.get("samples"))),
@@ -169,7 +174,7 @@ def build(data) -> list[tuple[str, list]]:
         out.append(("Search", [("figure", "pareto"), ("text",
                     f"{len(search.get('trials', []))} trials; shipped trial {search.get('shipped', best.get('number'))}: "
                     f"ratio {best.get('ratio')}, {best.get('criterion')}, {best.get('quantization')}, accuracy "
-                    f"{_fmt(best.get('accuracy'))}, latency {_fmt(best.get('latency_ms'))} ms.")]))
+                    f"{_fmt_percent(best.get('accuracy'))} %, latency {_fmt(best.get('latency_ms'))} ms.")]))
 
     notes = list((pruning or {}).get("notes") or [])
     if notes:

@@ -91,7 +91,7 @@ def iterative_prune(model, *, steps: int, recover: Callable | None, ratio: float
                 row["accuracy_recovered"] = evaluate(current)
         output.info(
             f"iterative pruning step {index}/{steps}: MACs {macs_current / macs_original:.1%} of original"
-            + (f", accuracy {row['accuracy_recovered']:.4f}" if "accuracy_recovered" in row else "")
+            + (f", accuracy {row['accuracy_recovered']:.2%}" if "accuracy_recovered" in row else "")
         )
         rows.append(row)
     if last is None:
