@@ -72,7 +72,7 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
     import optuna
 
     from edgeprune import metrics
-    from edgeprune.datasets import load_arrays
+    from edgeprune.datasets import input_range, load_arrays
     from edgeprune.model_io import load_model
     from edgeprune.profiles import load_profile
 
@@ -109,7 +109,8 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
         out.warn("no --train-data: trials are not fine-tuned (BatchNorm statistics are re-estimated only), "
                  "so pruned trials score far below what they reach after recovery")
     input_shape = tuple(loaded.model.inputs[0].shape)
-    x_val, y_val = load_arrays(val_data, input_shape=input_shape, preprocessing=profile.preprocessing)
+    x_val, y_val = load_arrays(val_data, input_shape=input_shape,  # the model's range, else none checked
+                               preprocessing=input_range(profile, model=loaded.model))
     if y_val is None:
         raise InputError(f"--val-data {val_data}: the search needs labelled validation data (x and y)")
     baseline = metrics.metrics(loaded.model.predict(x_val, batch_size=256, verbose=0), y_val)["accuracy"]

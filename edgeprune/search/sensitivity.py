@@ -26,7 +26,7 @@ def sensitivity(model_path, *, val_data: str, target: str = "x86-64", ratios=(0.
                 target_macs=(0.75, 0.5), plot=None, json_path=None, custom_objects=None,
                 unsafe: bool = False, protect=(), seed: int = 0, output: Output | None = None) -> dict:
     """Curves of artifact accuracy against each stage's pruning ratio, and greedy allocations."""
-    from edgeprune.datasets import load_arrays
+    from edgeprune.datasets import input_range, load_arrays
     from edgeprune.model_io import load_model
     from edgeprune.profiles import load_profile
     from edgeprune.pruning import macs as macs_mod
@@ -47,7 +47,7 @@ def sensitivity(model_path, *, val_data: str, target: str = "x86-64", ratios=(0.
     if not stages:
         raise InputError(f"{model_path}: the model has no prunable stage")
     x, y = load_arrays(val_data, input_shape=tuple(loaded.model.inputs[0].shape),
-                       preprocessing=profile.preprocessing)
+                       preprocessing=input_range(profile, model=loaded.model))  # the model's, else none checked
     if y is None:
         raise InputError(f"--val-data {val_data}: sensitivity needs labelled data (x and y)")
     base = Base(model=str(Path(model_path).resolve()), target=str(target), val_data=str(val_data),
