@@ -77,15 +77,17 @@ def check(tflite: bytes, *, arena_size: int | None = None, timeout_s: float = 12
             fh.write(bytes(tflite))
         cmd = [sys.executable, "-m", "edgeprune.tflm", model, str(arena_size or 0)]
         buffer = f"arena buffer {arena_size} bytes" if arena_size else "default arena buffer"
-        return run_child(cmd, timeout_s=timeout_s, context=buffer)
+        return run_child(cmd, timeout_s=timeout_s, context=buffer,
+                         explain=lambda: "; ".join(predicted_aborts(tflite)))
 
 
-def run_child(cmd: list[str], *, timeout_s: float = 120.0, context: str = "") -> dict:
+def run_child(cmd: list[str], *, timeout_s: float = 120.0, context: str = "", explain=None) -> dict:
     """Run a TFLM child (``python -m edgeprune.tflm``) and return its result.
 
     The child prints ``_MARK {"stage": ...}`` before each step and ``_MARK {"result"|"error": ...}``
     at the end; a child killed by a signal becomes one VerificationError naming the signal and
-    the step it died in (TFLM's own aborts print nothing, so the step is all there is to say).
+    the step it died in. TFLM's own aborts print nothing: ``explain()`` may name the cause from
+    the model (:func:`predicted_aborts`).
     """
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
@@ -106,7 +108,7 @@ def run_child(cmd: list[str], *, timeout_s: float = 120.0, context: str = "") ->
         except ValueError:
             name = f"signal {-proc.returncode}"
         verb = "aborted" if name == "SIGABRT" else "crashed"
-        said = _reason(proc.stdout + proc.stderr, "")
+        said = _reason(proc.stdout + proc.stderr, "") or (explain() if explain and name == "SIGABRT" else "")
         hint = said or ("TFLM aborts without a message when a kernel cannot represent its quantization "
                         "parameters or the arena cannot be planned" if name == "SIGABRT" else "no message")
         raise VerificationError(f"the TFLM interpreter {verb} ({name}){where}: {hint}")
