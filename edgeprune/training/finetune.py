@@ -11,6 +11,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeprune.console import Output, default_output
+from edgeprune.training.schedules import (  # noqa: F401  (re-exported: the names training code uses)
+    COSINE_FLOOR,
+    LR_SCHEDULES,
+    ONE_CYCLE_START,
+    ONE_CYCLE_WARMUP,
+    rewind_problem,
+)
 
 # Recovery after pruning (fine-tuning, distillation, the sparsity phase) starts from a large
 # learning rate and decays (Le & Hua, ICLR 2021): on benchmarks/pruning_recipes.py (Fashion-MNIST,
@@ -19,20 +26,6 @@ from edgeprune.console import Output, default_output
 RECOVERY_LEARNING_RATE = 3e-3
 GENTLE_LEARNING_RATE = 1e-3
 _GENTLE = ("QAT", "gradual pruning")
-
-# The learning-rate schedules (--lr-schedule), in the order --help lists them.
-LR_SCHEDULES = ("cosine", "plateau", "one-cycle", "constant", "rewind")
-# cosine ends at this fraction of the peak: recovery keeps learning until its last epoch.
-COSINE_FLOOR = 0.05
-# one-cycle (Smith & Topin 2019; Le & Hua 2021 retrain pruned networks with it) warms up over the
-# first 10 % of the steps. Recovery starts from trained weights, so the warm-up only has to let
-# Adam's moment estimates settle before the peak LR (a few hundred steps); the 25-30 % of
-# PyTorch's OneCycleLR and fastai are meant for training from scratch and would spend a short
-# recovery budget at a low LR. Le & Hua warm up over the first few epochs of a long retraining.
-ONE_CYCLE_WARMUP = 0.1
-# ...from 1/25 of the peak (OneCycleLR's div_factor): a start at 0 would waste the first steps.
-ONE_CYCLE_START = 1.0 / 25.0
-
 
 @dataclass
 class FitSettings:
@@ -162,17 +155,6 @@ def only_outputs(split, names):
     from edgeprune.training.data import Split
 
     return Split(split.x, {k: v for k, v in split.y.items() if k in names}, split.source)
-
-
-def rewind_problem(original_epochs: int | None, epochs: int, flag: str = "--finetune-epochs") -> str | None:
-    """Why ``--lr-schedule rewind`` cannot replay ``epochs`` epochs of an ``original_epochs``-epoch
-    training, in one line naming the flags; None when it can."""
-    if original_epochs is None:
-        return "--lr-schedule rewind needs --original-epochs E (the epochs the dense model was trained)"
-    if original_epochs < epochs:
-        return (f"--lr-schedule rewind replays the last {flag} ({epochs}) epochs of the original training, "
-                f"but --original-epochs is {original_epochs}: it must be at least {epochs}")
-    return None
 
 
 def learning_rate_schedule(settings: FitSettings, steps_per_epoch: int, keras=None):

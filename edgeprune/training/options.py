@@ -11,7 +11,7 @@ import click
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgeprune.errors import InputError
-from edgeprune.training.finetune import LR_SCHEDULES, ONE_CYCLE_WARMUP, rewind_problem
+from edgeprune.training.schedules import LR_SCHEDULES, ONE_CYCLE_WARMUP, rewind_problem
 
 
 class TrainingOptions(BaseModel):
