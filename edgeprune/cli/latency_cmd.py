@@ -5,7 +5,14 @@ from pathlib import Path
 
 import click
 
-from edgeprune.cli import cli, deprecated_aliases, get_output, input_shape_option, json_option, model_code_options
+from edgeprune.cli import (
+    cli,
+    deprecated_aliases,
+    get_output,
+    input_shape_option,
+    json_option,
+    model_code_options,
+)
 from edgeprune.errors import InputError
 
 
