@@ -19,6 +19,15 @@ same recovery budget of ``--recovery-epochs`` (a sparsity phase counts against i
 - ``group-norm sparsity`` / ``bn-l1 sparsity``: ``--sparsity-epochs`` of structured-sparsity
   training (edgeprune.training.structured_sparsity), cut by the learnt group norms with global
   ranking, then the rest of the budget at the high LR.
+- recovery schedules on the uniform l1 cut: ``l1 one-cycle`` (``--lr-schedule one-cycle``),
+  ``l1 rewind`` (``--lr-schedule rewind --original-epochs`` the dense epochs: the last N epochs
+  of the dense cosine), ``l1 distill`` (distillation from the dense model, T 4, alpha 0.5) and
+  ``l1 distill anneal`` (``--distill-schedule anneal``: T 4 -> 1, alpha 0.5 -> 1);
+- criteria on the uniform cut, high LR: ``taylor high-LR`` (first-order Taylor on 512 training
+  images) and ``random high-LR`` (the honest baseline);
+- ``sensitivity high-LR``: per-stage ratios from ``edgeprune sensitivity`` curves (each stage
+  pruned alone at 1/8 steps, artifact accuracy on validation images) and its greedy allocation
+  for the MAC target: a non-uniform allocation chosen by measurement.
 
 Accuracy is measured on the converted float32 ``.tflite`` over the test split; validation data
 (carved from the training images, disjoint from the training subset) is all that selects.
@@ -48,7 +57,8 @@ import edgeprune._env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow
 
 TARGETS = (("2x", 0.5), ("4x", 0.25))
 RECIPES = ("narrow", "narrow (budget)", "l1 uniform low-LR", "l1 uniform high-LR", "l1 global high-LR",
-           "group-norm sparsity", "bn-l1 sparsity")
+           "group-norm sparsity", "bn-l1 sparsity", "l1 one-cycle", "l1 rewind", "l1 distill", "l1 distill anneal",
+           "taylor high-LR", "random high-LR", "sensitivity high-LR")
 RECAL = 2048
 
 
@@ -119,11 +129,16 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
     mac["dense"], acc["dense"] = fm.macs(dense), fm.acc_tflite(dense, test)
     log(f"  {arch} seed {seed}: dense {acc['dense']:.2f}% ({time.time() - t0:.0f}s)")
 
-    def finetune(model, epochs, lr):
+    def finetune(model, epochs, lr, **kwargs):
         if epochs <= 0:
             return model
         return recover(fm.recalibrated(model, recal_x), train=train, val=val, epochs=epochs, batch_size=args.batch_size,
-                       learning_rate=lr, patience=epochs, seed=seed, recalibrate_bn=False, output=out)
+                       learning_rate=lr, patience=epochs, seed=seed, recalibrate_bn=False, output=out, **kwargs)
+
+    wanted = set(args.recipes)
+    curves = None
+    if "sensitivity high-LR" in wanted:
+        curves = _sensitivity_curves(dense, val, seed, out)
 
     wanted = set(args.recipes)
     for label, target in TARGETS:
@@ -139,6 +154,26 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
         for name, lr in (("l1 uniform low-LR", args.finetune_lr), ("l1 uniform high-LR", args.lr)):
             if name in wanted:
                 record(name, finetune(uniform.model, args.recovery_epochs, lr), uniform.report["macs_after"])
+        schedules = {"l1 one-cycle": dict(lr_schedule="one-cycle"),
+                     "l1 rewind": dict(lr_schedule="rewind", original_epochs=max(args.epochs, args.recovery_epochs)),
+                     "l1 distill": dict(teacher=dense, distill=True),
+                     "l1 distill anneal": dict(teacher=dense, distill=True, distill_schedule="anneal", alpha_end=1.0)}
+        for name, kwargs in schedules.items():
+            if name in wanted:
+                record(name, finetune(uniform.model, args.recovery_epochs, args.lr, **kwargs),
+                       uniform.report["macs_after"])
+        for crit in ("taylor", "random"):
+            if f"{crit} high-LR" in wanted:
+                cut = prune_model(dense, target_macs=target, criterion=crit, data=train[0][:512],
+                                  labels=train[1][:512], seed=seed)
+                record(f"{crit} high-LR", finetune(cut.model, args.recovery_epochs, args.lr), cut.report["macs_after"])
+        if curves is not None:
+            from edgeprune.search.sensitivity import greedy_allocation
+
+            alloc = greedy_allocation(curves["stages"], curves["baseline"]["macs"], target)
+            cut = prune_model(dense, ratio=0.0, per_layer=alloc["per_layer"], criterion="l1")
+            res.setdefault("sensitivity", {})[label] = {"per_stage": alloc["per_stage"], "reached": alloc["reached"]}
+            record("sensitivity high-LR", finetune(cut.model, args.recovery_epochs, args.lr), cut.report["macs_after"])
         if "l1 global high-LR" in wanted:
             ranked = prune_model(dense, target_macs=target, criterion="l1", global_ranking=True)
             record("l1 global high-LR", finetune(ranked.model, args.recovery_epochs, args.lr),
@@ -165,6 +200,24 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
             record("narrow (budget)", budget, narrow_macs)
     res["seconds"] = round(time.time() - t0, 1)
     return res
+
+
+def _sensitivity_curves(dense, val, seed: int, out) -> dict:
+    """``edgeprune sensitivity`` of the dense model on the validation split (float32 artifacts)."""
+    import tempfile
+
+    from edgeprune.search.sensitivity import sensitivity
+
+    with tempfile.TemporaryDirectory(prefix="recipes-sensitivity-") as tmp:
+        path, data, profile = Path(tmp) / "dense.keras", Path(tmp) / "val.npz", Path(tmp) / "cpu.yaml"
+        dense.save(path)
+        np.savez(data, x=val[0], y=val[1])
+        # channels as the recipes cut them (no rounding), so the curves describe the same cuts
+        profile.write_text("name: bench-cpu\ndescription: this machine\ncpu: x86-64\narch: x86_64\ncores: 2\n"
+                           "threads: 1\npruning:\n  round_to: 1\n  min_channels: 1\n")
+        return sensitivity(str(path), val_data=str(data), target=str(profile), quantize="float32", seed=seed,
+                           output=out,
+                           ratios=[i / 8 for i in range(1, 8)], target_macs=(0.5,))
 
 
 def summarize(runs, recipes=RECIPES) -> dict:
