@@ -14,12 +14,12 @@ from pathlib import Path
 
 from edgeprune.errors import EdgepruneError, InputError
 from edgeprune.model_io.custom_objects import CustomObjects, load_custom_objects
-from edgeprune.model_io.detect import ModelFormat, detect, sha256_file
+from edgeprune.model_io.detect import ModelFormat, detect, model_sha256, sha256_file
 from edgeprune.model_io.safety import check_config, check_h5_storage
 from edgeprune.model_io.save import save_model
 
 __all__ = ["CustomObjects", "LoadedModel", "load_model", "save_model", "load_custom_objects", "detect",
-           "sha256_file", "to_tf_keras"]
+           "model_sha256", "sha256_file", "to_tf_keras"]
 
 
 @dataclass
@@ -30,7 +30,7 @@ class LoadedModel:
     # a SavedModelGraph for kind "savedmodel_bare" (no Keras graph)
     flavour: str  # "keras3" | "tf_keras"
     path: Path
-    sha256: str  # of the file (or of the SavedModel's saved_model.pb)
+    sha256: str  # model_sha256: of the file, or of a SavedModel's graph, Keras metadata and variables
     kind: str = "keras_zip"  # keras_zip | h5 | savedmodel
     keras_version: str | None = None
     translation: dict = field(default_factory=dict)  # notes of a translation, when one happened
@@ -154,7 +154,7 @@ def load_model(path, *, custom_objects=None, safe_mode: bool = True) -> LoadedMo
         from edgeprune.model_io.savedmodel import SavedModelGraph
 
         return LoadedModel(model=SavedModelGraph(path), flavour=fmt.flavour, path=path,
-                           sha256=sha256_file(path / "saved_model.pb"), kind=fmt.kind)
+                           sha256=model_sha256(path), kind=fmt.kind)
     check_config(path, fmt.config, fmt.flavour, custom_objects=custom_objects, safe_mode=safe_mode)
     if safe_mode and fmt.kind != "savedmodel":
         check_h5_storage(path)
@@ -175,6 +175,5 @@ def load_model(path, *, custom_objects=None, safe_mode: bool = True) -> LoadedMo
     from edgeprune.limits import check_model
 
     check_model(model, str(path))  # before calibration or training allocate per-sample buffers
-    digest_of = path / "saved_model.pb" if fmt.kind == "savedmodel" else path
-    return LoadedModel(model=model, flavour=fmt.flavour, path=path, sha256=sha256_file(digest_of),
+    return LoadedModel(model=model, flavour=fmt.flavour, path=path, sha256=model_sha256(path),
                        kind=fmt.kind, keras_version=fmt.keras_version, translation=translation)

@@ -38,6 +38,33 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# What a SavedModel's identity covers: the graph, the Keras config tf_keras rebuilds the model
+# from, and the weights (variables/ holds the checkpoint shards and their index).
+_SAVEDMODEL_IDENTITY = ("saved_model.pb", "keras_metadata.pb")
+
+
+def model_sha256(path: Path) -> str:
+    """The one identity of a model on disk, wherever a model's hash is recorded or compared
+    (manifest ``source``, a study's ``model_sha256``, ``--from-study``'s model check, the kept
+    pruned model of ``inspect --quant-error``).
+
+    A file: the sha256 of its bytes. A SavedModel directory: a sha256 over the sorted relative
+    paths and the contents of ``saved_model.pb``, ``keras_metadata.pb`` and every file under
+    ``variables/``; the graph alone stays the same when the weights are retrained, so hashing
+    only ``saved_model.pb`` let retrained weights pass for the searched model.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    files = [path / name for name in _SAVEDMODEL_IDENTITY if (path / name).is_file()]
+    if (path / "variables").is_dir():
+        files += [f for f in (path / "variables").rglob("*") if f.is_file()]
+    digest = hashlib.sha256()
+    for rel, f in sorted((f.relative_to(path).as_posix(), f) for f in files):
+        digest.update(f"{rel}\0{sha256_file(f)}\n".encode())
+    return digest.hexdigest()
+
+
 def _flavour_of(version: str | None) -> str:
     major = (version or "2").split(".", 1)[0]
     return "keras3" if major.isdigit() and int(major) >= 3 else "tf_keras"
