@@ -251,7 +251,11 @@ def run_on_device(artifact: Path, x: np.ndarray, *, target=None, host=None, remo
 def quant_error(artifact, reference, data, *, num_samples: int = 32, seed: int = 0,
                 custom_objects=None, unsafe: bool = False, output=None, target=None, host=None,
                 remote_python=None) -> dict:
-    """Python API of ``edgeprune inspect ART --quant-error --reference MODEL --data X``.
+    """Python API of ``edgeprune inspect ART --quant-error [--reference MODEL] --calibration X``.
+
+    ``reference`` None: the pruned float model compile kept beside the artifact
+    (:func:`kept_pruned_reference`), said in ``reference_note``; InputError naming --reference
+    when there is none.
 
     ``host`` (an ssh spec, or 'local' for the runner in its own process) or an ssh ``target``
     profile: the artifact runs there through the bench runner; the float reference runs here.
@@ -262,6 +266,9 @@ def quant_error(artifact, reference, data, *, num_samples: int = 32, seed: int =
     art = resolve_artifact(artifact)
     quantized = art.read_bytes()
     given, reference, swapped = reference, *kept_pruned_reference(art, reference)
+    if reference is None:
+        raise InputError(f"{artifact}: no float model to compare with (an artifact directory keeps the pruned one "
+                         f"when compile pruned); pass --reference MODEL, the float model it was compiled from")
     ref = float_reference(reference, custom_objects=custom_objects, unsafe=unsafe)
     q_it = _interp(quantized)
     shape = tuple(int(d) for d in q_it.get_input_details()[0]["shape"])
@@ -281,10 +288,11 @@ def quant_error(artifact, reference, data, *, num_samples: int = 32, seed: int =
     else:
         result = measure(quantized, ref, x, device_values=values)
     result.update(artifact=str(art), reference=str(reference), data=str(data), device=where)
-    if swapped:
-        result["reference_given"] = str(given)
-        result["note"] = result["note"] or (f"compared with {reference}, the pruned float model compile kept, "
-                                            f"not with --reference {given} (the model before pruning)")
+    if swapped:  # said apart from measure's note, which is about the tensors matched
+        result["reference_given"] = None if given is None else str(given)
+        result["reference_note"] = (f"compared with {reference}, the pruned float model compile kept" + (
+            " (pass --reference to compare with another model)" if given is None
+            else f", not with --reference {given} (the model before pruning)"))
     return result
 
 
@@ -297,7 +305,7 @@ def kept_pruned_reference(art: Path, reference) -> tuple[Path, bool]:
     reference the user names is kept."""
     import json
 
-    from edgeprune.artifacts import sha256_bytes
+    from edgeprune.model_io import model_sha256
 
     try:
         manifest = json.loads((art.parent / "manifest.json").read_text())
@@ -310,7 +318,7 @@ def kept_pruned_reference(art: Path, reference) -> tuple[Path, bool]:
     if reference is None:
         return kept, True
     given = Path(reference)
-    if given.is_file() and given.resolve() != kept.resolve() and sha256_bytes(given.read_bytes()) == source_sha:
+    if given.exists() and given.resolve() != kept.resolve() and model_sha256(given) == source_sha:
         return kept, True
     return reference, False
 

@@ -14,7 +14,9 @@ from edgeprune.cli import cli, deprecated_aliases, get_output, json_option, mode
               help="Compare every intermediate tensor of the artifact with the float --reference model on "
                    "--calibration (default: off, describe the file).")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
-              help="With --quant-error: the float model (Keras file or float .tflite) the artifact was compiled from.")
+              help="With --quant-error: the float model (Keras file or float .tflite) the artifact was compiled from "
+                   "(default: the pruned float model compile kept in the artifact directory, manifest "
+                   "pruned_model).")
 @click.option("--calibration", "calibration", default=None, metavar="SRC",
               help="With --quant-error: inputs (.npy/.npz, image folder, module:function), as in compile.")
 @click.option("--num-samples", type=int, default=32, show_default=True,
@@ -36,7 +38,7 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
     """Ops, tensors, dtypes, quantization, MACs, arena and XNNPACK coverage of a .tflite artifact;
     layers, MACs and pruning groups (and why some are locked) of a Keras model.
 
-    With --quant-error --reference MODEL --calibration X: per-tensor error of the artifact, run by LiteRT
+    With --quant-error --calibration X [--reference MODEL]: per-tensor error of the artifact, run by LiteRT
     (here, or on a device with --host/--target through the bench runner), against the float model
     (RMSE over scale, cosine, SQNR), worst first.
     """
@@ -45,16 +47,16 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
     out = get_output(ctx, json_mode)
     co = str(custom_objects) if custom_objects else None
     if quant_error:
-        if reference is None or calibration is None:
-            raise InputError("--quant-error needs --reference MODEL and --calibration X")
         from edgeprune.quant_error import quant_error as measure
 
-        _check_tflite_inputs(path, reference)
+        if calibration is None:
+            raise InputError("--quant-error needs --calibration X (the inputs to compare on)")
+        _check_tflite_inputs(path, reference)  # no --reference: the pruned model compile kept, else an error
         result = measure(path, reference, calibration, num_samples=num_samples, custom_objects=co, unsafe=unsafe,
                          output=out, target=target, host=host, remote_python=remote_python)
         out.emit_json(result)
         if not out.json_mode:
-            _print_quant_error(out, result, reference, top)
+            _print_quant_error(out, result, top)
         return
     if reference is not None or calibration is not None or host is not None or target is not None:
         raise InputError("--reference, --calibration, --target and --host are used with --quant-error")
@@ -71,7 +73,7 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
         _print_keras(out, result, top)
 
 
-def _check_tflite_inputs(path: Path, reference: Path) -> None:
+def _check_tflite_inputs(path: Path, reference: Path | None) -> None:
     """--quant-error runs the artifact and a .tflite reference in this process: check them first."""
     from edgeprune.harness.artifact import resolve_artifact
     from edgeprune.inspection import is_tflite
@@ -79,11 +81,15 @@ def _check_tflite_inputs(path: Path, reference: Path) -> None:
 
     art = resolve_artifact(path)
     check_untrusted_tflite(art, str(art))
-    if reference.is_file() and (is_tflite(reference) or reference.suffix.lower() == ".tflite"):
+    if reference is not None and reference.is_file() and (is_tflite(reference) or reference.suffix.lower() == ".tflite"):
         check_untrusted_tflite(reference, f"--reference {reference}")
 
 
 def _print_tflite(out, r: dict, top: int) -> None:
+    """Ops and activation tensors for people: short tensor names (inspection.display_name; fused
+    ops' names run to 255 characters), the full ones in --json."""
+    from edgeprune.inspection import display_name
+
     out.table(f"{r['file']}: {r['bytes']:,} bytes, {r['macs']:,} MACs, arena {r['arena']['bytes']:,} bytes "
               f"({r['arena']['method']})",
               ["op", "count", "constant bytes", "MACs", "XNNPACK"],
@@ -92,8 +98,10 @@ def _print_tflite(out, r: dict, top: int) -> None:
                for op, n in sorted(r["op_counts"].items(), key=lambda kv: -kv[1])])
     rows = [t for t in r["tensors"] if not t["constant"]][:top]
     out.table("Activation tensors", ["tensor", "shape", "dtype", "scale", "zero point"],
-              [(t["name"], t["shape"], t["dtype"], (t["quantization"] or {}).get("scale"),
+              [(display_name(t["name"]), t["shape"], t["dtype"], (t["quantization"] or {}).get("scale"),
                 (t["quantization"] or {}).get("zero_point")) for t in rows])
+    if any(display_name(t["name"]) != t["name"] for t in rows):
+        out.info("Tensor names are shortened here; --json gives them in full.")
     x = r["xnnpack"]
     out.info(f"XNNPACK takes {x['delegated_count']} of {len(r['ops'])} ops ({x['partitions']} partitions); "
              f"builtin fallback: {', '.join(f'{k} x{v}' for k, v in x['fallback_op_counts'].items()) or 'none'}")
@@ -110,13 +118,15 @@ def _print_keras(out, r: dict, top: int) -> None:
                for g in r["groups"][: max(top, 30)]])
 
 
-def _print_quant_error(out, r: dict, reference, top: int) -> None:
+def _print_quant_error(out, r: dict, top: int) -> None:
     """The ranking for people: short tensor names (inspection.display_name; --json has the full
     ones), the error as % of the tensor's float range, and the degenerate tensors apart."""
     from edgeprune.inspection import display_name
 
     ranked = [x for x in r["layers"] if x.get("rank") is not None]
-    out.table(f"Quantization error of {r['artifact']} on {r['device']} vs {reference} "
+    if r.get("reference_note"):
+        out.info(r["reference_note"])
+    out.table(f"Quantization error of {r['artifact']} on {r['device']} vs {r['reference']} "
               f"({r['samples']} samples), worst first by error / float range",
               ["rank", "tensor", "op", "error % of range", "SQNR dB", "local drop dB", "cosine"],
               [(x["rank"], display_name(x["tensor"]), x["op"], 100 * x["rmse_over_range"], x["sqnr_db"],
