@@ -138,7 +138,9 @@ def _pct(value):
                    "(default: the profile's device, else this machine).")
 @click.option("--fleet", type=click.Path(path_type=str),
               help="YAML list of hosts (host, python?, threads?) to run on in parallel (default: none).")
-@click.option("--threads", "threads", metavar="1,2,4", help="Comma-separated interpreter thread counts to sweep (default: the profile's, else 1).")
+@click.option("--threads", "threads", metavar="1,2,4", help="Comma-separated interpreter thread counts to sweep (default: the --target profile's; "
+              "without --target, those of the local profile the artifact was compiled for, said in one line; "
+              "else 1).")
 @click.option("--runs", type=int, default=50, show_default=True, help="Timed steady-state inferences, at least (see --min-duration).")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed warm-up inferences after the first one.")
 @click.option("--min-duration", "min_duration", type=float, default=0.0, show_default=True,

@@ -153,6 +153,31 @@ def _warn_if_not_on_its_device(info, profile, hosts, fleet, threads, out) -> Non
              "or --host local to measure it here")
 
 
+def default_threads(info, profile, hosts, fleet) -> tuple[tuple[int, ...], str | None]:
+    """The thread counts bench sweeps when ``--threads`` is not given, and the one line that says
+    where they came from when the artifact's own manifest decided.
+
+    ``--target``'s profile decides. Without one, the profile the artifact was compiled for
+    (manifest.json ``profile``) decides when it describes this machine (connection ``local``,
+    x86-64 and the like) and the bench runs here (no ``--fleet``, no ``--host`` but ``local``):
+    an artifact compiled for 2 threads is measured on 2, not on 1 without a word. A profile
+    reached over ssh describes another device: this machine runs 1 thread, and
+    :func:`_warn_if_not_on_its_device` says so.
+    """
+    if profile is not None:
+        return (profile.threads,), None
+    compiled_for = (info.manifest or {}).get("profile")
+    here = fleet is None and all(str(h) == LOCAL for h in ([hosts] if isinstance(hosts, str) else hosts))
+    if not here or not isinstance(compiled_for, dict):
+        return (1,), None
+    if (compiled_for.get("connection") or {}).get("kind", "local") != "local" or "threads" not in compiled_for:
+        return (1,), None
+    threads = parse_threads(compiled_for["threads"], f"{info.manifest.get('path', 'manifest.json')}: profile threads")
+    shown = ",".join(map(str, threads))
+    return threads, (f"{shown} thread(s): the threads of '{compiled_for.get('name', '?')}', the profile "
+                     f"{info.path.name} was compiled for (manifest.json); --threads sweeps others")
+
+
 def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
           min_duration_s=0.0, eval_data=None, reference_model=None,
           max_accuracy_drop=None, remote_python=None, output: Output | None = None,
@@ -162,7 +187,8 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
           gate_mode: str = "point", gate_output: str | None = None, input_range=None) -> dict:
     """Benchmark ``artifact`` on this machine or devices and verify it; return one result dict.
 
-    threads: thread counts to sweep (default: the profile's ``threads``, else 1).
+    threads: thread counts to sweep (default: :func:`default_threads`: the ``target`` profile's
+    ``threads``, else those of the local profile the artifact was compiled for, else 1).
     eval_data: .npz with ``x`` and ``y`` -> accuracy (top-1) or MSE on each device.
     reference_model: the source Keras model -> its accuracy and output agreement.
     max_accuracy_drop (points) / max_latency_ms (default: profile budgets) make it a gate
@@ -194,9 +220,15 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
                        gate_mode=gate_mode)
     if reference_model is None and max_accuracy_drop is None:
         limits.max_accuracy_drop = None  # the profile's drop budget needs a reference to compare with
-    threads = parse_threads(threads if threads else ((profile.threads,) if profile else (1,)), "--threads")
+    threads_note = None
+    if threads:
+        threads = parse_threads(threads, "--threads")
     protocol_job = _protocol(protocol, protocol_settings)
     info = inspect_artifact(artifact)
+    if not threads:
+        threads, threads_note = default_threads(info, profile, hosts, fleet)
+        if threads_note:
+            out.info(threads_note)
     in_range = artifact_input_range(info, profile, input_range)
     _warn_if_not_on_its_device(info, profile, hosts, fleet, threads, out)
     emulated = profile is not None and profile.connection.kind == "emulated" and not hosts and fleet is None
@@ -280,7 +312,8 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     result = {
         "artifact": info.as_dict(),
         "profile": profile.name if profile else None,
-        "settings": {"threads": list(threads), "runs": runs, "warmup": warmup, "min_duration_s": min_duration_s},
+        "settings": {"threads": list(threads), "runs": runs, "warmup": warmup, "min_duration_s": min_duration_s,
+                     **({"threads_note": threads_note} if threads_note else {})},
         "eval": None if data is None else {"path": str(data.path), "samples": data.samples,
                                            "labels": data.y is not None, "input_range": in_range.to_json()},
         "reference": reference,
