@@ -131,6 +131,14 @@ def run_trial(base: Base, choice, stages, out_dir: Path, *, eval_data, latency, 
         res.constraints[check["budget"]] = (check["actual"] - check["limit"]) / check["limit"]
         if not check["ok"]:
             res.violations.append(f"{check['budget']} {check['actual']} > {check['limit']}")
+    # the target's runtime refused it (compile's TFLM check: a predicted abort or a TFLM failure),
+    # not a budget: without a positive constraint a constrained sampler would see it as feasible
+    arena = report.get("arena") or {}
+    over_budget = any(not check["ok"] for check in report["budgets"])  # TFLM was skipped for that
+    refusal = arena.get("tflm_error") or (None if over_budget else arena.get("tflm_skipped"))
+    if refusal:
+        res.constraints["runtime"] = 1.0
+        res.violations.append(f"{manifest.get('runtime') or 'the runtime'} cannot run it: {refusal}")
     gate = report.get("accuracy_gate")
     if gate and gate.get("max_drop_points") is not None:
         res.constraints["max_accuracy_drop"] = float(gate["drop_points"]) - float(gate["max_drop_points"])

@@ -59,7 +59,8 @@ def storage_for(url: str, heartbeat: float | None):
             raise InputError(f"--storage {redact(url)}: cannot open the study storage ({first})") from None
 
 
-CONSTRAINTS = ("max_model_bytes", "max_arena_bytes", "max_latency_ms", "max_accuracy_drop")
+# "runtime": 1 when the target's runtime refused the artifact (TFLM would abort or failed), not a budget
+CONSTRAINTS = ("max_model_bytes", "max_arena_bytes", "max_latency_ms", "max_accuracy_drop", "runtime")
 
 
 def constraints_of(trial) -> list[float]:
