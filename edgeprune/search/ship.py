@@ -70,9 +70,9 @@ def _check_study_model(path: Path, shown: str, searched: str, searched_sha256: s
     """InputError unless ``path`` holds the bytes the study searched (a trial's per-layer ratios
     and its numbers belong to those weights). The message says which of two things happened:
     the file the study searched was changed since, or a different file was given."""
-    from edgeprune.model_io import sha256_file
+    from edgeprune.model_io import model_sha256
 
-    now = sha256_file(path / "saved_model.pb" if path.is_dir() else path)
+    now = model_sha256(path)  # a SavedModel: its graph and its variables
     if now == searched_sha256:
         return
     hashes = f"sha256 {searched_sha256[:12]} when searched, {now[:12]} now"
@@ -94,8 +94,83 @@ def compile_from_study(storage: str, study_name: str, output_dir, *, pick: str =
     options.force = force
     out.info(f"study '{study_name}': trial {row['number']} {row['params']}")
     result = run_compile(model_path, output_dir, options, output=out)
-    expected = (row.get("final") or {}).get("sha256") or row["sha256"]
-    if expected and result.manifest["artifact"]["sha256"] != expected:
-        out.warn(f"the rebuilt artifact's sha256 differs from trial {row['number']}'s "
-                 "(training is not bit-for-bit reproducible); its numbers are in report.json")
+    written = _trial_manifest(result.tflite_path) or result.manifest  # as JSON, like the trial's
+    why = rebuild_difference(row, written, result.report)
+    if why is not None:
+        out.warn(f"the rebuilt artifact's sha256 differs from trial {row['number']}'s ({why}); "
+                 "its numbers are in report.json")
     return result
+
+
+def rebuild_difference(row: dict, manifest: dict, report: dict) -> str | None:
+    """Why the rebuilt artifact's sha256 differs from the trial's, in words; None when it does not.
+
+    The same options, model, data and tool versions give the same bytes when nothing trains
+    (pruning, calibration and conversion are deterministic), so the causes named are the ones
+    that can be seen: tool versions, calibration data or options that differ from the trial's
+    own manifest (when its artifact is still on this machine), and training (fine-tuning,
+    distillation, QAT, sparsity: not bit-for-bit reproducible) only when the rebuild trained."""
+    final = row.get("final") or {}
+    expected = final.get("sha256") or row.get("sha256")
+    if not expected or manifest["artifact"]["sha256"] == expected:
+        return None
+    then = _trial_manifest(final.get("artifact") or row.get("artifact"))
+    causes = _recorded_differences(then, manifest)
+    training = _training_of(report)
+    if training:
+        causes.append(f"{training} is not bit-for-bit reproducible")
+    if causes:
+        return "; ".join(causes)
+    if then is None:
+        return ("no training; the trial's artifact is not on this machine to compare tool versions and "
+                "calibration data with, the usual causes")
+    return "no training, and the trial's manifest records the same tool versions, calibration data and options"
+
+
+def _trial_manifest(artifact) -> dict | None:
+    """manifest.json beside the trial's model.tflite (or its DIR.rejected), when still on disk."""
+    import json
+
+    if not artifact:
+        return None
+    try:
+        manifest = json.loads((Path(artifact).parent / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+# Options that differ between a trial and its rebuild by design (provenance, overwrite).
+_NOT_COMPARED = ("study", "force")
+
+
+def _recorded_differences(then: dict | None, now: dict) -> list[str]:
+    """What the trial's manifest and the rebuild's record differently: tool versions, the
+    calibration data's hash, compile options."""
+    if then is None:
+        return []
+    causes = []
+    versions_then, versions_now = then.get("versions") or {}, now.get("versions") or {}
+    changed = [f"{name} {versions_then.get(name)} then, {versions_now.get(name)} now"
+               for name in sorted(set(versions_then) | set(versions_now))
+               if versions_then.get(name) != versions_now.get(name)]
+    if changed:
+        causes.append("other tool versions: " + ", ".join(changed))
+    if (then.get("calibration") or {}).get("sha256") != (now.get("calibration") or {}).get("sha256"):
+        causes.append("other calibration data: the file changed since the search")
+    options_then, options_now = then.get("options") or {}, now.get("options") or {}
+    differ = sorted(k for k in set(options_then) | set(options_now)
+                    if k not in _NOT_COMPARED and options_then.get(k) != options_now.get(k))
+    if differ:
+        causes.append("other options: " + ", ".join(differ))
+    return causes
+
+
+def _training_of(report: dict) -> str | None:
+    """The training the rebuild ran (report.json's training section), or None when it ran none."""
+    training = report.get("training") or {}
+    recovery = (training.get("recovery") or {}).get("method")
+    ran = [recovery] if recovery in ("fine-tuning", "distillation") else []
+    ran += [name for name, key in (("QAT", "qat"), ("sparsity training", "sparsity"),
+                                   ("structured sparsity", "structured_sparsity")) if training.get(key)]
+    return " and ".join(ran) or None
