@@ -50,7 +50,9 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
         from edgeprune.quant_error import quant_error as measure
 
         if calibration is None:
-            raise InputError("--quant-error needs --calibration X (the inputs to compare on)")
+            also = "" if reference is not None else \
+                ", and --reference MODEL where the artifact directory keeps no pruned float model"
+            raise InputError(f"--quant-error needs --calibration X, the inputs to compare on{also}")
         _check_tflite_inputs(path, reference)  # no --reference: the pruned model compile kept, else an error
         result = measure(path, reference, calibration, num_samples=num_samples, custom_objects=co, unsafe=unsafe,
                          output=out, target=target, host=host, remote_python=remote_python)
