@@ -59,6 +59,7 @@ class CompileOptions:
     protect: tuple[str, ...] = ()
     per_layer: dict | None = None  # layer name/regex -> ratio, overriding ``ratio`` (search's per-stage ratios)
     round_to: int | None = None  # None: the profile's pruning.round_to
+    min_channels: int | None = None  # None: the profile's pruning.min_channels
     study: dict | None = None  # provenance from ``compile --from-study`` (storage, study, trial)
     # training-aware compression (edgeprune.training): fine-tuning, distillation, iterative
     # pruning, gradual sparsity, QAT and the accuracy gate; None means defaults (no training).
@@ -172,7 +173,7 @@ def _prune_kwargs(options, profile, data) -> dict:
         ratio=options.ratio, target_macs=options.target_macs, criterion=options.criterion,
         protect=tuple(options.protect), per_layer=options.per_layer,
         round_to=options.round_to or profile.pruning.round_to,
-        min_channels=profile.pruning.min_channels,
+        min_channels=options.min_channels or profile.pruning.min_channels,
         data=None if data is None else data[0], labels=None if data is None else data[1],
         seed=options.seed,
     )

@@ -213,3 +213,19 @@ def test_savedmodel_identity_covers_its_variables(tmp_path):
     with pytest.raises(InputError, match=r"a different model from the one study 's' searched"):
         _check_study_model(retrained, str(retrained), str(searched), recorded, "s")
     _check_study_model(copy, str(copy), str(searched), recorded, "s")  # accepted
+
+
+# 8. a small model on a profile whose rounding stops the pruning ------------------------------------
+
+def test_unreachable_target_names_the_rounding_and_compile_takes_round_to(pruned, tmp_path):
+    """x86-64 keeps channels in multiples of 16, at least 16: a 16/32-channel CNN cannot lose half
+    its MACs. The message says that rounding is why, and compile takes --round-to/--min-channels."""
+    args = ["compile", pruned / "m.h5", "--target", "x86-64", "--target-macs", "0.3", "-o", tmp_path / "o"]
+    code, result = invoke_cli(args)
+    assert code == 2
+    line = _error_line(result)
+    assert "unreachable" in line and "min_channels" in line and "--round-to 1" in line
+    code, result = invoke_cli(args[:-2] + ["--round-to", "1", "--min-channels", "1", "-o", tmp_path / "o2"])
+    assert code == 0, result.output
+    report = json.loads((tmp_path / "o2" / "report.json").read_text())
+    assert report["pruning"]["macs_after"] <= 0.3 * report["pruning"]["macs_before"]

@@ -47,6 +47,11 @@ from edgeprune.training.options import training_options
 @input_range_option()
 @click.option("--criterion", type=click.Choice(CRITERIA), default=None,
               help="Channel importance criterion for pruning [l1; group_norm after --sparsity-epochs].")
+@click.option("--round-to", type=int, metavar="N", default=None,
+              help="Keep each pruned layer's channels a multiple of N, the device's efficient tile "
+                   "(default: the profile's pruning.round_to; x86-64: 16). 1 lets a small model prune further.")
+@click.option("--min-channels", type=int, metavar="N", default=None,
+              help="Never keep fewer channels than N in a pruned layer (default: the profile's pruning.min_channels).")
 @click.option("--protect", multiple=True, metavar="REGEX",
               help="Never prune layers whose name matches REGEX (repeatable; default: none).")
 @model_code_options
@@ -71,8 +76,8 @@ from edgeprune.training.options import training_options
                     ("--prune-latency", "--target-latency", float))
 @click.pass_context
 def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, calibration, num_samples,
-                    seed, ratio, target_macs, target_latency, latency_table, input_shape, input_range, criterion, protect,
-                    custom_objects, unsafe, keep_float, labels, output_dir, force, from_study, study_name, pick,
+                    seed, ratio, target_macs, target_latency, latency_table, input_shape, input_range, criterion, round_to,
+                    min_channels, protect, custom_objects, unsafe, keep_float, labels, output_dir, force, from_study, study_name, pick,
                     json_mode, training) -> None:
     """Prune (optional), quantize and lower MODEL to TFLite for a device profile.
 
@@ -111,7 +116,7 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
         force=force, ratio=ratio, target_macs=target_macs, target_latency=target_latency,
         input_shape=tuple(input_shape) or None, input_range=input_range,
         latency_table=str(latency_table) if latency_table else None, criterion=criterion, protect=tuple(protect),
-        training=training, keep_float=keep_float, labels=str(labels) if labels else None,
+        round_to=round_to, min_channels=min_channels, training=training, keep_float=keep_float, labels=str(labels) if labels else None,
     )
     result = run_compile(model, output_dir, options, output=out)
     _print(out, result, model)

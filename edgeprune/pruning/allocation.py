@@ -140,8 +140,13 @@ def solve_target_macs(alloc: Allocator, target: float, max_ratio: float = 0.95,
 
     hi_macs, hi_keep = macs_at(max_ratio)
     if hi_macs > target * before:
+        why = ""
+        if alloc.round_to > 1 or alloc.min_channels > 1:  # on a small model rounding is what stops it
+            why = (f"; channels stay multiples of {alloc.round_to} (round_to) and at least "
+                   f"{alloc.min_channels} (min_channels), from the profile or --round-to/--min-channels: "
+                   "a smaller multiple (--round-to 1) lets a small model go further")
         raise InputError(f"--target-macs {target}: unreachable, pruning at most {max_ratio:.0%} of "
-                         f"every prunable group still leaves {hi_macs / before:.1%} of the MACs")
+                         f"every prunable group still leaves {hi_macs / before:.1%} of the MACs{why}")
     lo, hi = 0.0, max_ratio
     best = (max_ratio, hi_keep, hi_macs)
     for _ in range(iterations):
