@@ -24,7 +24,8 @@ same recovery budget of ``--recovery-epochs`` (a sparsity phase counts against i
   of the dense cosine), ``l1 distill`` (distillation from the dense model, T 4, alpha 0.5) and
   ``l1 distill anneal`` (``--distill-schedule anneal``: T 4 -> 1, alpha 0.5 -> 1);
 - criteria on the uniform cut, high LR: ``taylor high-LR`` (first-order Taylor on 512 training
-  images) and ``random high-LR`` (the honest baseline);
+  images), ``bn high-LR`` (BatchNorm scales, network slimming's ranking) and ``random high-LR``
+  (the honest baseline); ``taylor distill``: the Taylor cut recovered by distillation;
 - ``sensitivity high-LR``: per-stage ratios from ``edgeprune sensitivity`` curves (each stage
   pruned alone at 1/8 steps, artifact accuracy on validation images) and its greedy allocation
   for the MAC target: a non-uniform allocation chosen by measurement.
@@ -58,7 +59,7 @@ import edgeprune._env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow
 TARGETS = (("2x", 0.5), ("4x", 0.25))
 RECIPES = ("narrow", "narrow (budget)", "l1 uniform low-LR", "l1 uniform high-LR", "l1 global high-LR",
            "group-norm sparsity", "bn-l1 sparsity", "l1 one-cycle", "l1 rewind", "l1 distill", "l1 distill anneal",
-           "taylor high-LR", "random high-LR", "sensitivity high-LR")
+           "taylor high-LR", "random high-LR", "sensitivity high-LR", "bn high-LR", "taylor distill")
 RECAL = 2048
 
 
@@ -162,11 +163,16 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
             if name in wanted:
                 record(name, finetune(uniform.model, args.recovery_epochs, args.lr, **kwargs),
                        uniform.report["macs_after"])
-        for crit in ("taylor", "random"):
+        for crit in ("taylor", "random", "bn"):
             if f"{crit} high-LR" in wanted:
                 cut = prune_model(dense, target_macs=target, criterion=crit, data=train[0][:512],
                                   labels=train[1][:512], seed=seed)
                 record(f"{crit} high-LR", finetune(cut.model, args.recovery_epochs, args.lr), cut.report["macs_after"])
+        if "taylor distill" in wanted:
+            cut = prune_model(dense, target_macs=target, criterion="taylor", data=train[0][:512],
+                              labels=train[1][:512], seed=seed)
+            record("taylor distill", finetune(cut.model, args.recovery_epochs, args.lr, teacher=dense, distill=True),
+                   cut.report["macs_after"])
         if curves is not None:
             from edgeprune.search.sensitivity import greedy_allocation
 
