@@ -26,6 +26,9 @@ same recovery budget of ``--recovery-epochs`` (a sparsity phase counts against i
 - criteria on the uniform cut, high LR: ``taylor high-LR`` (first-order Taylor on 512 training
   images), ``bn high-LR`` (BatchNorm scales, network slimming's ranking) and ``random high-LR``
   (the honest baseline); ``taylor distill``: the Taylor cut recovered by distillation;
+- ``latency-aware high-LR``: ``--target-latency`` at the latency a per-layer table (measured
+  here, 1 thread, float32) predicts for the uniform cut, keeping the most MACs within it
+  (l1 ranking, so only the allocation differs from ``l1 uniform high-LR``);
 - ``sensitivity high-LR``: per-stage ratios from ``edgeprune sensitivity`` curves (each stage
   pruned alone at 1/8 steps, artifact accuracy on validation images) and its greedy allocation
   for the MAC target: a non-uniform allocation chosen by measurement.
@@ -59,7 +62,8 @@ import edgeprune._env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow
 TARGETS = (("2x", 0.5), ("4x", 0.25))
 RECIPES = ("narrow", "narrow (budget)", "l1 uniform low-LR", "l1 uniform high-LR", "l1 global high-LR",
            "group-norm sparsity", "bn-l1 sparsity", "l1 one-cycle", "l1 rewind", "l1 distill", "l1 distill anneal",
-           "taylor high-LR", "random high-LR", "sensitivity high-LR", "bn high-LR", "taylor distill")
+           "taylor high-LR", "random high-LR", "sensitivity high-LR", "bn high-LR", "taylor distill",
+           "latency-aware high-LR")
 RECAL = 2048
 
 
@@ -173,6 +177,23 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
                               labels=train[1][:512], seed=seed)
             record("taylor distill", finetune(cut.model, args.recovery_epochs, args.lr, teacher=dense, distill=True),
                    cut.report["macs_after"])
+        if "latency-aware high-LR" in wanted:
+            from prune_latency import counts_in
+
+            from edgeprune.pruning.api import table_for_graph
+            from edgeprune.pruning.graph import trace
+            from edgeprune.pruning.groups import build_groups
+
+            if "table" not in res:
+                graph = trace(dense)
+                res["table"] = (graph, table_for_graph(graph, build_groups(graph), None, 1, 1, 1, "float32", None)[0])
+            graph, table = res["table"]
+            fraction = table.predict(graph, counts_in(graph, uniform.model)) / table.predict(graph, {})
+            aware = prune_model(dense, target_latency=fraction, latency_table=table, latency_objective="macs",
+                                criterion="l1")
+            res.setdefault("latency_aware", {})[label] = {"predicted_fraction": round(fraction, 4)}
+            record("latency-aware high-LR", finetune(aware.model, args.recovery_epochs, args.lr),
+                   aware.report["macs_after"])
         if curves is not None:
             from edgeprune.search.sensitivity import greedy_allocation
 
@@ -204,6 +225,7 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
             budget = fm.train_from_scratch(builder(width, seed=seed), train, val, epochs=args.recovery_epochs,
                                            batch_size=args.batch_size, lr=args.lr, seed=seed)
             record("narrow (budget)", budget, narrow_macs)
+    res.pop("table", None)  # the latency table is not JSON (and is measured again per run)
     res["seconds"] = round(time.time() - t0, 1)
     return res
 
