@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fashion_mnist_recovery as fm  # noqa: E402  (the depthwise CNN, narrow widths, careful training)
 
-import edgeprune._env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import edgeprune.base.env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 TARGETS = (("2x", 0.5), ("4x", 0.25))
 RECIPES = ("narrow", "narrow (budget)", "l1 uniform low-LR", "l1 uniform high-LR", "l1 global high-LR",
@@ -306,7 +306,7 @@ def main(argv=None) -> int:
         parser.error("--sparsity-epochs must leave at least one recovery epoch")
     from _fashion import load_fashion_mnist
 
-    from edgeprune.console import Output
+    from edgeprune.base.console import Output
 
     data = tuple((x.astype(np.float32)[..., None] / 255.0, y) for x, y in load_fashion_mnist())
     out = Output(quiet=True)
