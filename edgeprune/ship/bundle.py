@@ -28,7 +28,7 @@ from edgeprune.ship.report import ASSETS as REPORT_ASSETS  # report_files/
 
 # What a bundle carries: fixed names, plus everything under the report's image folder.
 BUNDLE_FILES = ("model.tflite", "manifest.json", "labels.txt", "report.json", "report.html", "report.md",
-                "reference_sample.npz", "pruned.keras", "pruned.h5")  # pruned.*: compile.PRUNED_MODEL
+                "reference_sample.npz", "pruned.keras", "pruned.h5")  # pruned.*: stages.PRUNED_MODEL
 # Compressed tar formats by magic bytes; anything else is read as a plain tar.
 _COMPRESSED = ((b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")), (b"BZh", bz2.BZ2File),
                (b"\xfd7zXZ\x00", lzma.LZMAFile))
