@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import edgeprune.base.env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from edgeprune.target.artifact import sha256_of
-from edgeprune.target.jobs import RunRequest
-from edgeprune.target.local import run_local
+from edgeprune.device.artifact import sha256_of
+from edgeprune.device.jobs import RunRequest
+from edgeprune.device.local import run_local
 
 
 def build_model(small: bool, path: Path) -> Path:

@@ -65,8 +65,8 @@ def accuracy(model, data) -> float:
 
 def run_seed(seed: int, epochs: int, ft_epochs: int, out, temperature: float, alpha: float) -> dict:
     from edgeprune.base.env import tf, tf_keras
+    from edgeprune.device.api import evaluate_tflite
     from edgeprune.pruning.api import prune_model
-    from edgeprune.target.api import evaluate_tflite
     from edgeprune.training._tflite import to_tflite
     from edgeprune.training.api import recover
     from edgeprune.training.bn_recal import recalibrate_batchnorm

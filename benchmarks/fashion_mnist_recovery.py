@@ -151,7 +151,7 @@ def acc_keras(model, data) -> float:
 
 def acc_tflite(model, data, quantization: str = "float32", representative=None) -> float:
     """Test accuracy of the converted artifact (what ships), not of the Keras model."""
-    from edgeprune.target.api import evaluate_tflite
+    from edgeprune.device.api import evaluate_tflite
     from edgeprune.training._tflite import to_tflite
 
     blob = to_tflite(model, quantization, representative=representative)

@@ -285,7 +285,7 @@ def main(argv=None):
     FLAVOUR["keras"] = args.keras
     global SIZE
     SIZE = args.size
-    from edgeprune.target.profiles import load_profile
+    from edgeprune.device.profiles import load_profile
 
     policy = load_profile(args.target).pruning
     POLICY.update(round_to=policy.round_to, min_channels=policy.min_channels)

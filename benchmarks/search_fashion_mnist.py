@@ -87,13 +87,13 @@ def main() -> None:
 
     import optuna
 
+    from edgeprune.device.profiles import load_profile
     from edgeprune.load.datasets import load_arrays
     from edgeprune.load.model_io import load_model
     from edgeprune.pruning.api import latency_table
     from edgeprune.search.pipeline import Base, Latency, run_trial
     from edgeprune.search.space import Space, SpaceConfig, decode, find_stages
     from edgeprune.search.study import make_sampler
-    from edgeprune.target.profiles import load_profile
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix="edgeprune-bench-search-"))

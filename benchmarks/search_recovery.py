@@ -121,9 +121,9 @@ def main() -> int:
     args = ap.parse_args()
 
     from edgeprune.base.console import Output
+    from edgeprune.device.api import evaluate_tflite
     from edgeprune.pruning.api import latency_table
     from edgeprune.search import search
-    from edgeprune.target.api import evaluate_tflite
 
     work = Path(tempfile.mkdtemp(prefix="edgeprune-bench-search-recovery-"))
     files = prepare(work, args)
@@ -131,9 +131,9 @@ def main() -> int:
     table = work / "table.json"
     latency_table(str(files["model"]), table, threads=1, round_to=4, min_channels=4)
 
+    from edgeprune.device.profiles import load_profile
     from edgeprune.load.model_io import load_model
     from edgeprune.search.pipeline import Latency
-    from edgeprune.target.profiles import load_profile
 
     probe = work / "probe.yaml"
     probe.write_text("name: bench-cpu\ndescription: this machine\ncpu: x86-64\narch: x86_64\ncores: 2\n"

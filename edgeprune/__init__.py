@@ -12,17 +12,17 @@ __version__ = "0.1.0"
 # name -> "module:attribute"; resolved on first access.
 _API = {
     "compile": "edgeprune.pipelines.compile:compile",
-    "bench": "edgeprune.target.api:bench",
+    "bench": "edgeprune.device.api:bench",
     "prune": "edgeprune.pipelines.prune:prune",
     "latency_table": "edgeprune.pruning.device_timer:latency_table",
-    "emulate": "edgeprune.target.emulated:prepare",
+    "emulate": "edgeprune.device.emulated:prepare",
     "prune_model": "edgeprune.pruning.api:prune_model",
     "register_rule": "edgeprune.pruning.rules:register_rule",
     "LayerRule": "edgeprune.pruning.rules:LayerRule",
     "load_model": "edgeprune.load.model_io:load_model",
     "save_model": "edgeprune.load.model_io:save_model",
-    "load_profile": "edgeprune.target.profiles:load_profile",
-    "list_profiles": "edgeprune.target.profiles:list_profiles",
+    "load_profile": "edgeprune.device.profiles:load_profile",
+    "list_profiles": "edgeprune.device.profiles:list_profiles",
     "demo": "edgeprune.pipelines.demo:run_demo",
     "render_report": "edgeprune.ship.report:render_report",
     "inspect": "edgeprune.quantize.inspection:inspect",
@@ -34,10 +34,10 @@ _API = {
     "sensitivity": "edgeprune.search.sensitivity:sensitivity",
     "compile_from_study": "edgeprune.search.ship:compile_from_study",
     "load_arrays": "edgeprune.load.datasets:load_arrays",
-    "evaluate_tflite": "edgeprune.target.api:evaluate_tflite",
-    "score_outputs": "edgeprune.target.metrics:metrics",
-    "compare_accuracy": "edgeprune.target.metrics:compare",
-    "check_budgets": "edgeprune.target.budgets:check",
+    "evaluate_tflite": "edgeprune.device.api:evaluate_tflite",
+    "score_outputs": "edgeprune.device.metrics:metrics",
+    "compare_accuracy": "edgeprune.device.metrics:compare",
+    "check_budgets": "edgeprune.device.budgets:check",
 }
 
 __all__ = ["__version__", *_API]

@@ -65,7 +65,7 @@ def _keras(flavour):
 
 
 def _run_tflite(blob: bytes, x: np.ndarray) -> np.ndarray:
-    from edgeprune.target.api import evaluate_tflite
+    from edgeprune.device.api import evaluate_tflite
 
     return np.asarray(evaluate_tflite(blob, x)["outputs"])
 

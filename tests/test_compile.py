@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeprune.target.profiles import load_profile
+from edgeprune.device.profiles import load_profile
 
 SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")  # rounds channels to 4
 from helpers_models import digits_like, invoke_cli, tiny_keras3_cnn, tiny_tf_keras_cnn  # noqa: E402

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from edgeprune.base.errors import InputError
+from edgeprune.device.profiles import Preprocessing
 from edgeprune.load.datasets import array_sha256, load_arrays
-from edgeprune.target.profiles import Preprocessing
 
 SHAPE = (None, 8, 8, 1)
 

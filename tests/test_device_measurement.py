@@ -18,9 +18,9 @@ import sshd
 from test_harness_local import build_models
 
 import edgeprune.base.env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from edgeprune.target.api import bench
-from edgeprune.target.emulated import apt_mirror
-from edgeprune.target.profiles import load_profile
+from edgeprune.device.api import bench
+from edgeprune.device.emulated import apt_mirror
+from edgeprune.device.profiles import load_profile
 
 PY = sys.executable
 

@@ -22,7 +22,7 @@ from test_harness_local import build_models
 
 import edgeprune.base.env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from edgeprune.base.errors import DeviceError
-from edgeprune.target import emulated
+from edgeprune.device import emulated
 
 PY = sys.executable
 pytestmark = [pytest.mark.emulated, pytest.mark.slow]

@@ -13,8 +13,8 @@ import pytest
 
 import edgeprune.base.env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from edgeprune.base.errors import DeviceError, InputError, VerificationError
-from edgeprune.target import runner
-from edgeprune.target.api import bench, evaluate_tflite
+from edgeprune.device import runner
+from edgeprune.device.api import bench, evaluate_tflite
 
 INPUT = (8, 8, 1)
 CLASSES = 3
@@ -250,7 +250,7 @@ def test_local_python_without_numpy_is_a_device_error(models, tmp_path):
 
 def test_runner_standalone_json_on_stdout(models, tmp_path):
     """The runner needs no edgeprune: a job on the command line, one JSON document out (the raw
-    outputs; the controller scores them with edgeprune.target.metrics)."""
+    outputs; the controller scores them with edgeprune.device.metrics)."""
     job = json.dumps({"artifact": str(models["int8"]), "runs": 5, "warmup": 1,
                       "eval_inputs": str(tmp_path / "x.npy")})
     np.save(tmp_path / "x.npy", models["x"])

@@ -13,8 +13,8 @@ from helpers_models import invoke_cli
 
 import edgeprune.base.env as _env
 from edgeprune.base.errors import InputError
+from edgeprune.device.profiles import load_profile
 from edgeprune.load.datasets import input_range, model_input_range
-from edgeprune.target.profiles import load_profile
 
 
 def _mobilenet_style(keras, *, rescaling=None, seed: int = 0):

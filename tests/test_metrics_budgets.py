@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edgeprune.base.errors import InputError
-from edgeprune.target import budgets, metrics
+from edgeprune.device import budgets, metrics
 
 
 def test_one_threshold_rule_for_sigmoid_and_logit_heads():

@@ -142,7 +142,7 @@ def test_compile_prune_distill_int8_gate_and_bench_per_output(files, tmp_path):
     assert "drop_ci95" in per["cls"] and "agreement" in per["reg"]
     # the device runner (subprocess, inputs sent as .npz by name) matches an in-process run
     # that feeds the inputs in the other order
-    from edgeprune.target.api import evaluate_tflite
+    from edgeprune.device.api import evaluate_tflite
 
     (xv, yv) = _data()[1]
     direct = evaluate_tflite(out / "model.tflite", {"meta": xv["meta"], "image": xv["image"]}, yv)

@@ -146,10 +146,10 @@ def _flat_logits():
 def test_a_trial_tflm_refuses_gets_a_positive_constraint(tmp_path):
     import optuna
 
+    from edgeprune.device.profiles import load_profile
     from edgeprune.search.pipeline import Base, run_trial
     from edgeprune.search.space import Choice
     from edgeprune.search.study import CONSTRAINTS, constraints_of
-    from edgeprune.target.profiles import load_profile
 
     _flat_logits().save(tmp_path / "flat.h5")
     rng = np.random.default_rng(0)

@@ -14,10 +14,10 @@ import pytest
 import edgeprune.base.env  # noqa: F401
 from edgeprune.base.env import keras3
 from edgeprune.base.errors import InputError
+from edgeprune.device.api import evaluate_tflite
 from edgeprune.load.model_io import load_model, save_model
 from edgeprune.pruning import prune_model
 from edgeprune.quantize.convert import convert
-from edgeprune.target.api import evaluate_tflite
 
 FAST = ["MobileNetV3Small", "ResNet50"]
 # one member per family (Keras 3 has no RegNet)

@@ -7,7 +7,7 @@ import pytest
 import edgeprune.base.env  # noqa: F401
 from edgeprune.base.env import tf_keras
 from edgeprune.cli import main
-from edgeprune.target.profiles import load_profile
+from edgeprune.device.profiles import load_profile
 
 
 def run(argv, capsys):

@@ -31,7 +31,7 @@ def files(tmp_path_factory):
 
 
 def test_default_space_recovers_with_training_data_and_leaves_out_slow_int16x8():
-    from edgeprune.target.profiles import load_profile
+    from edgeprune.device.profiles import load_profile
 
     profile = load_profile("x86-64")
     assert "int16x8" in [q.value for q in profile.quantization.allowed]

@@ -340,7 +340,7 @@ def test_target_profile_connection_and_env_config(server, models, tmp_path):
 def test_remote_failure_lines(rc, stderr, expected):
     """How exit codes and stderr from the device map onto one error line (texts as real tools print them)."""
     from edgeprune.base.errors import DeviceError
-    from edgeprune.target.remote import _remote_failure, parse_host
+    from edgeprune.device.remote import _remote_failure, parse_host
 
     with pytest.raises(DeviceError) as err:
         _remote_failure(parse_host("pi@rpi"), "python3", rc, "", stderr)
@@ -381,7 +381,7 @@ def test_connection_dropped_every_time_is_reported(server, models):
     import threading
 
     from edgeprune.base.errors import DeviceError
-    from edgeprune.target.api import bench
+    from edgeprune.device.api import bench
 
     outcome = {}
 

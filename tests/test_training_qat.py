@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from test_training_fixtures import acc, digits, quiet, trained_cnn
 
-from edgeprune.target.api import evaluate_tflite
+from edgeprune.device.api import evaluate_tflite
 from edgeprune.training._tflite import to_tflite
 from edgeprune.training.data import Split
 from edgeprune.training.finetune import FitSettings

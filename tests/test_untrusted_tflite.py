@@ -3,7 +3,7 @@
 Malformed models are made from real tiny ones: cut, overwritten, random, or edited with the
 schema's object API and re-packed. Each goes through ``edgeprune inspect``, ``bench`` and
 ``verify`` (an artifact whose model.tflite was replaced, with and without the manifest's hash
-fixed) and through ``edgeprune.target.tflite_check`` directly; hypothesis mutates bytes for both.
+fixed) and through ``edgeprune.device.tflite_check`` directly; hypothesis mutates bytes for both.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from test_harness_local import build_models
 import edgeprune.base.env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from edgeprune.base.errors import InputError
 from edgeprune.cli import main
-from edgeprune.target import tflite_check
+from edgeprune.device import tflite_check
 
 FUZZ = settings(max_examples=50, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -344,7 +344,7 @@ def test_second_check_of_the_same_bytes_is_free(models, monkeypatch):
 
 
 def test_evaluate_tflite_checks_paths_and_bytes(models, bad_files):
-    from edgeprune.target.api import evaluate_tflite
+    from edgeprune.device.api import evaluate_tflite
 
     x = np.zeros((2, 8, 8, 1), np.float32)
     for source in (bad_files["tensor-index"], bad_files["tensor-index"].read_bytes()):
@@ -354,7 +354,7 @@ def test_evaluate_tflite_checks_paths_and_bytes(models, bad_files):
 
 
 def test_runner_probe_job(models):
-    from edgeprune.target.jobs import RUNNER_PATH
+    from edgeprune.device.jobs import RUNNER_PATH
 
     job = json.dumps({"artifact": str(models["int8"]), "probe": True})
     proc = subprocess.run([sys.executable, str(RUNNER_PATH), job], capture_output=True, text=True, timeout=120)

@@ -188,8 +188,8 @@ def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, mi
     edgeprune bench model.tflite --target rpi4-emulated --val-data val.npz --reference model.keras
     """
     out = get_output(ctx, json_mode)
-    from edgeprune.target.api import bench
-    from edgeprune.target.fleet import parse_threads
+    from edgeprune.device.api import bench
+    from edgeprune.device.fleet import parse_threads
 
     try:
         result = bench(artifact, target=target, hosts=hosts, threads=parse_threads(threads, "--threads"), runs=runs,

@@ -77,9 +77,9 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
 
 def _check_tflite_inputs(path: Path, reference: Path | None) -> None:
     """--quant-error runs the artifact and a .tflite reference in this process: check them first."""
+    from edgeprune.device.artifact import resolve_artifact
+    from edgeprune.device.tflite_check import check_untrusted_tflite
     from edgeprune.quantize.inspection import is_tflite
-    from edgeprune.target.artifact import resolve_artifact
-    from edgeprune.target.tflite_check import check_untrusted_tflite
 
     art = resolve_artifact(path)
     check_untrusted_tflite(art, str(art))

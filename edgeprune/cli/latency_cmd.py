@@ -59,7 +59,7 @@ def latency_table_command(ctx, model, output, target, host, remote_python, ssh_o
         raise InputError(f"-o {output}: expected a .json file name")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")
-    from edgeprune.target.profiles import load_profile
+    from edgeprune.device.profiles import load_profile
 
     profile = load_profile(target) if target else None
     if profile is not None:

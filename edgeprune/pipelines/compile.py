@@ -100,9 +100,9 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
                 output: Output | None = None) -> CompileResult:
     """Compile ``model_path`` into ``output_dir`` (model.tflite, manifest.json, report.json):
     the options checked, then the stages of :data:`edgeprune.pipelines.stages.COMPILE`."""
+    from edgeprune.device.profiles import load_profile
     from edgeprune.load.datasets import parse_input_range
     from edgeprune.pipelines.stages import COMPILE, State, run_stages
-    from edgeprune.target.profiles import load_profile
 
     options = options or CompileOptions()
     out = output or default_output()

@@ -86,9 +86,9 @@ def _compile(model_path: Path, dest: Path, mode: str, *, target: str, seed: int,
 
 def _bench_row(result, label: str, mode: str, *, target: str, eval_path: Path, model_path: Path, y_test) -> dict:
     """Bench + verify one artifact with the harness (latency, accuracy, drop vs the Keras model)."""
-    from edgeprune.target.api import bench
-    from edgeprune.target.metrics import accuracy_interval, correct
-    from edgeprune.target.verify import best_latency
+    from edgeprune.device.api import bench
+    from edgeprune.device.metrics import accuracy_interval, correct
+    from edgeprune.device.verify import best_latency
 
     run = bench(result.tflite_path, target=target, threads=(1,), runs=50, warmup=5, eval_data=str(eval_path),
                 reference_model=str(model_path), keep_outputs=True)
@@ -127,7 +127,7 @@ def run_demo(output_dir: str | Path = DEFAULT_OUTPUT, *, target: str = "x86-64",
         x_tr, y_tr, x_te, y_te = digits_data(seed)
         model = train_digits_model(x_tr, y_tr, seed=seed)
         keras_out = model.predict(x_te, verbose=0)
-    from edgeprune.target.metrics import accuracy
+    from edgeprune.device.metrics import accuracy
 
     keras_acc = accuracy(keras_out, y_te)
     model_path = root / "digits.keras"

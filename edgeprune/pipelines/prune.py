@@ -100,7 +100,7 @@ def prune(model_path, output_path, *, ratio: float | None = None, target_macs: f
     if not model_path.exists():
         raise InputError(f"{model_path}: no such file or directory")
     if target:
-        from edgeprune.target.profiles import load_profile
+        from edgeprune.device.profiles import load_profile
 
         profile = load_profile(target)
         round_to = profile.pruning.round_to if round_to is None else round_to

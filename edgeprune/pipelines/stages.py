@@ -311,8 +311,8 @@ def prune(s: State) -> None:
 
 def train(s: State) -> None:
     """Training-aware compression when asked for; the data that represents and gates the model."""
+    from edgeprune.device.budgets import Limits
     from edgeprune.load.datasets import input_range, take
-    from edgeprune.target.budgets import Limits
 
     options, training, report = s.options, s.training, s.report
     iterative = training.prunes_in_training and options.prunes
@@ -366,8 +366,8 @@ def convert(s: State) -> None:
 
 def check(s: State) -> None:
     """Ops, tensors and arena of the artifact against the target's budgets (TFLM on an MCU)."""
+    from edgeprune.device import budgets as budget_checks
     from edgeprune.quantize.convert import estimate_arena_bytes, io_details, op_counts
-    from edgeprune.target import budgets as budget_checks
 
     with s.timer.stage("check", "Checking the artifact") as entry:
         s.ios = io_details(s.tflite)
@@ -390,7 +390,7 @@ def gate(s: State) -> None:
     s.gate_error = None
     if s.gate_data is None:
         return
-    from edgeprune.target.gate import check_accuracy_gate
+    from edgeprune.device.gate import check_accuracy_gate
 
     gate_data, report = s.gate_data, s.report
     with s.timer.stage("gate", "Accuracy gate (interpreter vs original model)") as entry:
@@ -409,8 +409,8 @@ def gate(s: State) -> None:
 def write(s: State) -> None:
     """manifest.json, report.json, model.tflite and the extras, swapped in atomically; a candidate
     that fails the gate, a budget or the runtime is kept as ``DIR.rejected`` and raises."""
+    from edgeprune.device import budgets as budget_checks
     from edgeprune.ship import hooks as shipping
-    from edgeprune.target import budgets as budget_checks
 
     options, profile, report, loaded, tflite = s.options, s.profile, s.report, s.loaded, s.tflite
     report["sizes"] = {"source_params": s.source_params, "source_bytes": path_bytes(loaded.path),

@@ -13,8 +13,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from edgeprune.base.errors import InputError
+from edgeprune.device.jobs import RunRequest, model_name
 from edgeprune.pruning.latency import LayerTimer
-from edgeprune.target.jobs import RunRequest, model_name
 
 
 class DeviceTimer(LayerTimer):
@@ -38,7 +38,7 @@ class DeviceTimer(LayerTimer):
 
     def _meta_from(self, device: dict) -> dict:
         if self.emulated:
-            from edgeprune.target.emulated import label_device
+            from edgeprune.device.emulated import label_device
 
             device = label_device(dict(device))
         meta = {"runtime": f"{device['runtime']} {device['runtime_version']}", "threads": self.threads,
@@ -77,10 +77,10 @@ def device_timer(*, target=None, host: str | None = None, remote_python: str | N
     """The timer for ``--host H`` / a profile's ssh or emulated connection / ``--remote-python``
     alone (another local Python); None when the table is timed in this process."""
     from edgeprune.base.console import default_output
-    from edgeprune.target.fleet import device_for
-    from edgeprune.target.local import run_local
-    from edgeprune.target.profiles import load_profile
-    from edgeprune.target.remote import SshSettings, parse_host, run_remote
+    from edgeprune.device.fleet import device_for
+    from edgeprune.device.local import run_local
+    from edgeprune.device.profiles import load_profile
+    from edgeprune.device.remote import SshSettings, parse_host, run_remote
 
     out = output or default_output()
     profile = load_profile(target) if target is not None else None
@@ -95,7 +95,7 @@ def device_timer(*, target=None, host: str | None = None, remote_python: str | N
         yield DeviceTimer(threads, quantization, lambda r: run_remote(r, device.ssh, python=python, settings=settings,
                                                                       log=out.warn), device.label)
     elif kind == "emulated":
-        from edgeprune.target.emulated import emulated_sshd
+        from edgeprune.device.emulated import emulated_sshd
 
         with ExitStack() as stack:
             out.debug(f"starting sshd inside the emulated {profile.connection.system}")

@@ -144,7 +144,7 @@ def grid_points(full: int, variable: bool, step: int, minimum: int) -> list[int]
 
 def runtime_meta(threads: int, quant: str) -> dict:
     """What a table is only valid for: runtime, threads, quantization, CPU."""
-    from edgeprune.target.runner import cpu_model, find_runtime
+    from edgeprune.device.runner import cpu_model, find_runtime
 
     name, version, _ = find_runtime()
     return {"runtime": f"{name} {version}", "threads": int(threads), "quantization": quant,
@@ -226,7 +226,7 @@ class LayerTimer:
     def time_blobs(self, blobs: list[bytes], progress=None) -> list[float | str]:
         """Microseconds per invoke of each model (or an error line), in this process."""
         from edgeprune.base.env import quiet_native
-        from edgeprune.target import runner
+        from edgeprune.device import runner
 
         _, _, Interpreter = runner.find_runtime()
         times = []

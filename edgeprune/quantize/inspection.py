@@ -157,8 +157,8 @@ def xnnpack_partition(tflite: bytes, ops: list[tuple[str, list[int], list[int]]]
 def inspect_tflite(data: bytes, *, name: str = "model.tflite", tflm: bool = False) -> dict:
     """Everything about a .tflite flatbuffer that the runtime can tell (see module docstring)."""
     from edgeprune.base.artifacts import sha256_bytes
+    from edgeprune.device.tflite_check import verify_flatbuffer
     from edgeprune.quantize.convert import estimate_arena_bytes, read_graph
-    from edgeprune.target.tflite_check import verify_flatbuffer
 
     verify_flatbuffer(data, name)  # the walk below follows the file's indices
     graph = read_graph(data)
@@ -256,15 +256,15 @@ def inspect_keras(path: Path, *, custom_objects=None, unsafe: bool = False) -> d
 def inspect(path, *, custom_objects=None, unsafe: bool = False) -> dict:
     """Python API of ``edgeprune inspect``: a .tflite file, an artifact directory or a Keras model.
 
-    A .tflite passes edgeprune.target.tflite_check first: the interpreter below runs in this process.
+    A .tflite passes edgeprune.device.tflite_check first: the interpreter below runs in this process.
     """
-    from edgeprune.target.tflite_check import check_untrusted_tflite
+    from edgeprune.device.tflite_check import check_untrusted_tflite
 
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or directory")
     if p.is_dir() and not (p / "saved_model.pb").exists():
-        from edgeprune.target.artifact import check_manifest, resolve_artifact, sha256_of
+        from edgeprune.device.artifact import check_manifest, resolve_artifact, sha256_of
 
         art = resolve_artifact(p)
         data = art.read_bytes()

@@ -96,7 +96,7 @@ def _dequant(value: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def _set_input(it, x: np.ndarray) -> None:
-    from edgeprune.target import runner
+    from edgeprune.device import runner
 
     detail = it.get_input_details()[0]
     it.set_tensor(detail["index"], runner.to_input_dtype(np.ascontiguousarray(x), detail, np))
@@ -223,12 +223,12 @@ def run_on_device(artifact: Path, x: np.ndarray, *, target=None, host=None, remo
     import io
     import tempfile
 
-    from edgeprune.target.api import _resolve_devices
-    from edgeprune.target.artifact import sha256_of
-    from edgeprune.target.jobs import EVAL_X, RunRequest
-    from edgeprune.target.local import run_local
-    from edgeprune.target.profiles import load_profile
-    from edgeprune.target.remote import SshSettings, run_remote
+    from edgeprune.device.api import _resolve_devices
+    from edgeprune.device.artifact import sha256_of
+    from edgeprune.device.jobs import EVAL_X, RunRequest
+    from edgeprune.device.local import run_local
+    from edgeprune.device.profiles import load_profile
+    from edgeprune.device.remote import SshSettings, run_remote
 
     profile = load_profile(target) if target is not None else None
     devices = _resolve_devices(profile, [host] if host else [], None, remote_python)
@@ -260,8 +260,8 @@ def quant_error(artifact, reference, data, *, num_samples: int = 32, seed: int =
     ``host`` (an ssh spec, or 'local' for the runner in its own process) or an ssh ``target``
     profile: the artifact runs there through the bench runner; the float reference runs here.
     """
+    from edgeprune.device.artifact import resolve_artifact
     from edgeprune.load.datasets import load_arrays
-    from edgeprune.target.artifact import resolve_artifact
 
     art = resolve_artifact(artifact)
     quantized = art.read_bytes()
@@ -324,6 +324,6 @@ def kept_pruned_reference(art: Path, reference) -> tuple[Path, bool]:
 
 
 def _is_ssh(target) -> bool:
-    from edgeprune.target.profiles import load_profile
+    from edgeprune.device.profiles import load_profile
 
     return load_profile(target).connection.kind == "ssh"

@@ -63,7 +63,7 @@ def quantize(calibrated: bytes, io: str, denylisted_nodes=()) -> bytes:
 
 
 def _drop(tflite: bytes, original, x, y) -> dict:
-    from edgeprune.target.gate import check_accuracy_gate
+    from edgeprune.device.gate import check_accuracy_gate
 
     return check_accuracy_gate(tflite, original, x, y, None)
 

@@ -150,8 +150,8 @@ def check_for_target(tflite: bytes, limits) -> TargetCheck:
     model over either limit, or one TFLM would abort on (:func:`predicted_aborts`), is refused
     without loading TFLM. Otherwise TFLM's exact arena replaces the estimate.
     """
+    from edgeprune.device import budgets as budget_checks
     from edgeprune.quantize.convert import estimate_arena_bytes
-    from edgeprune.target import budgets as budget_checks
 
     estimate = estimate_arena_bytes(tflite)
     before = budget_checks.check(limits, model_bytes=len(tflite), arena_bytes=estimate)

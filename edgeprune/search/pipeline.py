@@ -102,8 +102,8 @@ def run_trial(base: Base, choice, stages, out_dir: Path, *, eval_data, latency, 
     ``recovery_hooks``: ``hook(epoch, logs)`` functions called after every recovery epoch (the
     search's pruner: an exception they raise ends the trial and propagates)."""
     from edgeprune.base.artifacts import rejected_path
+    from edgeprune.device.api import evaluate_tflite
     from edgeprune.pipelines.compile import run_compile
-    from edgeprune.target.api import evaluate_tflite
 
     options = compile_options(base, choice, stages)
     options.recovery_hooks = tuple(recovery_hooks)
@@ -172,8 +172,8 @@ class Latency:
 
     def measure(self, tflite) -> tuple[float, str]:
         """(p50 ms of the slowest device, device labels) from ``edgeprune bench``."""
-        from edgeprune.target.api import bench
-        from edgeprune.target.verify import best_latency
+        from edgeprune.device.api import bench
+        from edgeprune.device.verify import best_latency
 
         try:
             result = bench(str(tflite), target=self.target, hosts=self.hosts, fleet=self.fleet,

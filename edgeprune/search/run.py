@@ -71,10 +71,10 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
     """
     import optuna
 
+    from edgeprune.device import metrics
+    from edgeprune.device.profiles import load_profile
     from edgeprune.load.datasets import input_range, load_arrays
     from edgeprune.load.model_io import load_model
-    from edgeprune.target import metrics
-    from edgeprune.target.profiles import load_profile
 
     out = output or default_output()
     if sampler not in st.SAMPLERS:

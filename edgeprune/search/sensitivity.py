@@ -24,12 +24,12 @@ def sensitivity(model_path, *, val_data: str, target: str = "x86-64", ratios=(0.
                 target_macs=(0.75, 0.5), plot=None, json_path=None, custom_objects=None,
                 unsafe: bool = False, protect=(), seed: int = 0, output: Output | None = None) -> dict:
     """Curves of artifact accuracy against each stage's pruning ratio, and greedy allocations."""
+    from edgeprune.device.profiles import load_profile
     from edgeprune.load.datasets import input_range, load_arrays
     from edgeprune.load.model_io import load_model
     from edgeprune.pruning import macs as macs_mod
     from edgeprune.search.pipeline import Base, run_trial
     from edgeprune.search.space import Choice, find_stages
-    from edgeprune.target.profiles import load_profile
 
     out = output or default_output()
     ratios = sorted({float(r) for r in ratios})

@@ -3,11 +3,11 @@ it still compute what it computed then?
 
 compile stores a small reference sample (``reference_sample.npz``: inputs ``x`` and the outputs
 ``y`` the artifact produced on them, plain arrays, no pickles) and lists every file's sha256 in
-the manifest. verify checks the hashes (edgeprune.target.artifact's manifest reader), loads
+the manifest. verify checks the hashes (edgeprune.device.artifact's manifest reader), loads
 the artifact with the LiteRT interpreter, runs the sample and compares within a tolerance of a
 couple of output quantization steps (float: 1e-4 relative). Any difference → VerificationError
 (exit 1) that says what differs. The artifact may come from anywhere, so it passes
-edgeprune.target.tflite_check before the interpreter in this process sees it (InputError, exit 2).
+edgeprune.device.tflite_check before the interpreter in this process sees it (InputError, exit 2).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def tolerance(outputs_meta: list[dict], expected: np.ndarray) -> float:
 
 def make_reference_sample(tflite: bytes, data: np.ndarray | None, outputs_meta: list[dict], input_detail: dict) -> tuple[bytes, dict]:
     """(npz bytes, manifest entry) for the artifact's own outputs on a few inputs."""
-    from edgeprune.target.api import evaluate_tflite
+    from edgeprune.device.api import evaluate_tflite
 
     x = sample_inputs(input_detail, data)
     y = np.asarray(evaluate_tflite(tflite, x, trusted=True)["outputs"], np.float32)  # compile's own bytes
@@ -110,7 +110,7 @@ def _namer(directory: Path, bundle: str | None):
 
 
 def _check_hashes(directory: Path, manifest: dict, shown=str) -> list[dict]:
-    from edgeprune.target.artifact import _sha_entries
+    from edgeprune.device.artifact import _sha_entries
 
     entries: list[tuple[str | None, str]] = []
     # source/calibration hash what compile read, not files of the artifact; report_files carry
@@ -144,9 +144,9 @@ def verify_directory(directory, *, bundle: str | None = None) -> dict:
     ``bundle``: the bundle ``directory`` was unpacked from: every message names the bundle and
     its member (:func:`_namer`), never the temporary folder.
     """
-    from edgeprune.target.api import evaluate_tflite
-    from edgeprune.target.metrics import agreement
-    from edgeprune.target.tflite_check import check_untrusted_tflite
+    from edgeprune.device.api import evaluate_tflite
+    from edgeprune.device.metrics import agreement
+    from edgeprune.device.tflite_check import check_untrusted_tflite
 
     d = Path(directory)
     shown = _namer(d, bundle)

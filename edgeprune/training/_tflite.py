@@ -1,6 +1,6 @@
 """Conversion and interpreter evaluation, through the project's modules when they exist.
 
-edgeprune.quantize.convert / edgeprune.target do the work; this module only adds the EXPERIMENTAL_SPARSITY conversion the
+edgeprune.quantize.convert / edgeprune.device do the work; this module only adds the EXPERIMENTAL_SPARSITY conversion the
 gradual-pruning report measures.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def to_tflite(model, quantization: str = "float32", *, representative=None, spar
 
 def interpreter(tflite_bytes: bytes, threads: int = 1):
     """An interpreter for ``to_tflite``'s own output (trusted bytes: a user's file goes through
-    edgeprune.target.tflite_check.check_untrusted_tflite first)."""
+    edgeprune.device.tflite_check.check_untrusted_tflite first)."""
     from ai_edge_litert.interpreter import Interpreter
 
     from edgeprune.base.env import quiet_native

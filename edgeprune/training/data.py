@@ -58,7 +58,7 @@ def split(data: Split, fraction: float, seed: int = 0, flag: str = "--val-split"
 
 
 def _task(y, width: int, what: str) -> str:
-    from edgeprune.target.metrics import label_kind
+    from edgeprune.device.metrics import label_kind
 
     return label_kind(y, width, what)
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from edgeprune.base.console import Output, default_output
 from edgeprune.base.errors import DeviceError, InputError, VerificationError
-from edgeprune.target import runner, verify
-from edgeprune.target.artifact import inspect_artifact
-from edgeprune.target.fleet import (
+from edgeprune.device import runner, verify
+from edgeprune.device.artifact import inspect_artifact
+from edgeprune.device.fleet import (
     LOCAL,
     Device,
     device_for,
@@ -25,9 +25,9 @@ from edgeprune.target.fleet import (
     parse_threads,
     run_parallel,
 )
-from edgeprune.target.jobs import EVAL_X, RunRequest
-from edgeprune.target.local import run_local
-from edgeprune.target.remote import SshSettings, parse_host, run_remote
+from edgeprune.device.jobs import EVAL_X, RunRequest
+from edgeprune.device.local import run_local
+from edgeprune.device.remote import SshSettings, parse_host, run_remote
 
 # MLPerf Mobile single-stream: >= 1024 queries and >= 60 s per run, p90, 5 runs with a pause
 MLPERF = {"name": "mlperf", "min_queries": 1024, "min_duration_s": 60.0, "repeats": 5, "pause_s": 10.0,
@@ -67,7 +67,7 @@ def _device_entry(device: Device, raw: dict, data, ref_outputs, names, host_outp
                   keras_names=None) -> dict:
     entry = {"host": device.label, "transport": raw.pop("transport", None), **raw}
     if device.emulated:
-        from edgeprune.target.emulated import label_device
+        from edgeprune.device.emulated import label_device
 
         entry["emulated"] = True
         label_device(entry["device"])
@@ -88,7 +88,7 @@ def _device_entry(device: Device, raw: dict, data, ref_outputs, names, host_outp
                 ev["per_output"] = scored
             if host_outputs is not None and not device.is_local:
                 # int8 kernels differ between builds (x86 AVX vs ARM NEON): by how much, here
-                from edgeprune.target.metrics import agreement
+                from edgeprune.device.metrics import agreement
 
                 host = verify.as_dict(host_outputs, names)
                 name = next(iter(outputs))
@@ -192,7 +192,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     eval_data: .npz with ``x`` and ``y`` -> accuracy (top-1) or MSE on each device.
     reference_model: the source Keras model -> its accuracy and output agreement.
     max_accuracy_drop (points) / max_latency_ms (default: profile budgets) make it a gate
-    (edgeprune.target.budgets; gate_mode 'upper' judges the upper end of the drop's 95 % CI,
+    (edgeprune.device.budgets; gate_mode 'upper' judges the upper end of the drop's 95 % CI,
     gate_output names the output of a model with several): VerificationError (exit 1) when broken. Device failures raise DeviceError naming the
     host and the cause. Both errors carry the partial result as ``.result``.
     A profile reached by emulation (``rpi4-emulated``) gets an sshd started inside the emulated
@@ -209,12 +209,12 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     ``fleet``, runs here: a warning says so.
     """
     out = output or default_output()
-    from edgeprune.target.profiles import load_profile
+    from edgeprune.device.profiles import load_profile
 
     profile = load_profile(target) if target is not None else None
     if runs < 1 or warmup < 0 or min_duration_s < 0:
         raise InputError("--runs must be >= 1, --warmup >= 0, --min-duration >= 0")
-    from edgeprune.target.budgets import Limits
+    from edgeprune.device.budgets import Limits
 
     limits = Limits.of(profile, max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop,
                        gate_mode=gate_mode)
@@ -255,7 +255,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     reference = ref_outputs = None
     if reference_model is not None:
         with out.progress(f"Running the reference model {Path(reference_model).name}"):
-            from edgeprune.target.reference import reference_outputs
+            from edgeprune.device.reference import reference_outputs
 
             ref_outputs = reference_outputs(reference_model, data.x, out_names)
         scored = verify.score(ref_outputs, verify.labels_dict(data.y, out_names))
@@ -271,7 +271,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
     with ExitStack() as stack:
         work = stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-bench-"))
         ex = None
-        if data is not None:  # the device only runs the model: scoring happens here (edgeprune.target.metrics)
+        if data is not None:  # the device only runs the model: scoring happens here (edgeprune.device.metrics)
             if isinstance(data.x, dict):
                 ex = Path(work) / (Path(EVAL_X).stem + ".npz")
                 np.savez(ex, **data.x)
@@ -280,7 +280,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
                 np.save(ex, data.x, allow_pickle=False)
         layers = []
         if per_layer:
-            from edgeprune.target.layers import cut_layers
+            from edgeprune.device.layers import cut_layers
 
             layer_dir = Path(work) / "layers"
             layer_dir.mkdir()
@@ -290,7 +290,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
                              warmup=warmup, min_duration_s=min_duration_s, eval_x=ex, extra=extra,
                              models=tuple(layer.path for layer in layers if layer.path is not None))
         if emulated:
-            from edgeprune.target.emulated import emulated_sshd
+            from edgeprune.device.emulated import emulated_sshd
 
             with out.progress(f"Starting sshd inside the emulated {profile.connection.system}"):
                 emu = stack.enter_context(emulated_sshd(profile.connection.system))
@@ -328,7 +328,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
         entry = _device_entry(device, raw, data, ref_outputs, out_names, host_outputs,
                               (info.manifest or {}).get("keras_outputs"))
         if per_layer:
-            from edgeprune.target.layers import per_layer_report
+            from edgeprune.device.layers import per_layer_report
 
             rows = (entry.pop("timings", None) or {}).get("models", [])  # in the order of request.models
             timings = {path.name: row for path, row in zip(request.models, rows)}
@@ -345,7 +345,7 @@ def bench(artifact, *, target=None, hosts=(), threads=None, runs=50, warmup=5,
             entry["outputs"] = outputs
         result["devices"].append(entry)
 
-    from edgeprune.target import budgets
+    from edgeprune.device import budgets
 
     failures, notes = [], []
     for entry in result["devices"]:
@@ -407,7 +407,7 @@ def evaluate_tflite(tflite_path_or_bytes, x, y=None, *, threads: int = 1, output
     the result adds ``per_output`` (accuracy and mse of the first output stay at the top).
     ``output_names``: the Keras model's output names (a Keras 3 artifact calls them output_0,
     ...); read from the manifest beside a compiled artifact when not given.
-    The model runs in this process, so it passes edgeprune.target.tflite_check first (once per
+    The model runs in this process, so it passes edgeprune.device.tflite_check first (once per
     content); ``trusted=True`` skips that for bytes edgeprune's own converter just wrote.
     """
     if isinstance(tflite_path_or_bytes, (bytes, bytearray, memoryview)):
@@ -418,7 +418,7 @@ def evaluate_tflite(tflite_path_or_bytes, x, y=None, *, threads: int = 1, output
             raise InputError(f"{path}: TFLite model not found")
         content, name = None, str(path)
     if not trusted:
-        from edgeprune.target.tflite_check import check_untrusted_tflite
+        from edgeprune.device.tflite_check import check_untrusted_tflite
 
         check_untrusted_tflite(content if path is None else path, name)
     try:

@@ -13,7 +13,7 @@ edgeprune's own process loads it, :func:`check_untrusted_tflite`:
    dtype, data stored outside the flatbuffer (models over 2 GB) inside the file, and caps on
    counts and declared tensor bytes (the ``MAX_*`` constants below).
 2. :func:`probe_in_child`: load, ``allocate_tensors`` and one ``invoke`` on zero inputs in a
-   child process (the bench runner's ``probe`` job, :mod:`edgeprune.target.runner`), with the
+   child process (the bench runner's ``probe`` job, :mod:`edgeprune.device.runner`), with the
    default delegate and with builtin kernels only, as edgeprune itself will use it. A crash or
    a hang kills the child, and becomes one line here.
 
@@ -280,7 +280,7 @@ def _check_semantics(model, n: int, schema) -> None:
             declared += _check_tensor(t, f"tensor {j} ('{_shown(t.name)}') of subgraph {i}", buffers, type_names)
             if declared > MAX_DECLARED_TENSOR_BYTES:
                 raise _Bad(f"its tensors declare more than {MAX_DECLARED_TENSOR_BYTES >> 30} GiB "
-                           "(edgeprune.target.tflite_check.MAX_DECLARED_TENSOR_BYTES)")
+                           "(edgeprune.device.tflite_check.MAX_DECLARED_TENSOR_BYTES)")
         for k in _ints(sub.inputs):
             _check_index(k, nt, f"an input of subgraph {i}")
         for k in _ints(sub.outputs):
@@ -411,9 +411,9 @@ def verify_flatbuffer(data: bytes, name: str) -> None:
 
 def _probe_problem(path: Path, timeout: float) -> tuple[str | None, bool]:
     """(why the interpreter cannot run the file at ``path`` or None, whether to cache that)."""
-    from edgeprune.target.jobs import RUNNER_PATH
-    from edgeprune.target.proc import run_process
-    from edgeprune.target.results import _signal_name, last_lines, parse_json_document
+    from edgeprune.device.jobs import RUNNER_PATH
+    from edgeprune.device.proc import run_process
+    from edgeprune.device.results import _signal_name, last_lines, parse_json_document
 
     job = {"artifact": str(path), "probe": True, "watch_stdin": True}
     env = dict(os.environ)

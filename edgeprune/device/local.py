@@ -7,9 +7,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgeprune.target.jobs import RUNNER_PATH, RunRequest
-from edgeprune.target.proc import run_process
-from edgeprune.target.results import decode_outputs, interpret
+from edgeprune.device.jobs import RUNNER_PATH, RunRequest
+from edgeprune.device.proc import run_process
+from edgeprune.device.results import decode_outputs, interpret
 
 
 def run_local(request: RunRequest, *, python: str | None = None, label: str = "local") -> dict:

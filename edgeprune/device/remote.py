@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import IO
 
 from edgeprune.base.errors import DeviceError, InputError
-from edgeprune.target.jobs import RunRequest
-from edgeprune.target.proc import cancelled, run_process
-from edgeprune.target.results import decode_outputs, interpret, last_lines, parse_json_document
+from edgeprune.device.jobs import RunRequest
+from edgeprune.device.proc import cancelled, run_process
+from edgeprune.device.results import decode_outputs, interpret, last_lines, parse_json_document
 
 DIR_MARKER = "EDGEPRUNE-DIR "
 SSH_ERROR = 255

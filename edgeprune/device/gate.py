@@ -2,12 +2,12 @@
 
 The reference is the unpruned, unquantized Keras model on the same labelled images; the drop
 is in percentage points, with its 95 % paired-bootstrap interval (``drop_ci95``,
-:func:`edgeprune.target.metrics.compare`). The images must be ones that neither early stopping nor
+:func:`edgeprune.device.metrics.compare`). The images must be ones that neither early stopping nor
 distillation selected on (compile holds them out: ``--gate-data`` or ``--gate-split``),
 otherwise the gate measures the selection's luck as well as the artifact.
 
 ``mode`` 'point' judges the measured drop, 'upper' the interval's upper end
-(:func:`edgeprune.target.budgets.accuracy_row`); when the interval contains the limit the result says
+(:func:`edgeprune.device.budgets.accuracy_row`); when the interval contains the limit the result says
 the data are too few to decide. Over budget -> VerificationError (exit 1) and the compile ships
 nothing: compile keeps the candidate as ``OUT.rejected`` (edgeprune.base.artifacts.ArtifactDir.reject).
 """
@@ -20,7 +20,7 @@ from edgeprune.base.errors import InputError, VerificationError
 
 
 def _gated(reference: dict, y: dict, chosen: str | None) -> str:
-    from edgeprune.target.metrics import CLASSIFICATION, _flat, label_kind
+    from edgeprune.device.metrics import CLASSIFICATION, _flat, label_kind
 
     names = list(reference)
     if chosen is not None:
@@ -49,11 +49,11 @@ def check_accuracy_gate(tflite_bytes, reference_model, x_val, y_val, max_drop: f
     classification output). With ``max_drop`` None it only measures (``passed`` True).
     The raised error carries the result as ``.result``.
     """
-    from edgeprune.target import budgets, metrics
-    from edgeprune.target.api import evaluate_tflite
-    from edgeprune.target.reference import keras_outputs
-    from edgeprune.target.tflite_check import check_untrusted_tflite, verify_flatbuffer
-    from edgeprune.target.verify import align, as_dict, labels_dict
+    from edgeprune.device import budgets, metrics
+    from edgeprune.device.api import evaluate_tflite
+    from edgeprune.device.reference import keras_outputs
+    from edgeprune.device.tflite_check import check_untrusted_tflite, verify_flatbuffer
+    from edgeprune.device.verify import align, as_dict, labels_dict
 
     if y_val is None:
         raise InputError("the accuracy gate needs labelled data (--gate-data, --val-data or --train-data with labels)")

@@ -71,8 +71,8 @@ def _tensor_summary(detail: dict) -> dict:
 
 def read_tensors(data: bytes, name: str) -> tuple[list[dict], list[dict]]:
     """Input and output tensor summaries, read with the local LiteRT interpreter (in this process:
-    ``data`` has passed edgeprune.target.tflite_check)."""
-    from edgeprune.target import runner
+    ``data`` has passed edgeprune.device.tflite_check)."""
+    from edgeprune.device import runner
 
     try:
         _, _, cls = runner.find_runtime()
@@ -137,9 +137,9 @@ def inspect_artifact(path: str | Path) -> ArtifactInfo:
     """Validate the artifact and describe it (sha256, tensors, manifest facts).
 
     The tensors are read by the interpreter in this process, so the file passes
-    edgeprune.target.tflite_check first (a malformed file is one error line, not a crash).
+    edgeprune.device.tflite_check first (a malformed file is one error line, not a crash).
     """
-    from edgeprune.target.tflite_check import check_untrusted_tflite
+    from edgeprune.device.tflite_check import check_untrusted_tflite
 
     p = resolve_artifact(path)
     data = p.read_bytes()
@@ -151,7 +151,7 @@ def inspect_artifact(path: str | Path) -> ArtifactInfo:
     inputs, outputs = read_tensors(data, str(p))
     names = (manifest or {}).get("keras_outputs")
     if names:  # Keras 3 artifacts name their outputs output_0, ...: use the model's names
-        from edgeprune.target.verify import align
+        from edgeprune.device.verify import align
 
         renamed = align({t["key"]: t for t in outputs}, names)
         outputs = [dict(t, key=k) for k, t in renamed.items()]

@@ -7,7 +7,7 @@ and :func:`failures` into one readable line each, so every command reports a bro
 the same way.
 
 The accuracy drop is judged with its 95 % paired-bootstrap interval
-(:func:`edgeprune.target.metrics.compare`): ``point`` mode passes when the measured drop is within
+(:func:`edgeprune.device.metrics.compare`): ``point`` mode passes when the measured drop is within
 the budget, ``upper`` mode only when the interval's upper end is. When the interval contains
 the limit the data cannot tell a pass from a fail; the row says so (``decided`` False) with
 the number of images, and ``upper`` mode fails.
@@ -56,7 +56,7 @@ def _row(name: str, limit, actual, ok: bool, **extra) -> dict:
 
 
 def accuracy_row(limit: float, comparison: dict, mode: str = "point") -> dict:
-    """The accuracy-drop row for a :func:`edgeprune.target.metrics.compare` result."""
+    """The accuracy-drop row for a :func:`edgeprune.device.metrics.compare` result."""
     drop = comparison["drop_points"]
     lo, hi = comparison["drop_ci95"]
     decided = not (lo <= limit < hi)  # the interval lies on one side of the limit

@@ -1,12 +1,12 @@
 """Score device outputs against labels and the reference model, per output.
 
-The numbers come from :mod:`edgeprune.target.metrics` (accuracy, MSE, agreement, the drop's
-paired-bootstrap CI) and the pass/fail from :mod:`edgeprune.target.budgets`, the same definitions the
+The numbers come from :mod:`edgeprune.device.metrics` (accuracy, MSE, agreement, the drop's
+paired-bootstrap CI) and the pass/fail from :mod:`edgeprune.device.budgets`, the same definitions the
 compile gate uses.
 """
 from __future__ import annotations
 
-from edgeprune.target import metrics as M
+from edgeprune.device import metrics as M
 
 
 def as_dict(outputs, names) -> dict:

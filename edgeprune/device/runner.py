@@ -17,7 +17,7 @@ controller went away), protocol ({"name": "mlperf", "min_queries", "min_duration
 "repeats", "pause_s"}: repeated single-stream runs instead of one steady state),
 time_models (list of .tflite paths: microseconds per invoke of each, e.g. the single-layer
 models of a latency table; ``artifact`` may then be omitted), time_runs/time_rounds,
-probe (only load, allocate and invoke ``artifact`` once: edgeprune.target.tflite_check's child).
+probe (only load, allocate and invoke ``artifact`` once: edgeprune.device.tflite_check's child).
 
 Output: exactly one JSON document on stdout; logs go to stderr. On a failure it is
 {"error": {"kind": ..., "message": ...}} with exit code 3 (missing dependency) or 4 (bad
@@ -383,7 +383,7 @@ def signature_io(interpreter):
     The serving signature maps the Keras input and output names to tensors; a runtime without
     signature support falls back to the tensor names (minus the ``serving_default_`` prefix).
     Scoring (accuracy, MSE) is not done here: the controller scores the raw outputs with
-    ``edgeprune.target.metrics``, the one definition.
+    ``edgeprune.device.metrics``, the one definition.
     """
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
@@ -721,7 +721,7 @@ def probe_model(cls, artifact, numpy):
     """Load, allocate and invoke once on zero inputs, with the runtime's default delegate and
     with builtin kernels only (every tensor kept), the ways edgeprune's own process loads a model.
 
-    edgeprune.target.tflite_check runs this job in a child before a user's file reaches the
+    edgeprune.device.tflite_check runs this job in a child before a user's file reaches the
     interpreter in edgeprune's process: a file that crashes the native code kills this process
     only. Returns {"ok": True, ...} or {"ok": False, "stage", "error"}; no core file is written.
     """

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from edgeprune.base.errors import EdgepruneError, InputError
 from edgeprune.base.yamlfile import read_yaml
-from edgeprune.target.proc import cancel_all, reset_cancel
-from edgeprune.target.remote import SshHost, parse_host
+from edgeprune.device.proc import cancel_all, reset_cancel
+from edgeprune.device.remote import SshHost, parse_host
 
 LOCAL = "local"
 
