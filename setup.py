@@ -6,7 +6,7 @@ Why a hook and not ``package_dir`` or symlinks: symlinked folders become namespa
 that setuptools warns about on every install ("Package would be ignored") and that Windows
 checkouts turn into text files. Metadata stays in ``setup.cfg``; this file only adds the copy
 step. A source checkout (editable install) reads the top-level folders directly: see
-``edgeprune/resources.py``, the one place that finds them.
+``edgeprune/base/resources.py``, the one place that finds them.
 """
 from __future__ import annotations
 

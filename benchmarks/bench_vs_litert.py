@@ -23,14 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import edgeprune._env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from edgeprune.harness.artifact import sha256_of
-from edgeprune.harness.jobs import RunRequest
-from edgeprune.harness.local import run_local
+import edgeprune.base.env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from edgeprune.device.artifact import sha256_of
+from edgeprune.device.jobs import RunRequest
+from edgeprune.device.local import run_local
 
 
 def build_model(small: bool, path: Path) -> Path:
-    from edgeprune._env import tf, tf_keras
+    from edgeprune.base.env import tf, tf_keras
 
     K = tf_keras()
     if small:

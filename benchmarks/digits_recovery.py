@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-import edgeprune._env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import edgeprune.base.env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 CRITERIA = ("l1", "l2", "bn", "taylor", "mean_activation", "apoz", "entropy", "random")
 WIDTHS = (32, 64, 64)
@@ -41,7 +41,7 @@ def load(seed: int):
 
 
 def build(seed: int):
-    from edgeprune._env import tf, tf_keras
+    from edgeprune.base.env import tf, tf_keras
 
     tf().random.set_seed(seed)
     k = tf_keras()
@@ -64,8 +64,8 @@ def accuracy(model, data) -> float:
 
 
 def run_seed(seed: int, epochs: int, ft_epochs: int, out, temperature: float, alpha: float) -> dict:
-    from edgeprune._env import tf, tf_keras
-    from edgeprune.harness.api import evaluate_tflite
+    from edgeprune.base.env import tf, tf_keras
+    from edgeprune.device.api import evaluate_tflite
     from edgeprune.pruning.api import prune_model
     from edgeprune.training._tflite import to_tflite
     from edgeprune.training.api import recover
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the hard-label loss in distillation")
     parser.add_argument("--json", dest="json_path", help="also write the raw per-seed numbers here")
     args = parser.parse_args(argv)
-    from edgeprune.console import Output
+    from edgeprune.base.console import Output
 
     out = Output(quiet=True)
     start = time.time()

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_fashion` beside this script
 
-import edgeprune._env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import edgeprune.base.env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 CRITERIA = ("l1", "l2", "bn", "taylor", "mean_activation", "apoz", "entropy", "random")
 STEM = 16
@@ -60,7 +60,7 @@ def build(width: float = 1.0, *, seed: int = 0):
     """
     import keras
 
-    from edgeprune._env import tf
+    from edgeprune.base.env import tf
 
     tf().random.set_seed(seed)
     keras.utils.set_random_seed(seed)
@@ -151,7 +151,7 @@ def acc_keras(model, data) -> float:
 
 def acc_tflite(model, data, quantization: str = "float32", representative=None) -> float:
     """Test accuracy of the converted artifact (what ships), not of the Keras model."""
-    from edgeprune.harness.api import evaluate_tflite
+    from edgeprune.device.api import evaluate_tflite
     from edgeprune.training._tflite import to_tflite
 
     blob = to_tflite(model, quantization, representative=representative)
@@ -171,7 +171,7 @@ def recalibrated(model, x):
 # --------------------------------------------------------------------------- one seed
 
 def run_seed(seed: int, data, args, out) -> dict:
-    from edgeprune._env import tf
+    from edgeprune.base.env import tf
     from edgeprune.pruning.api import prune_model
     from edgeprune.training.api import recover
     from edgeprune.training.data import Split
@@ -399,7 +399,7 @@ def main(argv=None) -> int:
 
     from _fashion import load_fashion_mnist
 
-    from edgeprune.console import Output
+    from edgeprune.base.console import Output
 
     # uint8 (N, 28, 28) -> float32 in [0, 1] with a channel axis
     data = tuple((x.astype(np.float32)[..., None] / 255.0, y) for x, y in load_fashion_mnist())

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-import edgeprune._env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from edgeprune._env import keras3, tf, tf_keras
+import edgeprune.base.env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from edgeprune.base.env import keras3, tf, tf_keras
 from edgeprune.pruning import macs as macs_mod
 from edgeprune.pruning import prune_model
 
@@ -114,8 +114,8 @@ def counts_in(graph, pruned) -> dict:
 
 def latency_table_for(name, dense, log, cache_dir, threads=1):
     """The per-layer latency table of the dense model (float32, ``threads``), cached as JSON."""
+    from edgeprune.load.graph import trace
     from edgeprune.pruning.api import table_for_graph
-    from edgeprune.pruning.graph import trace
     from edgeprune.pruning.groups import build_groups
 
     graph = trace(dense)
@@ -285,7 +285,7 @@ def main(argv=None):
     FLAVOUR["keras"] = args.keras
     global SIZE
     SIZE = args.size
-    from edgeprune.profiles import load_profile
+    from edgeprune.device.profiles import load_profile
 
     policy = load_profile(args.target).pruning
     POLICY.update(round_to=policy.round_to, min_channels=policy.min_channels)

@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fashion_mnist_recovery as fm  # noqa: E402  (the depthwise CNN, narrow widths, careful training)
 
-import edgeprune._env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import edgeprune.base.env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 TARGETS = (("2x", 0.5), ("4x", 0.25))
 RECIPES = ("narrow", "narrow (budget)", "l1 uniform low-LR", "l1 uniform high-LR", "l1 global high-LR",
@@ -180,8 +180,8 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
         if "latency-aware high-LR" in wanted:
             from prune_latency import counts_in
 
+            from edgeprune.load.graph import trace
             from edgeprune.pruning.api import table_for_graph
-            from edgeprune.pruning.graph import trace
             from edgeprune.pruning.groups import build_groups
 
             if "table" not in res:
@@ -195,7 +195,7 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
             record("latency-aware high-LR", finetune(aware.model, args.recovery_epochs, args.lr),
                    aware.report["macs_after"])
         if curves is not None:
-            from edgeprune.search.sensitivity import greedy_allocation
+            from edgeprune.pruning.sensitivity_allocation import greedy_allocation
 
             alloc = greedy_allocation(curves["stages"], curves["baseline"]["macs"], target)
             cut = prune_model(dense, ratio=0.0, per_layer=alloc["per_layer"], criterion="l1")
@@ -334,7 +334,7 @@ def main(argv=None) -> int:
         parser.error("--sparsity-epochs must leave at least one recovery epoch")
     from _fashion import load_fashion_mnist
 
-    from edgeprune.console import Output
+    from edgeprune.base.console import Output
 
     data = tuple((x.astype(np.float32)[..., None] / 255.0, y) for x, y in load_fashion_mnist())
     out = Output(quiet=True)

@@ -3,7 +3,7 @@
 edgeprune converts every model from a batch-1 concrete function. For a tf_keras LSTM the
 converter then produces the fused sequence op; a Keras 3 LSTM (or a tf_keras graph frozen
 before conversion) becomes a WHILE loop over the time steps. This script builds one text
-model per size in tf_keras, converts it both ways (``edgeprune.convert.convert(...,
+model per size in tf_keras, converts it both ways (``edgeprune.quantize.convert.convert(...,
 fuse_lstm=True/False)``), rebuilds it in Keras 3 with the same weights, checks the three
 outputs agree, and times all three in the LiteRT interpreter, interleaved round-robin so that
 machine drift cancels. Latency: median of rounds of invokes, in microseconds.
@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from edgeprune import _env
-from edgeprune.convert import convert, op_counts
+from edgeprune.base import env as _env
+from edgeprune.quantize.convert import convert, op_counts
 
 
 def build(K, seq: int, units: int, vocab: int = 1000, dim: int = 64):

@@ -34,11 +34,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _fashion import load_fashion_mnist  # noqa: E402
 
-import edgeprune._env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import edgeprune.base.env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 
 def build_cnn(seed: int):
-    from edgeprune._env import tf, tf_keras
+    from edgeprune.base.env import tf, tf_keras
 
     tf().random.set_seed(seed)
     k = tf_keras()
@@ -87,9 +87,9 @@ def main() -> None:
 
     import optuna
 
-    from edgeprune.datasets import load_arrays
-    from edgeprune.model_io import load_model
-    from edgeprune.profiles import load_profile
+    from edgeprune.device.profiles import load_profile
+    from edgeprune.load.datasets import load_arrays
+    from edgeprune.load.model_io import load_model
     from edgeprune.pruning.api import latency_table
     from edgeprune.search.pipeline import Base, Latency, run_trial
     from edgeprune.search.space import Space, SpaceConfig, decode, find_stages

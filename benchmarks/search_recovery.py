@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _fashion import load_fashion_mnist  # noqa: E402
 
-import edgeprune._env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import edgeprune.base.env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 
 def log(text: str) -> None:
@@ -44,7 +44,7 @@ def log(text: str) -> None:
 
 def build_cnn(seed: int):
     """Three conv-BN stages (28x28, 14x14, 7x7), GAP, softmax: ~7 MMACs."""
-    from edgeprune._env import tf, tf_keras
+    from edgeprune.base.env import tf, tf_keras
 
     tf().random.set_seed(seed)
     k = tf_keras()
@@ -63,7 +63,7 @@ def build_cnn(seed: int):
 
 def prepare(work: Path, args) -> dict:
     """Train the dense CNN; write model, training data, validation (held out of training) and test."""
-    from edgeprune._env import tf_keras
+    from edgeprune.base.env import tf_keras
 
     (xtr, ytr), (xte, yte) = load_fashion_mnist()
     f = lambda a: (a.astype(np.float32) / 255.0)[..., None]  # noqa: E731
@@ -120,8 +120,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="the document on stdout, the table on stderr")
     args = ap.parse_args()
 
-    from edgeprune.console import Output
-    from edgeprune.harness.api import evaluate_tflite
+    from edgeprune.base.console import Output
+    from edgeprune.device.api import evaluate_tflite
     from edgeprune.pruning.api import latency_table
     from edgeprune.search import search
 
@@ -131,8 +131,8 @@ def main() -> int:
     table = work / "table.json"
     latency_table(str(files["model"]), table, threads=1, round_to=4, min_channels=4)
 
-    from edgeprune.model_io import load_model
-    from edgeprune.profiles import load_profile
+    from edgeprune.device.profiles import load_profile
+    from edgeprune.load.model_io import load_model
     from edgeprune.search.pipeline import Latency
 
     probe = work / "probe.yaml"
@@ -149,7 +149,7 @@ def main() -> int:
             "no recovery": dict(train_data=None, final_epochs=0)}
     wanted = [r.strip() for r in args.runs.split(",") if r.strip()]
     dense_dir = work / "dense"
-    from edgeprune.compile import CompileOptions, run_compile
+    from edgeprune.pipelines.compile import CompileOptions, run_compile
 
     run_compile(str(files["model"]), dense_dir, CompileOptions(target=str(profile), quantize="float32"),
                 output=Output(quiet=True))

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import edgeprune._env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import edgeprune.base.env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 FAMILIES = {  # family -> members (the first one runs by default)
     "VGG": ["VGG16", "VGG19"],
@@ -59,13 +59,13 @@ UPSTREAM = {
 
 
 def _keras(flavour):
-    from edgeprune._env import keras3, tf_keras
+    from edgeprune.base.env import keras3, tf_keras
 
     return keras3() if flavour == "keras3" else tf_keras()
 
 
 def _run_tflite(blob: bytes, x: np.ndarray) -> np.ndarray:
-    from edgeprune.harness.api import evaluate_tflite
+    from edgeprune.device.api import evaluate_tflite
 
     return np.asarray(evaluate_tflite(blob, x)["outputs"])
 
@@ -73,8 +73,8 @@ def _run_tflite(blob: bytes, x: np.ndarray) -> np.ndarray:
 def one(flavour: str, name: str, work: Path) -> dict:
     """Every step for one model; the first failing step is recorded with its one-line error."""
     import edgeprune
-    from edgeprune.convert import convert
-    from edgeprune.model_io import load_model
+    from edgeprune.load.model_io import load_model
+    from edgeprune.quantize.convert import convert
 
     row = {"flavour": flavour, "model": name, "compile_float32": False, "compile_int8": False,
            "prune": False, "reload": False}

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from click.testing import CliRunner
 
-import edgeprune._env as _env
-from edgeprune.errors import EdgepruneError
+import edgeprune.base.env as _env
+from edgeprune.base.errors import EdgepruneError
 
 
 def tiny_tf_keras_cnn(seed: int = 0, input_shape=(8, 8, 1), classes: int = 10):

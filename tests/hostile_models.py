@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-import edgeprune._env as _env
+import edgeprune.base.env as _env
 
 
 def _canary_lambda(canary: Path):
@@ -80,7 +80,7 @@ def _edit_h5_config(path: Path, edit) -> None:
 
 
 def _layer(config: dict, name: str) -> dict:
-    from edgeprune.model_io.safety import iter_layers
+    from edgeprune.load.model_io.safety import iter_layers
 
     for _qual, _cls, entry in iter_layers(config):
         if (entry.get("config") or {}).get("name") == name or entry.get("name") == name:

@@ -144,7 +144,7 @@ def keras1_merge_model(path: Path) -> Path:
 
 def bare_saved_model(path: Path, seed: int = 0, with_batch_none: bool = True) -> Path:
     """A SavedModel of a ``tf.Module`` (a dense classifier on 8x8x1 images): no Keras metadata."""
-    from edgeprune._env import tf
+    from edgeprune.base.env import tf
 
     t = tf()
     rng = np.random.default_rng(seed)

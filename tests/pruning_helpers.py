@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-import edgeprune._env  # noqa: F401
+import edgeprune.base.env  # noqa: F401
+from edgeprune.load.graph import trace
 from edgeprune.pruning import rules
-from edgeprune.pruning.graph import trace
 from edgeprune.pruning.groups import build_groups
 from edgeprune.pruning.rules.conv import ConvRule, ConvTransposeRule, DepthwiseRule, SeparableRule
 from edgeprune.pruning.rules.dense import DenseRule, EmbeddingRule, TimeDistributedRule

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import edgeprune._env as _env
+import edgeprune.base.env as _env
 
 
 def prunable_cnn(seed: int = 0):

@@ -8,7 +8,7 @@ import sys
 import pytest
 from test_harness_local import build_models
 
-import edgeprune._env  # noqa: F401
+import edgeprune.base.env  # noqa: F401
 from edgeprune.cli import main
 
 
@@ -104,7 +104,7 @@ def test_help_is_fast_and_lists_options():
 
 def test_python_api_reexport():
     import edgeprune
-    from edgeprune.harness.api import bench
+    from edgeprune.device.api import bench
 
     assert edgeprune.bench is bench
 
@@ -117,14 +117,14 @@ def test_python_api_reexport():
     ("ssh://pi@board:22", "pi@board", 22),
 ])
 def test_host_specs(spec, destination, port):
-    from edgeprune.harness.remote import parse_host
+    from edgeprune.device.remote import parse_host
 
     host = parse_host(spec)
     assert (host.destination, host.port, host.label) == (destination, port, spec)
 
 
 def test_fleet_file_forms(tmp_path):
-    from edgeprune.harness.fleet import load_fleet
+    from edgeprune.device.fleet import load_fleet
 
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text("- rpi4\n- host: pi@h:2222\n  python: /opt/venv/bin/python\n  threads: 1,4\n- host: local\n")

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import edgeprune._env as _env
+import edgeprune.base.env as _env
+from edgeprune.base.console import _fmt
 from edgeprune.cli import _internal_error, _verbose_requested, cli
-from edgeprune.console import _fmt
 from edgeprune.pruning.criteria import CRITERIA
 
 LONG = "a_convolution_layer_whose_name_is_much_longer_than_sixty_terminal_columns"
@@ -98,7 +98,7 @@ def test_piped_tables_take_their_natural_width_whatever_columns_says():
 def test_terminal_tables_wrap_names_at_its_width_and_keep_numbers_whole(monkeypatch):
     """On a 70-column terminal the table folds long names inside their cells (no ellipsis);
     every character of them is still there, and every number stays on one line."""
-    from edgeprune.console import Output
+    from edgeprune.base.console import Output
 
     monkeypatch.setenv("TTY_COMPATIBLE", "1")
     monkeypatch.setenv("NO_COLOR", "1")

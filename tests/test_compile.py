@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeprune.profiles import load_profile
+from edgeprune.device.profiles import load_profile
 
 SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")  # rounds channels to 4
 from helpers_models import digits_like, invoke_cli, tiny_keras3_cnn, tiny_tf_keras_cnn  # noqa: E402
@@ -183,7 +183,7 @@ def test_existing_output_needs_force(files, tmp_path):
 
 
 def test_python_api(files, tmp_path):
-    import edgeprune.compile  # noqa: F401  (binds the module on the package: must stay callable)
+    import edgeprune.pipelines.compile  # noqa: F401  (binds the module on the package: must stay callable)
 
     result = edgeprune.compile(files / "tiny.h5", tmp_path / "api", quantize="dynamic")
     assert result.tflite_path.is_file() and result.manifest["quantization"]["mode"] == "dynamic"
@@ -192,7 +192,7 @@ def test_python_api(files, tmp_path):
 
 
 def test_prune_stage(tmp_path):
-    import edgeprune._env as _env
+    import edgeprune.base.env as _env
 
     tk = _env.tf_keras()
     tk.utils.set_random_seed(0)
@@ -226,7 +226,7 @@ def test_subprocess_json_and_exit_codes(files, tmp_path):
 
 
 def test_artifact_dir_is_atomic_on_interrupt(tmp_path):
-    from edgeprune.artifacts import ArtifactDir
+    from edgeprune.base.artifacts import ArtifactDir
 
     dest = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):

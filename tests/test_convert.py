@@ -6,9 +6,15 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 from helpers_models import digits_like, predict, tiny_tf_keras_cnn
 
-from edgeprune import tflm
-from edgeprune.convert import convert, estimate_arena_bytes, float_ops, io_details, op_counts
-from edgeprune.errors import InputError, VerificationError
+from edgeprune.base.errors import InputError, VerificationError
+from edgeprune.quantize import tflm
+from edgeprune.quantize.convert import (
+    convert,
+    estimate_arena_bytes,
+    float_ops,
+    io_details,
+    op_counts,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeprune import _env
-from edgeprune.convert import convert, input_specs, io_details, loop_ops, op_counts
-from edgeprune.errors import InputError
-from edgeprune.shapes import apply_input_shape, parse_input_shape, with_input_shape
+from edgeprune.base import env as _env
+from edgeprune.base.errors import InputError
+from edgeprune.load.shapes import apply_input_shape, parse_input_shape, with_input_shape
+from edgeprune.quantize.convert import convert, input_specs, io_details, loop_ops, op_counts
 
 FLAVOURS = ("keras3", "tf_keras")
 

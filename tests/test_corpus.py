@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from helpers_models import tiny_keras3_resnet, tiny_tf_keras_cnn
 
-from edgeprune import _env
+from edgeprune.base import env as _env
 from edgeprune.cli import main
 
 pytestmark = pytest.mark.slow  # ~50 real conversions and prunes
@@ -167,7 +167,7 @@ def test_models_that_must_compile_do(corpus, tmp_path, capsys):
 
 
 def test_internal_error_is_one_line_and_verbose_shows_the_traceback(tmp_path, capsys, monkeypatch):
-    import edgeprune.compile as compile_module
+    import edgeprune.pipelines.compile as compile_module
 
     def boom(*args, **kwargs):
         raise KeyError("surprise")

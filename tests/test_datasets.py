@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeprune.datasets import array_sha256, load_arrays
-from edgeprune.errors import InputError
-from edgeprune.profiles import Preprocessing
+from edgeprune.base.errors import InputError
+from edgeprune.device.profiles import Preprocessing
+from edgeprune.load.datasets import array_sha256, load_arrays
 
 SHAPE = (None, 8, 8, 1)
 

@@ -17,10 +17,10 @@ import pytest
 import sshd
 from test_harness_local import build_models
 
-import edgeprune._env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from edgeprune.harness.api import bench
-from edgeprune.harness.emulated import apt_mirror
-from edgeprune.profiles import load_profile
+import edgeprune.base.env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from edgeprune.device.api import bench
+from edgeprune.device.emulated import apt_mirror
+from edgeprune.device.profiles import load_profile
 
 PY = sys.executable
 
@@ -51,7 +51,7 @@ def lite_venv(root: Path) -> Path:
 
 
 def conv_model(path: Path) -> Path:
-    from edgeprune._env import tf_keras
+    from edgeprune.base.env import tf_keras
 
     K = tf_keras()
     K.utils.set_random_seed(0)
@@ -98,7 +98,7 @@ def test_every_device_result_records_the_state_that_skews_latency(models):
 
 
 def test_protocol_errors_are_one_line(models):
-    from edgeprune.errors import InputError
+    from edgeprune.base.errors import InputError
 
     with pytest.raises(InputError, match="unknown protocol 'spec'"):
         bench(models["f32"], protocol="spec")
@@ -142,7 +142,7 @@ def test_emulate_as_non_root_is_refused_in_one_line(tmp_path):
 
 def test_emulated_bench_before_the_system_is_prepared_says_how(tmp_path, models, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    from edgeprune.errors import DeviceError
+    from edgeprune.base.errors import DeviceError
 
     with pytest.raises(DeviceError, match=r"not prepared .*edgeprune targets emulate rpi4"):
         bench(models["int8"], target="rpi4-emulated", runs=1)

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from test_harness_local import build_models
 
-import edgeprune._env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from edgeprune.errors import DeviceError
-from edgeprune.harness import emulated
+import edgeprune.base.env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from edgeprune.base.errors import DeviceError
+from edgeprune.device import emulated
 
 PY = sys.executable
 pytestmark = [pytest.mark.emulated, pytest.mark.slow]

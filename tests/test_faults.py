@@ -26,9 +26,9 @@ PY = sys.executable
 
 HOLDER = """
 import sys
-from edgeprune.artifacts import ArtifactDir
+from edgeprune.base.artifacts import ArtifactDir
 from edgeprune.cli import raise_on_termination
-from edgeprune.errors import Terminated
+from edgeprune.base.errors import Terminated
 
 raise_on_termination()
 try:

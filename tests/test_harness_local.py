@@ -11,17 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import edgeprune._env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from edgeprune.errors import DeviceError, InputError, VerificationError
-from edgeprune.harness import runner
-from edgeprune.harness.api import bench, evaluate_tflite
+import edgeprune.base.env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from edgeprune.base.errors import DeviceError, InputError, VerificationError
+from edgeprune.device import runner
+from edgeprune.device.api import bench, evaluate_tflite
 
 INPUT = (8, 8, 1)
 CLASSES = 3
 
 
 def _classifier(seed: int):
-    from edgeprune._env import tf_keras
+    from edgeprune.base.env import tf_keras
 
     K = tf_keras()
     K.utils.set_random_seed(seed)
@@ -33,7 +33,7 @@ def _classifier(seed: int):
 
 
 def _convert(model, *, int8=False, calibration=None) -> bytes:
-    from edgeprune._env import tf
+    from edgeprune.base.env import tf
 
     TF = tf()
     converter = TF.lite.TFLiteConverter.from_keras_model(model)
@@ -49,7 +49,7 @@ def _convert(model, *, int8=False, calibration=None) -> bytes:
 def build_models(root: Path) -> dict:
     """Tiny classifier (float32 + int8 .tflite, .keras), a differently-initialised one, eval data
     labelled by the reference (so its accuracy is 100%), and a tiny regression model."""
-    from edgeprune._env import tf_keras
+    from edgeprune.base.env import tf_keras
 
     K = tf_keras()
     root.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def models(tmp_path_factory):
 
 def independent_outputs(path: Path, x: np.ndarray) -> np.ndarray:
     """Outputs computed with TensorFlow's own tf.lite.Interpreter, one sample at a time."""
-    from edgeprune._env import tf
+    from edgeprune.base.env import tf
 
     interpreter = tf().lite.Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
@@ -250,7 +250,7 @@ def test_local_python_without_numpy_is_a_device_error(models, tmp_path):
 
 def test_runner_standalone_json_on_stdout(models, tmp_path):
     """The runner needs no edgeprune: a job on the command line, one JSON document out (the raw
-    outputs; the controller scores them with edgeprune.metrics)."""
+    outputs; the controller scores them with edgeprune.device.metrics)."""
     job = json.dumps({"artifact": str(models["int8"]), "runs": 5, "warmup": 1,
                       "eval_inputs": str(tmp_path / "x.npy")})
     np.save(tmp_path / "x.npy", models["x"])

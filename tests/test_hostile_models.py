@@ -18,7 +18,7 @@ import hostile_models as hm
 import pytest
 from helpers_models import invoke_cli
 
-from edgeprune.errors import EdgepruneError, UnsafeModelError
+from edgeprune.base.errors import EdgepruneError, UnsafeModelError
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +109,8 @@ def test_ordinary_savedmodels_and_tf_ops_still_load(tmp_path):
     loop), TFOpLambda math, and keras.applications configs that name TensorFlow initializers."""
     import json
 
-    from edgeprune.model_io import load_model
-    from edgeprune.model_io.safety import check_config
+    from edgeprune.load.model_io import load_model
+    from edgeprune.load.model_io.safety import check_config
 
     tk = hm._tk()
     tf = hm._env.tf()

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from helpers_models import invoke_cli
 
-import edgeprune._env as _env
-from edgeprune.datasets import input_range, model_input_range
-from edgeprune.errors import InputError
-from edgeprune.profiles import load_profile
+import edgeprune.base.env as _env
+from edgeprune.base.errors import InputError
+from edgeprune.device.profiles import load_profile
+from edgeprune.load.datasets import input_range, model_input_range
 
 
 def _mobilenet_style(keras, *, rescaling=None, seed: int = 0):

@@ -10,7 +10,7 @@ import pytest
 from helpers_models import invoke_cli, tiny_keras3_resnet
 from report_helpers import degenerate_model, labelled_by, outlier_model, prunable_cnn
 
-from edgeprune.convert import convert, read_graph
+from edgeprune.quantize.convert import convert, read_graph
 
 SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")
 
@@ -96,7 +96,7 @@ def test_quant_error_on_the_artifact(files):
 
 
 def test_quant_error_finds_the_outlier_layer(tmp_path):
-    from edgeprune.quant_error import measure
+    from edgeprune.quantize.quant_error import measure
 
     model = outlier_model()
     x, _ = labelled_by(model, 16)
@@ -110,7 +110,7 @@ def test_quant_error_finds_the_outlier_layer(tmp_path):
 def test_degenerate_tensors_are_flagged_not_ranked_first(tmp_path):
     """A ~1e-8 tensor (SQNR ~19 dB, which ranked it worst) and a constant ReLU are flagged apart;
     the ranking starts with a tensor that carries signal, and --json keeps full fused names."""
-    from edgeprune.inspection import interpreter
+    from edgeprune.quantize.inspection import interpreter
 
     model = degenerate_model()
     model.save(tmp_path / "d.h5")

@@ -7,10 +7,10 @@ import pytest
 from test_training_fixtures import digits, quiet
 
 import edgeprune
-from edgeprune._env import is_keras3_model, keras3
-from edgeprune.convert import convert
-from edgeprune.model_io import load_model
+from edgeprune.base.env import is_keras3_model, keras3
+from edgeprune.load.model_io import load_model
 from edgeprune.pruning import prune_model
+from edgeprune.quantize.convert import convert
 from edgeprune.training.api import recover
 
 
@@ -66,7 +66,7 @@ def test_prune_recover_convert_stay_keras3(trained, tmp_path):
 
 
 def test_prune_file_keeps_keras3_and_qat_crosses_to_tf_keras(trained, tmp_path):
-    from edgeprune.model_io import to_tf_keras
+    from edgeprune.load.model_io import to_tf_keras
 
     trained.save(tmp_path / "m.keras")
     result = edgeprune.prune(tmp_path / "m.keras", tmp_path / "p.keras", ratio=0.5)

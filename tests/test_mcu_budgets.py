@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from helpers_models import digits_like, invoke_cli, tiny_tf_keras_cnn
 
-import edgeprune._env as _env
-from edgeprune import tflm
-from edgeprune.convert import convert
-from edgeprune.errors import VerificationError
+import edgeprune.base.env as _env
+from edgeprune.base.errors import VerificationError
+from edgeprune.quantize import tflm
+from edgeprune.quantize.convert import convert
 
 
 def _big_dense():

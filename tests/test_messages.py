@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from helpers_models import digits_like, invoke_cli, tiny_tf_keras_cnn
 
-from edgeprune.errors import InputError
-from edgeprune.model_io import sha256_file
+from edgeprune.base.errors import InputError
+from edgeprune.load.model_io import sha256_file
 
 SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeprune import budgets, metrics
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
+from edgeprune.device import budgets, metrics
 
 
 def test_one_threshold_rule_for_sigmoid_and_logit_heads():

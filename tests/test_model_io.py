@@ -14,9 +14,9 @@ from helpers_models import (
     tiny_tf_keras_cnn,
 )
 
-import edgeprune._env as _env
-from edgeprune.errors import InputError, UnsafeModelError
-from edgeprune.model_io import load_model, save_model, to_tf_keras
+import edgeprune.base.env as _env
+from edgeprune.base.errors import InputError, UnsafeModelError
+from edgeprune.load.model_io import load_model, save_model, to_tf_keras
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_tf_keras_sequential_h5_becomes_functional(tmp_path):
 def test_bare_savedmodel_loads_for_compile_only(tmp_path):
     import numpy as np
 
-    from edgeprune.model_io.savedmodel import require_keras
+    from edgeprune.load.model_io.savedmodel import require_keras
 
     tf = _env.tf()
 
@@ -218,7 +218,7 @@ def test_custom_objects_file(tmp_path):
     tk = _env.tf_keras()
     objects = tmp_path / "objs.py"
     objects.write_text(_CUSTOM_SRC)
-    from edgeprune.model_io import load_custom_objects
+    from edgeprune.load.model_io import load_custom_objects
 
     scale = load_custom_objects(objects)["Scale"]
     inputs = tk.Input((3,))
@@ -232,7 +232,7 @@ def test_custom_objects_file(tmp_path):
 
 
 def test_custom_objects_file_errors(tmp_path):
-    from edgeprune.model_io import load_custom_objects
+    from edgeprune.load.model_io import load_custom_objects
 
     with pytest.raises(InputError, match="no such file"):
         load_custom_objects(tmp_path / "missing.py")
@@ -348,7 +348,7 @@ tf_keras_objects = {"Scale": ScaleTF}
 def test_keras3_custom_layer_with_tf_keras_twin(tmp_path):
     import keras
 
-    from edgeprune.model_io import load_custom_objects
+    from edgeprune.load.model_io import load_custom_objects
 
     (tmp_path / "objs.py").write_text(_K3_CUSTOM_SRC)
     objects = load_custom_objects(tmp_path / "objs.py")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from helpers_models import invoke_cli
 
-from edgeprune.errors import InputError
-from edgeprune.model_io import load_model
+from edgeprune.base.errors import InputError
+from edgeprune.load.model_io import load_model
 
 
 def _conv_valid(x, k, b):
@@ -48,7 +48,7 @@ def test_keras1_argument_names_are_translated(tmp_path):
 
 
 def test_keras20_text_lstm_loads_and_converts(tmp_path):
-    from edgeprune.convert import convert, op_counts
+    from edgeprune.quantize.convert import convert, op_counts
 
     path, w = lf.keras20_text_lstm(tmp_path / "text.h5")
     model = load_model(path).model
@@ -71,7 +71,7 @@ def bare(tmp_path_factory):
     sm = lf.bare_saved_model(root / "sm")
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (40, 8, 8, 1)).astype(np.float32)
-    from edgeprune.model_io.savedmodel import SavedModelGraph
+    from edgeprune.load.model_io.savedmodel import SavedModelGraph
 
     y = SavedModelGraph(sm).predict(x).argmax(axis=1)
     np.savez(root / "val.npz", x=x, y=y)

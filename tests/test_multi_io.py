@@ -13,7 +13,7 @@ import pytest
 from helpers_models import invoke_cli
 from test_training_fixtures import digits
 
-import edgeprune._env  # noqa: F401
+import edgeprune.base.env  # noqa: F401
 
 SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")  # rounds channels to 4
 
@@ -51,7 +51,7 @@ def _build(keras):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from edgeprune._env import keras3, tf_keras
+    from edgeprune.base.env import keras3, tf_keras
 
     tmp = tmp_path_factory.mktemp("mio")
     keras = keras3()
@@ -66,7 +66,7 @@ def files(tmp_path_factory):
 
 
 def test_engine_prunes_the_trunk_and_locks_both_heads(files):
-    from edgeprune.model_io import load_model
+    from edgeprune.load.model_io import load_model
     from edgeprune.pruning.api import prune_model
 
     for name in ("k3.keras", "tfk.h5"):
@@ -80,7 +80,7 @@ def test_engine_prunes_the_trunk_and_locks_both_heads(files):
 
 
 def test_calibration_by_input_name_and_from_functions(files, tmp_path, monkeypatch):
-    from edgeprune.datasets import load_arrays
+    from edgeprune.load.datasets import load_arrays
 
     inputs = [("image", (None, 8, 8, 1)), ("meta", (None, 4))]
     x, y = load_arrays(str(files / "calib.npz"), inputs=inputs)
@@ -106,7 +106,7 @@ def test_calibration_by_input_name_and_from_functions(files, tmp_path, monkeypat
     x, y = load_arrays("mio_gen:labelled", inputs=inputs, outputs=["cls", "reg"])
     assert y["cls"].tolist() == [0, 1, 2, 3] and y["reg"].shape == (4,)
     np.savez(tmp_path / "one.npz", image=np.zeros((3, 8, 8, 1), np.float32))
-    from edgeprune.errors import InputError
+    from edgeprune.base.errors import InputError
 
     with pytest.raises(InputError, match="missing meta"):
         load_arrays(str(tmp_path / "one.npz"), inputs=inputs)
@@ -142,7 +142,7 @@ def test_compile_prune_distill_int8_gate_and_bench_per_output(files, tmp_path):
     assert "drop_ci95" in per["cls"] and "agreement" in per["reg"]
     # the device runner (subprocess, inputs sent as .npz by name) matches an in-process run
     # that feeds the inputs in the other order
-    from edgeprune.harness.api import evaluate_tflite
+    from edgeprune.device.api import evaluate_tflite
 
     (xv, yv) = _data()[1]
     direct = evaluate_tflite(out / "model.tflite", {"meta": xv["meta"], "image": xv["image"]}, yv)

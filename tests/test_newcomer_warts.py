@@ -22,8 +22,8 @@ import pytest
 from helpers_models import digits_like, invoke_cli, tiny_tf_keras_cnn
 from report_helpers import labelled_by, prunable_cnn
 
-import edgeprune._env as _env
-from edgeprune.errors import InputError
+import edgeprune.base.env as _env
+from edgeprune.base.errors import InputError
 
 SMALL_CPU = Path(__file__).parent / "data" / "small-cpu.yaml"
 
@@ -146,7 +146,7 @@ def _flat_logits():
 def test_a_trial_tflm_refuses_gets_a_positive_constraint(tmp_path):
     import optuna
 
-    from edgeprune.profiles import load_profile
+    from edgeprune.device.profiles import load_profile
     from edgeprune.search.pipeline import Base, run_trial
     from edgeprune.search.space import Choice
     from edgeprune.search.study import CONSTRAINTS, constraints_of
@@ -194,7 +194,7 @@ def test_from_study_without_training_names_what_differs(tmp_path):
 # 7. a SavedModel's identity covers its variables --------------------------------------------------
 
 def test_savedmodel_identity_covers_its_variables(tmp_path):
-    from edgeprune.model_io import load_model, model_sha256, sha256_file
+    from edgeprune.load.model_io import load_model, model_sha256, sha256_file
     from edgeprune.search.ship import _check_study_model
 
     searched, retrained = tmp_path / "searched", tmp_path / "retrained"

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from helpers_models import invoke_cli, tiny_tf_keras_cnn
 
 import edgeprune
+from edgeprune.base.errors import InputError
 from edgeprune.cli import cli
-from edgeprune.errors import InputError
 
 RENAMED = {("compile", "--prune"): "--ratio", ("compile", "--prune-macs"): "--target-macs",
            ("compile", "--prune-latency"): "--target-latency", ("prune", "--data"): "--calibration",

@@ -74,7 +74,7 @@ def test_wheel_carries_profiles_and_data(wheel_venv, tmp_path):
     for profile in ("x86-64", "rpi4", "rpi5", "android-arm64", "cortex-m7"):
         assert f"edgeprune/data/targets/{profile}.yaml" in names
     assert any(n.startswith("edgeprune/data/calibration/") and n.endswith(".npz") for n in names), names
-    assert "edgeprune/harness/runner.py" in names
+    assert "edgeprune/device/runner.py" in names
 
     proc = _run(env_dir, "targets", "list", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -6,9 +6,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from edgeprune.base.errors import InputError
 from edgeprune.cli import cli
-from edgeprune.errors import InputError
-from edgeprune.profiles import list_profiles, load_profile
+from edgeprune.device.profiles import list_profiles, load_profile
 
 REQUIRED = {"x86-64", "rpi4", "rpi5", "android-arm64", "cortex-m7"}
 

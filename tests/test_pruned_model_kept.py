@@ -11,7 +11,7 @@ import pytest
 from helpers_models import invoke_cli, tiny_keras3_cnn
 from report_helpers import labelled_by, prunable_cnn
 
-from edgeprune.model_io import load_model
+from edgeprune.load.model_io import load_model
 
 SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")
 

@@ -10,9 +10,9 @@ the shared 2-core machine: the TFLite converter dominates, NASNetMobile alone ~6
 import numpy as np
 import pytest
 
-import edgeprune._env  # noqa: F401
-from edgeprune._env import tf, tf_keras
-from edgeprune.errors import InputError
+import edgeprune.base.env  # noqa: F401
+from edgeprune.base.env import tf, tf_keras
+from edgeprune.base.errors import InputError
 from edgeprune.pruning import prune_model
 
 FAST = ["MobileNetV2", "ResNet50"]

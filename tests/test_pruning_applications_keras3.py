@@ -11,13 +11,13 @@ Fast subset (unmarked): MobileNetV3Small (Keras 3 operation nodes) and ResNet50.
 import numpy as np
 import pytest
 
-import edgeprune._env  # noqa: F401
-from edgeprune._env import keras3
-from edgeprune.convert import convert
-from edgeprune.errors import InputError
-from edgeprune.harness.api import evaluate_tflite
-from edgeprune.model_io import load_model, save_model
+import edgeprune.base.env  # noqa: F401
+from edgeprune.base.env import keras3
+from edgeprune.base.errors import InputError
+from edgeprune.device.api import evaluate_tflite
+from edgeprune.load.model_io import load_model, save_model
 from edgeprune.pruning import prune_model
+from edgeprune.quantize.convert import convert
 
 FAST = ["MobileNetV3Small", "ResNet50"]
 # one member per family (Keras 3 has no RegNet)

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-import edgeprune._env  # noqa: F401
-from edgeprune._env import tf_keras
+import edgeprune.base.env  # noqa: F401
+from edgeprune.base.env import tf_keras
 from edgeprune.cli import main
-from edgeprune.profiles import load_profile
+from edgeprune.device.profiles import load_profile
 
 
 def run(argv, capsys):
@@ -127,7 +127,7 @@ def test_unknown_criterion_and_missing_model(tmp_path, capsys):
 
 
 def test_prune_api_file_to_file_h5(tmp_path):
-    from edgeprune.pruning import prune
+    from edgeprune import prune
 
     K = tf_keras()
     L = K.layers

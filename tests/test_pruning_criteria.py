@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-import edgeprune._env  # noqa: F401
-from edgeprune._env import tf_keras
+import edgeprune.base.env  # noqa: F401
+from edgeprune.base.env import tf_keras
+from edgeprune.load.graph import trace
 from edgeprune.pruning import prune_model
-from edgeprune.pruning.graph import trace
 from edgeprune.pruning.groups import build_groups
 from edgeprune.pruning.importance import get_criterion
 

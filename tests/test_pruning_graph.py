@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 from pruning_helpers import kill_units, max_abs_diff, randomize_bn
 
-import edgeprune._env  # noqa: F401
-from edgeprune._env import tf_keras
-from edgeprune.errors import InputError
+import edgeprune.base.env  # noqa: F401
+from edgeprune.base.env import tf_keras
+from edgeprune.base.errors import InputError
+from edgeprune.load.graph import trace
 from edgeprune.pruning import prune_model
-from edgeprune.pruning.graph import trace
 from edgeprune.pruning.groups import build_groups
 from edgeprune.pruning.importance import FixedScores
 
@@ -339,7 +339,7 @@ def test_unknown_custom_layer_locks_its_group_only():
 
 def test_tf_op_layers_are_element_wise():
     L = K().layers
-    tf = edgeprune._env.tf()
+    tf = edgeprune.base.env.tf()
     i = K().Input((8, 8, 3))
     a = L.Conv2D(8, 3, padding="same", name="a")(i)
     b = L.Conv2D(8, 3, padding="same", name="b")(i)
@@ -454,7 +454,7 @@ def test_custom_layer_becomes_prunable_with_a_registered_rule(tmp_path):
     """Without a rule a custom layer locks its group; a rule from --custom-objects unlocks it."""
     import keras
 
-    from edgeprune.model_io import load_custom_objects, load_model
+    from edgeprune.load.model_io import load_custom_objects, load_model
     from edgeprune.pruning import rules
 
     (tmp_path / "objs.py").write_text(_RULE_SRC)
@@ -482,7 +482,7 @@ def test_custom_layer_becomes_prunable_with_a_registered_rule(tmp_path):
 
 
 def test_register_rule_refuses_non_rules():
-    from edgeprune.errors import InputError
+    from edgeprune.base.errors import InputError
     from edgeprune.pruning.rules import register_rule
 
     with pytest.raises(InputError, match="must be a LayerRule"):

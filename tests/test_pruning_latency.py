@@ -9,13 +9,13 @@ import json
 import numpy as np
 import pytest
 
-import edgeprune._env  # noqa: F401
-from edgeprune._env import tf_keras
+import edgeprune.base.env  # noqa: F401
+from edgeprune.base.env import tf_keras
+from edgeprune.base.errors import InputError
 from edgeprune.cli import main
-from edgeprune.errors import InputError
+from edgeprune.load.graph import trace
 from edgeprune.pruning import macs as macs_mod
 from edgeprune.pruning import prune_model
-from edgeprune.pruning.graph import trace
 from edgeprune.pruning.latency import LatencyTable, _bilinear, grid_points
 from edgeprune.training.iterative import step_targets
 

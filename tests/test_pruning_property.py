@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pruning_helpers import kill_units, max_abs_diff, randomize_bn
 
-import edgeprune._env  # noqa: F401
-from edgeprune._env import keras3, tf_keras
+import edgeprune.base.env  # noqa: F401
+from edgeprune.base.env import keras3, tf_keras
 from edgeprune.pruning import prune_model
 from edgeprune.pruning.importance import FixedScores
 

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 from pruning_helpers import randomize_bn
 
-import edgeprune._env  # noqa: F401
-from edgeprune._env import tf, tf_keras
-from edgeprune.errors import InputError
+import edgeprune.base.env  # noqa: F401
+from edgeprune.base.env import tf, tf_keras
+from edgeprune.base.errors import InputError
+from edgeprune.load.graph import trace
 from edgeprune.pruning import macs, prune_model
 from edgeprune.pruning.allocation import keep_count
-from edgeprune.pruning.graph import trace
 from edgeprune.pruning.groups import build_groups
 from edgeprune.pruning.importance import CRITERIA
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from helpers_models import invoke_cli, tiny_keras3_cnn, tiny_tf_keras_cnn
 
-import edgeprune._env as env
-from edgeprune.console import Output
-from edgeprune.errors import InputError
+import edgeprune.base.env as env
+from edgeprune.base.console import Output
+from edgeprune.base.errors import InputError
 from edgeprune.training.data import Split
 from edgeprune.training.finetune import (
     COSINE_FLOOR,

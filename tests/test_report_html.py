@@ -17,7 +17,7 @@ from report_helpers import labelled_by, prunable_cnn
 
 SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")
 PNG_IMG = re.compile(r'<img[^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
-BLUE = np.array([0x1f, 0x6f, 0xeb])  # the "after" colour of the plots (edgeprune.report.plots)
+BLUE = np.array([0x1f, 0x6f, 0xeb])  # the "after" colour of the plots (edgeprune.ship.report.plots)
 
 
 def _chromium() -> str | None:

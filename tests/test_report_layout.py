@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from helpers_models import invoke_cli
 
-from edgeprune.report import plots
-from edgeprune.search import results
 from edgeprune.search import study as st
+from edgeprune.ship.report import pareto as results
+from edgeprune.ship.report import plots
 
 SMALL_CPU = str(Path(__file__).parent / "data" / "small-cpu.yaml")
 

@@ -1,4 +1,4 @@
-"""Declared sizes in untrusted files are checked before anything is allocated (edgeprune.limits).
+"""Declared sizes in untrusted files are checked before anything is allocated (edgeprune.base.limits).
 
 Every hostile file here is tiny: a hand-written npy header declaring 10^12 elements, a PNG whose
 IHDR says 40000x40000, a .tar.gz whose header declares a member bigger than the limit, zips
@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from helpers_models import digits_like, tiny_keras3_cnn
 
-from edgeprune import limits
-from edgeprune.errors import InputError
+from edgeprune.base import limits
+from edgeprune.base.errors import InputError
 
 PY = sys.executable
 
@@ -100,7 +100,7 @@ def test_keras_zip_declared_sizes(tmp_path, members, env, words):
 
 def test_keras_zip_under_the_limits_still_loads(model, tmp_path):
     """The real tiny model passes the zip checks with the defaults (its weights are not a bomb)."""
-    from edgeprune.model_io import detect
+    from edgeprune.load.model_io import detect
 
     fmt = detect(model)
     assert fmt.kind == "keras_zip" and fmt.config["class_name"] == "Functional"
@@ -131,7 +131,7 @@ def test_npy_declaring_a_trillion_elements(model, tmp_path):
     (b"\x93NUMPY\x01\x00\xff\xff{'descr'", "not a valid .npy array"),
 ])
 def test_npy_headers_refused_in_one_line(tmp_path, header, words):
-    from edgeprune.datasets import load_arrays
+    from edgeprune.load.datasets import load_arrays
 
     bad = tmp_path / "bad.npy"
     bad.write_bytes(header + bytes(64))
@@ -141,7 +141,7 @@ def test_npy_headers_refused_in_one_line(tmp_path, header, words):
 
 
 def test_npz_member_headers_and_sizes(tmp_path, monkeypatch):
-    from edgeprune.datasets import load_arrays
+    from edgeprune.load.datasets import load_arrays
 
     lying = tmp_path / "lying.npz"  # the member is small; the npy header inside declares 4 TB
     with zipfile.ZipFile(lying, "w") as zf:
@@ -204,7 +204,7 @@ def test_image_declaring_too_many_pixels(model, tmp_path, side, env, pixels, lim
 def test_image_batch_over_the_array_limit(tmp_path, monkeypatch):
     from PIL import Image
 
-    from edgeprune.datasets import load_arrays
+    from edgeprune.load.datasets import load_arrays
 
     for i in range(3):
         Image.new("L", (8, 8)).save(tmp_path / f"{i}.png")
@@ -267,7 +267,7 @@ def many_members(path: Path, count: int, size: int) -> Path:
      "members together: declare at least 1,200,000 bytes, over the 1,048,576-byte limit"),
 ])
 def test_tar_member_count_and_total(tmp_path, monkeypatch, count, size, env, words):
-    from edgeprune.bundle import read_members
+    from edgeprune.ship.bundle import read_members
 
     bundle = many_members(tmp_path / "many.tar.gz", count, size)
     with monkeypatch.context() as patch:

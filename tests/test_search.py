@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 from test_training_fixtures import write_search_inputs
 
+from edgeprune.base.errors import InputError
 from edgeprune.cli import cli
-from edgeprune.errors import InputError
 from edgeprune.search import search
 from edgeprune.search.sensitivity import greedy_allocation, sensitivity
 
@@ -257,7 +257,7 @@ def test_remote_target_is_timed_on_the_device_not_here(files, tmp_path):
 
 
 def test_emulated_target_refuses_latency_objectives(files, tmp_path):
-    from edgeprune.profiles import load_profile
+    from edgeprune.device.profiles import load_profile
 
     assert load_profile("rpi4-emulated").emulated and not load_profile("rpi4").emulated
     with pytest.raises(InputError, match="emulated"):

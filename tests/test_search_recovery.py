@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from helpers_models import invoke_cli
 from test_training_fixtures import digits, write_search_inputs
 
+from edgeprune.base.errors import InputError
 from edgeprune.cli import cli
-from edgeprune.errors import InputError
 from edgeprune.search import search
 from edgeprune.search.space import RECOVERY_EPOCHS, Space, SpaceConfig
 
@@ -31,7 +31,7 @@ def files(tmp_path_factory):
 
 
 def test_default_space_recovers_with_training_data_and_leaves_out_slow_int16x8():
-    from edgeprune.profiles import load_profile
+    from edgeprune.device.profiles import load_profile
 
     profile = load_profile("x86-64")
     assert "int16x8" in [q.value for q in profile.quantization.allowed]

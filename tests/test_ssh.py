@@ -19,7 +19,7 @@ import pytest
 import sshd
 from test_harness_local import build_models
 
-import edgeprune._env  # noqa: F401
+import edgeprune.base.env  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not sshd.sshd_available(),
                                 reason="OpenSSH server not installed (apt-get install openssh-server)")
@@ -339,8 +339,8 @@ def test_target_profile_connection_and_env_config(server, models, tmp_path):
 ])
 def test_remote_failure_lines(rc, stderr, expected):
     """How exit codes and stderr from the device map onto one error line (texts as real tools print them)."""
-    from edgeprune.errors import DeviceError
-    from edgeprune.harness.remote import _remote_failure, parse_host
+    from edgeprune.base.errors import DeviceError
+    from edgeprune.device.remote import _remote_failure, parse_host
 
     with pytest.raises(DeviceError) as err:
         _remote_failure(parse_host("pi@rpi"), "python3", rc, "", stderr)
@@ -380,8 +380,8 @@ def test_connection_dropped_every_time_is_reported(server, models):
     """Each attempt loses its connection: after the bounded retries, one clear error."""
     import threading
 
-    from edgeprune.errors import DeviceError
-    from edgeprune.harness.api import bench
+    from edgeprune.base.errors import DeviceError
+    from edgeprune.device.api import bench
 
     outcome = {}
 

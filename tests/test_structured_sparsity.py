@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from helpers_models import invoke_cli
 
-import edgeprune._env as _env
-from edgeprune.pruning.graph import trace
+import edgeprune.base.env as _env
+from edgeprune.load.graph import trace
 from edgeprune.pruning.group_params import unit_norms, unit_parameters
 from edgeprune.pruning.groups import build_groups
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import edgeprune._env  # noqa: F401
+import edgeprune.base.env  # noqa: F401
 from edgeprune.training.bn_fold import fold_batchnorm
 
 
 def _randomize_bn(model, seed=0):
-    from edgeprune._env import tf_keras
+    from edgeprune.base.env import tf_keras
 
     rng = np.random.default_rng(seed)
     for layer in model.layers:
@@ -20,7 +20,7 @@ def _randomize_bn(model, seed=0):
 
 
 def _build(kind):
-    from edgeprune._env import tf_keras
+    from edgeprune.base.env import tf_keras
 
     k = tf_keras()
     inp = k.Input((8, 8, 3))
@@ -83,7 +83,7 @@ def test_fold_logits_exact_on_trained_digits():
 def test_bn_recalibration_rescues_one_shot_pruning():
     from test_training_fixtures import acc, digits, small_cnn, train
 
-    from edgeprune._env import tf_keras
+    from edgeprune.base.env import tf_keras
     from edgeprune.pruning.api import prune_model
     from edgeprune.training.bn_recal import recalibrate_batchnorm
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from test_training_fixtures import small_cnn
 
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
 from edgeprune.training.data import Split, check_against_model, load_split, resolve, split
 from edgeprune.training.options import TrainingOptions, merge_options, training_options
 
@@ -21,7 +21,7 @@ def model():
 
 def load_source(src, *, input_shape=(8, 8, 1)):
     """The one loader, for a model with this input shape (single output, 10 classes)."""
-    from edgeprune.datasets import load_arrays
+    from edgeprune.load.datasets import load_arrays
 
     x, y = load_arrays(src, input_shape=(None, *input_shape), flag="--train-data")
     return Split(x, y, src)

@@ -9,7 +9,7 @@ import functools
 
 import numpy as np
 
-import edgeprune._env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import edgeprune.base.env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 
 @functools.cache
@@ -28,7 +28,7 @@ def digits():
 
 def small_cnn(seed: int = 0, bn: bool = False):
     """conv8 -> conv16/2 -> dense10 softmax (~3.8k params); optionally with BatchNorm."""
-    from edgeprune._env import tf, tf_keras
+    from edgeprune.base.env import tf, tf_keras
 
     tf().random.set_seed(seed)
     k = tf_keras()
@@ -44,7 +44,7 @@ def small_cnn(seed: int = 0, bn: bool = False):
 
 
 def train(model, epochs: int = 12, seed: int = 0):
-    from edgeprune._env import tf
+    from edgeprune.base.env import tf
 
     tf().random.set_seed(seed)
     x, y, _, _ = digits()
@@ -87,7 +87,7 @@ def damaged(model, fraction: float = 0.6, seed: int = 1):
 
 
 def quiet():
-    from edgeprune.console import Output
+    from edgeprune.base.console import Output
 
     return Output(quiet=True)
 

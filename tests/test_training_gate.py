@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 from test_training_fixtures import damaged, digits, trained_cnn
 
-from edgeprune.budgets import Limits
-from edgeprune.errors import InputError, VerificationError
+from edgeprune.base.errors import InputError, VerificationError
+from edgeprune.device.budgets import Limits
+from edgeprune.device.gate import check_accuracy_gate
 from edgeprune.training._tflite import to_tflite
-from edgeprune.training.gate import check_accuracy_gate
 from edgeprune.training.options import TrainingOptions
 
 
@@ -40,7 +40,7 @@ def test_gate_needs_labels():
 
 
 def test_budget_from_flag_or_profile():
-    from edgeprune.profiles import load_profile
+    from edgeprune.device.profiles import load_profile
 
     profile = load_profile("cortex-m7")
     assert Limits.of(profile, max_accuracy_drop=TrainingOptions(max_accuracy_drop=2.0).max_accuracy_drop) \

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from test_training_fixtures import acc, digits, quiet, trained_cnn
 
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
 from edgeprune.training.data import Split
 from edgeprune.training.finetune import FitSettings
 from edgeprune.training.gradual import (

@@ -38,9 +38,9 @@ def test_iterative_reaches_mac_target_and_recovers(tmp_path):
 
 
 def test_one_shot_stage_with_qat_converts_int8(tmp_path):
+    from edgeprune.device.gate import check_accuracy_gate
     from edgeprune.training._tflite import to_tflite
     from edgeprune.training.api import run_training_stage
-    from edgeprune.training.gate import check_accuracy_gate
     from edgeprune.training.options import TrainingOptions
 
     x, y, xv, yv = digits()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from test_training_fixtures import acc, digits, quiet, trained_cnn
 
-from edgeprune.harness.api import evaluate_tflite
+from edgeprune.device.api import evaluate_tflite
 from edgeprune.training._tflite import to_tflite
 from edgeprune.training.data import Split
 from edgeprune.training.finetune import FitSettings
@@ -34,7 +34,7 @@ def test_qat_int8_close_to_float():
 
 
 def test_unsupported_layer_stays_float_and_is_reported():
-    from edgeprune._env import tf_keras
+    from edgeprune.base.env import tf_keras
 
     k = tf_keras()
     inp = k.Input((8, 8, 1))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_training_fixtures import acc, damaged, digits, quiet, trained_cnn
 
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
 from edgeprune.training.api import recover
 from edgeprune.training.data import Split
 from edgeprune.training.finetune import FitSettings, finetune
@@ -26,7 +26,7 @@ def test_finetune_improves_damaged_model():
 
 
 def test_distillation_loss_matches_hand_computation():
-    from edgeprune._env import tf
+    from edgeprune.base.env import tf
 
     tf()
     s = np.array([[1.0, 2.0, 0.5]], np.float32)
@@ -52,7 +52,7 @@ def test_distillation_loss_matches_hand_computation():
 
 
 def test_teacher_logits_both_ways():
-    from edgeprune._env import tf_keras
+    from edgeprune.base.env import tf_keras
     from edgeprune.training.distill import teacher_logits_model
 
     k = tf_keras()

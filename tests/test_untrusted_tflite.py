@@ -3,7 +3,7 @@
 Malformed models are made from real tiny ones: cut, overwritten, random, or edited with the
 schema's object API and re-packed. Each goes through ``edgeprune inspect``, ``bench`` and
 ``verify`` (an artifact whose model.tflite was replaced, with and without the manifest's hash
-fixed) and through ``edgeprune.tflite_check`` directly; hypothesis mutates bytes for both.
+fixed) and through ``edgeprune.device.tflite_check`` directly; hypothesis mutates bytes for both.
 """
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_harness_local import build_models
 
-import edgeprune._env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from edgeprune import tflite_check
+import edgeprune.base.env  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from edgeprune.base.errors import InputError
 from edgeprune.cli import main
-from edgeprune.errors import InputError
+from edgeprune.device import tflite_check
 
 FUZZ = settings(max_examples=50, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -256,7 +256,7 @@ def test_converter_output_passes(models, tmp_path):
 def test_buffers_stored_after_the_flatbuffer(models):
     """Models over 2 GB keep constant data after the flatbuffer (Buffer.offset/size): accepted
     while the data lies inside the file, refused once the file is cut before it."""
-    from edgeprune._env import tf
+    from edgeprune.base.env import tf
 
     converter = tf().lite.TFLiteConverter.from_keras_model(models["ref_model"])
     converter._experimental_use_buffer_offset = True
@@ -344,7 +344,7 @@ def test_second_check_of_the_same_bytes_is_free(models, monkeypatch):
 
 
 def test_evaluate_tflite_checks_paths_and_bytes(models, bad_files):
-    from edgeprune.harness.api import evaluate_tflite
+    from edgeprune.device.api import evaluate_tflite
 
     x = np.zeros((2, 8, 8, 1), np.float32)
     for source in (bad_files["tensor-index"], bad_files["tensor-index"].read_bytes()):
@@ -354,7 +354,7 @@ def test_evaluate_tflite_checks_paths_and_bytes(models, bad_files):
 
 
 def test_runner_probe_job(models):
-    from edgeprune.harness.jobs import RUNNER_PATH
+    from edgeprune.device.jobs import RUNNER_PATH
 
     job = json.dumps({"artifact": str(models["int8"]), "probe": True})
     proc = subprocess.run([sys.executable, str(RUNNER_PATH), job], capture_output=True, text=True, timeout=120)
@@ -487,7 +487,7 @@ def test_fuzz_npz_for_bench_and_verify(models, artifact, tmp_path, capsys):
         path = tmp_path / f"eval-{next(counter)}.npz"
         path.write_bytes(bad)
         code, _, err = _cli(capsys, "bench", models["f32"], "--runs", "1", "--warmup", "0", "--val-data", path)
-        if "internal error: TokenError" in err:  # edgeprune.datasets: numpy's header tokenizer error escapes
+        if "internal error: TokenError" in err:  # edgeprune.load.datasets: numpy's header tokenizer error escapes
             known.append(err.strip())
         elif code != 0:
             _one_error_line(code, err, [path])
@@ -501,4 +501,4 @@ def test_fuzz_npz_for_bench_and_verify(models, artifact, tmp_path, capsys):
     known: list[str] = []
     check()
     if known:
-        pytest.xfail(f"edgeprune.datasets lets tokenize.TokenError through for {len(known)} .npz header(s): {known[0]}")
+        pytest.xfail(f"edgeprune.load.datasets lets tokenize.TokenError through for {len(known)} .npz header(s): {known[0]}")

@@ -72,7 +72,7 @@ def test_verify_covers_the_reports_and_a_rerender_updates_them(artifact, tmp_pat
 
 def test_verify_reports_what_differs_when_outputs_change(artifact, tmp_path):
     """A sample whose recorded outputs no longer match (hash updated too): the comparison fails."""
-    from edgeprune.artifacts import sha256_bytes
+    from edgeprune.base.artifacts import sha256_bytes
 
     art = _copy(artifact, tmp_path / "a")
     with np.load(art / "reference_sample.npz", allow_pickle=False) as npz:
@@ -163,7 +163,7 @@ def test_unpack_refuses_garbage(tmp_path):
 
 
 def test_metadata_embedded_and_readable(artifact):
-    from edgeprune.metadata import read_metadata
+    from edgeprune.quantize.metadata import read_metadata
 
     model = (artifact / "model.tflite").read_bytes()
     meta = read_metadata(model)

@@ -1,6 +1,6 @@
 """The ``edgeprune`` command line: a Click group whose subcommands live one per module.
 
-Errors raised as :class:`edgeprune.errors.EdgepruneError` become one line on stderr and
+Errors raised as :class:`edgeprune.base.errors.EdgepruneError` become one line on stderr and
 the error's exit code (1 verification/budget/device/output, 2 bad input); Ctrl-C exits 130,
 SIGTERM 143 (both clean up: they raise through every ``finally``). Anything
 else is a bug in edgeprune or in a library below it: it is still one line (``internal error``,
@@ -12,9 +12,10 @@ import sys
 
 import click
 
-from edgeprune import __version__, _env
-from edgeprune.console import Output
-from edgeprune.errors import EdgepruneError
+from edgeprune import __version__
+from edgeprune.base import env as _env
+from edgeprune.base.console import Output
+from edgeprune.base.errors import EdgepruneError
 
 json_option = click.option(
     "--json", "json_mode", is_flag=True, help="Print one machine-readable JSON document on stdout."
@@ -29,7 +30,7 @@ input_shape_option = click.option(
 
 
 def _parse_input_range(ctx, param, value):
-    from edgeprune.datasets import parse_input_range
+    from edgeprune.load.datasets import parse_input_range
 
     return parse_input_range(value)
 
@@ -48,7 +49,7 @@ def model_code_options(func):
 
     One declaration and one help text (SECURITY.md's trust model in a sentence each), so the
     commands cannot drift apart. The command receives ``custom_objects`` (``str`` or None, the
-    file is checked and imported by :func:`edgeprune.model_io.load_custom_objects`, which names
+    file is checked and imported by :func:`edgeprune.load.model_io.load_custom_objects`, which names
     it in a one-line error) and ``unsafe`` (bool).
     """
     func = click.option(
@@ -76,7 +77,7 @@ def deprecated_aliases(*pairs: tuple):
     def decorate(func):
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
-            from edgeprune.errors import InputError
+            from edgeprune.base.errors import InputError
 
             for old, new, *_ in pairs:
                 value = kwargs.pop(f"alias_{key(old)}", None)
@@ -193,13 +194,13 @@ def _internal_error(exc: BaseException, argv: list[str] | None) -> None:
 
 
 def _raise_terminated(signum, frame) -> None:
-    from edgeprune.errors import Terminated
+    from edgeprune.base.errors import Terminated
 
     raise Terminated(signum)
 
 
 def raise_on_termination() -> None:
-    """SIGTERM and SIGHUP raise (edgeprune.errors.Terminated, a KeyboardInterrupt) so that every
+    """SIGTERM and SIGHUP raise (edgeprune.base.errors.Terminated, a KeyboardInterrupt) so that every
     ``finally`` and ``__exit__`` runs: the artifact temp dir and lock go, remote runs stop.
     A signal the parent set to ignored (nohup) stays ignored."""
     import signal
@@ -213,7 +214,7 @@ def _interrupted(exc: BaseException) -> None:
     """Ctrl-C exits 130; SIGTERM/SIGHUP (Terminated, maybe wrapped in click's Abort) 128 + signal."""
     import signal
 
-    from edgeprune.errors import Terminated
+    from edgeprune.base.errors import Terminated
 
     cause = exc if isinstance(exc, Terminated) else exc.__cause__ or exc.__context__
     if isinstance(cause, Terminated):
@@ -225,7 +226,7 @@ def _interrupted(exc: BaseException) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    from edgeprune.errors import known_fault
+    from edgeprune.base.errors import known_fault
 
     raise_on_termination()
     try:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
+from edgeprune.base.errors import EdgepruneError
 from edgeprune.cli import cli, deprecated_aliases, get_output, input_range_option, json_option
-from edgeprune.errors import EdgepruneError
 
 
 def _mb(kb):
@@ -188,8 +188,8 @@ def bench_command(ctx, artifact, target, hosts, fleet, threads, runs, warmup, mi
     edgeprune bench model.tflite --target rpi4-emulated --val-data val.npz --reference model.keras
     """
     out = get_output(ctx, json_mode)
-    from edgeprune.harness.api import bench
-    from edgeprune.harness.fleet import parse_threads
+    from edgeprune.device.api import bench
+    from edgeprune.device.fleet import parse_threads
 
     try:
         result = bench(artifact, target=target, hosts=hosts, threads=parse_threads(threads, "--threads"), runs=runs,

@@ -92,7 +92,7 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
     from --calibration images when no labels), --iterative-steps N; pruning during training with
     --gradual-sparsity or --sparsity-m-by-n 2:4 (tfmot); --qat for quantization-aware training.
     """
-    from edgeprune.compile import CompileOptions, run_compile
+    from edgeprune.pipelines.compile import CompileOptions, run_compile
 
     out = get_output(ctx, json_mode)
     if from_study:

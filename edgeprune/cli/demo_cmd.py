@@ -28,7 +28,7 @@ def demo_command(ctx: click.Context, output_dir: Path, target: str, seed: int, j
     """Train a small CNN on scikit-learn digits (saved as Keras 3), prune it to half its MACs
     with fine-tuning and distillation, compile dense and pruned to float32 and int8, then bench
     and verify all four on test digits no step saw (under a minute, offline)."""
-    from edgeprune.demo import run_demo
+    from edgeprune.pipelines.demo import run_demo
 
     out = get_output(ctx, json_mode)
     summary = run_demo(output_dir, target=target, seed=seed, output=out)

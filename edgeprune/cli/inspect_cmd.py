@@ -42,12 +42,12 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
     (here, or on a device with --host/--target through the bench runner), against the float model
     (RMSE over scale, cosine, SQNR), worst first.
     """
-    from edgeprune.errors import InputError
+    from edgeprune.base.errors import InputError
 
     out = get_output(ctx, json_mode)
     co = str(custom_objects) if custom_objects else None
     if quant_error:
-        from edgeprune.quant_error import quant_error as measure
+        from edgeprune.quantize.quant_error import quant_error as measure
 
         if calibration is None:
             also = "" if reference is not None else \
@@ -62,7 +62,7 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
         return
     if reference is not None or calibration is not None or host is not None or target is not None:
         raise InputError("--reference, --calibration, --target and --host are used with --quant-error")
-    from edgeprune.inspection import inspect
+    from edgeprune.quantize.inspection import inspect
 
     with out.progress(f"Inspecting {path}"):
         result = inspect(path, custom_objects=co, unsafe=unsafe)
@@ -77,9 +77,9 @@ def inspect_command(ctx: click.Context, path: Path, quant_error: bool, reference
 
 def _check_tflite_inputs(path: Path, reference: Path | None) -> None:
     """--quant-error runs the artifact and a .tflite reference in this process: check them first."""
-    from edgeprune.harness.artifact import resolve_artifact
-    from edgeprune.inspection import is_tflite
-    from edgeprune.tflite_check import check_untrusted_tflite
+    from edgeprune.device.artifact import resolve_artifact
+    from edgeprune.device.tflite_check import check_untrusted_tflite
+    from edgeprune.quantize.inspection import is_tflite
 
     art = resolve_artifact(path)
     check_untrusted_tflite(art, str(art))
@@ -90,7 +90,7 @@ def _check_tflite_inputs(path: Path, reference: Path | None) -> None:
 def _print_tflite(out, r: dict, top: int) -> None:
     """Ops and activation tensors for people: short tensor names (inspection.display_name; fused
     ops' names run to 255 characters), the full ones in --json."""
-    from edgeprune.inspection import display_name
+    from edgeprune.quantize.inspection import display_name
 
     out.table(f"{r['file']}: {r['bytes']:,} bytes, {r['macs']:,} MACs, arena {r['arena']['bytes']:,} bytes "
               f"({r['arena']['method']})",
@@ -123,7 +123,7 @@ def _print_keras(out, r: dict, top: int) -> None:
 def _print_quant_error(out, r: dict, top: int) -> None:
     """The ranking for people: short tensor names (inspection.display_name; --json has the full
     ones), the error as % of the tensor's float range, and the degenerate tensors apart."""
-    from edgeprune.inspection import display_name
+    from edgeprune.quantize.inspection import display_name
 
     ranked = [x for x in r["layers"] if x.get("rank") is not None]
     if r.get("reference_note"):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from edgeprune.base.errors import InputError
 from edgeprune.cli import (
     cli,
     deprecated_aliases,
@@ -13,7 +14,6 @@ from edgeprune.cli import (
     json_option,
     model_code_options,
 )
-from edgeprune.errors import InputError
 
 
 @cli.command("latency-table")
@@ -59,15 +59,15 @@ def latency_table_command(ctx, model, output, target, host, remote_python, ssh_o
         raise InputError(f"-o {output}: expected a .json file name")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")
-    from edgeprune.profiles import load_profile
+    from edgeprune.device.profiles import load_profile
 
     profile = load_profile(target) if target else None
     if profile is not None:
         threads = profile.threads if threads is None else threads
         round_to = profile.pruning.round_to if round_to is None else round_to
         min_channels = profile.pruning.min_channels if min_channels is None else min_channels
-    from edgeprune import model_io
-    from edgeprune.harness.device_timer import latency_table
+    from edgeprune.load import model_io
+    from edgeprune.pruning.device_timer import latency_table
 
     objects = model_io.load_custom_objects(custom_objects) if custom_objects else None
     remote = host is not None or (profile is not None and profile.connection.kind != "local")

@@ -17,7 +17,7 @@ from edgeprune.cli import cli, get_output, json_option
 @click.pass_context
 def pack_command(ctx: click.Context, directory: Path, output: Path, force: bool, json_mode: bool) -> None:
     """Bundle an artifact directory: model, manifest, labels, reports and the reference sample."""
-    from edgeprune.bundle import pack
+    from edgeprune.ship.bundle import pack
 
     out = get_output(ctx, json_mode)
     result = pack(directory, output, force=force)
@@ -36,7 +36,7 @@ def pack_command(ctx: click.Context, directory: Path, output: Path, force: bool,
 def unpack_command(ctx: click.Context, bundle: Path, output: Path, force: bool, json_mode: bool) -> None:
     """Extract a bundle into DIR. Absolute paths, '..', links and device files are refused (exit 2)
     before anything is written; DIR appears whole or not at all. Then run `edgeprune verify DIR`."""
-    from edgeprune.bundle import unpack
+    from edgeprune.ship.bundle import unpack
 
     out = get_output(ctx, json_mode)
     result = unpack(bundle, output, force=force)

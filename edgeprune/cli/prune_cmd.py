@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from edgeprune.base.errors import InputError
 from edgeprune.cli import (
     cli,
     deprecated_aliases,
@@ -13,8 +14,7 @@ from edgeprune.cli import (
     json_option,
     model_code_options,
 )
-from edgeprune.errors import InputError
-from edgeprune.prune_pipeline import CRITERIA, LATENCY_OBJECTIVES
+from edgeprune.pipelines.prune import CRITERIA, LATENCY_OBJECTIVES
 from edgeprune.training.options import training_options
 
 
@@ -115,7 +115,7 @@ def prune_command(ctx, model, ratio, target_macs, target_latency, latency_table,
     --iterative-steps N: prune and fine-tune in N steps). QAT and the accuracy gate measure a
     quantized .tflite, so they belong to `edgeprune compile`.
     """
-    from edgeprune.prune_pipeline import prune
+    from edgeprune.pipelines.prune import prune
 
     out = get_output(ctx, json_mode)
     result = prune(model, output, ratio=ratio, target_macs=target_macs, target_latency=target_latency,

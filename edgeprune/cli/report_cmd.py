@@ -18,7 +18,7 @@ from edgeprune.cli import cli, get_output, json_option
 @click.pass_context
 def report_command(ctx: click.Context, directory: Path, bench, search, json_mode: bool) -> None:
     """Write DIR/report.html (self-contained, plots embedded) and DIR/report.md (+ report_files/)."""
-    from edgeprune.report import render_report
+    from edgeprune.ship.report import render_report
 
     out = get_output(ctx, json_mode)
     with out.progress("Rendering the report"):

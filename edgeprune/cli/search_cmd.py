@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
+from edgeprune.base.errors import BudgetError
 from edgeprune.cli import cli, get_output, json_option, model_code_options
-from edgeprune.errors import BudgetError
 from edgeprune.pruning.criteria import CRITERIA
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from edgeprune.cli import cli, get_output, json_option
-from edgeprune.profiles import list_profiles, load_profile
+from edgeprune.device.profiles import list_profiles, load_profile
 
 
 @cli.group()
@@ -56,7 +56,7 @@ def targets_emulate(ctx: click.Context, name: str, directory, rebuild: bool, mir
     rpi4-emulated` runs the artifact on the aarch64 LiteRT build over SSH, as on a real Pi.
     """
     out = get_output(ctx, json_mode)
-    from edgeprune.harness.emulated import prepare
+    from edgeprune.device.emulated import prepare
 
     facts = prepare(name, directory, rebuild=rebuild, mirror=mirror, output=out)
     out.emit_json(facts)

@@ -15,7 +15,7 @@ from edgeprune.cli import cli, get_output, json_option
 def verify_command(ctx: click.Context, path: Path, json_mode: bool) -> None:
     """Check an artifact directory or bundle: every sha256 in its manifest, that the artifact loads,
     and that it reproduces the outputs recorded for its reference sample. Exit 1 with what differs."""
-    from edgeprune.verification import verify
+    from edgeprune.ship.verification import verify
 
     out = get_output(ctx, json_mode)
     with out.progress(f"Verifying {path}"):

@@ -9,7 +9,7 @@ import ``edgeprune.pruning.criteria`` without numpy or TensorFlow.
 """
 import importlib
 
-_EXPORTS = {"PruneResult": "api", "prune": "api", "prune_model": "api", "CRITERIA": "criteria",
+_EXPORTS = {"PruneResult": "api", "prune_model": "api", "CRITERIA": "criteria",
             "LayerRule": "rules", "register_rule": "rules"}
 __all__ = sorted(_EXPORTS)
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
 from edgeprune.pruning import macs as macs_mod
 from edgeprune.pruning import rules
 from edgeprune.pruning.groups import GroupSet

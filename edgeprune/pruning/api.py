@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
+from edgeprune.load.graph import trace
 from edgeprune.pruning import macs as macs_mod
 from edgeprune.pruning.allocation import Allocator, check_ratio, solve_target_macs
-from edgeprune.pruning.graph import trace
 from edgeprune.pruning.groups import build_groups
 from edgeprune.pruning.importance import get_criterion
 from edgeprune.pruning.latency_allocation import LatencyAllocator
@@ -111,7 +111,7 @@ def prune_model(model, *, ratio=None, target_macs=None, criterion=None, protect=
 
 def table_for_graph(graph, gs, source, round_to, min_channels, threads, quant, progress, timer=None):
     """The table for ``graph``: given, loaded from a path and completed, or measured now
-    (by ``timer``: default this process; ``edgeprune.harness.device_timer`` for a device)."""
+    (by ``timer``: default this process; ``edgeprune.pruning.device_timer`` for a device)."""
     from edgeprune.pruning.latency import (
         LatencyTable,
         check_compatible,
@@ -181,13 +181,6 @@ def _report(graph, new, gs, keep, criterion, ratio, target_macs, used_ratio, not
     return report
 
 
-def prune(model_path, output_path, **options) -> PruneResult:
-    """``edgeprune prune`` as a function; see :func:`edgeprune.prune_pipeline.prune`."""
-    from edgeprune.prune_pipeline import prune as prune_file
-
-    return prune_file(model_path, output_path, **options)
-
-
 def latency_table(model_path, output_path=None, *, threads=1, quantization="float32", round_to=1,
                   min_channels=1, custom_objects=None, safe_mode=True, progress=None, input_shape=None,
                   timer=None) -> dict:
@@ -197,15 +190,15 @@ def latency_table(model_path, output_path=None, *, threads=1, quantization="floa
     an earlier run on this machine. Returns a summary: layers timed, points measured, seconds,
     and the summed latency of the unpruned layers.
     ``timer``: where the layers are timed (default: this process); see
-    :func:`edgeprune.harness.device_timer.device_timer` for a device over SSH.
+    :func:`edgeprune.pruning.device_timer.device_timer` for a device over SSH.
     """
-    from edgeprune import model_io
+    from edgeprune.load import model_io
     from edgeprune.pruning.latency import layer_channels, signature
 
     if int(round_to) < 1 or int(min_channels) < 1:
         raise InputError("round_to and min_channels must be >= 1")
-    from edgeprune.model_io.savedmodel import require_keras
-    from edgeprune.shapes import with_input_shape
+    from edgeprune.load.model_io.savedmodel import require_keras
+    from edgeprune.load.shapes import with_input_shape
 
     loaded = model_io.load_model(Path(model_path), custom_objects=custom_objects, safe_mode=safe_mode)
     require_keras(loaded.model, "a latency table", model_path)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
+from edgeprune.load.graph import LayerGraph
 from edgeprune.pruning import rules
-from edgeprune.pruning.graph import LayerGraph
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
 from edgeprune.pruning import rules
 from edgeprune.pruning.criteria import CRITERIA
 from edgeprune.pruning.groups import GroupSet
@@ -192,7 +192,7 @@ class Taylor(Criterion):
     needs_data = True
 
     def members(self, gs, data=None, labels=None):
-        from edgeprune._env import keras_of, tf
+        from edgeprune.base.env import keras_of, tf
 
         taps = _group_taps(gs)
         if not taps:
@@ -252,7 +252,7 @@ class ActivationStat(Criterion):
         return _group_taps(gs)
 
     def members(self, gs, data=None, labels=None):
-        from edgeprune._env import keras_of
+        from edgeprune.base.env import keras_of
 
         taps = self._taps(gs)
         if not taps:

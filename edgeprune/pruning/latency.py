@@ -13,7 +13,7 @@ with the target's thread count. Layers with the same signature (class, input siz
 strides, ...) share their entries, and a table saved to JSON is reused and extended.
 
 Building needs TensorFlow and happens here; timing needs only numpy and a runtime, so
-``LayerTimer.time_blobs`` can be replaced: ``edgeprune.harness.device_timer`` sends the
+``LayerTimer.time_blobs`` can be replaced: ``edgeprune.pruning.device_timer`` sends the
 .tflite files to a device over SSH and the runner times them there.
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
+from edgeprune.load.graph import LayerGraph
 from edgeprune.pruning import rules
-from edgeprune.pruning.graph import LayerGraph
 
 FORMAT = "edgeprune-latency-table/1"
 # config keys that change a layer's cost but not its channel counts
@@ -93,7 +93,7 @@ class LatencyTable:
         return {"format": FORMAT, "meta": self.meta, "entries": self.entries}
 
     def save(self, path: Path) -> None:
-        from edgeprune.artifacts import write_json
+        from edgeprune.base.artifacts import write_json
 
         write_json(Path(path), self.to_json())
 
@@ -144,7 +144,7 @@ def grid_points(full: int, variable: bool, step: int, minimum: int) -> list[int]
 
 def runtime_meta(threads: int, quant: str) -> dict:
     """What a table is only valid for: runtime, threads, quantization, CPU."""
-    from edgeprune.harness.runner import cpu_model, find_runtime
+    from edgeprune.device.runner import cpu_model, find_runtime
 
     name, version, _ = find_runtime()
     return {"runtime": f"{name} {version}", "threads": int(threads), "quantization": quant,
@@ -185,7 +185,7 @@ class LayerTimer:
         return K.Model(x, layer(x))
 
     def convert(self, model) -> bytes:
-        from edgeprune._env import keras_of, quiet_native, tf
+        from edgeprune.base.env import keras_of, quiet_native, tf
 
         t = tf()
         with quiet_native():
@@ -219,14 +219,14 @@ class LayerTimer:
 
     def blob(self, node, graph, cin: int, cout: int) -> bytes:
         """The single-layer .tflite model of one grid point (built and converted here)."""
-        from edgeprune._env import keras_of
+        from edgeprune.base.env import keras_of
 
         return self.convert(self._build(node, graph.tensors[node.inputs[0]], cin, cout, keras_of(graph.model)))
 
     def time_blobs(self, blobs: list[bytes], progress=None) -> list[float | str]:
         """Microseconds per invoke of each model (or an error line), in this process."""
-        from edgeprune._env import quiet_native
-        from edgeprune.harness import runner
+        from edgeprune.base.env import quiet_native
+        from edgeprune.device import runner
 
         _, _, Interpreter = runner.find_runtime()
         times = []

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
 from edgeprune.pruning import macs as macs_mod
 from edgeprune.pruning.allocation import Allocator
 from edgeprune.pruning.latency import LatencyTable, signature

@@ -6,8 +6,8 @@ against ``model.count_params()``.
 """
 from __future__ import annotations
 
+from edgeprune.load.graph import LayerGraph
 from edgeprune.pruning import rules
-from edgeprune.pruning.graph import LayerGraph
 
 
 def layer_macs(node, g: LayerGraph, counts: dict) -> int:
@@ -37,7 +37,7 @@ def summarize(g: LayerGraph) -> dict:
 
 def count(model) -> dict:
     """Totals and per-layer numbers of a Keras model: {"macs", "params", "layers": {...}}."""
-    from edgeprune.pruning.graph import trace
+    from edgeprune.load.graph import trace
 
     g = trace(model)
     per = summarize(g)

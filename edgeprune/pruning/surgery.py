@@ -11,8 +11,8 @@ import copy
 
 import numpy as np
 
+from edgeprune.load.graph import model_from_neutral, model_layers
 from edgeprune.pruning import rules
-from edgeprune.pruning.graph import model_from_neutral, model_layers
 from edgeprune.pruning.groups import GroupSet
 
 

@@ -1,7 +1,7 @@
 """One search trial = one run of compile's own pipeline, then measurements of its artifact.
 
-A trial's settings become :class:`edgeprune.compile.CompileOptions` and go through
-:func:`edgeprune.compile.run_compile`: prune, recover (fine-tune / distil), convert, check
+A trial's settings become :class:`edgeprune.pipelines.compile.CompileOptions` and go through
+:func:`edgeprune.pipelines.compile.run_compile`: prune, recover (fine-tune / distil), convert, check
 the budgets (model bytes, arena bytes, the TFLM interpreter for ``runtime: tflm``) and the
 accuracy gate. There is no second budget checker here: a candidate compile rejects is kept
 as ``DIR.rejected`` and its checks are read back from its report. Accuracy is measured on
@@ -17,8 +17,8 @@ import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgeprune.console import Output
-from edgeprune.errors import BudgetError, InputError, VerificationError
+from edgeprune.base.console import Output
+from edgeprune.base.errors import BudgetError, InputError, VerificationError
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Base:
 
 def compile_options(base: Base, choice, stages, *, study: dict | None = None):
     """The CompileOptions of one trial: exactly what ``compile --from-study`` rebuilds."""
-    from edgeprune.compile import CompileOptions
+    from edgeprune.pipelines.compile import CompileOptions
     from edgeprune.training.options import TrainingOptions
 
     per_layer = choice.per_layer(stages) or None
@@ -101,9 +101,9 @@ def run_trial(base: Base, choice, stages, out_dir: Path, *, eval_data, latency, 
 
     ``recovery_hooks``: ``hook(epoch, logs)`` functions called after every recovery epoch (the
     search's pruner: an exception they raise ends the trial and propagates)."""
-    from edgeprune.artifacts import rejected_path
-    from edgeprune.compile import run_compile
-    from edgeprune.harness.api import evaluate_tflite
+    from edgeprune.base.artifacts import rejected_path
+    from edgeprune.device.api import evaluate_tflite
+    from edgeprune.pipelines.compile import run_compile
 
     options = compile_options(base, choice, stages)
     options.recovery_hooks = tuple(recovery_hooks)
@@ -160,7 +160,7 @@ class Latency:
         self.budget = profile.budgets.max_latency_ms
         self.table = self.graph = None
         if table is not None:
-            from edgeprune.pruning.graph import trace
+            from edgeprune.load.graph import trace
             from edgeprune.pruning.latency import LatencyTable
 
             self.table = LatencyTable.load(Path(table))
@@ -172,8 +172,8 @@ class Latency:
 
     def measure(self, tflite) -> tuple[float, str]:
         """(p50 ms of the slowest device, device labels) from ``edgeprune bench``."""
-        from edgeprune.harness.api import bench
-        from edgeprune.harness.verify import best_latency
+        from edgeprune.device.api import bench
+        from edgeprune.device.verify import best_latency
 
         try:
             result = bench(str(tflite), target=self.target, hosts=self.hosts, fleet=self.fleet,

@@ -14,8 +14,8 @@ import time
 import warnings
 from pathlib import Path
 
-from edgeprune.console import Output, default_output
-from edgeprune.errors import DeviceError, EdgepruneError, InputError
+from edgeprune.base.console import Output, default_output
+from edgeprune.base.errors import DeviceError, EdgepruneError, InputError
 from edgeprune.search import study as st
 from edgeprune.search.pipeline import Base, Latency, run_trial, worker_label
 from edgeprune.search.space import Space, SpaceConfig, find_stages, load_space
@@ -56,7 +56,7 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
     """Search pruning, rounding, quantization and recovery settings; return the study's results.
 
     ``space``: a :class:`SpaceConfig`, a dict or a YAML path (None: defaults). Each trial is
-    compiled by :func:`edgeprune.compile.run_compile` into ``output_dir/trials/``; the study
+    compiled by :func:`edgeprune.pipelines.compile.run_compile` into ``output_dir/trials/``; the study
     (default ``sqlite:///OUTPUT/study.db``) keeps params, metrics, the artifact sha256 and the
     device of every trial. With ``worker`` the process only runs trials (several may share a
     study, on several machines); otherwise it also measures the final Pareto candidates on
@@ -71,10 +71,10 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
     """
     import optuna
 
-    from edgeprune import metrics
-    from edgeprune.datasets import input_range, load_arrays
-    from edgeprune.model_io import load_model
-    from edgeprune.profiles import load_profile
+    from edgeprune.device import metrics
+    from edgeprune.device.profiles import load_profile
+    from edgeprune.load.datasets import input_range, load_arrays
+    from edgeprune.load.model_io import load_model
 
     out = output or default_output()
     if sampler not in st.SAMPLERS:
@@ -254,8 +254,8 @@ def search(model_path, *, val_data: str, target: str = "x86-64", space=None, sam
     for r in trial_rows:
         r["latency_measured"] = measured.get(f"measured:{r['number']}")
     result.update({"trials": trial_rows, "best": best, "pareto": [r["number"] for r in front]})
-    from edgeprune.artifacts import write_json
-    from edgeprune.search.results import plot_pareto
+    from edgeprune.base.artifacts import write_json
+    from edgeprune.ship.report.pareto import plot_pareto
 
     result["plot"] = str(plot_pareto(trial_rows, front, best, stored, out_dir / "pareto.png"))
     write_json(out_dir / "results.json", result)
@@ -391,7 +391,7 @@ def _twin(study, number: int, params: dict):
 
 def _measure_front(study, front, profile, target, hosts, fleet, runs, out) -> None:
     """Measure the Pareto candidates' artifacts on the device: a table only predicts."""
-    from edgeprune.artifacts import sha256_bytes
+    from edgeprune.base.artifacts import sha256_bytes
 
     meter = Latency(profile, target, hosts=hosts, fleet=fleet, runs=runs)
     with out.progress("Measuring the Pareto candidates on the device", total=len(front)) as bar:
@@ -414,7 +414,7 @@ def _measure_front(study, front, profile, target, hosts, fleet, runs, out) -> No
 
 def _enqueue_prior(study, sp: Space, sensitivity_path: str, out) -> None:
     """Seed the study with the sensitivity allocations (AIMET-style greedy) as first trials."""
-    from edgeprune.search.sensitivity import allocations_from_file
+    from edgeprune.pruning.sensitivity_allocation import allocations_from_file
 
     if not sp.config.per_stage:
         out.warn("--sensitivity needs per_stage: true in the search space; prior not used")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
 
 
 def options_from_study(storage: str, study_name: str, pick: str = "best", *, model=None,
@@ -70,7 +70,7 @@ def _check_study_model(path: Path, shown: str, searched: str, searched_sha256: s
     """InputError unless ``path`` holds the bytes the study searched (a trial's per-layer ratios
     and its numbers belong to those weights). The message says which of two things happened:
     the file the study searched was changed since, or a different file was given."""
-    from edgeprune.model_io import model_sha256
+    from edgeprune.load.model_io import model_sha256
 
     now = model_sha256(path)  # a SavedModel: its graph and its variables
     if now == searched_sha256:
@@ -86,8 +86,8 @@ def _check_study_model(path: Path, shown: str, searched: str, searched_sha256: s
 def compile_from_study(storage: str, study_name: str, output_dir, *, pick: str = "best", model=None,
                        force: bool = False, output=None):
     """Python API of ``compile --from-study``: a CompileResult whose manifest records the trial."""
-    from edgeprune.compile import run_compile
-    from edgeprune.console import default_output
+    from edgeprune.base.console import default_output
+    from edgeprune.pipelines.compile import run_compile
 
     out = output or default_output()
     model_path, options, row = options_from_study(storage, study_name, pick, model=model)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
 
 PARAM_STAGE = "stage:"  # Optuna parameter name prefix of a per-stage ratio
 
@@ -88,7 +88,7 @@ class SpaceConfig(BaseModel):
 
 def load_space(path) -> SpaceConfig:
     """A ``--space`` YAML file, validated; errors name the file and the field."""
-    from edgeprune.yamlfile import read_yaml
+    from edgeprune.base.yamlfile import read_yaml
 
     data = read_yaml(path, f"--space {path}")
     if data is None:
@@ -117,7 +117,7 @@ class Stage:
 
 def find_stages(model, protect=()) -> list[Stage]:
     """Stages of a tf_keras model from its dependency graph (edgeprune.pruning)."""
-    from edgeprune.pruning.graph import trace
+    from edgeprune.load.graph import trace
     from edgeprune.pruning.groups import build_groups
 
     graph = trace(model)

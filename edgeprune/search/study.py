@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 
-from edgeprune.errors import BudgetError, InputError
+from edgeprune.base.errors import BudgetError, InputError
 
 SAMPLERS = ("grid", "random", "tpe", "bayes", "nsga2")  # bayes: the old name of tpe
 PRUNERS = ("auto", "none", "median", "halving", "hyperband")

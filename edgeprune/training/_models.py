@@ -4,12 +4,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
 
 
 def as_functional(model):
     """A functional view of ``model`` (Sequential models are re-wrapped, weights shared)."""
-    from edgeprune._env import is_keras3_model, keras_of
+    from edgeprune.base.env import is_keras3_model, keras_of
 
     keras = keras_of(model)
     if isinstance(model, keras.Sequential):
@@ -32,7 +32,7 @@ def copy_model(model, *, scope=None):
     """A fresh clone of ``model`` with the same weights, built inside ``scope`` if given."""
     from contextlib import nullcontext
 
-    from edgeprune._env import keras_of
+    from edgeprune.base.env import keras_of
 
     model = as_functional(model)
     keras = keras_of(model)
@@ -43,12 +43,12 @@ def copy_model(model, *, scope=None):
 
 
 def rebuild(config: dict, source_model, weights_for: Callable[[str], list | None] | None = None):
-    """Build a functional model from a neutral ``config`` (:func:`edgeprune.pruning.graph.neutral_config`)
+    """Build a functional model from a neutral ``config`` (:func:`edgeprune.load.graph.neutral_config`)
     in ``source_model``'s flavour and copy weights by layer name from ``source_model``.
 
     ``weights_for(name)`` may return replacement weights for a layer (e.g. folded kernels).
     """
-    from edgeprune.pruning.graph import model_from_neutral
+    from edgeprune.load.graph import model_from_neutral
 
     new = model_from_neutral(config, source_model)
     by_name = {layer.name: layer for layer in source_model.layers}
@@ -144,7 +144,7 @@ def logits_model(model, *, all_outputs: bool = False):
     soft = [layer for _, layer in heads if layer_is_softmax(layer)]
     if not soft:
         return None
-    from edgeprune.pruning.graph import neutral_config
+    from edgeprune.load.graph import neutral_config
 
     config = neutral_config(model)
     for layer in soft:

@@ -1,6 +1,6 @@
 """Conversion and interpreter evaluation, through the project's modules when they exist.
 
-edgeprune.convert / edgeprune.harness do the work; this module only adds the EXPERIMENTAL_SPARSITY conversion the
+edgeprune.quantize.convert / edgeprune.device do the work; this module only adds the EXPERIMENTAL_SPARSITY conversion the
 gradual-pruning report measures.
 """
 from __future__ import annotations
@@ -11,10 +11,10 @@ import numpy as np
 def to_tflite(model, quantization: str = "float32", *, representative=None, sparsity: bool = False) -> bytes:
     """Convert ``model`` (float32 / int8 / dynamic); ``sparsity`` adds EXPERIMENTAL_SPARSITY."""
     if not sparsity:
-        from edgeprune.convert import convert
+        from edgeprune.quantize.convert import convert
 
         return convert(model, quantization, representative=representative)
-    from edgeprune._env import tf
+    from edgeprune.base.env import tf
 
     tf_ = tf()
     converter = tf_.lite.TFLiteConverter.from_keras_model(model)
@@ -36,10 +36,10 @@ def to_tflite(model, quantization: str = "float32", *, representative=None, spar
 
 def interpreter(tflite_bytes: bytes, threads: int = 1):
     """An interpreter for ``to_tflite``'s own output (trusted bytes: a user's file goes through
-    edgeprune.tflite_check.check_untrusted_tflite first)."""
+    edgeprune.device.tflite_check.check_untrusted_tflite first)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgeprune._env import quiet_native
+    from edgeprune.base.env import quiet_native
 
     with quiet_native():
         return Interpreter(model_content=tflite_bytes, num_threads=threads)

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.console import Output, default_output
-from edgeprune.errors import InputError
+from edgeprune.base.console import Output, default_output
+from edgeprune.base.errors import InputError
 from edgeprune.training.data import Split, TrainingData
 
 
@@ -230,7 +230,7 @@ def _recalibrated(model, x, log: list):
 
     if not any(type(layer).__name__ == "BatchNormalization" for layer in model.layers):
         return model
-    from edgeprune.datasets import take
+    from edgeprune.load.datasets import take
 
     model = copy_model(model)
     log.append(recalibrate_batchnorm(model, take(x, slice(0, 1024))))

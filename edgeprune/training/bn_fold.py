@@ -60,7 +60,7 @@ def _why_not(bn, producer, readers) -> str | None:
 
 def fold_batchnorm(model):
     """Return ``(folded_model, report)``; report lists folded pairs and BNs left in place (with why)."""
-    from edgeprune.pruning.graph import neutral_config
+    from edgeprune.load.graph import neutral_config
     from edgeprune.training._models import as_functional, consumers, rebuild, replace_refs
 
     model = as_functional(model)

@@ -15,12 +15,12 @@ def recalibrate_batchnorm(model, x: np.ndarray, *, batch_size: int = 128) -> dic
 
     Modifies ``model`` in place; returns ``{"layers": [names], "samples": n}``.
     """
-    from edgeprune._env import keras_of
+    from edgeprune.base.env import keras_of
     from edgeprune.training._models import as_functional
 
     model = as_functional(model)
     keras = keras_of(model)
-    from edgeprune.datasets import count
+    from edgeprune.load.datasets import count
 
     x = {k: np.asarray(v, np.float32) for k, v in x.items()} if isinstance(x, dict) else np.asarray(x, np.float32)
     done = []

@@ -1,6 +1,6 @@
 """Training, validation and gate data: split, and check labels against the model first.
 
-Loading is :func:`edgeprune.datasets.load_arrays` (the one loader: ``.npz``, class-folder image
+Loading is :func:`edgeprune.load.datasets.load_arrays` (the one loader: ``.npz``, class-folder image
 directories, ``module:function`` returning arrays, pairs or a ``tf.data.Dataset``). This module
 splits the data three ways and reads which kind of labels each output has, before any training
 starts, so a bad label file fails in a second rather than after an epoch:
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeprune.datasets import count, load_arrays, signature, take
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
+from edgeprune.load.datasets import count, load_arrays, signature, take
 
 
 @dataclass
@@ -58,7 +58,7 @@ def split(data: Split, fraction: float, seed: int = 0, flag: str = "--val-split"
 
 
 def _task(y, width: int, what: str) -> str:
-    from edgeprune.metrics import label_kind
+    from edgeprune.device.metrics import label_kind
 
     return label_kind(y, width, what)
 
@@ -71,7 +71,7 @@ def check_against_model(data: Split, model, flag: str = "--train-data"):
     found): wrong x shape, NaN/inf, label count mismatch, non-integer class labels, labels
     outside the model's output units, one-hot width mismatch.
     """
-    from edgeprune.datasets import check_arrays
+    from edgeprune.load.datasets import check_arrays
 
     inputs, outputs = signature(model)
     where = f"{flag} {data.source}"
@@ -142,7 +142,7 @@ def resolve(options, model, *, calibration=None, preprocessing=None, gate: bool 
         return TrainingData(None, None, "unlabelled", gate, gate_source) if gate is not None else None
     task = check_against_model(train, model, "--train-data")
     if task == "unlabelled" and options.train_data and not options.distill and options.finetune_epochs > 0:
-        from edgeprune.console import default_output
+        from edgeprune.base.console import default_output
 
         (output or default_output()).warn(
             f"--train-data {options.train_data} has no labels: recovery distils the unpruned model's outputs "

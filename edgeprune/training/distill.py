@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeprune.console import Output, default_output
-from edgeprune.errors import InputError
+from edgeprune.base.console import Output, default_output
+from edgeprune.base.errors import InputError
 from edgeprune.training.finetune import FitSettings, fit_compiled, make_optimizer, strategy
 
 _EPS = 1e-7
@@ -47,7 +47,7 @@ def schedule_values(epoch: int, epochs: int, *, temperature: float, alpha: float
 
 def _weight_is_zero(alpha) -> bool:
     """A fixed alpha of 0 (skip the hard term); a scheduled alpha (a variable) is never skipped."""
-    from edgeprune._env import tf
+    from edgeprune.base.env import tf
 
     return not tf().is_tensor(alpha) and alpha == 0.0
 
@@ -56,7 +56,7 @@ def distillation_loss(student_logits, teacher_logits, y=None, *, temperature=4.0
     """The distillation loss for one batch (a scalar tensor); y None -> teacher term only.
 
     ``temperature`` and ``alpha`` are numbers or scalar variables (an annealing schedule)."""
-    from edgeprune._env import tf
+    from edgeprune.base.env import tf
 
     tf_ = tf()
     t = tf_.cast(temperature, student_logits.dtype) if tf_.is_tensor(temperature) else float(temperature)
@@ -77,7 +77,7 @@ def distillation_loss(student_logits, teacher_logits, y=None, *, temperature=4.0
 def teacher_logits_model(teacher, sample: np.ndarray):
     """(model, mode): a logits model and mode 'logits' (split at softmax / already logits) or
     'log-probs' (outputs look like probabilities: use log p)."""
-    from edgeprune._env import is_keras3_model, keras_of
+    from edgeprune.base.env import is_keras3_model, keras_of
     from edgeprune.training._models import as_functional, logits_model
 
     split = logits_model(teacher)
@@ -95,7 +95,7 @@ def teacher_logits_model(teacher, sample: np.ndarray):
 
 def _distiller_class(keras):
     """The Distiller model class for ``keras`` (the student's Keras: Keras 3 or tf_keras)."""
-    from edgeprune._env import tf
+    from edgeprune.base.env import tf
 
     tf_ = tf()
 
@@ -220,7 +220,7 @@ def distill(student, teacher, train, val=None, *, task: str, temperature: float 
     """
     from functools import partial
 
-    from edgeprune._env import keras_of
+    from edgeprune.base.env import keras_of
     from edgeprune.training._models import as_functional, copy_model, logits_model
 
     values = partial(schedule_values, temperature=temperature, alpha=alpha, schedule=schedule, alpha_end=alpha_end)
@@ -286,7 +286,7 @@ def _distill_heads(student, teacher, train, val, *, task: dict, temperature, alp
     with strat.scope():
         student_logits = logits_model(student, all_outputs=True) or copy_model(student)
         teacher_logits = logits_model(teacher, all_outputs=True) or copy_model(teacher)
-        from edgeprune._env import keras_of
+        from edgeprune.base.env import keras_of
 
         keras = keras_of(student_logits)
         distiller = _distiller_class(keras)(student_logits, teacher_logits, temperature, alpha, "sparse", labelled,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeprune.console import Output, default_output
+from edgeprune.base.console import Output, default_output
 from edgeprune.training.schedules import (  # noqa: F401  (re-exported: the names training code uses)
     COSINE_FLOOR,
     LR_SCHEDULES,
@@ -71,7 +71,7 @@ class FitSettings:
 
 def strategy():
     """MirroredStrategy when more than one GPU is visible, else the default strategy."""
-    from edgeprune._env import tf
+    from edgeprune.base.env import tf
 
     tf_ = tf()
     if len(tf_.config.list_logical_devices("GPU")) > 1:
@@ -83,7 +83,7 @@ def _keras(keras):
     """The Keras module to build training objects with (the model's own; tf_keras by default)."""
     if keras is not None:
         return keras
-    from edgeprune._env import tf_keras
+    from edgeprune.base.env import tf_keras
 
     return tf_keras()
 
@@ -91,7 +91,7 @@ def _keras(keras):
 def loss_for(task: str, from_logits: bool, keras=None):
     """Keras loss and accuracy metric for a label kind from :func:`data.check_against_model`.
 
-    ``keras`` is the model's Keras module (``edgeprune._env.keras_of(model)``): Keras 3 models
+    ``keras`` is the model's Keras module (``edgeprune.base.env.keras_of(model)``): Keras 3 models
     train with Keras 3 losses and optimizers, tf_keras models with tf_keras ones.
     """
     keras = _keras(keras)
@@ -142,7 +142,7 @@ def compile_args(model, task, keras=None) -> tuple:
             continue
         losses[name], metrics[name] = loss_for(task[name], layer_gives_logits(layer), keras)
     if not losses:
-        from edgeprune.errors import InputError
+        from edgeprune.base.errors import InputError
 
         raise InputError("fine-tuning a model with several outputs needs labels for at least one (y_<output>)")
     return losses, metrics, list(losses)
@@ -183,7 +183,7 @@ def learning_rate_schedule(settings: FitSettings, steps_per_epoch: int, keras=No
     if settings.lr_schedule == "rewind":
         problem = rewind_problem(settings.original_epochs, settings.epochs)
         if problem:
-            from edgeprune.errors import InputError
+            from edgeprune.base.errors import InputError
 
             raise InputError(problem)
         skipped = (settings.original_epochs - settings.epochs) * steps_per_epoch
@@ -210,7 +210,7 @@ def _warmup_cosine_class(keras):
     Keras' CosineDecay has a warm-up but cannot start part-way down the cosine (rewinding), so
     both schedules that need either are this one class.
     """
-    from edgeprune._env import tf
+    from edgeprune.base.env import tf
 
     tf_ = tf()
 
@@ -325,7 +325,7 @@ def _hook_callback(hooks, keras):
 
 def fit_compiled(model, train, val, settings: FitSettings, *, monitor_acc: bool, output: Output) -> dict:
     """``model.fit`` with the standard callbacks on already-compiled ``model``; returns history."""
-    from edgeprune._env import keras_of, tf
+    from edgeprune.base.env import keras_of, tf
 
     tf().random.set_seed(settings.seed)
     x, y = train.x, train.y
@@ -366,7 +366,7 @@ def finetune(model, train, val=None, *, task: str, settings: FitSettings | None 
     The returned model is a plain (uncompiled, default-strategy) copy holding the best
     weights seen on the validation data.
     """
-    from edgeprune._env import keras_of
+    from edgeprune.base.env import keras_of
     from edgeprune.training._models import copy_model
 
     settings = settings or FitSettings()

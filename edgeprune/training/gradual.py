@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from edgeprune.console import Output, default_output
-from edgeprune.errors import InputError
+from edgeprune.base.console import Output, default_output
+from edgeprune.base.errors import InputError
 from edgeprune.training.finetune import (
     FitSettings,
     fit_compiled,
@@ -45,8 +45,8 @@ def wrap_for_pruning(model, *, sparsity: float | None, schedule: str = "polynomi
     """
     import tensorflow_model_optimization as tfmot
 
-    from edgeprune._env import tf_keras
-    from edgeprune.model_io import to_tf_keras
+    from edgeprune.base.env import tf_keras
+    from edgeprune.load.model_io import to_tf_keras
     from edgeprune.training._models import as_functional
 
     keras = tf_keras()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from edgeprune.console import Output, default_output
-from edgeprune.errors import InputError
+from edgeprune.base.console import Output, default_output
+from edgeprune.base.errors import InputError
 
 
 def step_targets(steps: int, *, ratio: float | None = None, target_macs: float | None = None,

@@ -1,16 +1,18 @@
 """Training settings (``TrainingOptions``) and the Click decorator that exposes them as flags.
 
-Precedence: built-in defaults < ``--recipe`` YAML file < flags given on the command line.
+Precedence: built-in defaults < ``--recipe`` YAML file (``load_recipe``: the training flags written
+down once, checked strictly) < flags given on the command line.
 """
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Literal
 
 import click
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgeprune.errors import InputError
+from edgeprune.base.errors import InputError
 from edgeprune.training.schedules import LR_SCHEDULES, ONE_CYCLE_WARMUP, rewind_problem
 
 
@@ -194,8 +196,6 @@ def training_options(func):
 
 def merge_options(recipe_path: str | None, flags: dict) -> TrainingOptions:
     """Defaults, then the recipe file, then the flags; invalid values -> InputError."""
-    from edgeprune.training.recipe import load_recipe
-
     values: dict = load_recipe(recipe_path) if recipe_path else {}
     flags = dict(flags)
     if "per_layer_sparsity" in flags and not isinstance(flags["per_layer_sparsity"], dict):
@@ -220,3 +220,33 @@ def build_options(values: dict, origin: str | None = None) -> TrainingOptions:
             message = str(err["msg"]).removeprefix("Value error, ")
             raise InputError(f"training settings{where}: {message}") from None
         raise InputError(f"training setting '{key}'{where}: {err['msg']}, found {err.get('input')!r}") from None
+
+
+def load_recipe(path: str | Path) -> dict:
+    """Read a recipe into a settings dict; unknown keys or bad YAML -> InputError naming the file.
+
+    Keys are the flag names with dashes or underscores (``finetune-epochs`` or
+    ``finetune_epochs``); a top-level ``training:`` mapping is also accepted.
+    """
+    from edgeprune.base.yamlfile import read_yaml
+
+    path = Path(path)
+    data = read_yaml(path, f"--recipe {path}")
+    if data is None:
+        return {}
+    if isinstance(data, dict) and set(data) == {"training"}:
+        data = data["training"]
+    if not isinstance(data, dict):
+        raise InputError(f"--recipe {path}: expected a mapping of settings, found {type(data).__name__}")
+    known = set(TrainingOptions.model_fields)
+    values = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in known:
+            raise InputError(
+                f"--recipe {path}: unknown key '{raw_key}' (known: {', '.join(sorted(k.replace('_', '-') for k in known))})"
+            )
+        if key == "sparsity_m_by_n" and value is not None and not isinstance(value, (list, tuple)):
+            value = parse_m_by_n(str(value))
+        values[key] = value
+    return values

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeprune.console import Output, default_output
+from edgeprune.base.console import Output, default_output
 from edgeprune.training.finetune import (
     FitSettings,
     fit_compiled,
@@ -30,7 +30,7 @@ def annotate_supported(model):
         default_8bit_quantize_registry as registry_mod,
     )
 
-    from edgeprune._env import tf_keras
+    from edgeprune.base.env import tf_keras
 
     keras = tf_keras()
     registry = registry_mod.Default8BitQuantizeRegistry()
@@ -61,7 +61,7 @@ def prepare_qat(model, *, prune_preserve: bool = False):
     """Fold BN, annotate supported layers and apply QAT; returns ``(qat_model, report)``."""
     import tensorflow_model_optimization as tfmot
 
-    from edgeprune.model_io import to_tf_keras
+    from edgeprune.load.model_io import to_tf_keras
     from edgeprune.training._models import as_functional
     from edgeprune.training.bn_fold import fold_batchnorm
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeprune.console import Output, default_output
+from edgeprune.base.console import Output, default_output
 
 METHODS = ("group-norm", "bn-l1")
 GROWTHS = ("linear", "constant")
@@ -52,7 +52,7 @@ def _penalized(gs, method: str) -> list:
 
 
 def _groups(model, protect):
-    from edgeprune.pruning.graph import trace
+    from edgeprune.load.graph import trace
     from edgeprune.pruning.groups import build_groups
 
     return build_groups(trace(model), protect)
@@ -77,7 +77,7 @@ class SparsityPenalty:
 
     def __init__(self, targets: list[_Target], start_norms: np.ndarray, *, method: str, strength: float,
                  growth: str, total_steps: int):
-        from edgeprune._env import tf
+        from edgeprune.base.env import tf
 
         tf_ = tf()
         self.method = method
@@ -98,7 +98,7 @@ class SparsityPenalty:
         self.variables: list = []
 
     def bind(self, model) -> None:
-        from edgeprune.pruning.graph import model_layers
+        from edgeprune.load.graph import model_layers
 
         layers = {}
         stack = list(model_layers(model))
@@ -109,7 +109,7 @@ class SparsityPenalty:
         self.variables = [layers[t.layer].weights[t.index] for t in self.targets]
 
     def __call__(self):
-        from edgeprune._env import tf
+        from edgeprune.base.env import tf
 
         tf_ = tf()
         buckets = self.n_units + 1
@@ -156,8 +156,8 @@ def train_structured_sparsity(model, train, val=None, *, task, method: str = "gr
     """
     from dataclasses import replace
 
-    from edgeprune._env import keras_of
-    from edgeprune.errors import InputError
+    from edgeprune.base.env import keras_of
+    from edgeprune.base.errors import InputError
     from edgeprune.training.finetune import FitSettings, finetune
 
     output = output or default_output()

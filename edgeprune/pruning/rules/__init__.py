@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 
-from edgeprune.errors import InputError
-from edgeprune.pruning.graph import LayerGraph, LayerNode
+from edgeprune.base.errors import InputError
+from edgeprune.load.graph import LayerGraph, LayerNode
 from edgeprune.pruning.rules.base import Coupler, LayerRule, channel_norm, flatten_rows, take
 from edgeprune.pruning.rules.conv import ConvRule, ConvTransposeRule, DepthwiseRule, SeparableRule
 from edgeprune.pruning.rules.dense import DenseRule, EmbeddingRule, TimeDistributedRule

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeprune.pruning.graph import LayerGraph, LayerNode, spatial_size
+from edgeprune.load.graph import LayerGraph, LayerNode, spatial_size
 
 
 class Coupler:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeprune.pruning.graph import spatial_size
+from edgeprune.load.graph import spatial_size
 from edgeprune.pruning.rules.base import (
     LayerRule,
     channel_norm,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeprune.errors import InputError
-from edgeprune.pruning.graph import is_entry
+from edgeprune.base.errors import InputError
+from edgeprune.load.graph import is_entry
 from edgeprune.pruning.rules.base import LayerRule, axis_is_last
 
 

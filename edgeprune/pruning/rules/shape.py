@@ -1,7 +1,7 @@
 """Layers that pass channels through: activations, pooling, padding, normalization, reshapes."""
 from __future__ import annotations
 
-from edgeprune.pruning.graph import spatial_size
+from edgeprune.load.graph import spatial_size
 from edgeprune.pruning.rules.base import (
     LayerRule,
     activation_name,

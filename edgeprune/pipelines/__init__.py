@@ -1,0 +1,1 @@
+"""Pipelines: compositions of the stages in ``stages.py``: ``compile``, ``prune`` and ``demo``."""
