@@ -100,9 +100,9 @@ def _print_tflite(out, r: dict, top: int) -> None:
                for op, n in sorted(r["op_counts"].items(), key=lambda kv: -kv[1])])
     rows = [t for t in r["tensors"] if not t["constant"]][:top]
     out.table("Activation tensors", ["tensor", "shape", "dtype", "scale", "zero point"],
-              [(display_name(t["name"]), t["shape"], t["dtype"], (t["quantization"] or {}).get("scale"),
+              [(display_name(t["name"], None), t["shape"], t["dtype"], (t["quantization"] or {}).get("scale"),
                 (t["quantization"] or {}).get("zero_point")) for t in rows])
-    if any(display_name(t["name"]) != t["name"] for t in rows):
+    if any(display_name(t["name"], None) != t["name"] for t in rows):
         out.info("Tensor names are shortened here; --json gives them in full.")
     x = r["xnnpack"]
     out.info(f"XNNPACK takes {x['delegated_count']} of {len(r['ops'])} ops ({x['partitions']} partitions); "
@@ -131,16 +131,16 @@ def _print_quant_error(out, r: dict, top: int) -> None:
     out.table(f"Quantization error of {r['artifact']} on {r['device']} vs {r['reference']} "
               f"({r['samples']} samples), worst first by error / float range",
               ["rank", "tensor", "op", "error % of range", "SQNR dB", "local drop dB", "cosine"],
-              [(x["rank"], display_name(x["tensor"]), x["op"], 100 * x["rmse_over_range"], x["sqnr_db"],
+              [(x["rank"], display_name(x["tensor"], None), x["op"], 100 * x["rmse_over_range"], x["sqnr_db"],
                 x.get("local_drop_db"), x["cosine"]) for x in ranked[:top]])
     degenerate = [x for x in r["layers"] if x.get("rank") is None]
     if degenerate:
         out.table(f"Degenerate tensors, not ranked ({len(degenerate)})", ["tensor", "op", "scale", "why"],
-                  [(display_name(x["tensor"]), x["op"], x["scale"], x["degenerate"]) for x in degenerate[:top]])
-    if any(display_name(x["tensor"]) != x["tensor"] for x in r["layers"]):
+                  [(display_name(x["tensor"], None), x["op"], x["scale"], x["degenerate"]) for x in degenerate[:top]])
+    if any(display_name(x["tensor"], None) != x["tensor"] for x in r["layers"]):
         out.info("Tensor names are shortened here; --json gives them in full.")
     if r.get("note"):
         out.warn(r["note"])
     elif r["unmatched"]:
         out.warn(f"{len(r['unmatched'])} tensor(s) had no float counterpart: "
-                 f"{', '.join(display_name(n) for n in r['unmatched'][:5])}")
+                 f"{', '.join(display_name(n, None) for n in r['unmatched'][:5])}")

@@ -24,14 +24,15 @@ from edgeprune.base.errors import InputError
 _MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL", "CONV_3D")
 
 
-def display_name(name: str, width: int = 48) -> str:
+def display_name(name: str, width: int | None = 48) -> str:
     """A tensor name short enough for a table cell or a plot label; JSON keeps the full name.
 
     The converter names the output of a fused op after every op it fused, joined by ``;``
     (MobileNetV2's run to 255 characters). The first part names the op that writes the tensor,
     so it is kept; its leading component is the model's own name, the same on every tensor, so
     it is dropped; "+N" says how many fused names were left out. What is still over ``width``
-    keeps its end (the layer and op), not its start.
+    keeps its end (the layer and op), not its start; ``width=None`` (terminal tables, which wrap)
+    never cuts the op's own name.
     """
     parts = [p for p in str(name).split(";") if p] or [str(name)]
     head = parts[0]
@@ -39,8 +40,8 @@ def display_name(name: str, width: int = 48) -> str:
     if len(components) >= 3:
         head = "/".join(components[1:])
     extra = f" +{len(parts) - 1}" if len(parts) > 1 else ""
-    room = max(width - len(extra), 8)
-    if len(head) > room:
+    room = None if width is None else max(width - len(extra), 8)
+    if room is not None and len(head) > room:
         head = "…" + head[-(room - 1):]
     return head + extra
 
