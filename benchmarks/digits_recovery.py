@@ -121,12 +121,12 @@ def run_seed(seed: int, epochs: int, ft_epochs: int, out, temperature: float, al
     print(f"  seed {seed} criteria done", file=sys.stderr, flush=True)
     for label, model in (("dense", base), ("2x+KD", kd_2x)):
         ptq = to_tflite(model, "int8", representative=train[0][:200])
-        res[f"int8 PTQ ({label})"] = 100.0 * evaluate_tflite(ptq, test[0], test[1])["accuracy"]
+        res[f"int8 PTQ ({label})"] = 100.0 * evaluate_tflite(ptq, test[0], test[1], trusted=True)["accuracy"]
         qat_model, _ = train_qat(model, Split(*train, "train"), Split(*val, "val"), task="sparse",
                                  settings=FitSettings(epochs=max(2, ft_epochs // 3), batch_size=32, learning_rate=2e-4,
                                                       patience=3, seed=seed, label="QAT"), output=out)
         qat = to_tflite(qat_model, "int8", representative=train[0][:200])
-        res[f"int8 QAT ({label})"] = 100.0 * evaluate_tflite(qat, test[0], test[1])["accuracy"]
+        res[f"int8 QAT ({label})"] = 100.0 * evaluate_tflite(qat, test[0], test[1], trusted=True)["accuracy"]
     return res
 
 

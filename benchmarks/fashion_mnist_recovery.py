@@ -155,7 +155,7 @@ def acc_tflite(model, data, quantization: str = "float32", representative=None) 
     from edgeprune.training._tflite import to_tflite
 
     blob = to_tflite(model, quantization, representative=representative)
-    return 100.0 * evaluate_tflite(blob, data[0], data[1])["accuracy"]
+    return 100.0 * evaluate_tflite(blob, data[0], data[1], trusted=True)["accuracy"]  # converted here: trusted
 
 
 def recalibrated(model, x):
