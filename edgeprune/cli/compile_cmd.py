@@ -46,7 +46,7 @@ from edgeprune.training.options import training_options
 @input_shape_option
 @input_range_option()
 @click.option("--criterion", type=click.Choice(CRITERIA), default=None,
-              help="Channel importance criterion for pruning [l1; group_norm after --sparsity-epochs].")
+              help="Channel importance criterion [taylor when there are inputs to score on (--calibration, else a sample of --train-data), l1 without; group_norm after --sparsity-epochs].")
 @click.option("--round-to", type=int, metavar="N", default=None,
               help="Keep each pruned layer's channels a multiple of N, the device's efficient tile "
                    "(default: the profile's pruning.round_to; x86-64: 16). 1 lets a small model prune further.")

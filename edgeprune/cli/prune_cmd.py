@@ -75,7 +75,7 @@ def _render(out, report: dict) -> None:
 @click.option("--latency-quantization", type=click.Choice(("float32", "int8")), default="float32",
               show_default=True, help="With --target-latency: the arithmetic the table is measured in.")
 @click.option("--criterion", type=click.Choice(CRITERIA), default=None,
-              help="Channel importance criterion [l1; group_norm after --sparsity-epochs].")
+              help="Channel importance criterion [taylor when there are inputs to score on (--calibration, else a sample of --train-data), l1 without; group_norm after --sparsity-epochs].")
 @click.option("--protect", multiple=True, metavar="REGEX",
               help="Layers (name or regex) whose outputs stay intact (repeatable; default: none).")
 @click.option("--per-layer", multiple=True, metavar="NAME_OR_REGEX=R",

@@ -32,7 +32,7 @@ def _names(value: str) -> list[str]:
 @click.option("--ratios", default="0,0.25,0.5,0.75", show_default=True,
               help="Comma list of global channel ratios to try: fractions (0-1) of each group's channels removed.")
 @click.option("--per-stage", is_flag=True, help="One ratio per stage (groups at one spatial resolution) instead of one global ratio.")
-@click.option("--criteria", default="l1", show_default=True,
+@click.option("--criteria", default="taylor", show_default=True,
               help="Comma list of importance criteria to try (" + ", ".join(CRITERIA) + ").")
 @click.option("--quantize", "quantizations", default=None,
               help="Comma list of quantization modes to try [every mode the profile allows but int16x8, "

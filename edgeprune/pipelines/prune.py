@@ -129,6 +129,14 @@ def prune(model_path, output_path, *, ratio: float | None = None, target_macs: f
                                    seed=seed, check_range=False)
         else:
             x = np.asarray(calibration)
+    elif criterion is None and options.train_data and not options.sparsity_epochs:
+        # the default criterion scores channels on inputs when there are any (criteria.default_criterion)
+        from edgeprune.load.datasets import load_arrays
+        from edgeprune.pruning.criteria import SCORING_SAMPLES
+
+        with out.progress(f"loading a sample of {options.train_data} to rank channels on"):
+            x, y = load_arrays(str(options.train_data), input_shape=tuple(model.input_shape),
+                               num_samples=SCORING_SAMPLES, seed=seed, check_range=False, flag="train-data")
     prune_kwargs = dict(ratio=ratio, target_macs=target_macs, criterion=criterion, protect=tuple(protect),
                         per_layer=per_layer or None, global_ranking=global_ranking, max_ratio=max_ratio,
                         round_to=round_to, min_channels=min_channels, data=x, labels=y, seed=seed)

@@ -68,6 +68,7 @@ class State:
     in_range: Any = None
     # prune / train
     original: Any = None
+    prune_data: Any = None  # (x, y) the criterion scores on: the calibration data, else a training sample
     training: Any = None  # TrainingOptions
     prune_report: dict | None = None
     stage_result: Any = None
@@ -185,7 +186,7 @@ def _prune(model, options, profile, data, stages) -> tuple[Any, dict | None]:
     return result.model, result.report
 
 
-def _training(model, original, options, profile, data, stages, out, in_range, gate: bool = True):
+def _training(model, original, options, profile, data, stages, out, in_range, gate: bool = True, prune_data=None):
     """Fine-tuning / distillation / iterative pruning / gradual sparsity / QAT (edgeprune.training).
 
     Returns the training.api.StageResult, or None when no training was asked for.
@@ -197,7 +198,8 @@ def _training(model, original, options, profile, data, stages, out, in_range, ga
     with stages.stage("training", "Training-aware compression") as entry:
         result = run_training_stage(
             original if iterative else model, training, original=original,
-            prune_kwargs=_prune_kwargs(options, profile, data) if iterative else None,
+            prune_kwargs=_prune_kwargs(options, profile, prune_data if prune_data is not None else data)
+            if iterative else None,
             calibration=None if data is None else data[0],
             preprocessing=in_range, gate=gate, epoch_hooks=options.recovery_hooks, output=out)
         entry.update({k: v for k, v in result.report.items() if k in ("recovery", "data")})
@@ -305,8 +307,24 @@ def prune(s: State) -> None:
         options.training = TrainingOptions()
     s.training = options.training
     iterative = s.training.prunes_in_training and options.prunes  # the training stage prunes
+    s.prune_data = s.data
+    if (options.prunes and options.criterion is None and s.data is None and s.training.train_data
+            and not s.training.sparsity_epochs):
+        s.prune_data = _scoring_sample(s)
     if not iterative:
-        s.model, s.prune_report = _prune(s.model, options, s.profile, s.data, s.timer)
+        s.model, s.prune_report = _prune(s.model, options, s.profile, s.prune_data, s.timer)
+
+
+def _scoring_sample(s: State):
+    """A sample of ``--train-data`` for the default criterion to score channels on, when there is
+    no calibration data: with inputs, the default is Taylor (pruning.criteria.default_criterion)."""
+    from edgeprune.load.datasets import load_arrays
+    from edgeprune.pruning.criteria import SCORING_SAMPLES
+
+    with s.out.progress("Reading a training sample to rank channels on"):
+        return load_arrays(s.training.train_data, inputs=s.inputs, outputs=s.output_names,
+                           preprocessing=s.in_range, num_samples=SCORING_SAMPLES, seed=s.options.seed,
+                           check_range=_float_input(s.model), flag="train-data")
 
 
 def train(s: State) -> None:
@@ -320,7 +338,7 @@ def train(s: State) -> None:
     s.max_drop = s.limits.max_accuracy_drop
     if training.wants_training or training.val_data or training.gate_data or iterative:
         s.stage_result = _training(s.model, s.original, options, s.profile, s.data, s.timer, s.out, s.in_range,
-                                   gate=s.max_drop is not None)
+                                   gate=s.max_drop is not None, prune_data=s.prune_data)
         s.model = s.stage_result.model
         s.prune_report = s.stage_result.pruned_report or s.prune_report
         report["training"] = s.stage_result.report

@@ -12,6 +12,7 @@ from edgeprune.base.errors import InputError
 from edgeprune.load.graph import trace
 from edgeprune.pruning import macs as macs_mod
 from edgeprune.pruning.allocation import Allocator, check_ratio, solve_target_macs
+from edgeprune.pruning.criteria import DEFAULT_WITHOUT_DATA, default_criterion
 from edgeprune.pruning.groups import build_groups
 from edgeprune.pruning.importance import get_criterion
 from edgeprune.pruning.latency_allocation import LatencyAllocator
@@ -67,7 +68,8 @@ def prune_model(model, *, ratio=None, target_macs=None, criterion=None, protect=
     See the module docs of :mod:`edgeprune.pruning` for the options.
     """
     _check_options(ratio, target_macs, round_to, min_channels, max_ratio, target_latency)
-    criterion = criterion or "l1"
+    chosen = criterion is not None
+    criterion = criterion or default_criterion(data is not None)
     if isinstance(protect, str):
         protect = (protect,)
     crit = get_criterion(criterion, seed)
@@ -77,7 +79,17 @@ def prune_model(model, *, ratio=None, target_macs=None, criterion=None, protect=
     graph = trace(model)
     gs = build_groups(graph, protect)
     t_graph = time.perf_counter() - t0
-    scores = crit.score(gs, None if data is None else np.asarray(data), labels)
+    fallback = None
+    try:
+        scores = crit.score(gs, None if data is None else np.asarray(data), labels)
+    except Exception as exc:  # noqa: BLE001  a default (not a user's choice) must not cost the compile
+        if chosen:
+            raise
+        fallback = f"the default criterion '{criterion}' could not score this model ({type(exc).__name__}: " \
+                   f"{str(exc).splitlines()[0] if str(exc) else ''}); ranked by l1 instead"
+        criterion = DEFAULT_WITHOUT_DATA
+        crit = get_criterion(criterion, seed)
+        scores = crit.score(gs, None, None)
     alloc = Allocator(gs, scores, per_layer=per_layer, global_ranking=global_ranking,
                       max_ratio=max_ratio, round_to=round_to, min_channels=min_channels)
     latency = table = None
@@ -98,6 +110,8 @@ def prune_model(model, *, ratio=None, target_macs=None, criterion=None, protect=
     new = rebuild(gs, keep)
     t_surgery = time.perf_counter() - t1
     report = _report(graph, new, gs, keep, criterion, ratio, target_macs, used_ratio, crit.notes)
+    if fallback:
+        report["notes"].append(fallback)
     report["timing_s"] = {"analysis": round(t_graph, 3), "surgery": round(t_surgery, 3),
                           "total": round(time.perf_counter() - t0, 3)}
     if latency is not None:

@@ -48,7 +48,9 @@ class SpaceConfig(BaseModel):
     ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75])
     per_stage: bool = False
     stage_ratios: list[float] | None = None  # per-stage choices (default: ratios)
-    criteria: list[str] = Field(default_factory=lambda: ["l1"])
+    # taylor: the measured default (pruning.criteria.default_criterion); a search always has
+    # inputs to score on (--calibration, else the validation data)
+    criteria: list[str] = Field(default_factory=lambda: ["taylor"])
     round_to: list[int] | None = None  # default: the profile's pruning.round_to
     quantizations: list[str] | None = None  # default: every mode the profile allows
     finetune_epochs: list[int] | None = None  # default: RECOVERY_EPOCHS with --train-data, else [0]
