@@ -55,7 +55,7 @@ def options_from_study(storage: str, study_name: str, pick: str = "best", *, mod
                                                         "model_bytes", "device")}}
     choice = decode(row["params"])
     final = row.get("final")
-    if final and final.get("accuracy") is not None:  # the trial was recovered in full after the search
+    if final and final.get("feasible"):  # the trial was recovered in full after the search, within budgets
         from dataclasses import replace
 
         choice = replace(choice, finetune_epochs=int(final["epochs"]))
