@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -132,6 +133,25 @@ def test_signal_while_the_temp_dir_exists(tmp_path, sig, code, message):
             proc.kill()
     assert proc.returncode == code, err
     assert listing(tmp_path) == before
+
+
+def test_ctrl_c_inside_string_evaluated_code_still_exits_130_under_dash_m(tmp_path):
+    """A Ctrl-C that lands in code run from a string (pybind11's exec in TensorFlow/LiteRT)
+    makes CPython kill a ``python -m`` process with SIGINT after a clean ``sys.exit(130)``,
+    unless the CLI clears that flag. Seen as an intermittent -2 from an interrupted search."""
+    package = tmp_path / "interrupted_in_exec"
+    package.mkdir()
+    (package / "__main__.py").write_text(
+        "from edgeprune.cli import _interrupted\n"
+        "try:\n"
+        "    exec('raise KeyboardInterrupt', {})\n"
+        "except KeyboardInterrupt as exc:\n"
+        "    _interrupted(exc)\n")
+    root = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([PY, "-m", package.name], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert proc.returncode == 130, proc.stderr
+    assert lines(proc.stderr) == ["edgeprune: interrupted"]
 
 
 def test_sigkill_leftovers_are_swept_by_the_next_compile(model, tmp_path):

@@ -216,12 +216,25 @@ def _interrupted(exc: BaseException) -> None:
 
     from edgeprune.base.errors import Terminated
 
+    _forget_unhandled_interrupt()
     cause = exc if isinstance(exc, Terminated) else exc.__cause__ or exc.__context__
     if isinstance(cause, Terminated):
         click.echo(f"edgeprune: terminated ({signal.Signals(cause.signum).name})", err=True)
         sys.exit(128 + cause.signum)
     click.echo("edgeprune: interrupted", err=True)
     sys.exit(130)
+
+
+def _forget_unhandled_interrupt() -> None:
+    """Make ``python -m edgeprune`` exit 130 after Ctrl-C, as the console script does.
+
+    CPython sets a process-wide "unhandled KeyboardInterrupt" flag when a Ctrl-C lands inside
+    code run from a string (``PyRun_String``: pybind11's ``exec``/``eval`` in TensorFlow and
+    LiteRT), even though we catch it; under ``-m`` the interpreter then kills itself with
+    SIGINT after our ``sys.exit(130)`` (exit status -2 to ``subprocess``, intermittently). A
+    string ``exec`` resets that flag at its start, so one harmless one here clears it.
+    """
+    exec("pass", {})  # noqa: S102 - a constant string, run only to reset the flag
 
 
 def main(argv: list[str] | None = None) -> None:
