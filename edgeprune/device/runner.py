@@ -18,6 +18,9 @@ controller went away), protocol ({"name": "mlperf", "min_queries", "min_duration
 time_models (list of .tflite paths: microseconds per invoke of each, e.g. the single-layer
 models of a latency table; ``artifact`` may then be omitted), time_runs/time_rounds,
 probe (only load, allocate and invoke ``artifact`` once: edgeprune.device.tflite_check's child).
+runtime_api ("auto", "compiled_model" or "interpreter"; default $EDGEPRUNE_RUNTIME_API, else
+"auto": LiteRT's CompiledModel where ai-edge-litert has it, the Interpreter elsewhere, see
+choose_api); the result's "runtime" names the one that ran, e.g. "ai-edge-litert 2.3.0 CompiledModel".
 
 Output: exactly one JSON document on stdout; logs go to stderr. On a failure it is
 {"error": {"kind": ..., "message": ...}} with exit code 3 (missing dependency) or 4 (bad
@@ -406,6 +409,130 @@ def signature_io(interpreter):
     return ins, outs
 
 
+# --------------------------------------------------------------------------- CompiledModel
+
+RUNTIME_API_ENV = "EDGEPRUNE_RUNTIME_API"
+RUNTIME_APIS = ("auto", "compiled_model", "interpreter")
+
+
+class CompiledModelSession(object):
+    """LiteRT's ``CompiledModel`` behind the few ``Interpreter`` methods the timing and eval code call.
+
+    Why: LiteRT 2.x recommends ``CompiledModel`` (the ``Interpreter`` stays for compatibility),
+    so latency is measured with it where the installed ai-edge-litert has it; keeping the
+    Interpreter's method names lets bench_threads, bench_protocol, time_model and run_eval
+    serve both APIs unchanged.
+
+    What it cannot do, and who does it instead (ai-edge-litert 2.3):
+    - Quantization parameters and dynamic dimensions (``shape_signature``) are not in its
+      tensor details, so an Interpreter is built once, unallocated, to read them.
+    - Resizing: ``resize_input_tensor`` left the output details and buffers at the old shape,
+      and running then wrote past the output buffer (heap corruption). ``can_resize`` is
+      False, so run_eval feeds one allocated batch (usually one sample) per run.
+    - Intermediate tensors (per-layer quantization error, ``dump_tensors``) and the crash
+      probe (``probe_model``) use the Interpreter: CompiledModel exposes inputs and outputs only.
+    """
+
+    api = "CompiledModel"
+    can_resize = False
+
+    def __init__(self, model_path=None, model_content=None, num_threads=1):
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.options import CpuOptions, Options
+
+        meta = Interpreter(model_path=model_path, model_content=model_content)
+        by_index = dict((d["index"], d) for d in meta.get_input_details() + meta.get_output_details())
+        self._input_order = [d["index"] for d in meta.get_input_details()]
+        self._output_order = [d["index"] for d in meta.get_output_details()]
+        del meta
+        options = Options(cpu_options=CpuOptions(num_threads=int(num_threads or 1)))
+        if model_content is not None:
+            self._model = CompiledModel.from_buffer(model_content, options=options)
+        else:
+            self._model = CompiledModel.from_file(model_path, options=options)
+        signatures = self._model.get_signature_list()
+        self._key = "serving_default" if "serving_default" in signatures else list(signatures)[0]
+        names = signatures[self._key]
+        ins = self._model.get_input_tensor_details(self._key)
+        outs = self._model.get_output_tensor_details(self._key)
+        # run_by_index takes buffers in the signature's order; the runner addresses tensors by index
+        self._inputs = [(name, by_index[ins[name]["index"]]) for name in names["inputs"]]
+        self._outputs = [(name, by_index[outs[name]["index"]]) for name in names["outputs"]]
+        self._in_slot = dict((d["index"], k) for k, (_, d) in enumerate(self._inputs))
+        self._out_slot = dict((d["index"], k) for k, (_, d) in enumerate(self._outputs))
+        self._sig = self._model.get_signature_index(self._key)
+        self._in_buffers = self._out_buffers = None
+
+    def allocate_tensors(self):
+        self._in_buffers = self._model.create_input_buffers(self._sig)
+        self._out_buffers = self._model.create_output_buffers(self._sig)
+
+    def get_input_details(self):
+        order = dict((i, k) for k, i in enumerate(self._input_order))
+        return sorted((dict(d) for _, d in self._inputs), key=lambda d: order[d["index"]])
+
+    def get_output_details(self):
+        order = dict((i, k) for k, i in enumerate(self._output_order))
+        return sorted((dict(d) for _, d in self._outputs), key=lambda d: order[d["index"]])
+
+    def _get_full_signature_list(self):
+        return {self._key: {"inputs": dict((n, d["index"]) for n, d in self._inputs),
+                            "outputs": dict((n, d["index"]) for n, d in self._outputs)}}
+
+    def resize_tensor_input(self, index, shape):
+        raise RunnerFailure("unsupported_resize", "CompiledModel cannot resize inputs here; use the Interpreter")
+
+    def set_tensor(self, index, value):
+        slot = self._in_slot[index]
+        detail = self._inputs[slot][1]
+        want = [int(d) for d in detail["shape"]]
+        if list(value.shape) != want or value.dtype != detail["dtype"]:
+            raise RunnerFailure("bad_input", "input '%s' wants %s %s, got %s %s" % (
+                self._inputs[slot][0], want, detail["dtype"].__name__, list(value.shape), value.dtype))
+        self._in_buffers[slot].write(value)
+
+    def invoke(self):
+        self._model.run_by_index(self._sig, self._in_buffers, self._out_buffers)
+
+    def get_tensor(self, index):
+        detail = self._outputs[self._out_slot[index]][1]
+        shape = [int(d) for d in detail["shape"]]
+        count = 1
+        for d in shape:
+            count *= d
+        return self._out_buffers[self._out_slot[index]].read(count, detail["dtype"]).reshape(shape)
+
+
+def choose_api(cls, job):
+    """The class that times and evaluates: CompiledModelSession where ai-edge-litert has
+    ``CompiledModel`` and neither the job's ``runtime_api`` nor $EDGEPRUNE_RUNTIME_API says
+    "interpreter"; the Interpreter ``cls`` elsewhere (tflite-runtime, TensorFlow, old LiteRT).
+    "compiled_model" insists and fails where it is missing."""
+    wanted = str(job.get("runtime_api") or os.environ.get(RUNTIME_API_ENV) or "auto").strip().lower()
+    if wanted not in RUNTIME_APIS:
+        raise RunnerFailure("bad_job", "runtime_api '%s' is not one of %s" % (wanted, ", ".join(RUNTIME_APIS)))
+    if wanted == "interpreter":
+        return cls
+    available = cls.__module__.startswith("ai_edge_litert")
+    if available:
+        try:
+            import ai_edge_litert.compiled_model  # noqa: F401
+        except Exception:
+            available = False
+    if available:
+        return CompiledModelSession
+    if wanted == "compiled_model":
+        raise RunnerFailure("missing_runtime", "runtime_api compiled_model: this runtime (%s) has no CompiledModel; "
+                            "install ai-edge-litert >= 2" % cls.__module__.split(".")[0], EXIT_MISSING_DEPENDENCY)
+    return cls
+
+
+def api_name(cls):
+    """'CompiledModel' or 'Interpreter': which API a result was measured with."""
+    return getattr(cls, "api", "Interpreter")
+
+
 # --------------------------------------------------------------------------- running
 
 def load_interpreter(cls, artifact, threads, model_content=None):
@@ -609,7 +736,7 @@ def run_eval(interpreter, x, numpy, batch=64):
         signature = detail.get("shape_signature")
         dynamic = signature is not None and len(signature) and int(signature[0]) == -1
         feeds.append((detail, data, want, dynamic))
-    dynamic = all(f[3] for f in feeds)
+    dynamic = all(f[3] for f in feeds) and getattr(interpreter, "can_resize", True)
     step = batch if dynamic else int(feeds[0][0]["shape"][0]) or 1
     allocated = int(feeds[0][0]["shape"][0])
     chunks = dict((name, []) for name, _ in outs)
@@ -832,11 +959,16 @@ def run(job):
             raise RunnerFailure("missing_artifact", "model %s not found on the device" % path)
     probe = artifact or (job.get("time_models") or [None])[0]
     runtime, version, cls = find_runtime(probe=probe)
+    api = choose_api(cls, job)  # latency and eval; intermediate tensors stay on the Interpreter
     threads_list = [int(t) for t in (job.get("threads") or [1])]
-    log("runtime %s %s, numpy %s; artifact %s" % (runtime, version, numpy.__version__, artifact))
+    label = "%s %s %s" % (runtime, version, api_name(api))
+    log("runtime %s, numpy %s; artifact %s" % (label, numpy.__version__, artifact))
+    device = device_info(runtime, version, numpy)
+    device["runtime_api"] = api_name(api)
     result = {
         "runner_version": 2,
-        "device": device_info(runtime, version, numpy),
+        "runtime": label,
+        "device": device,
         "state_before": device_state(),
         "job": {k: job.get(k) for k in ("threads", "runs", "warmup", "min_duration_s", "seed", "protocol")},
         "results": [],
@@ -850,16 +982,16 @@ def run(job):
             return result
         for threads in threads_list:
             log("benchmarking with %d thread(s)" % threads)
-            row = bench_threads(cls, artifact, threads, job, numpy)
+            row = bench_threads(api, artifact, threads, job, numpy)
             if job.get("protocol"):
-                row["protocol"] = bench_protocol(cls, artifact, threads, job, numpy)
+                row["protocol"] = bench_protocol(api, artifact, threads, job, numpy)
             result["results"].append(row)
         if job.get("eval_inputs"):
             log("evaluating %s" % job["eval_inputs"])
-            result["eval"] = evaluate(cls, artifact, job, numpy)
+            result["eval"] = evaluate(api, artifact, job, numpy)
     if job.get("time_models"):
         log("timing %d models" % len(job["time_models"]))
-        result["timings"] = time_models(cls, job, numpy)
+        result["timings"] = time_models(api, job, numpy)
     result["state_after"] = device_state()
     return result
 
