@@ -55,7 +55,8 @@ def unit_parameters(gs: GroupSet) -> list[UnitParameters]:
         weights = node.weights()
         if not weights or node.calls != 1:
             continue
-        keys = list(node.inputs) + list(node.outputs)
+        internal = rules.internal_keys(node)
+        keys = list(node.inputs) + list(node.outputs) + list(internal.values())
         units = sorted({int(u) for k in keys for u in gs.units_of(k) if prunable[u]})
         if not units:
             continue
@@ -66,7 +67,8 @@ def unit_parameters(gs: GroupSet) -> list[UnitParameters]:
         for unit in units:
             kin = [_without(gs, k, unit) for k in node.inputs]
             kout = [_without(gs, k, unit) for k in node.outputs]
-            sliced = rules.slice_weights(node, [a.copy() for a in indexed], kin, kout, g)
+            kint = {name: _without(gs, k, unit) for name, k in internal.items()}
+            sliced = rules.slice_weights(node, [a.copy() for a in indexed], kin, kout, g, kint)
             for i, (whole, kept) in enumerate(zip(indexed, sliced)):
                 if kept.size == whole.size:
                     continue

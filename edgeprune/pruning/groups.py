@@ -84,6 +84,7 @@ def build_groups(graph: LayerGraph, protect=()) -> GroupSet:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    rules.add_internal_tensors(graph)  # attention heads etc.: channels of no real tensor
     coupler = rules.Coupler(graph)
     for node in graph.layers.values():
         rules.couple_layer(node, graph, coupler)

@@ -69,6 +69,14 @@ class Criterion:
             scores[missing] = 1.0
         return scores
 
+    def _inside(self, gs):
+        """Members for the internal widths, for criteria that read tensors (see internal_members)."""
+        found = internal_members(gs)
+        if found:
+            self.notes.append(f"{self.name}: attention heads/head dimensions ranked by their weights' L2 norm "
+                              "(the criterion sees tensors, not the inside of a layer)")
+        return found
+
 
 class Magnitude(Criterion):
     """L1/L2 norm of each filter (and of each consumer's input slice): cheap, data-free.
@@ -98,7 +106,21 @@ class Magnitude(Criterion):
                 values = rule.input_norms(node, weights, self.p, gs.graph)
                 if values is not None:
                     members.append((node.inputs[0], values))
-        return members
+        return members + internal_members(gs, self.p)
+
+
+def internal_members(gs: GroupSet, p: int = 2) -> list:
+    """Weight-norm members of every internal width (attention heads, head dims): the one view
+    inside a layer that criteria reading tensors (Taylor, activation statistics) do not have,
+    so they rank those units by this instead."""
+    members = []
+    for node in gs.graph.layers.values():
+        keys = rules.internal_keys(node)
+        if not keys:
+            continue
+        norms = rules.rule_for(node).internal_norms(node, node.weights(), p)
+        members.extend((keys[name], values) for name, values in norms.items() if name in keys)
+    return members
 
 
 class BNScale(Criterion):
@@ -166,7 +188,8 @@ def _group_taps(gs: GroupSet) -> list:
     removing a unit takes away (after BN and the nonlinearity)."""
     taps = []
     for g in gs.prunable:
-        candidates = [k for k in g.tensors if gs.graph.layers[gs.graph.tensors[k].producer].calls == 1]
+        candidates = [k for k in g.tensors if gs.graph.layers[gs.graph.tensors[k].producer].calls == 1
+                      and gs.graph.tensors[k].symbolic is not None]  # internal widths have no tensor
         act = [k for k in candidates if gs.graph.layers[gs.graph.tensors[k].producer].class_name
                in ACTIVATION_LAYERS]
         prod = [k for k in candidates if gs.graph.tensors[k].producer in g.producers]
@@ -196,7 +219,7 @@ class Taylor(Criterion):
 
         taps = _group_taps(gs)
         if not taps:
-            return []
+            return self._inside(gs)
         model = gs.graph.model
         tfm, keras = tf(), keras_of(model)
         extractor = keras.Model(model.inputs, _tap_outputs(gs, taps) + [model.outputs[0]])
@@ -217,7 +240,8 @@ class Taylor(Criterion):
                 per_sample = (np.asarray(f, np.float64) * np.asarray(g, np.float64)).reshape(len(xb), -1, c).mean(1)
                 a += np.abs(per_sample).sum(0)
             seen += len(xb)
-        return [(k, a / max(seen, 1)) for k, a in zip(taps, acc)]
+        return [(k, a / max(seen, 1)) for k, a in zip(taps, acc)] + self._inside(gs)
+
 
     @staticmethod
     def _loss(tfm, pred, y):
@@ -256,7 +280,7 @@ class ActivationStat(Criterion):
 
         taps = self._taps(gs)
         if not taps:
-            return []
+            return self._inside(gs)
         model = gs.graph.model
         keras = keras_of(model)
         outputs = _tap_outputs(gs, taps)
@@ -273,7 +297,7 @@ class ActivationStat(Criterion):
         for s, k in zip(stats, taps):
             arr = np.concatenate(s, 0)
             out.append((k, self._reduce(arr)))
-        return out
+        return out + self._inside(gs)
 
     def _reduce(self, arr):
         if self.kind == "mean_activation":

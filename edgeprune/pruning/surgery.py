@@ -36,8 +36,9 @@ def rebuild(gs: GroupSet, keep_unit: np.ndarray):
         node = g.layers[lc["name"]]
         kin = [kept[k] for k in node.inputs]
         kout = [kept[k] for k in node.outputs]
-        plans[node.name] = (kin, kout)
-        lc["config"] = _without_build_configs(rules.new_config(node, lc["config"], kin, kout, g))
+        internal = {name: kept.get(key) for name, key in rules.internal_keys(node).items()}
+        plans[node.name] = (kin, kout, internal)
+        lc["config"] = _without_build_configs(rules.new_config(node, lc["config"], kin, kout, g, internal))
         lc.pop("build_config", None)
     new = model_from_neutral(cfg, g.model)
     for layer in model_layers(new):
@@ -45,6 +46,7 @@ def rebuild(gs: GroupSet, keep_unit: np.ndarray):
         weights = node.weights()
         if not weights:
             continue
-        kin, kout = plans[layer.name]
-        layer.set_weights(rules.slice_weights(node, weights, kin, kout, g))
+        kin, kout, internal = plans[layer.name]
+        sliced = rules.slice_weights(node, weights, kin, kout, g, internal)
+        layer.set_weights(rules.compensate(node, sliced, internal))
     return new

@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 
 from edgeprune.base.errors import InputError
-from edgeprune.load.graph import LayerGraph, LayerNode
+from edgeprune.load.graph import LayerGraph, LayerNode, TensorInfo
+from edgeprune.pruning.rules.attention import EinsumDenseRule, MultiHeadAttentionRule
 from edgeprune.pruning.rules.base import Coupler, LayerRule, channel_norm, flatten_rows, take
 from edgeprune.pruning.rules.conv import ConvRule, ConvTransposeRule, DepthwiseRule, SeparableRule
 from edgeprune.pruning.rules.dense import DenseRule, EmbeddingRule, TimeDistributedRule
@@ -38,7 +39,8 @@ __all__ = [
     "LayerRule", "Coupler", "PassRule", "ChannelWeightsRule", "LockRule", "MergeRule",
     "ElementwiseOpRule", "ConvRule", "DenseRule", "register_rule", "rule_for", "rule_key",
     "couple_layer", "new_config", "slice_weights", "layer_macs", "is_producer", "matches",
-    "channel_norm", "flatten_rows", "take", "registered",
+    "channel_norm", "flatten_rows", "take", "registered", "MultiHeadAttentionRule", "EinsumDenseRule",
+    "internal_key", "internal_keys", "add_internal_tensors", "compensate",
 ]
 
 _ND = ("1D", "2D", "3D")
@@ -90,6 +92,8 @@ def _defaults() -> None:
         register_rule(f"DepthwiseConv{d}", DepthwiseRule())
     register_rule("Dense", DenseRule())
     register_rule("Embedding", EmbeddingRule())
+    register_rule("EinsumDense", EinsumDenseRule())
+    register_rule("MultiHeadAttention", MultiHeadAttentionRule())
     register_rule("TimeDistributed", TimeDistributedRule(lambda name: _REGISTRY.get(name)))
     register_rule("Activation", ActivationRule())
     register_rule("Softmax", LockRule("Softmax mixes channels"))
@@ -160,16 +164,58 @@ def is_producer(node: LayerNode) -> bool:
     return node.calls == 1 and bool(node.outputs) and rule_for(node).is_producer(node)
 
 
-def new_config(node: LayerNode, cfg: dict, kept_in: list, kept_out: list, g: LayerGraph) -> dict:
+def internal_key(layer: str, name: str) -> tuple:
+    """The virtual tensor key of internal width ``name`` of ``layer`` (see
+    :meth:`LayerRule.internal_widths`): a tensor key no real tensor can have."""
+    return (layer, "internal", name)
+
+
+def internal_keys(node: LayerNode) -> dict:
+    """name -> virtual tensor key of each internal width of ``node`` (empty for most layers)."""
+    if node.calls != 1 or not node.outputs:
+        return {}
+    return {name: internal_key(node.name, name) for name in rule_for(node).internal_widths(node)}
+
+
+def add_internal_tensors(g: LayerGraph) -> None:
+    """Give every internal width of the graph its virtual tensor (idempotent).
+
+    The tensor is produced by its layer and read by nobody: the channel engine then groups,
+    scores, allocates and counts it like a real tensor's channels, and surgery hands the
+    kept indices back to the layer's rule."""
+    for node in g.layers.values():
+        widths = rule_for(node).internal_widths(node) if node.calls == 1 and node.outputs else {}
+        for name, size in widths.items():
+            key = internal_key(node.name, name)
+            if key not in g.tensors:
+                g.tensors[key] = TensorInfo(key=key, shape=(int(size),), producer=node.name)
+
+
+def new_config(node: LayerNode, cfg: dict, kept_in: list, kept_out: list, g: LayerGraph,
+               internal: dict | None = None) -> dict:
+    if internal:
+        return rule_for(node).new_config(node, cfg, kept_in, kept_out, g, internal=internal)
     return rule_for(node).new_config(node, cfg, kept_in, kept_out, g)
 
 
-def slice_weights(node: LayerNode, weights: list, kept_in: list, kept_out: list, g: LayerGraph) -> list:
+def slice_weights(node: LayerNode, weights: list, kept_in: list, kept_out: list, g: LayerGraph,
+                  internal: dict | None = None) -> list:
+    if internal:  # a layer with internal widths reads all its inputs (attention: query, key, value)
+        if not weights or all(k is None for k in [*kept_in, *kept_out, *internal.values()]):
+            return weights
+        return rule_for(node).slice_weights(node, weights, list(kept_in), list(kept_out), g, internal=internal)
     ki = kept_in[0] if kept_in else None
     ko = kept_out[0] if kept_out else None
     if (ki is None and ko is None) or not weights:
         return weights
     return rule_for(node).slice_weights(node, weights, [ki], [ko], g)
+
+
+def compensate(node: LayerNode, weights: list, internal: dict | None = None) -> list:
+    """The sliced weights with the values the rule adjusts (see :meth:`LayerRule.compensate`)."""
+    if not internal or not weights or all(k is None for k in internal.values()):
+        return weights
+    return rule_for(node).compensate(node, weights, internal)
 
 
 def layer_macs(node: LayerNode, g: LayerGraph, counts: dict) -> int:

@@ -105,6 +105,25 @@ class LayerRule:
     def is_producer(self, node: LayerNode) -> bool:
         return self.producer
 
+    # -- internal widths --------------------------------------------------------------------
+    def internal_widths(self, node: LayerNode) -> dict:
+        """Removable channel spaces inside the layer that no tensor shows: name -> size.
+
+        An attention layer's heads (or each head's dimensions) are channels of no tensor of the
+        graph, yet they are what pruning removes from it. The engine gives each one a virtual
+        tensor (:func:`edgeprune.pruning.rules.internal_key`) produced by this layer, so
+        groups, importance, allocation, MAC counting and surgery treat it like any tensor's
+        channels. A rule declaring internal widths receives their kept indices as
+        ``internal={name: kept or None}`` in :meth:`new_config` and :meth:`slice_weights`, and
+        the current sizes in ``counts`` (under the virtual keys) in :meth:`macs`.
+        """
+        return {}
+
+    def internal_norms(self, node: LayerNode, weights: list, p: int) -> dict:
+        """Lp norm of each internal channel's weights taken together: name -> one value per
+        channel (what the magnitude criteria, and criteria that cannot see inside, rank by)."""
+        return {}
+
     # -- coupling ---------------------------------------------------------------------------
     def couple(self, node: LayerNode, g: LayerGraph, c: Coupler) -> None:
         """Record which channels go together (default: none; inputs and outputs independent)."""
@@ -120,6 +139,13 @@ class LayerRule:
         """The weight arrays restricted to the kept input/output channels."""
         if weights and any(k is not None for k in list(kept_in) + list(kept_out)):
             raise AssertionError(f"no weight rule for {node.class_name} '{node.name}' whose channels changed")
+        return weights
+
+    def compensate(self, node: LayerNode, weights: list, internal: dict | None = None) -> list:
+        """Values to change once sliced, so the smaller layer computes what the bigger one did
+        without the removed channels (attention rescales its queries). Surgery calls it after
+        :meth:`slice_weights`; the parameter bookkeeping, which only asks *which* elements go,
+        does not."""
         return weights
 
     # -- cost -------------------------------------------------------------------------------
