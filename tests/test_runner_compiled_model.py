@@ -104,3 +104,18 @@ def test_unknown_runtime_api_is_one_line(models):
         _run(models["float32"], runtime_api="gpu")
     message = str(err.value)
     assert "runtime_api 'gpu'" in message and "interpreter" in message and "\n" not in message
+
+
+def test_op_profiler_detection_names_the_device_and_the_fallback(models, tmp_path):
+    from edgeprune.pruning.latency import op_profiler_note
+
+    result = _run(models["float32"])
+    assert result["device"]["benchmark_model"] is None  # no registry here ships the native binary
+    assert op_profiler_note("pi5", None) == (
+        "op profiler: benchmark_model not found on pi5; per-layer times come from single-op models")
+    binary = tmp_path / "benchmark_model"
+    binary.write_text("#!/bin/sh\nexit 0\n")
+    binary.chmod(0o755)
+    result = _run(models["float32"], benchmark_model=str(binary))
+    assert result["device"]["benchmark_model"] == str(binary)
+    assert "found on pi5" in op_profiler_note("pi5", str(binary))

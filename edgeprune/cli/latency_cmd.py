@@ -89,3 +89,5 @@ def latency_table_command(ctx, model, output, target, host, remote_python, ssh_o
                   [(r["name"], r["class_name"], r["cin"], r["cout"], f"{r['us']:.1f}") for r in info["layers"]])
         out.info(f"{len(info['layers'])} layers, {info['signatures']} shapes, {info['points_measured']} new points "
                  f"measured; summed layer latency {info['predicted_us'] / 1000:.3f} ms; wrote {output}")
+        if info.get("op_profiler"):
+            out.info(info["op_profiler"])

@@ -212,6 +212,22 @@ def os_name():
     return platform.platform()
 
 
+def find_benchmark_model(job):
+    """The device's LiteRT ``benchmark_model`` binary (its ``--enable_op_profiling=true`` gives
+    per-op times), from the job's ``benchmark_model`` path or PATH; None where it has none.
+
+    Only detected: no registry reachable when this was written ships the native binary (the
+    ai-edge-litert wheel's ``litert-benchmark`` is a Python wrapper over CompiledModel without
+    an op profiler), so its output format was never seen here and is not parsed yet.
+    """
+    import shutil
+
+    given = job.get("benchmark_model")
+    if given:
+        return given if os.path.isfile(given) and os.access(given, os.X_OK) else None
+    return shutil.which("benchmark_model")
+
+
 def device_info(runtime_name, runtime_version, numpy):
     try:
         usable = len(os.sched_getaffinity(0))
@@ -965,6 +981,7 @@ def run(job):
     log("runtime %s, numpy %s; artifact %s" % (label, numpy.__version__, artifact))
     device = device_info(runtime, version, numpy)
     device["runtime_api"] = api_name(api)
+    device["benchmark_model"] = find_benchmark_model(job)
     result = {
         "runner_version": 2,
         "runtime": label,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgeprune.base.errors import InputError
 from edgeprune.device.jobs import RunRequest, model_name
-from edgeprune.pruning.latency import LayerTimer
+from edgeprune.pruning.latency import LayerTimer, op_profiler_note
 
 
 class DeviceTimer(LayerTimer):
@@ -44,7 +44,8 @@ class DeviceTimer(LayerTimer):
         meta = {"runtime": f"{device['runtime']} {device['runtime_version']}", "threads": self.threads,
                 "quantization": self.quant, "cpu": device["cpu"], "machine": device["machine"],
                 "device": self.label, "hostname": device.get("hostname"), "python": device.get("python"),
-                "numpy": device.get("numpy")}
+                "numpy": device.get("numpy"), "runtime_api": device.get("runtime_api", "Interpreter"),
+                "benchmark_model": device.get("benchmark_model")}
         if self.emulated:
             meta["emulated"] = True
         return meta
@@ -125,6 +126,18 @@ def latency_table(model_path, output_path=None, *, target=None, host: str | None
     with device_timer(target=target, host=host, remote_python=remote_python, threads=threads,
                       quantization=quantization, ssh_options=ssh_options, ssh_config=ssh_config,
                       output=output) as timer:
-        return measure(model_path, output_path, threads=threads, quantization=quantization, round_to=round_to,
-                       min_channels=min_channels, custom_objects=custom_objects, safe_mode=safe_mode,
-                       input_shape=input_shape, progress=progress, timer=timer)
+        summary = measure(model_path, output_path, threads=threads, quantization=quantization, round_to=round_to,
+                          min_channels=min_channels, custom_objects=custom_objects, safe_mode=safe_mode,
+                          input_shape=input_shape, progress=progress, timer=timer)
+        summary["op_profiler"] = _op_profiler_note(timer)
+        return summary
+
+
+def _op_profiler_note(timer: LayerTimer | None) -> str:
+    """Where the table's per-layer times came from, asked of the device that timed them."""
+    if timer is None:
+        import shutil
+
+        return op_profiler_note("this machine", shutil.which("benchmark_model"))
+    meta = timer.meta()
+    return op_profiler_note(meta.get("device") or "the device", meta.get("benchmark_model"))

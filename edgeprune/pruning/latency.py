@@ -151,6 +151,21 @@ def runtime_meta(threads: int, quant: str) -> dict:
             "cpu": cpu_model(), "machine": platform.machine()}
 
 
+def op_profiler_note(device: str, benchmark_model: str | None) -> str:
+    """One line saying where per-layer times come from on ``device``.
+
+    Why a note and not the profiler's numbers: LiteRT's native ``benchmark_model`` with
+    ``--enable_op_profiling=true`` measures every op inside the whole model, but no package
+    reachable here ships it (ai-edge-litert 2.3's ``litert-benchmark`` and its Python
+    ``CompiledModel`` expose no per-op times), so its table format is unverified and not parsed:
+    single-op models (this module) stay the method, and a device that has the binary is named.
+    """
+    if benchmark_model:
+        return (f"op profiler: benchmark_model found on {device} ({benchmark_model}), but its op-profiling "
+                "output is not parsed yet; per-layer times come from single-op models")
+    return f"op profiler: benchmark_model not found on {device}; per-layer times come from single-op models"
+
+
 def check_compatible(table: LatencyTable, meta: dict, path) -> None:
     """Threads and arithmetic must match what is asked; the device may differ (see ``is_foreign``)."""
     for key in ("threads", "quantization"):
