@@ -17,9 +17,10 @@ from edgeprune.load.model_io.custom_objects import CustomObjects, load_custom_ob
 from edgeprune.load.model_io.detect import ModelFormat, detect, model_sha256, sha256_file
 from edgeprune.load.model_io.safety import check_config, check_h5_storage
 from edgeprune.load.model_io.save import save_model
+from edgeprune.load.model_io.subclass import saved_as_note
 
 __all__ = ["CustomObjects", "LoadedModel", "load_model", "save_model", "load_custom_objects", "detect",
-           "model_sha256", "sha256_file", "to_tf_keras"]
+           "model_sha256", "sha256_file", "to_tf_keras", "saved_as_note"]
 
 
 @dataclass
@@ -34,6 +35,24 @@ class LoadedModel:
     kind: str = "keras_zip"  # keras_zip | h5 | savedmodel
     keras_version: str | None = None
     translation: dict = field(default_factory=dict)  # notes of a translation, when one happened
+    # A keras.Model subclass built functionally (model_io.subclass): the class the file's model
+    # is (now seen as its functional graph), or the class edgeprune saved this file from.
+    subclass: str | None = None
+    saved_from: str | None = None
+
+    @property
+    def origin_class(self) -> str | None:
+        """The subclass whose graph this is; a pruned model saved from it records it again."""
+        return self.subclass or self.saved_from
+
+    @property
+    def note(self) -> str | None:
+        """One sentence for people about the subclass, when there is one."""
+        from edgeprune.load.model_io.subclass import saved_as_note, traced_note
+
+        if self.saved_from:
+            return saved_as_note(self.saved_from)
+        return traced_note(self.subclass) if self.subclass else None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -70,7 +89,8 @@ def _load_keras3(path: Path, k3_objects: dict, safe_mode: bool):
 
 
 def as_functional_keras3(model, keras, source: str):
-    """A functional Keras 3 model: Sequential becomes functional; subclassed models are refused."""
+    """A functional Keras 3 model: Sequential becomes functional; a functional subclass is seen
+    as its graph by the caller (``model_io.subclass.functional_view``); other subclasses are refused."""
     from keras.src.models.functional import Functional
 
     if isinstance(model, keras.Sequential):
@@ -173,7 +193,14 @@ def load_model(path, *, custom_objects=None, safe_mode: bool = True) -> LoadedMo
 
         model = as_functional(_load_tf_keras(path, tk_objects, safe_mode), tk, str(path))
     from edgeprune.base.limits import check_model
+    from edgeprune.load.model_io.subclass import functional_view, read_origin, traced_note
 
+    # The one place a functional subclass (keras-hub Backbone, a user's Net) becomes its graph:
+    # every command below the loader then reads a plain functional model.
+    model, subclass = functional_view(model, str(path))
+    if subclass:
+        translation["functional_view"] = {"class": subclass, "note": traced_note(subclass)}
     check_model(model, str(path))  # before calibration or training allocate per-sample buffers
     return LoadedModel(model=model, flavour=fmt.flavour, path=path, sha256=model_sha256(path),
-                       kind=fmt.kind, keras_version=fmt.keras_version, translation=translation)
+                       kind=fmt.kind, keras_version=fmt.keras_version, translation=translation,
+                       subclass=subclass, saved_from=None if subclass else read_origin(path))

@@ -14,7 +14,8 @@ dict with a ``class_name``, at every depth) is checked here against what edgepru
 - objects naming a module: Keras' own modules of layers, ops, initializers and the like; a
   function only from Keras' activations, ops, losses and metrics; anything else only when the
   user supplied it (``--custom-objects``) or registered it with Keras;
-- layers: a class Keras knows, one the user supplied, or one registered with Keras.
+- layers: a class Keras knows, one the user supplied, one the user's code registered with
+  Keras, or a class of keras-hub's own (imported when the config names it; :mod:`.hub`).
 
 ``--unsafe`` (``safe_mode=False``) lets Lambda and its kin through; unknown classes still need
 their code from ``--custom-objects``. The graph of a SavedModel is scanned by
@@ -138,17 +139,25 @@ def _is_known_layer(class_name: str, flavour: str) -> bool:
 
 
 def _is_registered(name: str, flavour: str) -> bool:
-    """Whether the running process has registered ``name`` with Keras (decorated classes)."""
+    """Whether ``name`` is registered with Keras by the user's code (decorated classes of this
+    process) or is a class of keras-hub's own (:mod:`edgeprune.load.model_io.hub`); not the other
+    names that importing keras-hub registers (``keras_nlp>`` aliases, tensorflow-text)."""
+    from edgeprune.load.model_io.hub import is_hub_bundled, is_hub_class
+
     try:
         if flavour == "keras3":
             from edgeprune.base.env import keras3
 
-            return keras3().saving.get_registered_object(name) is not None
-        from edgeprune.base.env import tf_keras
+            obj = keras3().saving.get_registered_object(name)
+        else:
+            from edgeprune.base.env import tf_keras
 
-        return tf_keras().saving.get_registered_object(name) is not None
+            obj = tf_keras().saving.get_registered_object(name)
     except Exception:  # pragma: no cover - registry lookups are best effort
         return False
+    if obj is None:
+        return False
+    return is_hub_class(name, obj) or not is_hub_bundled(obj)
 
 
 def _refuse(path: Path, where: str, what: str, hint: str = _UNSAFE_HINT) -> UnsafeModelError:
@@ -233,6 +242,9 @@ def check_config(path: Path, config: dict | None, flavour: str, *, custom_object
     """
     if not config:
         return
+    from edgeprune.load.model_io.hub import require_hub_if_named
+
+    require_hub_if_named(path, config, flavour)  # keras-hub's classes registered, or one line
     supplied = set(custom_objects)
     if not known_layers_only:
         for where, obj in iter_objects(config):

@@ -22,8 +22,12 @@ def _temp_beside(path: Path, suffix: str) -> Path:
     return Path(name)
 
 
-def save_model(model, path, *, flavour: str | None = None) -> Path:
-    """Save ``model`` to ``path`` as ``flavour`` (default: the model's own); whole or not at all."""
+def save_model(model, path, *, flavour: str | None = None, origin_class: str | None = None) -> Path:
+    """Save ``model`` to ``path`` as ``flavour`` (default: the model's own); whole or not at all.
+
+    ``origin_class``: the keras.Model subclass ``model`` was traced from (``LoadedModel.origin_class``);
+    the file records it, since ``model`` is saved as a plain functional Model (model_io.subclass).
+    """
     from edgeprune.base.env import is_keras3_model
 
     path = Path(path)
@@ -53,6 +57,10 @@ def save_model(model, path, *, flavour: str | None = None) -> Path:
             # Our own file, just written: no untrusted code can be in it.
             k3 = keras.saving.load_model(scratch, compile=False, safe_mode=False)
             k3.save(tmp)
+        if origin_class:
+            from edgeprune.load.model_io.subclass import write_origin
+
+            write_origin(tmp, origin_class)
         os.replace(tmp, path)
     finally:
         for leftover in (tmp, scratch):
