@@ -115,6 +115,8 @@ def _print_tflite(out, r: dict, top: int) -> None:
 def _print_keras(out, r: dict, top: int) -> None:
     out.info(f"{r['file']} ({r['flavour']}): {r['params']:,} params, {r['macs']:,} MACs; "
              f"{r['prunable_groups']} prunable groups ({r['prunable_channels']} channels), {r['locked_groups']} locked")
+    if r.get("model_class"):
+        out.info(r["model_class"])
     out.table("Pruning groups", ["group", "channels", "layers", "prunable", "locked because"],
               [(g["name"], g["channels"], ", ".join(g["layers"][:6]), g["prunable"], g["locked"])
                for g in r["groups"][: max(top, 30)]])

@@ -166,7 +166,10 @@ def prune(model_path, output_path, *, ratio: float | None = None, target_macs: f
     if model is not loaded.model:  # --input-shape was for the analysis: keep the file's signature
         pruned = _restore_inputs(pruned, loaded.model)
     with out.progress(f"saving {output_path}"):
-        model_io.save_model(pruned, output_path, flavour=loaded.flavour)
+        model_io.save_model(pruned, output_path, flavour=loaded.flavour, origin_class=loaded.origin_class)
+    if loaded.origin_class:  # a keras.Model subclass: saved as a plain functional Model
+        result.report["saved_as"] = {"class": "Functional", "from": loaded.origin_class}
+        result.report.setdefault("notes", []).append(model_io.saved_as_note(loaded.origin_class))
     result.model = pruned
     result.report.update({"input": str(model_path), "output": str(output_path), "flavour": loaded.flavour,
                           "round_to": round_to, "min_channels": min_channels, "target": target})

@@ -209,7 +209,7 @@ def _training(model, original, options, profile, data, stages, out, in_range, ga
 PRUNED_MODEL = "pruned"  # DIR/pruned.keras (Keras 3) or DIR/pruned.h5 (tf_keras)
 
 
-def _keep_pruned_model(model, directory: Path, training, out) -> dict:
+def _keep_pruned_model(model, directory: Path, training, out, origin_class: str | None = None) -> dict:
     """Save the pruned (and recovered) float Keras model in the artifact directory, in its own
     flavour (edgeprune.load.model_io.save_model), and return its manifest entry.
 
@@ -226,13 +226,19 @@ def _keep_pruned_model(model, directory: Path, training, out) -> dict:
     flavour = "keras3" if is_keras3_model(model) else "tf_keras"
     name = f"{PRUNED_MODEL}.keras" if flavour == "keras3" else f"{PRUNED_MODEL}.h5"
     try:
-        path = save_model(model, directory / name)
+        path = save_model(model, directory / name, origin_class=origin_class)
     except (TypeError, ValueError, NotImplementedError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         out.warn(f"the pruned Keras model was not kept in the artifact ({reason})")
         return {"skipped": reason}
     raw = path.read_bytes()
-    return {"file": name, "sha256": sha256_bytes(raw), "bytes": len(raw), "flavour": flavour}
+    entry = {"file": name, "sha256": sha256_bytes(raw), "bytes": len(raw), "flavour": flavour}
+    if origin_class:  # a keras.Model subclass (model_io.subclass): kept as a plain functional Model
+        from edgeprune.load.model_io import saved_as_note
+
+        entry["saved_as"] = saved_as_note(origin_class)
+        out.warn(f"{name}: {entry['saved_as']}")
+    return entry
 
 
 def _gate_data(stage_result, data, training, max_drop, out):
@@ -464,7 +470,8 @@ def write(s: State) -> None:
     with artifact as tmp:
         write_bytes_atomic(tmp / "model.tflite", tflite)
         if s.prune_report is not None:
-            manifest["pruned_model"] = _keep_pruned_model(s.model, tmp, s.training, s.out)
+            manifest["pruned_model"] = _keep_pruned_model(s.model, tmp, s.training, s.out,
+                                                          origin_class=s.loaded.origin_class)
         write_json(tmp / "manifest.json", manifest)
         write_json(tmp / "report.json", report)
         shipping.write_extras(tmp, extra_files, s.out)
