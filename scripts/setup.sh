@@ -15,7 +15,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 extras=""
-[ "$with_test" = 1 ] && extras="[test]"
+[ "$with_test" = 1 ] && extras="[test,hub]"  # the tests cover the keras-hub extra too
 echo "[setup] installing edgeprune$extras with the pinned set in constraints.txt"
 # The one filter: setuptools' editable finder prints a notice about folders named like the
 # package on every install; nothing else is hidden.
