@@ -19,9 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.base.errors import InputError
-
-# Ops whose multiply-accumulates we count from tensor shapes (NHWC, TFLite weight layouts).
-_MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL", "CONV_3D")
+from edgeprune.pruning.macs import ARTIFACT_MAC_OPS
 
 
 def display_name(name: str, width: int | None = 48) -> str:
@@ -63,26 +61,42 @@ def _prod(shape) -> int:
 
 
 def op_macs(op: str, ins: list[int], outs: list[int], tensors) -> int:
-    """Multiply-accumulates of one TFLite op from its tensor shapes (0 for ops we do not count)."""
-    if op not in _MAC_OPS or not outs or len(ins) < 2:
+    """Multiply-accumulates of one TFLite op from its tensor shapes (NHWC, TFLite weight layouts).
+
+    Only :data:`edgeprune.pruning.macs.ARTIFACT_MAC_OPS` count (that module says what a MAC is
+    and why ADD, MUL, MEAN, SOFTMAX... do not); each is (output elements) x (input elements
+    summed per output), the pruner's definition, so ``inspect`` and ``--target-macs`` agree.
+    """
+    if op not in ARTIFACT_MAC_OPS or not outs or len(ins) < 2:
         return 0
     out = tensors[outs[0]].shape
     w = tensors[ins[1]].shape
-    if op == "CONV_2D" and len(w) == 4:  # weights [cout, kh, kw, cin]
+    if op == "CONV_2D" and len(w) == 4:  # weights [cout, kh, kw, cin / groups]
         return _prod(out) * int(w[1]) * int(w[2]) * int(w[3])
     if op == "DEPTHWISE_CONV_2D" and len(w) == 4:  # [1, kh, kw, cout]
         return _prod(out) * int(w[1]) * int(w[2])
-    if op == "FULLY_CONNECTED" and len(w) == 2:  # [units, in]
+    if op == "FULLY_CONNECTED" and len(w) == 2:  # [units, in]; leading dims are in the output
         return _prod(out) * int(w[1])
     if op == "TRANSPOSE_CONV" and len(ins) >= 3:  # ins: output_shape, weights [cout,kh,kw,cin], input
-        w = tensors[ins[1]].shape
         x = tensors[ins[2]].shape
         return _prod(x) * int(w[0]) * int(w[1]) * int(w[2]) if len(w) == 4 else 0
-    if op == "BATCH_MATMUL":
+    if op == "CONV_3D_TRANSPOSE" and len(ins) >= 3:  # output_shape, weights [kd,kh,kw,cout,cin], input
+        x = tensors[ins[2]].shape
+        return _prod(x) * int(w[0]) * int(w[1]) * int(w[2]) * int(w[3]) if len(w) == 5 else 0
+    if op == "BATCH_MATMUL":  # a [..., M, K] (or [..., K, M] with adj_x) x b; out [..., M, N]
         a = tensors[ins[0]].shape
-        return _prod(out) * int(a[-1]) if a else 0
+        if len(a) < 2 or len(out) < 2:
+            return 0
+        k = a[-1] if int(a[-2]) == int(out[-2]) else a[-2]  # M == K: either reading is right
+        return _prod(out) * max(int(k), 1)  # out carries the broadcast batch dims
     if op == "CONV_3D" and len(w) == 5:  # [kd, kh, kw, cin, cout]
         return _prod(out) * int(w[0]) * int(w[1]) * int(w[2]) * int(w[3])
+    if op in ("UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN"):
+        # every 2-D constant is a gate kernel [units, in] or a recurrent kernel [units, units]
+        # applied once per (batch, step): input 0 is [batch, time, in] (or time-major)
+        steps = _prod(tensors[ins[0]].shape[:-1])
+        kernels = [tensors[j] for j in ins[1:] if tensors[j].constant and len(tensors[j].shape) == 2]
+        return steps * sum(_prod(t.shape) for t in kernels)
     return 0
 
 
@@ -251,6 +265,7 @@ def inspect_keras(path: Path, *, custom_objects=None, unsafe: bool = False) -> d
         "prunable_groups": sum(1 for g in groups if g["prunable"]),
         "prunable_channels": sum(g["channels"] for g in groups if g["prunable"]),
         "locked_groups": sum(1 for g in groups if not g["prunable"]),
+        "model_class": loaded.note,  # a keras.Model subclass traced as, or saved as, functional
     }
 
 

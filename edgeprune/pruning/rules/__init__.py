@@ -21,6 +21,7 @@ from edgeprune.pruning.rules.attention import EinsumDenseRule, MultiHeadAttentio
 from edgeprune.pruning.rules.base import Coupler, LayerRule, channel_norm, flatten_rows, take
 from edgeprune.pruning.rules.conv import ConvRule, ConvTransposeRule, DepthwiseRule, SeparableRule
 from edgeprune.pruning.rules.dense import DenseRule, EmbeddingRule, TimeDistributedRule
+from edgeprune.pruning.rules.matmul import DotRule, EinsumRule, MatmulRule
 from edgeprune.pruning.rules.merge import ConcatRule, ElementwiseOpRule, MergeRule
 from edgeprune.pruning.rules.recurrent import GATES, BidirectionalRule, RecurrentRule
 from edgeprune.pruning.rules.shape import (
@@ -114,6 +115,12 @@ def _defaults() -> None:
         register_rule(f"ops.{name}", ElementwiseOpRule())
     for name in _TF_ELEMENTWISE_OPS:
         register_rule(f"tf.{name}", ElementwiseOpRule())
+    # products of two activations: locked, their MACs counted (rules/matmul.py)
+    register_rule("Dot", DotRule())
+    for key in ("ops.Matmul", "tf.linalg.matmul", "tf.matmul", "tf.__operators__.matmul"):
+        register_rule(key, MatmulRule())
+    for key in ("ops.Einsum", "tf.einsum", "tf.linalg.einsum"):
+        register_rule(key, EinsumRule())
 
 
 _defaults()
@@ -128,12 +135,22 @@ def rule_key(node: LayerNode) -> str:
     return node.class_name
 
 
-def rule_for(node: LayerNode) -> LayerRule:
-    """The rule of ``node``: registered under its key (or its registered name), else a lock."""
-    key = rule_key(node)
-    rule = _REGISTRY.get(key)
+def _registered_rule(node: LayerNode) -> LayerRule | None:
+    rule = _REGISTRY.get(rule_key(node))
     if rule is None and node.registered_name:
         rule = _REGISTRY.get(node.registered_name) or _REGISTRY.get(node.registered_name.split(">")[-1])
+    return rule
+
+
+def has_rule(node: LayerNode) -> bool:
+    """Whether a rule describes ``node`` (else it is locked and its MACs are read from its graph,
+    see edgeprune.pruning.macs)."""
+    return _registered_rule(node) is not None
+
+
+def rule_for(node: LayerNode) -> LayerRule:
+    """The rule of ``node``: registered under its key (or its registered name), else a lock."""
+    rule = _registered_rule(node)
     if rule is None:
         what = f"Keras operation '{node.class_name}'" if node.is_op else (
             f"TF op '{node.config.get('function')}'" if node.class_name == "TFOpLambda" else node.class_name)
