@@ -237,3 +237,27 @@ def test_einsum_dense_locks_what_it_cannot_slice():
     gs = build_groups(trace(model))
     locked = {g.locked for g in gs.groups if ("mix", 0, 0) in g.tensors}
     assert any("EinsumDense 'abc,bd->adc'" in (r or "") for r in locked)
+
+
+@pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])
+def test_cross_attention_key_value_inputs_prune_with_their_kernels(flavour):
+    """Key/value from another tensor than the query: its channels go from both kernels' inputs."""
+    K = keras3() if flavour == "keras3" else tf_keras()
+    K.utils.set_random_seed(0)
+    q_in, c_in = K.Input((6, 8)), K.Input((5, 10))
+    x = K.layers.Dense(16, name="query_proj")(q_in)
+    ctx = K.layers.Dense(12, name="ctx")(c_in)
+    h = K.layers.MultiHeadAttention(num_heads=2, key_dim=4, name="cross")(x, ctx)
+    x = K.layers.Add()([x, h])
+    model = K.Model([q_in, c_in], K.layers.Dense(3)(K.layers.GlobalAveragePooling1D()(x)))
+    w = model.get_layer("ctx").get_weights()
+    w[0][:, ::2] = 0  # half of the context channels carry nothing
+    w[1][::2] = 0
+    model.get_layer("ctx").set_weights(w)
+    pruned = prune_model(model, ratio=0.0, per_layer={"ctx": 0.5}, criterion="l1").model
+    assert pruned.get_layer("ctx").get_config()["units"] == 6
+    kernels = [a.shape for a in pruned.get_layer("cross").get_weights()]
+    assert kernels[0] == (16, 2, 4) and kernels[2] == (6, 2, 4) and kernels[4] == (6, 2, 4)
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(3, 6, 8)).astype(np.float32), rng.normal(size=(3, 5, 10)).astype(np.float32)]
+    np.testing.assert_allclose(pruned.predict(xs, verbose=0), model.predict(xs, verbose=0), atol=1e-5)
