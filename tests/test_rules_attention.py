@@ -261,3 +261,10 @@ def test_cross_attention_key_value_inputs_prune_with_their_kernels(flavour):
     rng = np.random.default_rng(0)
     xs = [rng.normal(size=(3, 6, 8)).astype(np.float32), rng.normal(size=(3, 5, 10)).astype(np.float32)]
     np.testing.assert_allclose(pruned.predict(xs, verbose=0), model.predict(xs, verbose=0), atol=1e-5)
+
+
+def test_round_to_applies_to_head_dims_not_to_head_counts(heads_mode):
+    model = vit(keras3())
+    pruned = prune_model(model, ratio=0.5, round_to=8, criterion="l1").model
+    assert mha_config(pruned, "mha0") == (2, KEY_DIM, KEY_DIM)  # 4 heads -> 2 although round_to=8
+    assert pruned.get_layer("patches").get_config()["filters"] == 16  # channels stay multiples of 8

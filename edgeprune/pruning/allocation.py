@@ -69,6 +69,8 @@ class Allocator:
     def _unit_policy(self, g) -> tuple[int, int]:
         """round_to/min_channels in units: a unit spans several channels for grouped convs and
         depthwise multipliers, and every tensor of the group must stay a multiple of round_to."""
+        if g.tensors and all(rules.unrounded(self.gs.graph, k) for k in g.tensors):
+            return 1, 1  # whole attention heads: rounding applies to their dimensions instead
         mults = [int(m) for m in g.multiplicity.values()] or [1]
         r = 1
         for m in mults:

@@ -41,7 +41,7 @@ __all__ = [
     "ElementwiseOpRule", "ConvRule", "DenseRule", "register_rule", "rule_for", "rule_key",
     "couple_layer", "new_config", "slice_weights", "layer_macs", "is_producer", "matches",
     "channel_norm", "flatten_rows", "take", "registered", "MultiHeadAttentionRule", "EinsumDenseRule",
-    "internal_key", "internal_keys", "add_internal_tensors", "compensate",
+    "internal_key", "internal_keys", "add_internal_tensors", "compensate", "unrounded",
 ]
 
 _ND = ("1D", "2D", "3D")
@@ -206,6 +206,13 @@ def add_internal_tensors(g: LayerGraph) -> None:
             key = internal_key(node.name, name)
             if key not in g.tensors:
                 g.tensors[key] = TensorInfo(key=key, shape=(int(size),), producer=node.name)
+
+
+def unrounded(g: LayerGraph, key) -> bool:
+    """Whether tensor ``key`` is an internal width that channel rounding does not apply to."""
+    if len(key) != 3 or key[1] != "internal" or key[0] not in g.layers:
+        return False
+    return key[2] in rule_for(g.layers[key[0]]).unrounded_internal
 
 
 def new_config(node: LayerNode, cfg: dict, kept_in: list, kept_out: list, g: LayerGraph,

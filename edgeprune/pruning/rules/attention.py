@@ -59,6 +59,7 @@ class MultiHeadAttentionRule(LayerRule):
     """MultiHeadAttention (Keras 3 and tf_keras): per-head dimensions or whole heads."""
 
     producer = True
+    unrounded_internal = ("heads",)
 
     def __init__(self, prune: str = "dims"):
         if prune not in ATTENTION_MODES:

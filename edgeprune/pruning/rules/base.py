@@ -100,6 +100,9 @@ class LayerRule:
 
     producer = False
     timed = False
+    # internal widths that --round-to/--min-channels do not apply to: their units are not SIMD
+    # lanes (a whole attention head; its dimensions are the lanes)
+    unrounded_internal: tuple = ()
     output_follows_input = False  # output width = input width x a fixed factor (depthwise)
 
     def is_producer(self, node: LayerNode) -> bool:
