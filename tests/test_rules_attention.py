@@ -268,3 +268,14 @@ def test_round_to_applies_to_head_dims_not_to_head_counts(heads_mode):
     pruned = prune_model(model, ratio=0.5, round_to=8, criterion="l1").model
     assert mha_config(pruned, "mha0") == (2, KEY_DIM, KEY_DIM)  # 4 heads -> 2 although round_to=8
     assert pruned.get_layer("patches").get_config()["filters"] == 16  # channels stay multiples of 8
+
+
+@pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])
+def test_layer_norm_over_positions_locks_its_stream(flavour):
+    K = keras3() if flavour == "keras3" else tf_keras()
+    inp = K.Input((6, 8))
+    x = K.layers.Dense(16, name="proj")(inp)
+    x = K.layers.LayerNormalization(axis=1, name="ln_positions")(x)
+    model = K.Model(inp, K.layers.Dense(2)(K.layers.Flatten()(x)))
+    group = next(g for g in build_groups(trace(model)).groups if ("proj", 0, 0) in g.tensors)
+    assert group.locked and "ln_positions" in group.locked and "not channels" in group.locked
