@@ -198,3 +198,60 @@ def test_keras_hub_backbones_agree(name):
     # the pruner cannot load functional subclasses yet: wrap the backbone as a plain functional model;
     # its blocks are layers without a rule, counted from their TensorFlow graph
     _agree(f"keras-hub {name}Backbone", keras.Model(backbone.inputs, backbone.outputs))
+
+
+# ------------------------------------------------------------------ after pruning
+
+PRUNED = {
+    "keras3 ViT": lambda: vit(keras3()),
+    "tf_keras keyword-spotting transformer": lambda: kws_transformer(tf_keras()),
+    "keras3 MobileNetV3Small": lambda: _application("keras3", "MobileNetV3Small"),
+}
+
+
+@pytest.mark.parametrize("label", list(PRUNED))
+def test_pruned_report_agrees_with_pruned_artifact(label):
+    """The reduction the report states is the artifact's: macs_after (the pruner's count under
+    the kept channels, what --target-macs aims at) is the pruned artifact's count."""
+    from edgeprune.pruning import prune_model
+
+    result = prune_model(PRUNED[label](), ratio=0.3)
+    after = result.report["macs_after"]
+    assert after < 0.8 * result.report["macs_before"]
+    artifact = inspect_tflite(convert(result.model, "float32"))["macs"]
+    print(f"\n| {label} pruned 30 % | {after:,} | {artifact:,} | {100 * (after - artifact) / artifact:+.2f} % |")
+    assert abs(after - artifact) <= TOLERANCE * artifact
+
+
+# ------------------------------------------------------------------ layers without a rule, recurrent ops
+
+def test_layer_without_rule_counts_its_graph():
+    """A user's subclassed layer (no pruning rule: locked) counts the MACs of what it calls:
+    its Dense sublayer and a product of two activations inside it."""
+    keras = keras3()
+
+    class MixTokens(keras.layers.Layer):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.proj = keras.layers.Dense(16)
+
+        def call(self, x):
+            h = self.proj(x)
+            return keras.ops.matmul(keras.ops.softmax(keras.ops.matmul(h, keras.ops.transpose(h, (0, 2, 1)))), h)
+
+    x_in = keras.Input((10, 8))
+    model = keras.Model(x_in, keras.layers.Dense(4)(MixTokens()(x_in)))
+    from edgeprune.pruning.macs import summarize
+
+    per = summarize(trace(model))
+    mix = next(v for k, v in per.items() if k.startswith("mix_tokens"))
+    assert mix["macs"] == 10 * 8 * 16 + 10 * 10 * 16 + 10 * 16 * 10
+    _agree("keras3 subclassed layer without a rule", model)
+
+
+def test_fused_lstm_counts_in_the_artifact():
+    """tf_keras LSTM converts to one UNIDIRECTIONAL_SEQUENCE_LSTM op: its gate kernels count."""
+    keras = tf_keras()
+    x_in = keras.Input((10, 8))
+    model = keras.Model(x_in, keras.layers.Dense(3)(keras.layers.LSTM(16)(x_in)))
+    _agree("tf_keras LSTM", model)
