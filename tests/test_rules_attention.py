@@ -279,3 +279,18 @@ def test_layer_norm_over_positions_locks_its_stream(flavour):
     model = K.Model(inp, K.layers.Dense(2)(K.layers.Flatten()(x)))
     group = next(g for g in build_groups(trace(model)).groups if ("proj", 0, 0) in g.tensors)
     assert group.locked and "ln_positions" in group.locked and "not channels" in group.locked
+
+
+def test_attention_over_one_axis_of_an_image_counts_its_pairs():
+    """attention_axes=(2,): each pixel attends to its row only (W keys), not to all H*W."""
+    K = keras3()
+    inp = K.Input((4, 6, 8))
+    x = K.layers.Dense(8)(inp)
+    h = K.layers.MultiHeadAttention(num_heads=2, key_dim=3, attention_axes=(2,), name="rows")(x, x)
+    model = K.Model(inp, K.layers.Dense(2)(K.layers.Add()([x, h])))
+    t, d = 4 * 6, 8
+    expected = t * d * 2 * 3 * 3 + 2 * (3 + 3) * t * 6 + t * 2 * 3 * d
+    assert macs_mod.count(model)["layers"]["rows"]["macs"] == expected
+    pruned = prune_model(model, ratio=0.5, criterion="l1").model
+    x0 = np.random.default_rng(0).normal(size=(2, 4, 6, 8)).astype(np.float32)
+    assert pruned.predict(x0, verbose=0).shape == (2, 4, 6, 2)

@@ -171,10 +171,16 @@ class MultiHeadAttentionRule(LayerRule):
         width = {r: counts.get(roles[r], g.tensors[roles[r]].channels) for r in ("query", "key", "value")}
         out = g.tensors[node.outputs[0]]
         cout = counts.get(out.key, out.channels)
-        tq = spatial_size(g.tensors[roles["query"]].shape)
-        tk = spatial_size(g.tensors[roles["key"]].shape)
+        q_shape, k_shape = g.tensors[roles["query"]].shape, g.tensors[roles["key"]].shape
+        tq, tk = spatial_size(q_shape), spatial_size(k_shape)
         projections = tq * width["query"] * h * dq + tk * (width["key"] * h * dq + width["value"] * h * dv)
-        attention = h * dq * tq * tk + h * dv * tq * tk  # Q K^T, then the scores times V
+        # each query position meets the key positions along the attention axes only
+        axes = node.config.get("attention_axes")
+        axes = [int(a) for a in ([axes] if isinstance(axes, int) else (axes or []))]
+        pairs = tq * tk
+        if axes and len(k_shape) == len(q_shape) and all(0 < a < len(q_shape) for a in axes):
+            pairs = tq * spatial_size(tuple(k_shape[a - 1] for a in axes) + (1,))
+        attention = h * (dq + dv) * pairs  # Q K^T, then the scores times V
         return projections + attention + tq * h * dv * cout
 
     # -- importance -----------------------------------------------------------------------
