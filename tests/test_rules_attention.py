@@ -294,3 +294,18 @@ def test_attention_over_one_axis_of_an_image_counts_its_pairs():
     pruned = prune_model(model, ratio=0.5, criterion="l1").model
     x0 = np.random.default_rng(0).normal(size=(2, 4, 6, 8)).astype(np.float32)
     assert pruned.predict(x0, verbose=0).shape == (2, 4, 6, 2)
+
+
+def test_protected_or_score_returning_attention_keeps_its_insides():
+    K = keras3()
+    model = vit(K)
+    pruned = prune_model(model, ratio=0.5, protect=("mha0",), criterion="l1").model
+    assert mha_config(pruned, "mha0") == (HEADS, KEY_DIM, KEY_DIM)
+    assert mha_config(pruned, "mha1") == (HEADS, KEY_DIM // 2, KEY_DIM // 2)
+    inp = K.Input((5, 8))
+    mha = K.layers.MultiHeadAttention(num_heads=2, key_dim=4, name="mha")
+    out, scores = mha(inp, inp, return_attention_scores=True)
+    model = K.Model(inp, [K.layers.Dense(2)(K.layers.Dense(6)(out)), scores])
+    gs = build_groups(trace(model))
+    assert not [k for g in gs.groups for k in g.tensors if k[1] == "internal"]  # no heads to prune
+    assert next(g for g in gs.groups if ("mha", 0, 0) in g.tensors).locked

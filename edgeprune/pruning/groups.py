@@ -97,7 +97,8 @@ def build_groups(graph: LayerGraph, protect=()) -> GroupSet:
         if not hit:
             raise InputError(f"--protect '{pattern}' matches no layer of the model")
         for name in hit:
-            for key in graph.layers[name].outputs:
+            node = graph.layers[name]
+            for key in [*node.outputs, *rules.internal_keys(node).values()]:
                 coupler.lock(key, f"{name}: protected")
 
     offsets, total = {}, 0

@@ -77,6 +77,8 @@ class MultiHeadAttentionRule(LayerRule):
     def _lock_reason(self, node) -> str | None:
         if node.config.get("use_gate"):
             return "MultiHeadAttention with use_gate"
+        if len(node.outputs) != 1:
+            return "MultiHeadAttention returning its attention scores"
         roles = attention_inputs(node)
         if roles["value"] is None or any(roles[r] not in node.inputs for r in ("query", "value", "key")):
             return "MultiHeadAttention call whose query/value inputs cannot be told apart"
