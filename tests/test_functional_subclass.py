@@ -238,3 +238,30 @@ def test_without_keras_hub_the_error_names_the_extra(tmp_path, resnet_file):
     assert lines == [f"edgeprune: error: {path}: this model uses keras-hub classes (ResNetBackbone); "
                      "install them with pip install 'edgeprune[hub]'"]
     assert "Traceback" not in proc.stderr
+
+
+def test_hub_task_with_a_nested_backbone_prunes_through_the_backbone(tmp_path):
+    """A keras-hub Task (ImageClassifier) holds its Backbone as a nested subclass whose input is
+    the Task's own input tensor: the backbone's convolutions must prune, not lock as one layer."""
+    import keras
+    keras_hub = pytest.importorskip("keras_hub")
+
+    model = keras_hub.models.ImageClassifier(backbone=_resnet(), num_classes=10)
+    src, dst = tmp_path / "clf.keras", tmp_path / "pruned.keras"
+    model.save(src)
+    report = _prune_json(src, dst)
+    assert report["macs_after"] < 0.5 * report["macs_before"]
+    pruned = keras.saving.load_model(dst, compile=False)
+    assert np.asarray(pruned(_x())).shape == (2, 10)
+
+
+def test_a_subclass_built_in_python_prunes_through_the_api():
+    """The Python API takes the model object itself (no file, so no loader): the tracer turns
+    the subclass into its graph too."""
+    import edgeprune
+    keras_hub = pytest.importorskip("keras_hub")
+
+    model = keras_hub.models.ImageClassifier(backbone=_resnet(), num_classes=10)
+    result = edgeprune.prune_model(model, ratio=0.5)
+    assert result.model.count_params() < 0.5 * model.count_params()
+    assert np.asarray(result.model(_x())).shape == (2, 10)

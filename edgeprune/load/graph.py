@@ -284,6 +284,12 @@ def _functional_config(class_name: str, cfg: dict, input_shape=None) -> dict:
     return copy.deepcopy(cfg)
 
 
+def _ref_list(refs) -> list:
+    """A model config's ``input_layers``/``output_layers`` as a list of refs: Keras 3 writes a
+    single ref (``["input_layer", 0, 0]``) for a model built on one tensor, not a list of one."""
+    return [refs] if is_entry(refs) else list(refs)
+
+
 def _inline(cfg: dict, taken: set) -> tuple[dict, bool]:
     """Inline nested model layers into ``cfg`` (recursively). Returns (config, changed)."""
     changed = False
@@ -312,7 +318,7 @@ def _inline(cfg: dict, taken: set) -> tuple[dict, bool]:
             taken.add(new)
             rename[name] = new
         input_map = {}
-        for k, ref in enumerate(inner["input_layers"]):
+        for k, ref in enumerate(_ref_list(inner["input_layers"])):
             input_map[ref[0]] = outer_refs[k]
         for il in inner["layers"]:
             if il["class_name"] == "InputLayer":
@@ -323,7 +329,7 @@ def _inline(cfg: dict, taken: set) -> tuple[dict, bool]:
             il["inbound_nodes"] = _rewrite_nodes(il["inbound_nodes"], rename, input_map)
             il["_origin"] = (outer_name, [k for k, v in rename.items() if v == il["name"]][0])
             layers_out.append(il)
-        for k, ref in enumerate(inner["output_layers"]):
+        for k, ref in enumerate(_ref_list(inner["output_layers"])):
             src = input_map.get(ref[0]) or (rename[ref[0]], ref[1], ref[2])
             remap[(outer_name, k)] = tuple(src)  # any node index: a sub-model's own node shifts them
     if not changed:
@@ -377,7 +383,9 @@ def flatten_model(model):
     The result has ``model``'s flavour (Keras 3 or tf_keras) and its weights.
     """
     from edgeprune.base.env import keras_of
+    from edgeprune.load.model_io.subclass import functional_view
 
+    model, _ = functional_view(model)  # a keras.Model subclass built functionally: its graph
     keras = keras_of(model)
     cfg = neutral_config(model)
     is_seq = isinstance(model, keras.Sequential)

@@ -69,10 +69,9 @@ def functional_view(model, source: str = "model"):
         graph = bool(getattr(model, "_is_graph_network", False))
         base = keras.Model
     cls = type(model)
-    if cls in (keras.Model, keras.Sequential) or cls.__name__ == "Functional":
-        return model, None
-    if isinstance(model, keras.Sequential):
-        return model, None
+    if cls in (keras.Model, keras.Sequential) or cls.__name__ == "Functional" or isinstance(model, keras.Sequential):
+        nested = _with_nested_views(keras, model, source) if graph else model
+        return nested, None
     own_call = _own_call(cls, base) if graph else cls.__name__
     if own_call is not None:
         raise InputError(
@@ -80,12 +79,36 @@ def functional_view(model, source: str = "model"):
             "so it has no functional graph to prune; rebuild it with the functional API "
             "(keras.Model(inputs, outputs)), Sequential, or a subclass whose __init__ calls "
             "super().__init__(inputs, outputs) without overriding call")
-    # The nested structures (a dict of inputs stays a dict), else the flat lists.
+    return _with_nested_views(keras, _plain(keras, model), source), cls.__name__
+
+
+def _plain(keras, model):
+    """The same graph as a plain ``keras.Model``: the nested structures (a dict of inputs stays a
+    dict), else the flat lists."""
     inputs = getattr(model, "_inputs_struct", None)
     outputs = getattr(model, "_outputs_struct", None)
     if inputs is None or outputs is None:
         inputs, outputs = model.inputs, model.outputs
-    return keras.Model(inputs, outputs, name=model.name), cls.__name__
+    return keras.Model(inputs, outputs, name=model.name)
+
+
+def _with_nested_views(keras, model, source: str):
+    """``model`` with every nested functional subclass (a keras-hub Task's Backbone) replaced by
+    its plain view, so the tracer can inline it like any nested model. The layers are reused,
+    not copied (``clone_model`` with a function that returns them), so the weights are shared."""
+    views = {}
+    for layer in getattr(model, "layers", []):
+        if not isinstance(layer, keras.Model):
+            continue
+        try:
+            view, name = functional_view(layer, source)
+        except InputError:  # a nested model with its own call stays one opaque (locked) layer
+            continue
+        if name is not None:
+            views[id(layer)] = view
+    if not views:
+        return model
+    return keras.models.clone_model(model, clone_function=lambda layer: views.get(id(layer), layer))
 
 
 def write_origin(path: Path, class_name: str) -> None:
