@@ -111,13 +111,13 @@ class MultiHeadAttentionRule(LayerRule):
         return {r: kept_in[node.inputs.index(roles[r])] for r in ("query", "value", "key")}
 
     def new_config(self, node, cfg, kept_in, kept_out, g, internal=None):
-        internal = internal or {}
-        heads, key_dim, value_dim = self._dims(node)
-        cfg = dict(cfg, value_dim=value_dim)  # explicit: an unset value_dim follows key_dim
-        sizes = {"heads": ("num_heads", heads), "qk_dim": ("key_dim", key_dim), "v_dim": ("value_dim", value_dim)}
-        for name, kept in internal.items():
+        if self._lock_reason(node):
+            return cfg
+        cfg = dict(cfg, value_dim=self._dims(node)[2])  # explicit: an unset value_dim follows key_dim
+        fields = {"heads": "num_heads", "qk_dim": "key_dim", "v_dim": "value_dim"}
+        for name, kept in (internal or {}).items():
             if kept is not None:
-                cfg[sizes[name][0]] = int(len(kept))
+                cfg[fields[name]] = int(len(kept))
         ko = kept_out[0] if kept_out else None
         if ko is not None and cfg.get("output_shape") is not None:
             shape = cfg["output_shape"]
@@ -224,8 +224,6 @@ def _einsum_parts(equation: str) -> tuple[str, str, str] | None:
 class EinsumDenseRule(LayerRule):
     """EinsumDense: output channels where the equation's last output axis comes from the kernel
     alone (``...b,bc->...c``), input channels where the input's last axis is contracted."""
-
-    timed = False
 
     @staticmethod
     def _axes(node) -> tuple[int | None, int | None]:
