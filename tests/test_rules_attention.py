@@ -309,3 +309,24 @@ def test_protected_or_score_returning_attention_keeps_its_insides():
     gs = build_groups(trace(model))
     assert not [k for g in gs.groups for k in g.tensors if k[1] == "internal"]  # no heads to prune
     assert next(g for g in gs.groups if ("mha", 0, 0) in g.tensors).locked
+
+
+def test_a_rules_only_custom_objects_file_switches_the_cli_to_whole_heads(tmp_path):
+    """The README's way to prune whole heads from the CLI: a --custom-objects file holding only
+    ``pruning_rules`` (no classes of its own) is accepted."""
+    from helpers_models import invoke_cli
+
+    src, dst = tmp_path / "vit.keras", tmp_path / "pruned.keras"
+    vit(keras3()).save(src)
+    rules_file = tmp_path / "heads.py"
+    rules_file.write_text("from edgeprune.pruning.rules import MultiHeadAttentionRule\n"
+                          "pruning_rules = {'MultiHeadAttention': MultiHeadAttentionRule('heads')}\n")
+    before = rules.registered()["MultiHeadAttention"]
+    try:
+        code, result = invoke_cli(["prune", str(src), "--ratio", "0.5", "--custom-objects", str(rules_file),
+                                   "-o", str(dst)])
+    finally:
+        register_rule("MultiHeadAttention", before)
+    assert code == 0, result.output
+    heads, key_dim, _ = mha_config(load_model(str(dst)).model, "mha0")
+    assert heads < HEADS and key_dim == KEY_DIM

@@ -69,6 +69,6 @@ def load_custom_objects(path: str | Path | None) -> dict:
         name: obj for name, obj in vars(module).items()
         if inspect.isclass(obj) and obj.__module__ == module.__name__
     }
-    if not found:
+    if not found and getattr(module, "pruning_rules", None) is None:  # a rules-only file is fine
         raise InputError(f"--custom-objects {path}: defines no `custom_objects` dict and no classes")
     return CustomObjects(found, twins)
