@@ -91,7 +91,29 @@ def tf_keras_products():
     return keras.Model(x_in, L.Dense(5)(L.Concatenate()([a, f])))
 
 
+def conv_zoo(keras):
+    """Every convolution the rules count: strided/padded, grouped, dilated, depthwise,
+    separable, transposed, 1D and 3D, and Dense on 3-D input (tokens x in x out)."""
+    L = keras.layers
+    img = keras.Input((15, 15, 8))
+    x = L.Conv2D(16, 3, strides=2, padding="same")(img)
+    x = L.Conv2D(16, 3, groups=4, dilation_rate=2, padding="valid")(x)
+    x = L.DepthwiseConv2D(3, depth_multiplier=2, padding="same")(x)
+    x = L.SeparableConv2D(12, 3, strides=2, padding="same")(x)
+    x = L.Conv2DTranspose(8, 3, strides=2, padding="same")(x)
+    seq = keras.Input((20, 6))
+    y = L.Conv1D(10, 5, strides=2)(seq)
+    y = L.SeparableConv1D(12, 3, padding="same")(y)
+    y = L.Dense(7)(y)
+    vol = keras.Input((6, 6, 6, 2))
+    z = L.Conv3D(4, 3)(vol)
+    heads = [L.Dense(3)(L.Flatten()(x)), L.Dense(3)(L.Flatten()(y)), L.Dense(3)(L.Flatten()(z))]
+    return keras.Model([img, seq, vol], L.Concatenate()(heads))
+
+
 LAYER_MODELS = {
+    "keras3 convolution zoo": lambda: conv_zoo(keras3()),
+    "tf_keras convolution zoo": lambda: conv_zoo(tf_keras()),
     "keras3 ops.matmul/einsum attention": keras3_products,
     "tf_keras tf.linalg.matmul/Dot attention": tf_keras_products,
     "keras3 ViT (2 blocks)": lambda: vit(keras3()),
