@@ -21,6 +21,13 @@ from edgeprune.pruning.rules.attention import EinsumDenseRule, MultiHeadAttentio
 from edgeprune.pruning.rules.base import Coupler, LayerRule, channel_norm, flatten_rows, take
 from edgeprune.pruning.rules.conv import ConvRule, ConvTransposeRule, DepthwiseRule, SeparableRule
 from edgeprune.pruning.rules.dense import DenseRule, EmbeddingRule, TimeDistributedRule
+from edgeprune.pruning.rules.keras_hub import (
+    PositionEmbeddingRule,
+    TokenAndPositionEmbeddingRule,
+    TransformerEncoderRule,
+    ViTEncoderRule,
+    ViTPatchingAndEmbeddingRule,
+)
 from edgeprune.pruning.rules.matmul import DotRule, EinsumRule, MatmulRule
 from edgeprune.pruning.rules.merge import ConcatRule, ElementwiseOpRule, MergeRule
 from edgeprune.pruning.rules.recurrent import GATES, BidirectionalRule, RecurrentRule
@@ -121,6 +128,13 @@ def _defaults() -> None:
         register_rule(key, MatmulRule())
     for key in ("ops.Einsum", "tf.einsum", "tf.linalg.einsum"):
         register_rule(key, EinsumRule())
+    # keras-hub layers (rules/keras_hub.py), by their registered names: no keras_hub import, and a
+    # user's own class called TransformerEncoder keeps its own (missing) rule
+    register_rule("keras_hub>TransformerEncoder", TransformerEncoderRule())
+    register_rule("keras_hub>TokenAndPositionEmbedding", TokenAndPositionEmbeddingRule())
+    register_rule("keras_hub>PositionEmbedding", PositionEmbeddingRule())
+    register_rule("ViTPatchingAndEmbedding", ViTPatchingAndEmbeddingRule())
+    register_rule("ViTEncoder", ViTEncoderRule())
 
 
 _defaults()
@@ -237,9 +251,9 @@ def slice_weights(node: LayerNode, weights: list, kept_in: list, kept_out: list,
 
 def compensate(node: LayerNode, weights: list, internal: dict | None = None) -> list:
     """The sliced weights with the values the rule adjusts (see :meth:`LayerRule.compensate`)."""
-    if not internal or not weights or all(k is None for k in internal.values()):
+    if not weights:  # a rule may compensate for its input channels too (keras-hub head sizes)
         return weights
-    return rule_for(node).compensate(node, weights, internal)
+    return rule_for(node).compensate(node, weights, internal or {})
 
 
 def layer_macs(node: LayerNode, g: LayerGraph, counts: dict) -> int:

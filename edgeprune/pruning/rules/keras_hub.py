@@ -1,0 +1,357 @@
+"""keras-hub transformer layers: TransformerEncoder, TokenAndPositionEmbedding, PositionEmbedding
+and ViT's patch embedding and encoder.
+
+These layers hold whole sub-networks (attention, LayerNorms, an MLP) behind one config, so what
+prunes is what that config can express:
+
+- the **residual width** (the layer's input = output width, read by every projection and
+  normalized by every LayerNorm inside): an ordinary channel group of the graph, shared with the
+  embedding that produces it and everything the stream passes through;
+- the **MLP width** (``intermediate_dim`` / ``mlp_dim``): an internal width
+  (:meth:`LayerRule.internal_widths`), allocated and scored like any group;
+- **not** the heads nor the head size on their own: keras-hub derives the head size as
+  ``key_dim = hidden_dim // num_heads`` and has no field to set it, so removing heads with the
+  residual width kept would *grow* each head, and shrinking the head alone is not expressible.
+  The head size follows the residual width instead: with ``H'`` residual channels kept each head
+  keeps ``H' // num_heads`` query/key and value dimensions, the ones whose weights are largest
+  (the same dimensions in every head, as :class:`MultiHeadAttentionRule` removes them).
+
+Keras 3 only (keras-hub is Keras 3). Nothing here imports keras_hub: the registry refers to
+these layers by class name.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeprune.load.graph import spatial_size
+from edgeprune.pruning.rules.attention import _internal_key, _norms
+from edgeprune.pruning.rules.base import LayerRule, channel_norm, take
+
+_MHA_PARTS = ("query/kernel", "query/bias", "key/kernel", "key/bias", "value/kernel", "value/bias",
+              "attention_output/kernel", "attention_output/bias")
+
+
+def weight_index(node) -> dict:
+    """Path inside the layer (``self_attention_layer/query/kernel``) -> position in its weights:
+    sub-layers are found by name, not by the order Keras happens to track them in."""
+    return {w.path.split("/", 1)[1] if "/" in w.path else w.path: i for i, w in enumerate(node.layer.weights)}
+
+
+def top(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest values, in ascending index order (kept channels keep their order)."""
+    return np.sort(np.argsort(-np.asarray(values), kind="stable")[:k])
+
+
+class _Attention:
+    """One keras-hub self-attention (a MultiHeadAttention whose head size is ``width // heads``)
+    seen through its parent's weight list: ``prefix`` is its path inside the parent."""
+
+    def __init__(self, index: dict, prefix: str, heads: int):
+        self.at = {part: index.get(f"{prefix}/{part}") for part in _MHA_PARTS}
+        self.heads = heads
+
+    def kept_dims(self, real: list, width: int | None):
+        """(query/key dims, value dims) kept when the residual keeps ``width`` channels (None: all)."""
+        q = real[self.at["query/kernel"]]
+        if width is None or width // self.heads >= q.shape[2]:
+            return None, None
+        keep = max(1, width // self.heads)
+        qk = [(real[self.at["query/kernel"]], 2), (real[self.at["key/kernel"]], 2)]
+        vd = [(real[self.at["value/kernel"]], 2), (real[self.at["attention_output/kernel"]], 1)]
+        return top(_norms(qk, 2), keep), top(_norms(vd, 2), keep)
+
+    def slice(self, w: list, real: list, residual) -> None:
+        dq, dv = self.kept_dims(real, None if residual is None else len(residual))
+        for role, dims in (("query", dq), ("key", dq), ("value", dv)):
+            w[self.at[f"{role}/kernel"]] = take(take(w[self.at[f"{role}/kernel"]], residual, 0), dims, 2)
+            if self.at[f"{role}/bias"] is not None:
+                w[self.at[f"{role}/bias"]] = take(w[self.at[f"{role}/bias"]], dims, 1)
+        o = self.at["attention_output/kernel"]
+        w[o] = take(take(w[o], dv, 1), residual, 2)
+        if self.at["attention_output/bias"] is not None:
+            w[self.at["attention_output/bias"]] = take(w[self.at["attention_output/bias"]], residual, 0)
+
+    def compensate(self, w: list, full_dim: int) -> None:
+        """Keras scales the queries by 1/sqrt(head size): scale the query projection by
+        sqrt(kept/full) so the kept dimensions score as they did (MultiHeadAttentionRule.compensate)."""
+        kept = w[self.at["query/kernel"]].shape[2]
+        if kept == full_dim:
+            return
+        factor = np.sqrt(kept / full_dim)
+        for part in ("query/kernel", "query/bias"):
+            if self.at[part] is not None:
+                w[self.at[part]] = (w[self.at[part]] * factor).astype(w[self.at[part]].dtype)
+
+    def macs(self, tokens: int, width: int) -> int:
+        """Q/K/V projections, QK^T, scores x V and the output projection at residual ``width``."""
+        inner = self.heads * (width // self.heads)
+        return 4 * tokens * width * inner + 2 * inner * tokens * tokens
+
+    def norms(self, real: list, p: int, axis_in: bool) -> list:
+        """(array, axis) pairs reading (``axis_in``) or writing the residual channels."""
+        if axis_in:
+            return [(real[self.at[f"{r}/kernel"]], 0) for r in ("query", "key", "value")]
+        return [(real[self.at["attention_output/kernel"]], 2)]
+
+
+def _residual(node, kept_in, kept_out):
+    """Kept residual channels of a width-preserving block (input and output are one group)."""
+    return kept_in[0] if kept_in and kept_in[0] is not None else (kept_out[0] if kept_out else None)
+
+
+class TransformerEncoderRule(LayerRule):
+    """``keras_hub.layers.TransformerEncoder``: residual width (input = output), with the head
+    size following it, and ``intermediate_dim`` as the internal width ``"intermediate"``."""
+
+    producer = True  # its MLP produces the internal width (and its output projection the residual)
+
+    def _lock_reason(self, node) -> str | None:
+        if len(node.outputs) != 1:
+            return "TransformerEncoder returning its attention scores"
+        if len(node.layer.weights) != 16:
+            return "TransformerEncoder with an unexpected set of weights"
+        return None
+
+    def _parts(self, node):
+        index = weight_index(node)
+        attention = _Attention(index, "self_attention_layer", int(node.config["num_heads"]))
+        return index, attention
+
+    def internal_widths(self, node):
+        return {} if self._lock_reason(node) else {"intermediate": int(node.config["intermediate_dim"])}
+
+    def couple(self, node, g, c):
+        reason = self._lock_reason(node)
+        if reason:
+            c.lock_layer(node, f"{node.name}: {reason}")
+            return
+        for k in node.inputs[1:]:  # padding / attention masks: positions, not channels
+            c.lock(k, f"{node.name}: attention mask")
+        c.same(node.inputs[0], node.outputs[0])
+
+    def new_config(self, node, cfg, kept_in, kept_out, g, internal=None):
+        kept = (internal or {}).get("intermediate")
+        return cfg if kept is None else dict(cfg, intermediate_dim=int(len(kept)))
+
+    def slice_weights(self, node, weights, kept_in, kept_out, g, internal=None):
+        index, attention = self._parts(node)
+        residual, hidden = _residual(node, kept_in, kept_out), (internal or {}).get("intermediate")
+        w = list(weights)
+        attention.slice(w, node.weights(), residual)
+        for norm in ("self_attention_layer_norm", "feedforward_layer_norm"):
+            for part in ("gamma", "beta"):
+                w[index[f"{norm}/{part}"]] = take(w[index[f"{norm}/{part}"]], residual, 0)
+        up, down = "feedforward_intermediate_dense", "feedforward_output_dense"
+        w[index[f"{up}/kernel"]] = take(take(w[index[f"{up}/kernel"]], residual, 0), hidden, 1)
+        w[index[f"{up}/bias"]] = take(w[index[f"{up}/bias"]], hidden, 0)
+        w[index[f"{down}/kernel"]] = take(take(w[index[f"{down}/kernel"]], hidden, 0), residual, 1)
+        w[index[f"{down}/bias"]] = take(w[index[f"{down}/bias"]], residual, 0)
+        return w
+
+    def compensate(self, node, weights, internal=None):
+        _, attention = self._parts(node)
+        w = list(weights)
+        attention.compensate(w, node.weights()[attention.at["query/kernel"]].shape[2])
+        return w
+
+    def macs(self, node, g, counts):
+        if self._lock_reason(node):
+            return 0
+        _, attention = self._parts(node)
+        tin = g.tensors[node.inputs[0]]
+        width = counts.get(tin.key, tin.channels)
+        hidden = counts.get(_internal_key(node.name, "intermediate"), int(node.config["intermediate_dim"]))
+        tokens = spatial_size(tin.shape)
+        return attention.macs(tokens, width) + 2 * tokens * width * hidden
+
+    def filter_norms(self, node, weights, p):
+        index, attention = self._parts(node)
+        return _norms(attention.norms(weights, p, False)
+                      + [(weights[index["feedforward_output_dense/kernel"]], 1)], p)
+
+    def input_norms(self, node, weights, p, g):
+        index, attention = self._parts(node)
+        return _norms(attention.norms(weights, p, True)
+                      + [(weights[index["feedforward_intermediate_dense/kernel"]], 0)], p)
+
+    def internal_norms(self, node, weights, p):
+        index = weight_index(node)
+        up, down = "feedforward_intermediate_dense", "feedforward_output_dense"
+        parts = [(weights[index[f"{up}/kernel"]], 1), (weights[index[f"{up}/bias"]], 0),
+                 (weights[index[f"{down}/kernel"]], 0)]
+        return {"intermediate": _norms(parts, p)}
+
+
+class TokenAndPositionEmbeddingRule(LayerRule):
+    """``keras_hub.layers.TokenAndPositionEmbedding``: produces the residual stream
+    (``embedding_dim``); token, reverse (untied) and position tables are sliced together."""
+
+    producer = True
+
+    def new_config(self, node, cfg, kept_in, kept_out, g):
+        ko = kept_out[0] if kept_out else None
+        return cfg if ko is None else dict(cfg, embedding_dim=int(len(ko)))
+
+    def slice_weights(self, node, weights, kept_in, kept_out, g):
+        ko = kept_out[0] if kept_out else None
+        w = list(weights)
+        for path, i in weight_index(node).items():
+            w[i] = take(w[i], ko, 0 if path.endswith("reverse_embeddings") else w[i].ndim - 1)
+        return w
+
+    def filter_norms(self, node, weights, p):
+        index = weight_index(node)
+        return _norms([(weights[i], 0 if path.endswith("reverse_embeddings") else weights[i].ndim - 1)
+                       for path, i in index.items()], p)
+
+
+class PositionEmbeddingRule(LayerRule):
+    """``keras_hub.layers.PositionEmbedding``: returns position vectors as wide as its input
+    (input and output channels are one group); its table is sliced with them."""
+
+    def couple(self, node, g, c):
+        c.same(node.inputs[0], node.outputs[0])
+
+    def slice_weights(self, node, weights, kept_in, kept_out, g):
+        return [take(weights[0], _residual(node, kept_in, kept_out), 1)]
+
+
+class ViTPatchingAndEmbeddingRule(LayerRule):
+    """keras-hub ViT's patch convolution, class token and position table: produces the residual
+    stream (``hidden_dim``). Its image input keeps its channels."""
+
+    producer = True
+
+    def couple(self, node, g, c):
+        c.lock(node.inputs[0], f"{node.name}: image channels of ViTPatchingAndEmbedding")
+
+    def new_config(self, node, cfg, kept_in, kept_out, g):
+        """keras-hub 0.32's get_config writes ``num_patches``/``num_positions``, which its
+        ``__init__`` rejects (it derives them): left out, the layer rebuilds from its config."""
+        cfg = {k: v for k, v in cfg.items() if k not in ("num_patches", "num_positions")}
+        ko = kept_out[0] if kept_out else None
+        return cfg if ko is None else dict(cfg, hidden_dim=int(len(ko)))
+
+    def slice_weights(self, node, weights, kept_in, kept_out, g):
+        ko = kept_out[0] if kept_out else None
+        return [take(w, ko, w.ndim - 1) for w in weights]  # every table ends in hidden_dim
+
+    def macs(self, node, g, counts):
+        tout = g.tensors[node.outputs[0]]
+        patch = node.config["patch_size"]
+        patch = list(patch) if isinstance(patch, (list, tuple)) else [patch, patch]
+        per_patch = int(np.prod(patch)) * int(node.config.get("num_channels", 3))
+        return int(node.config["num_patches"]) * per_patch * counts.get(tout.key, tout.channels)
+
+    def filter_norms(self, node, weights, p):
+        return _norms([(w, w.ndim - 1) for w in weights], p)
+
+
+class ViTEncoderRule(LayerRule):
+    """keras-hub ViT's encoder (every block and the final LayerNorm in one layer): the residual
+    width (``hidden_dim``, input = output) with each block's head size following it, and
+    ``mlp_dim`` as the internal width ``"mlp"``.
+
+    ``mlp_dim`` is one number for all blocks, so it prunes uniformly: the engine decides how many
+    MLP units remain, scored as the k-th strongest unit of every block taken together, and each
+    block keeps its own strongest ones (unit j of one block has nothing to do with unit j of the
+    next)."""
+
+    producer = True
+
+    @staticmethod
+    def _blocks(node) -> list[str]:
+        return [f"transformer_block_{i + 1}" for i in range(int(node.config["num_layers"]))]
+
+    def _lock_reason(self, node) -> str | None:
+        index = weight_index(node)
+        if any(f"{b}/mlp/dense_1/kernel" not in index for b in self._blocks(node)):
+            return "ViTEncoder with an unexpected set of weights"
+        return None
+
+    def internal_widths(self, node):
+        return {} if self._lock_reason(node) else {"mlp": int(node.config["mlp_dim"])}
+
+    def couple(self, node, g, c):
+        reason = self._lock_reason(node)
+        if reason:
+            c.lock_layer(node, f"{node.name}: {reason}")
+            return
+        c.same(node.inputs[0], node.outputs[0])
+
+    def new_config(self, node, cfg, kept_in, kept_out, g, internal=None):
+        residual, mlp = _residual(node, kept_in, kept_out), (internal or {}).get("mlp")
+        cfg = dict(cfg)
+        if residual is not None:
+            cfg["hidden_dim"] = int(len(residual))
+        if mlp is not None:
+            cfg["mlp_dim"] = int(len(mlp))
+        return cfg
+
+    def _mlp_norms(self, node, real: list, p: int, block: str) -> np.ndarray:
+        index = weight_index(node)
+        parts = [(real[index[f"{block}/mlp/dense_1/kernel"]], 1), (real[index[f"{block}/mlp/dense_2/kernel"]], 0)]
+        if f"{block}/mlp/dense_1/bias" in index:
+            parts.append((real[index[f"{block}/mlp/dense_1/bias"]], 0))
+        return _norms(parts, p)
+
+    def slice_weights(self, node, weights, kept_in, kept_out, g, internal=None):
+        index, real = weight_index(node), node.weights()
+        residual, mlp = _residual(node, kept_in, kept_out), (internal or {}).get("mlp")
+        heads = int(node.config["num_heads"])
+        w = list(weights)
+
+        def cut(path, idx, axis):
+            if path in index:
+                w[index[path]] = take(w[index[path]], idx, axis)
+
+        for block in self._blocks(node):
+            _Attention(index, f"{block}/mha", heads).slice(w, real, residual)
+            own = None if mlp is None else top(self._mlp_norms(node, real, 2, block), len(mlp))
+            for norm in ("ln_1", "ln_2"):
+                cut(f"{block}/{norm}/gamma", residual, 0)
+                cut(f"{block}/{norm}/beta", residual, 0)
+            cut(f"{block}/mlp/dense_1/kernel", residual, 0)
+            cut(f"{block}/mlp/dense_1/kernel", own, 1)
+            cut(f"{block}/mlp/dense_1/bias", own, 0)
+            cut(f"{block}/mlp/dense_2/kernel", own, 0)
+            cut(f"{block}/mlp/dense_2/kernel", residual, 1)
+            cut(f"{block}/mlp/dense_2/bias", residual, 0)
+        cut("ln/gamma", residual, 0)
+        cut("ln/beta", residual, 0)
+        return w
+
+    def compensate(self, node, weights, internal=None):
+        index, w = weight_index(node), list(weights)
+        full = int(node.config["hidden_dim"]) // int(node.config["num_heads"])
+        for block in self._blocks(node):
+            _Attention(index, f"{block}/mha", int(node.config["num_heads"])).compensate(w, full)
+        return w
+
+    def macs(self, node, g, counts):
+        if self._lock_reason(node):
+            return 0
+        tin = g.tensors[node.inputs[0]]
+        width = counts.get(tin.key, tin.channels)
+        mlp = counts.get(_internal_key(node.name, "mlp"), int(node.config["mlp_dim"]))
+        tokens = spatial_size(tin.shape)
+        attention = _Attention({}, "", int(node.config["num_heads"]))
+        return len(self._blocks(node)) * (attention.macs(tokens, width) + 2 * tokens * width * mlp)
+
+    def _residual_norms(self, node, weights, p, reading: bool):
+        index, parts = weight_index(node), []
+        for block in self._blocks(node):
+            parts += _Attention(index, f"{block}/mha", int(node.config["num_heads"])).norms(weights, p, reading)
+            parts.append((weights[index[f"{block}/mlp/dense_1/kernel"]], 0) if reading
+                         else (weights[index[f"{block}/mlp/dense_2/kernel"]], 1))
+        return _norms(parts, p)
+
+    def filter_norms(self, node, weights, p):
+        return self._residual_norms(node, weights, p, False)
+
+    def input_norms(self, node, weights, p, g):
+        return self._residual_norms(node, weights, p, True)
+
+    def internal_norms(self, node, weights, p):
+        ranked = [np.sort(self._mlp_norms(node, weights, p, b))[::-1] for b in self._blocks(node)]
+        return {"mlp": np.sum(ranked, axis=0)}

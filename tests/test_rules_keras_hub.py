@@ -1,0 +1,250 @@
+"""keras-hub transformer layers prune through their rules (edgeprune/pruning/rules/keras_hub.py):
+TransformerEncoder (residual width, its head size following it, and intermediate_dim),
+TokenAndPositionEmbedding / PositionEmbedding (the residual stream), ViT's patch embedding and
+encoder (hidden_dim, mlp_dim shared by all blocks).
+
+Real keras-hub layers, real converter and interpreter; tiny models (a conversion ~1 s).
+"""
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import edgeprune.base.env  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from edgeprune import prune_model
+from edgeprune.base.env import keras3
+from edgeprune.load.graph import trace
+from edgeprune.load.model_io import load_model, save_model
+from edgeprune.pruning import rules
+from edgeprune.pruning.macs import total_macs
+from edgeprune.quantize.convert import convert
+from edgeprune.quantize.inspection import inspect_tflite
+from edgeprune.device.api import evaluate_tflite
+
+keras_hub = pytest.importorskip("keras_hub")
+
+TOLERANCE = 0.02  # pruner MACs vs the artifact's (edgeprune/pruning/macs.py)
+SEQ, VOCAB, DIM, HEADS, FFN = 16, 50, 32, 4, 64
+
+
+def text_classifier():
+    """Token + position embedding, a post-norm and a pre-norm encoder block, pooled classifier."""
+    K = keras3()
+    x_in = K.Input((SEQ,), dtype="int32")
+    x = keras_hub.layers.TokenAndPositionEmbedding(VOCAB, SEQ, DIM, name="embed")(x_in)
+    x = keras_hub.layers.TransformerEncoder(FFN, HEADS, name="enc0")(x)
+    x = keras_hub.layers.TransformerEncoder(FFN, HEADS, normalize_first=True, name="enc1")(x)
+    x = K.layers.GlobalAveragePooling1D()(x)
+    return K.Model(x_in, K.layers.Dense(3, name="head")(x))
+
+
+def keyword_spotter(frames=49, features=40):
+    """KWS-style: a strided Conv1D frontend over (frames, features), a learned position embedding
+    added to it, one encoder block, a pooled classifier."""
+    K = keras3()
+    x_in = K.Input((frames, features))
+    x = K.layers.Conv1D(DIM, 3, strides=2, padding="same", activation="relu", name="frontend")(x_in)
+    x = K.layers.Add()([x, keras_hub.layers.PositionEmbedding(25, name="pos")(x)])
+    x = keras_hub.layers.TransformerEncoder(FFN, HEADS, name="enc")(x)
+    x = K.layers.GlobalAveragePooling1D()(x)
+    return K.Model(x_in, K.layers.Dense(12, name="words")(x))
+
+
+def vit_classifier():
+    """keras-hub's ViT backbone, built small, with a pooled 10-class head."""
+    K = keras3()
+    backbone = keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2,
+                                            num_heads=2, hidden_dim=32, mlp_dim=64)
+    x = K.layers.GlobalAveragePooling1D()(backbone.outputs[0])
+    return K.Model(backbone.inputs, K.layers.Dense(10, name="head")(x))
+
+
+def sample(model, n=2, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = tuple(model.inputs[0].shape[1:])
+    if "int" in str(model.inputs[0].dtype):
+        return rng.integers(0, VOCAB, (n, *shape)).astype("int32")
+    return rng.standard_normal((n, *shape)).astype("float32")
+
+
+def hub_locks(report) -> list:
+    return [r for r in report["locked"] if "no pruning rule" in r]
+
+
+def assert_macs_agree(model) -> None:
+    pruner = total_macs(trace(model))
+    artifact = inspect_tflite(convert(model, "float32"))["macs"]
+    assert artifact > 0
+    assert abs(pruner - artifact) / artifact <= TOLERANCE, (pruner, artifact)
+
+
+def assert_artifact_agrees(model, x) -> None:
+    out = np.asarray(evaluate_tflite(convert(model, "float32"), x[:1])["outputs"])
+    keras_out = model.predict(x[:1], verbose=0)
+    np.testing.assert_allclose(out.reshape(keras_out.shape), keras_out, atol=1e-3)
+
+
+def encoder_sizes(model, name) -> tuple[int, int, int]:
+    """(residual width, intermediate_dim, attention head size) of a built TransformerEncoder."""
+    layer = model.get_layer(name)
+    mha = layer._self_attention_layer.get_config()
+    return int(layer.input.shape[-1]), int(layer.get_config()["intermediate_dim"]), int(mha["key_dim"])
+
+
+# --------------------------------------------------------------------------- TransformerEncoder
+
+def test_text_classifier_prunes_saves_and_converts(tmp_path):
+    model = text_classifier()
+    result = prune_model(model, ratio=0.5)
+    pruned, report = result.model, result.report
+    assert not hub_locks(report), report["locked"]
+    assert pruned.get_layer("embed").get_config()["embedding_dim"] == DIM // 2
+    for name in ("enc0", "enc1"):
+        width, hidden, head = encoder_sizes(pruned, name)
+        assert (width, hidden, head) == (DIM // 2, FFN // 2, DIM // 2 // HEADS)  # head size follows
+    x = sample(model)
+    assert pruned.predict(x, verbose=0).shape == model.predict(x, verbose=0).shape
+    assert report["macs_after"] < report["macs_before"]
+    assert report["macs_after"] == total_macs(trace(pruned))
+    back = load_model(save_model(pruned, tmp_path / "text.keras")).model
+    np.testing.assert_allclose(back.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-5)
+    assert_artifact_agrees(back, x)
+    assert_macs_agree(model)
+    assert_macs_agree(pruned)
+
+
+def test_zero_ratio_is_the_original():
+    model = text_classifier()
+    pruned = prune_model(model, ratio=0.0).model
+    x = sample(model)
+    np.testing.assert_array_equal(pruned.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_head_size_follows_the_residual_width_keeping_the_strongest_dims():
+    """With H' residual channels each head keeps H' // num_heads query/key and value dims, the
+    ones with the largest weights, and the query projection is scaled by sqrt(kept/full) for
+    Keras' 1/sqrt(key_dim) (MultiHeadAttentionRule.compensate)."""
+    K = keras3()
+    x_in = K.Input((SEQ, DIM))
+    model = K.Model(x_in, keras_hub.layers.TransformerEncoder(FFN, HEADS, name="enc")(x_in))
+    layer = model.get_layer("enc")
+    weights = layer.get_weights()
+    index = {w.path.split("/", 1)[1]: i for i, w in enumerate(layer.weights)}
+    strong = np.array([1, 3, 4, 6])  # of the 8 dims of every head
+    for part in ("query", "key", "value"):
+        weights[index[f"self_attention_layer/{part}/kernel"]][:, :, strong] *= 100.0
+    weights[index["self_attention_layer/attention_output/kernel"]][:, strong, :] *= 100.0
+    layer.set_weights(weights)
+    node = trace(model).layers["enc"]
+    rule, residual = rules.rule_for(node), np.arange(DIM // 2)
+    sliced = rule.slice_weights(node, node.weights(), [residual], [residual], None, internal={"intermediate": None})
+    q, v = index["self_attention_layer/query/kernel"], index["self_attention_layer/value/kernel"]
+    np.testing.assert_array_equal(sliced[q], weights[q][:DIM // 2][:, :, strong])
+    np.testing.assert_array_equal(sliced[v], weights[v][:DIM // 2][:, :, strong])
+    scaled = rules.compensate(node, sliced, {"intermediate": None})
+    np.testing.assert_allclose(scaled[q], sliced[q] * np.sqrt(len(strong) / (DIM // HEADS)), rtol=1e-6)
+
+
+def test_keyword_spotter_prunes_and_converts():
+    model = keyword_spotter()
+    result = prune_model(model, ratio=0.5)
+    pruned, report = result.model, result.report
+    assert not hub_locks(report), report["locked"]
+    width, hidden, head = encoder_sizes(pruned, "enc")
+    assert width < DIM and hidden < FFN and head == width // HEADS
+    assert pruned.get_layer("frontend").get_config()["filters"] == width  # the stream's producer
+    x = sample(model)
+    assert pruned.predict(x, verbose=0).shape == (2, 12)
+    assert_artifact_agrees(pruned, x)
+    assert_macs_agree(model)
+    assert_macs_agree(pruned)
+
+
+def test_a_users_own_transformer_encoder_class_is_not_taken_for_keras_hubs():
+    """The rules are registered under keras-hub's registered names (keras_hub>TransformerEncoder):
+    a user's layer that happens to be called TransformerEncoder gets no rule (it stays locked)."""
+    K = keras3()
+
+    class TransformerEncoder(K.layers.Layer):  # a user's look-alike
+        def call(self, x):
+            return x * 2.0
+
+    x_in = K.Input((SEQ, DIM))
+    mine = K.Model(x_in, TransformerEncoder(name="mine")(x_in))
+    hub = K.Model(x_in, keras_hub.layers.TransformerEncoder(FFN, HEADS, name="hub")(x_in))
+    assert not rules.has_rule(trace(mine).layers["mine"])
+    assert rules.has_rule(trace(hub).layers["hub"])
+
+
+# --------------------------------------------------------------------------- ViT backbone
+
+def test_vit_backbone_prunes_hidden_and_mlp_dims():
+    model = vit_classifier()
+    result = prune_model(model, ratio=0.5)
+    pruned, report = result.model, result.report
+    assert not hub_locks(report), report["locked"]
+    encoder = pruned.get_layer("vit_encoder").get_config()
+    assert encoder["hidden_dim"] == 16 and encoder["mlp_dim"] == 32
+    assert pruned.get_layer("vit_patching_and_embedding").get_config()["hidden_dim"] == 16
+    block = pruned.get_layer("vit_encoder").encoder_layers[0]
+    assert block.mha.get_config()["key_dim"] == 16 // 2  # head size follows hidden_dim
+    x = sample(model)
+    assert pruned.predict(x, verbose=0).shape == (2, 10)
+    assert report["macs_after"] == total_macs(trace(pruned))
+    assert_artifact_agrees(pruned, x)
+    assert_macs_agree(model)
+    assert_macs_agree(pruned)
+    zero = prune_model(model, ratio=0.0).model
+    np.testing.assert_array_equal(zero.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_vit_mlp_units_are_each_blocks_own_strongest():
+    """mlp_dim is one number for all blocks; each block keeps its own strongest units."""
+    model = vit_classifier()
+    encoder = model.get_layer("vit_encoder")
+    weights, index = encoder.get_weights(), {w.path.split("/", 1)[1]: i for i, w in enumerate(encoder.weights)}
+    strong = {1: np.arange(0, 32), 2: np.arange(32, 64)}  # block 1's first half, block 2's second
+    for block, units in strong.items():
+        weak = np.setdiff1d(np.arange(64), units)
+        weights[index[f"transformer_block_{block}/mlp/dense_1/kernel"]][:, weak] *= 1e-3
+        weights[index[f"transformer_block_{block}/mlp/dense_2/kernel"]][weak, :] *= 1e-3
+    encoder.set_weights(weights)
+    pruned = prune_model(model, ratio=0.5, protect=["vit_patching_and_embedding"]).model
+    new = pruned.get_layer("vit_encoder")
+    assert new.get_config()["mlp_dim"] == 32 and new.get_config()["hidden_dim"] == 32
+    got = {w.path.split("/", 1)[1]: w.numpy() for w in new.weights}
+    for block, units in strong.items():
+        expected = weights[index[f"transformer_block_{block}/mlp/dense_1/kernel"]][:, units]
+        np.testing.assert_array_equal(got[f"transformer_block_{block}/mlp/dense_1/kernel"], expected)
+
+
+def _saved_vit(path):
+    keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
+                                 hidden_dim=32, mlp_dim=64).save(path)
+    return path
+
+
+def test_cli_prunes_a_saved_vit(tmp_path):
+    from helpers_models import invoke_cli
+
+    src, dst = _saved_vit(tmp_path / "vit.keras"), tmp_path / "pruned.keras"
+    code, result = invoke_cli(["prune", str(src), "--ratio", "0.5", "-o", str(dst), "--json"])
+    assert code == 0, result.output
+    report, _ = json.JSONDecoder().raw_decode(result.output.lstrip())
+    assert not hub_locks(report), report["locked"]
+    assert report["macs_after"] < report["macs_before"]
+    layers = json.loads(zipfile.ZipFile(dst).read("config.json"))["config"]["layers"]
+    encoder = next(layer["config"] for layer in layers if layer["class_name"] == "ViTEncoder")
+    assert (encoder["hidden_dim"], encoder["mlp_dim"]) == (32, 32)  # its output is the model's: kept
+
+
+@pytest.mark.xfail(strict=True, reason="keras-hub 0.32: ViTPatchingAndEmbedding is not registered under "
+                   "keras_hub> (safe mode refuses it) and its get_config writes num_patches/num_positions, "
+                   "which its __init__ rejects; a plain functional model holding it does not load again")
+def test_a_pruned_vit_loads_again(tmp_path):
+    from helpers_models import invoke_cli
+
+    src, dst = _saved_vit(tmp_path / "vit.keras"), tmp_path / "pruned.keras"
+    assert invoke_cli(["prune", str(src), "--ratio", "0.5", "-o", str(dst)])[0] == 0
+    assert load_model(str(dst), safe_mode=False).model.get_layer("vit_encoder").get_config()["mlp_dim"] == 32
