@@ -177,6 +177,21 @@ def test_a_users_own_transformer_encoder_class_is_not_taken_for_keras_hubs():
     assert rules.has_rule(trace(hub).layers["hub"])
 
 
+def test_fewer_residual_channels_than_heads_is_one_line(tmp_path):
+    """keras-hub cannot build a head size of 0: the CLI says which layer and what to do."""
+    from helpers_models import invoke_cli
+
+    K = keras3()
+    x_in = K.Input((SEQ, DIM))
+    x = K.layers.Dense(DIM, name="proj")(x_in)
+    x = keras_hub.layers.TransformerEncoder(FFN, 16, name="enc")(x)
+    src = tmp_path / "many_heads.keras"
+    K.Model(x_in, K.layers.Dense(3)(K.layers.GlobalAveragePooling1D()(x))).save(src)
+    code, result = invoke_cli(["prune", str(src), "--ratio", "0.75", "-o", str(tmp_path / "out.keras")])
+    assert code == 2  # InputError; main() prints it as one "edgeprune: error:" line
+    assert "enc: keras-hub TransformerEncoder derives its head size" in str(result.exception)
+
+
 # --------------------------------------------------------------------------- ViT backbone
 
 def test_vit_backbone_prunes_hidden_and_mlp_dims():

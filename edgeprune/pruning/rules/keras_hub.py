@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeprune.base.errors import InputError
 from edgeprune.load.graph import spatial_size
 from edgeprune.pruning.rules.attention import _internal_key, _norms
 from edgeprune.pruning.rules.base import LayerRule, channel_norm, take
@@ -99,6 +100,15 @@ def _residual(node, kept_in, kept_out):
     return kept_in[0] if kept_in and kept_in[0] is not None else (kept_out[0] if kept_out else None)
 
 
+def check_head_size(node, residual) -> None:
+    """keras-hub refuses a head size of 0: the residual width must keep one channel per head."""
+    heads = int(node.config["num_heads"])
+    if residual is not None and len(residual) < heads:
+        raise InputError(f"{node.name}: keras-hub {node.class_name} derives its head size as width // num_heads "
+                         f"({heads} heads) and pruning would leave {len(residual)} channels; lower --ratio, "
+                         f"or --protect {node.name}")
+
+
 class TransformerEncoderRule(LayerRule):
     """``keras_hub.layers.TransformerEncoder``: residual width (input = output), with the head
     size following it, and ``intermediate_dim`` as the internal width ``"intermediate"``."""
@@ -130,6 +140,7 @@ class TransformerEncoderRule(LayerRule):
         c.same(node.inputs[0], node.outputs[0])
 
     def new_config(self, node, cfg, kept_in, kept_out, g, internal=None):
+        check_head_size(node, _residual(node, kept_in, kept_out))
         kept = (internal or {}).get("intermediate")
         return cfg if kept is None else dict(cfg, intermediate_dim=int(len(kept)))
 
@@ -281,6 +292,7 @@ class ViTEncoderRule(LayerRule):
 
     def new_config(self, node, cfg, kept_in, kept_out, g, internal=None):
         residual, mlp = _residual(node, kept_in, kept_out), (internal or {}).get("mlp")
+        check_head_size(node, residual)
         cfg = dict(cfg)
         if residual is not None:
             cfg["hidden_dim"] = int(len(residual))
