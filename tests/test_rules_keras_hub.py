@@ -14,13 +14,13 @@ import pytest
 import edgeprune.base.env  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from edgeprune import prune_model
 from edgeprune.base.env import keras3
+from edgeprune.device.api import evaluate_tflite
 from edgeprune.load.graph import trace
 from edgeprune.load.model_io import load_model, save_model
 from edgeprune.pruning import rules
 from edgeprune.pruning.macs import total_macs
 from edgeprune.quantize.convert import convert
 from edgeprune.quantize.inspection import inspect_tflite
-from edgeprune.device.api import evaluate_tflite
 
 keras_hub = pytest.importorskip("keras_hub")
 

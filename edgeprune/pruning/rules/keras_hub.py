@@ -26,7 +26,7 @@ import numpy as np
 from edgeprune.base.errors import InputError
 from edgeprune.load.graph import spatial_size
 from edgeprune.pruning.rules.attention import _internal_key, _norms
-from edgeprune.pruning.rules.base import LayerRule, channel_norm, take
+from edgeprune.pruning.rules.base import LayerRule, take
 
 _MHA_PARTS = ("query/kernel", "query/bias", "key/kernel", "key/bias", "value/kernel", "value/bias",
               "attention_output/kernel", "attention_output/bias")
