@@ -263,3 +263,24 @@ def test_a_pruned_vit_loads_again(tmp_path):
     src, dst = _saved_vit(tmp_path / "vit.keras"), tmp_path / "pruned.keras"
     assert invoke_cli(["prune", str(src), "--ratio", "0.5", "-o", str(dst)])[0] == 0
     assert load_model(str(dst), safe_mode=False).model.get_layer("vit_encoder").get_config()["mlp_dim"] == 32
+
+
+def test_a_hub_vit_task_compiles_pruned_from_its_file(tmp_path):
+    """keras-hub's own ViTImageClassifier (a Task nesting the ViT Backbone) as a user saves it:
+    flattening it rebuilds ViTPatchingAndEmbedding from a config keras-hub writes with values its
+    constructor rejects; compile must prune and convert it, not end in an internal error."""
+    from helpers_models import invoke_cli
+
+    backbone = keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2,
+                                            num_heads=2, hidden_dim=32, mlp_dim=64)
+    src, out = tmp_path / "vit.keras", tmp_path / "art"
+    keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=10).save(src)
+    code, result = invoke_cli(["compile", str(src), "--target", "x86-64", "--ratio", "0.5", "-o", str(out)])
+    assert code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "model.tflite").is_file() and manifest["artifact"]["sha256"]
+    import re
+
+    before, after = (int(n.replace(",", "")) for n in re.search(r"MACs ([\d,]+) -> ([\d,]+)", result.output).groups())
+    assert after < before and report

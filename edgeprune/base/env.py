@@ -96,6 +96,18 @@ def tf():
     return _tf
 
 
+def quiet_import(module_name: str):
+    """Import a library that loads native TensorFlow code of its own (keras-hub pulls in
+    tensorflow-text) with its start-up C++ log lines hidden, as :func:`tf` does; -v shows them."""
+    import importlib
+
+    tf()
+    if _verbose:
+        return importlib.import_module(module_name)
+    with _silenced_stderr_fd():
+        return importlib.import_module(module_name)
+
+
 def tf_keras():
     """The Keras 2 module (``tf_keras``) that edgeprune uses as its internal representation."""
     tf()

@@ -199,9 +199,11 @@ def neutral_config(model) -> dict:
 def model_from_neutral(cfg: dict, like):
     """Build a functional model of ``like``'s flavour from a flat neutral config."""
     from edgeprune.base.env import is_keras3_model, keras_of
+    from edgeprune.load.model_io.hub import drop_derived_keys
 
     keras = keras_of(like)
     objects = custom_objects_of(like)
+    cfg = {**cfg, "layers": [drop_derived_keys(layer) for layer in cfg["layers"]]}
     if is_keras3_model(like):
         with keras.saving.custom_object_scope(objects):
             return keras.Model.from_config(neutral_to_k3(cfg))

@@ -50,7 +50,9 @@ def require_hub_if_named(path: Path, config, flavour: str) -> None:
     if not names:
         return
     try:
-        import keras_hub  # noqa: F401  (registers its classes with Keras)
+        from edgeprune.base.env import quiet_import
+
+        quiet_import("keras_hub")  # registers its classes with Keras
     except ImportError:
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         raise InputError(f"{path}: this model uses keras-hub classes ({shown}); install them with "
@@ -67,3 +69,19 @@ def is_hub_bundled(obj) -> bool:
     """Whether ``obj`` comes from a library importing keras-hub registers (keras-hub's
     ``keras_nlp>`` aliases, tensorflow-text): registered in this process, but not by the user."""
     return str(getattr(obj, "__module__", "")).split(".")[0] in (HUB_MODULE, "keras_nlp", "tensorflow_text")
+
+
+# keras-hub 0.32 layers whose get_config() writes values the constructor derives and rejects
+# (ViTPatchingAndEmbedding: num_patches, num_positions), so from_config of their own config
+# fails. Rebuilding a model from its layer configs (flattening a Task, pruning) drops them.
+DERIVED_CONFIG_KEYS = {"ViTPatchingAndEmbedding": ("num_patches", "num_positions")}
+
+
+def drop_derived_keys(layer_config: dict) -> dict:
+    """``layer_config`` (one entry of a model config's ``layers``) without the derived values
+    its keras-hub class writes but does not accept; other layers are returned unchanged."""
+    keys = DERIVED_CONFIG_KEYS.get(layer_config.get("class_name"))
+    inner = layer_config.get("config")
+    if not keys or not isinstance(inner, dict) or not any(k in inner for k in keys):
+        return layer_config
+    return {**layer_config, "config": {k: v for k, v in inner.items() if k not in keys}}
