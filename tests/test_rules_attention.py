@@ -330,3 +330,19 @@ def test_a_rules_only_custom_objects_file_switches_the_cli_to_whole_heads(tmp_pa
     assert code == 0, result.output
     heads, key_dim, _ = mha_config(load_model(str(dst)).model, "mha0")
     assert heads < HEADS and key_dim == KEY_DIM
+
+
+def test_a_class_token_slice_passes_the_stream_and_a_channel_slice_locks():
+    """``x[:, 0]`` (a ViT's class token) keeps the last axis whole: the stream before it prunes;
+    ``x[..., :8]`` cuts channels: its producer keeps them."""
+    K = keras3()
+    inp = K.Input((6, 4))
+    x = K.layers.Dense(16, name="stream")(inp)
+    token = K.layers.Dense(4, name="head")(x[:, 0])
+    cut = K.layers.Dense(16, name="stream2")(inp)
+    side = K.layers.Dense(4, name="side")(cut[..., :8])
+    model = K.Model(inp, [token, side])
+    result = prune_model(model, ratio=0.5, criterion="l1")
+    assert result.model.get_layer("stream").units == 8
+    assert result.model.get_layer("stream2").units == 16
+    assert any("stream2" in r or "GetItem" in r for r in result.report["locked"])

@@ -283,4 +283,4 @@ def test_a_hub_vit_task_compiles_pruned_from_its_file(tmp_path):
     import re
 
     before, after = (int(n.replace(",", "")) for n in re.search(r"MACs ([\d,]+) -> ([\d,]+)", result.output).groups())
-    assert after < before and report
+    assert after < before / 2 and report  # the class token x[:, 0] passes the residual stream through

@@ -35,6 +35,7 @@ from edgeprune.pruning.rules.shape import (
     ActivationRule,
     ChannelWeightsRule,
     FlattenRule,
+    GetItemRule,
     LockRule,
     PassRule,
     PermuteRule,
@@ -115,6 +116,7 @@ def _defaults() -> None:
     register_rule("Flatten", FlattenRule())
     register_rule("Reshape", ReshapeRule())
     register_rule("Permute", PermuteRule())
+    register_rule("ops.GetItem", GetItemRule())
     for name, gates in GATES.items():
         register_rule(name, RecurrentRule(gates))
     register_rule("Bidirectional", BidirectionalRule())

@@ -131,3 +131,25 @@ class PermuteRule(PassRule):
         if dims and dims[-1] == len(dims):
             return None
         return f"Permute {tuple(dims)} moves the channel axis"
+
+
+def _full_slice(item) -> bool:
+    return (isinstance(item, dict) and item.get("class_name") == "__slice__"
+            and all(item.get("config", {}).get(k) is None for k in ("start", "stop", "step")))
+
+
+class GetItemRule(PassRule):
+    """Keras 3 ``x[...]`` (``ops.GetItem``): channels pass through when the key leaves the last
+    axis whole, e.g. a ViT's class token ``x[:, 0]`` or ``x[:, 1:]`` (the residual stream
+    carries on); a key that indexes the last axis, or uses ``...``/``None``, locks."""
+
+    def lock_reason(self, node, g) -> str | None:
+        key = node.args[1] if len(node.args) > 1 else node.kwargs.get("key")
+        items = key if isinstance(key, list) else [key]
+        rank = len(g.tensors[node.inputs[0]].shape) + 1  # the graph's shapes leave out the batch
+        if any(item is None or (isinstance(item, dict) and item.get("class_name") == "__ellipsis__")
+               or isinstance(item, str) for item in items):
+            return "GetItem with ... or a new axis"
+        if len(items) >= rank and not _full_slice(items[rank - 1]):
+            return "GetItem indexes the channel axis"
+        return None
