@@ -147,14 +147,7 @@ def keras3_zip(root: Path, name: str, edit, *, build=None) -> Path:
     clean = root / f"{name}.clean.keras"
     model.save(clean)
     path = root / f"{name}.keras"
-    with zipfile.ZipFile(clean) as src, zipfile.ZipFile(path, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item.filename)
-            if item.filename == "config.json":
-                config = json.loads(data)
-                edit(config)
-                data = json.dumps(config).encode()
-            dst.writestr(item, data)
+    edit_keras_config(clean, path, edit)
     clean.unlink()
     return path
 
@@ -342,3 +335,15 @@ def savedmodel_symlinked_variables(root: Path) -> tuple[Path, Path]:
     target.unlink(missing_ok=True)
     target.symlink_to(_secret(root))
     return path, root / "canary_symlink"
+
+
+def edit_keras_config(src, dst, edit) -> None:
+    """Copy the ``.keras`` file ``src`` to ``dst`` with ``edit(config)`` applied to its config.json."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                edit(config)
+                data = json.dumps(config).encode()
+            zout.writestr(item, data)
