@@ -135,7 +135,7 @@ def test_compile_prune_distill_int8_gate_and_bench_per_output(files, tmp_path):
     code, result = invoke_cli(["bench", out, "--runs", "3", "--val-data", tmp_path / "eval.npz",
                                "--reference", files / "k3.keras", "--gate-output", "cls",
                                "--max-accuracy-drop", "50", "--json"])
-    assert code == 0, result.output
+    assert code == 0, (result.output, result.exception)
     per = json.loads(result.stdout)["devices"][0]["eval"]["per_output"]
     assert 0.3 < per["cls"]["accuracy"] <= 1.0 and per["cls"]["mse"] is None  # chance is 0.1
     assert per["reg"]["accuracy"] is None and per["reg"]["mse"] >= 0.0

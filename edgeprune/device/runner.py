@@ -459,6 +459,17 @@ class CompiledModelSession(object):
 
         meta = Interpreter(model_path=model_path, model_content=model_content)
         by_index = dict((d["index"], d) for d in meta.get_input_details() + meta.get_output_details())
+        # The Interpreter's signature names tensors as the Keras model did ("cls", "reg");
+        # CompiledModel 2.3 names some outputs by tensor ("Identity", "Identity_1").
+        # A file without a signature gets a "<placeholder signature>" from CompiledModel; it
+        # reports none, as the Interpreter does, so signature_io names the tensors the same way.
+        try:
+            meta_signatures = meta._get_full_signature_list() or {}
+        except Exception:
+            meta_signatures = {}
+        self._has_signature = bool(meta_signatures)
+        keras_names = dict((i, n) for sig in meta_signatures.values()
+                           for part in ("inputs", "outputs") for n, i in sig.get(part, {}).items())
         self._input_order = [d["index"] for d in meta.get_input_details()]
         self._output_order = [d["index"] for d in meta.get_output_details()]
         del meta
@@ -473,8 +484,10 @@ class CompiledModelSession(object):
         ins = self._model.get_input_tensor_details(self._key)
         outs = self._model.get_output_tensor_details(self._key)
         # run_by_index takes buffers in the signature's order; the runner addresses tensors by index
-        self._inputs = [(name, by_index[ins[name]["index"]]) for name in names["inputs"]]
-        self._outputs = [(name, by_index[outs[name]["index"]]) for name in names["outputs"]]
+        self._inputs = [(keras_names.get(ins[name]["index"], name), by_index[ins[name]["index"]])
+                        for name in names["inputs"]]
+        self._outputs = [(keras_names.get(outs[name]["index"], name), by_index[outs[name]["index"]])
+                         for name in names["outputs"]]
         self._in_slot = dict((d["index"], k) for k, (_, d) in enumerate(self._inputs))
         self._out_slot = dict((d["index"], k) for k, (_, d) in enumerate(self._outputs))
         self._sig = self._model.get_signature_index(self._key)
@@ -493,6 +506,8 @@ class CompiledModelSession(object):
         return sorted((dict(d) for _, d in self._outputs), key=lambda d: order[d["index"]])
 
     def _get_full_signature_list(self):
+        if not self._has_signature:
+            return {}
         return {self._key: {"inputs": dict((n, d["index"]) for n, d in self._inputs),
                             "outputs": dict((n, d["index"]) for n, d in self._outputs)}}
 
@@ -520,28 +535,42 @@ class CompiledModelSession(object):
         return self._out_buffers[self._out_slot[index]].read(count, detail["dtype"]).reshape(shape)
 
 
-def choose_api(cls, job):
-    """The class that times and evaluates: CompiledModelSession where ai-edge-litert has
-    ``CompiledModel`` and neither the job's ``runtime_api`` nor $EDGEPRUNE_RUNTIME_API says
-    "interpreter"; the Interpreter ``cls`` elsewhere (tflite-runtime, TensorFlow, old LiteRT).
-    "compiled_model" insists and fails where it is missing."""
+def choose_api(cls, job, probe=None):
+    """``(class, note)``: the class that times and evaluates, CompiledModelSession where
+    ai-edge-litert has ``CompiledModel`` and neither the job's ``runtime_api`` nor
+    $EDGEPRUNE_RUNTIME_API says "interpreter"; the Interpreter ``cls`` elsewhere (tflite-runtime,
+    TensorFlow, old LiteRT). "compiled_model" insists and fails where it is missing.
+
+    Under "auto", CompiledModel must also load ``probe`` (the artifact): on an arm64 Pi,
+    ai-edge-litert 2.3's CompiledModel refused an int8 model the Interpreter runs
+    ("load_failed"), so that model is measured with the Interpreter and ``note`` says why."""
     wanted = str(job.get("runtime_api") or os.environ.get(RUNTIME_API_ENV) or "auto").strip().lower()
     if wanted not in RUNTIME_APIS:
         raise RunnerFailure("bad_job", "runtime_api '%s' is not one of %s" % (wanted, ", ".join(RUNTIME_APIS)))
     if wanted == "interpreter":
-        return cls
+        return cls, None
     available = cls.__module__.startswith("ai_edge_litert")
     if available:
         try:
             import ai_edge_litert.compiled_model  # noqa: F401
         except Exception:
             available = False
+    if available and (wanted == "compiled_model" or probe is None):
+        return CompiledModelSession, None
     if available:
-        return CompiledModelSession
+        try:
+            CompiledModelSession(model_path=probe)
+            return CompiledModelSession, None
+        except Exception as exc:  # noqa: BLE001 - any refusal: the Interpreter is the fallback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            note = "CompiledModel could not load %s (%s); measured with the Interpreter" % (
+                os.path.basename(probe), first)
+            log(note)
+            return cls, note
     if wanted == "compiled_model":
         raise RunnerFailure("missing_runtime", "runtime_api compiled_model: this runtime (%s) has no CompiledModel; "
                             "install ai-edge-litert >= 2" % cls.__module__.split(".")[0], EXIT_MISSING_DEPENDENCY)
-    return cls
+    return cls, None
 
 
 def api_name(cls):
@@ -975,12 +1004,14 @@ def run(job):
             raise RunnerFailure("missing_artifact", "model %s not found on the device" % path)
     probe = artifact or (job.get("time_models") or [None])[0]
     runtime, version, cls = find_runtime(probe=probe)
-    api = choose_api(cls, job)  # latency and eval; intermediate tensors stay on the Interpreter
+    api, api_note = choose_api(cls, job, probe)  # latency and eval; intermediates stay on the Interpreter
     threads_list = [int(t) for t in (job.get("threads") or [1])]
     label = "%s %s %s" % (runtime, version, api_name(api))
     log("runtime %s, numpy %s; artifact %s" % (label, numpy.__version__, artifact))
     device = device_info(runtime, version, numpy)
     device["runtime_api"] = api_name(api)
+    if api_note:
+        device["runtime_api_note"] = api_note
     device["benchmark_model"] = find_benchmark_model(job)
     result = {
         "runner_version": 2,
