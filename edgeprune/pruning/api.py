@@ -16,6 +16,7 @@ from edgeprune.pruning.criteria import DEFAULT_WITHOUT_DATA, default_criterion
 from edgeprune.pruning.groups import build_groups
 from edgeprune.pruning.importance import get_criterion
 from edgeprune.pruning.latency_allocation import LatencyAllocator
+from edgeprune.pruning.rules.attention import attention_unit as attention_unit_rule
 from edgeprune.pruning.surgery import rebuild
 
 
@@ -57,7 +58,8 @@ def _check_options(ratio, target_macs, round_to, min_channels, max_ratio, target
 def prune_model(model, *, ratio=None, target_macs=None, criterion=None, protect=(), per_layer=None,
                 global_ranking=False, round_to=1, min_channels=1, data=None, labels=None, seed=0,
                 max_ratio=0.9, target_latency=None, latency_table=None, threads=1,
-                latency_quantization="float32", progress=None, latency_objective="macs") -> PruneResult:
+                latency_quantization="float32", progress=None, latency_objective="macs",
+                attention_unit=None) -> PruneResult:
     """Structurally prune a tf_keras model: remove whole filters/neurons and rewire consumers.
 
     ``ratio`` removes that fraction of the channels of every prunable group (before rounding);
@@ -65,62 +67,71 @@ def prune_model(model, *, ratio=None, target_macs=None, criterion=None, protect=
     leaves at most that fraction of the latency predicted by a per-layer table measured with
     the interpreter (``threads``, ``latency_quantization``); ``latency_table`` is a
     :class:`~edgeprune.pruning.latency.LatencyTable` or a JSON path reused and extended.
+    ``attention_unit`` (``--attention-unit``): what pruning removes inside a MultiHeadAttention,
+    ``"dims"`` (the same query/key and value dimensions of every head) or ``"heads"`` (whole
+    heads); None keeps the registered rule (dims unless a --custom-objects file says otherwise).
     See the module docs of :mod:`edgeprune.pruning` for the options.
     """
     _check_options(ratio, target_macs, round_to, min_channels, max_ratio, target_latency)
-    chosen = criterion is not None
-    criterion = criterion or default_criterion(data is not None)
-    if isinstance(protect, str):
-        protect = (protect,)
-    crit = get_criterion(criterion, seed)
-    if crit.needs_data and data is None:
-        raise InputError(f"criterion '{criterion}' needs calibration data (--data)")
-    t0 = time.perf_counter()
-    graph = trace(model)
-    gs = build_groups(graph, protect)
-    t_graph = time.perf_counter() - t0
-    fallback = None
-    try:
-        scores = crit.score(gs, None if data is None else np.asarray(data), labels)
-    except Exception as exc:  # noqa: BLE001  a default (not a user's choice) must not cost the compile
-        if chosen:
-            raise
-        fallback = f"the default criterion '{criterion}' could not score this model ({type(exc).__name__}: " \
-                   f"{str(exc).splitlines()[0] if str(exc) else ''}); ranked by l1 instead"
-        criterion = DEFAULT_WITHOUT_DATA
+    with attention_unit_rule(attention_unit):  # the rule decides surgery too: one block
+        chosen = criterion is not None
+        criterion = criterion or default_criterion(data is not None)
+        if isinstance(protect, str):
+            protect = (protect,)
         crit = get_criterion(criterion, seed)
-        scores = crit.score(gs, None, None)
-    alloc = Allocator(gs, scores, per_layer=per_layer, global_ranking=global_ranking,
-                      max_ratio=max_ratio, round_to=round_to, min_channels=min_channels)
-    latency = table = None
-    if target_macs is not None:
-        used_ratio, keep, _, _ = solve_target_macs(alloc, float(target_macs))
-    elif target_latency is not None:
-        table, latency = table_for_graph(graph, gs, latency_table, round_to, min_channels, threads,
-                                        latency_quantization, progress)
-        plan = LatencyAllocator(alloc, table, objective=latency_objective, max_ratio=max_ratio).solve(
-            float(target_latency))
-        used_ratio, keep = plan.removed_fraction, plan.keep
-        latency.update(target_latency=float(target_latency), predicted_us_before=round(plan.us_before, 1),
-                       predicted_us_after=round(plan.us_after, 1), objective=latency_objective,
-                       objective_kept=round(plan.objective_kept, 4), allocation=plan.method)
-    else:
-        used_ratio, keep = float(ratio), alloc.plan(float(ratio))
-    t1 = time.perf_counter()
-    new = rebuild(gs, keep)
-    t_surgery = time.perf_counter() - t1
-    report = _report(graph, new, gs, keep, criterion, ratio, target_macs, used_ratio, crit.notes)
-    if fallback:
-        report["notes"].append(fallback)
-    report["timing_s"] = {"analysis": round(t_graph, 3), "surgery": round(t_surgery, 3),
-                          "total": round(time.perf_counter() - t0, 3)}
-    if latency is not None:
-        report["latency_table"] = latency
-        for item in latency.get("untimed_layers", []):
-            report["notes"].append(f"not in the latency table (cannot be timed alone): {item}")
-    if target_macs is not None and report["macs_after"] > float(target_macs) * report["macs_before"]:
-        raise AssertionError("MAC target check failed after surgery")  # analytic count disagrees
-    return PruneResult(model=new, report=report, latency_table=table)
+        if crit.needs_data and data is None:
+            raise InputError(f"criterion '{criterion}' needs calibration data (--data)")
+        t0 = time.perf_counter()
+        graph = trace(model)
+        gs = build_groups(graph, protect)
+        t_graph = time.perf_counter() - t0
+        fallback = None
+        try:
+            scores = crit.score(gs, None if data is None else np.asarray(data), labels)
+        except Exception as exc:  # noqa: BLE001  a default (not a user's choice) must not cost the compile
+            if chosen:
+                raise
+            fallback = f"the default criterion '{criterion}' could not score this model ({type(exc).__name__}: " \
+                       f"{str(exc).splitlines()[0] if str(exc) else ''}); ranked by l1 instead"
+            criterion = DEFAULT_WITHOUT_DATA
+            crit = get_criterion(criterion, seed)
+            scores = crit.score(gs, None, None)
+        alloc = Allocator(gs, scores, per_layer=per_layer, global_ranking=global_ranking,
+                          max_ratio=max_ratio, round_to=round_to, min_channels=min_channels)
+        latency = table = None
+        if target_macs is not None:
+            used_ratio, keep, _, _ = solve_target_macs(alloc, float(target_macs))
+        elif target_latency is not None:
+            table, latency = table_for_graph(graph, gs, latency_table, round_to, min_channels, threads,
+                                            latency_quantization, progress)
+            plan = LatencyAllocator(alloc, table, objective=latency_objective, max_ratio=max_ratio).solve(
+                float(target_latency))
+            used_ratio, keep = plan.removed_fraction, plan.keep
+            latency.update(target_latency=float(target_latency), predicted_us_before=round(plan.us_before, 1),
+                           predicted_us_after=round(plan.us_after, 1), objective=latency_objective,
+                           objective_kept=round(plan.objective_kept, 4), allocation=plan.method)
+        else:
+            used_ratio, keep = float(ratio), alloc.plan(float(ratio))
+        t1 = time.perf_counter()
+        new = rebuild(gs, keep)
+        t_surgery = time.perf_counter() - t1
+        report = _report(graph, new, gs, keep, criterion, ratio, target_macs, used_ratio, crit.notes)
+        if fallback:
+            report["notes"].append(fallback)
+        if attention_unit is not None:
+            report["attention_unit"] = attention_unit
+            if attention_unit == "heads" and not any(n.class_name == "MultiHeadAttention" for n in graph.layers.values()):
+                report["notes"].append("--attention-unit heads: no MultiHeadAttention layer to remove heads from "
+                                       "(keras-hub encoders prune head dimensions only)")
+        report["timing_s"] = {"analysis": round(t_graph, 3), "surgery": round(t_surgery, 3),
+                              "total": round(time.perf_counter() - t0, 3)}
+        if latency is not None:
+            report["latency_table"] = latency
+            for item in latency.get("untimed_layers", []):
+                report["notes"].append(f"not in the latency table (cannot be timed alone): {item}")
+        if target_macs is not None and report["macs_after"] > float(target_macs) * report["macs_before"]:
+            raise AssertionError("MAC target check failed after surgery")  # analytic count disagrees
+        return PruneResult(model=new, report=report, latency_table=table)
 
 
 def table_for_graph(graph, gs, source, round_to, min_channels, threads, quant, progress, timer=None):

@@ -12,10 +12,12 @@ declares *internal widths* (:meth:`LayerRule.internal_widths`), one virtual tens
 
 The query input, and the output when ``output_shape`` is unset (it projects back to the query
 width), belong to the residual stream's group; the key and value inputs are read by their own
-kernels' input axes, like a Dense layer's inputs. Register ``MultiHeadAttentionRule("heads")``
-under ``"MultiHeadAttention"`` to remove whole heads instead.
+kernels' input axes, like a Dense layer's inputs. ``prune_model(attention_unit="heads")``
+(``--attention-unit heads``) removes whole heads for one prune call (:func:`attention_unit`).
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -24,6 +26,30 @@ from edgeprune.load.graph import is_entry, spatial_size
 from edgeprune.pruning.rules.base import LayerRule, channel_norm, take
 
 ATTENTION_MODES = ("dims", "heads")
+
+
+@contextmanager
+def attention_unit(unit: str | None):
+    """Prune every MultiHeadAttention by ``unit`` (``"dims"`` or ``"heads"``) inside the block.
+
+    The unit is a property of the layer's rule, which the registry holds for the whole process;
+    the block swaps in ``MultiHeadAttentionRule(unit)`` and puts back the rule it found (the
+    default, or one a ``--custom-objects`` file registered), so nothing outlives the prune call.
+    ``None`` leaves the registered rule alone.
+    """
+    if unit is None:
+        yield
+        return
+    if unit not in ATTENTION_MODES:
+        raise InputError(f"--attention-unit: expected one of {', '.join(ATTENTION_MODES)}, got {unit!r}")
+    from edgeprune.pruning import rules  # the registry imports this module
+
+    before = rules.registered().get("MultiHeadAttention")
+    rules.register_rule("MultiHeadAttention", MultiHeadAttentionRule(unit))
+    try:
+        yield
+    finally:
+        rules.register_rule("MultiHeadAttention", before)
 
 
 def _internal_key(layer: str, name: str) -> tuple:
