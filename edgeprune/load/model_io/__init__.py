@@ -74,13 +74,15 @@ def _split_custom(custom_objects: dict, tk) -> tuple[dict, dict]:
     return tk_objs, k3_objs
 
 
-def _load_keras3(path: Path, k3_objects: dict, safe_mode: bool):
+def _load_keras3(path: Path, k3_objects: dict, safe_mode: bool, config=None):
     from edgeprune.base.env import keras3
+    from edgeprune.load.model_io.hub import loadable_keras_file
     keras = keras3()
 
     try:
-        k3 = keras.saving.load_model(path, custom_objects=k3_objects or None, compile=False,
-                                     safe_mode=safe_mode)
+        with loadable_keras_file(path, config) as readable:  # keras-hub's derived keys dropped
+            k3 = keras.saving.load_model(readable, custom_objects=k3_objects or None, compile=False,
+                                         safe_mode=safe_mode)
     except EdgepruneError:
         raise
     except Exception as exc:
@@ -182,7 +184,7 @@ def load_model(path, *, custom_objects=None, safe_mode: bool = True) -> LoadedMo
     tk_objects, k3_objects = _split_custom(custom_objects, tk)
     translation: dict = {}
     if fmt.flavour == "keras3":
-        model = _load_keras3(path, k3_objects, safe_mode)
+        model = _load_keras3(path, k3_objects, safe_mode, fmt.config)
     elif fmt.kind == "h5_legacy":  # Keras 1.x-2.3: config translated by detect, weights by tf_keras
         from edgeprune.load.model_io import legacy_h5
         from edgeprune.load.model_io.keras3_to_tfkeras import as_functional

@@ -11,6 +11,13 @@ config (``keras_hub>upload_preset``) is still refused by the function check of
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import re
+import shutil
+import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 from edgeprune.base.errors import InputError
@@ -71,10 +78,73 @@ def is_hub_bundled(obj) -> bool:
     return str(getattr(obj, "__module__", "")).split(".")[0] in (HUB_MODULE, "keras_nlp", "tensorflow_text")
 
 
+# A module a file may name for a class keras-hub defines but does not register: keras-hub's own
+# source tree, as dotted identifiers (no "..", no other package that merely starts alike).
+_HUB_SOURCE_MODULE = re.compile(r"^keras_hub\.src(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+def unregistered_hub_class(entry: dict):
+    """The keras-hub layer or model class a config ``entry`` names by module, or None.
+
+    keras-hub 0.32 leaves some of the layers its Backbones are built from unregistered
+    (``ViTPatchingAndEmbedding``, ``ViTEncoder``): a Backbone file never names them, but a pruned
+    Backbone saved as a plain functional Model does, by ``module`` and ``class_name``, and Keras
+    resolves them by importing that module. Such a class is keras-hub's code, installed by the
+    user, so it gets the pass its registered classes get, under narrow conditions: the module is
+    inside ``keras_hub.src`` and already imported (importing keras-hub imports its whole source
+    tree, so nothing a file names is ever imported here), the class is defined in keras-hub (not
+    re-exported from elsewhere), it is a Keras Layer or Model, and the ``registered_name`` Keras
+    would look up first names nothing else.
+    """
+    module, name = entry.get("module"), entry.get("class_name")
+    if not (isinstance(module, str) and isinstance(name, str) and _HUB_SOURCE_MODULE.match(module)
+            and name.isidentifier()):
+        return None
+    loaded = sys.modules.get(module)
+    obj = vars(loaded).get(name) if loaded is not None else None
+    if not isinstance(obj, type) or not str(getattr(obj, "__module__", "")).startswith("keras_hub.src."):
+        return None
+    from edgeprune.base.env import keras3
+
+    keras = keras3()
+    if not issubclass(obj, keras.layers.Layer):  # keras.Model is a Layer too
+        return None
+    registered = entry.get("registered_name")
+    if registered is not None:
+        if not isinstance(registered, str):
+            return None
+        other = keras.saving.get_registered_object(registered)
+        if other is not None and other is not obj:
+            return None  # Keras would load the registered object, not this class
+    return obj
+
+
 # keras-hub 0.32 layers whose get_config() writes values the constructor derives and rejects
 # (ViTPatchingAndEmbedding: num_patches, num_positions), so from_config of their own config
 # fails. Rebuilding a model from its layer configs (flattening a Task, pruning) drops them.
 DERIVED_CONFIG_KEYS = {"ViTPatchingAndEmbedding": ("num_patches", "num_positions")}
+
+
+def without_derived_keys(config):
+    """``config`` (a whole model config) with :data:`DERIVED_CONFIG_KEYS` dropped at every
+    nesting, or None when it holds none: Keras can then rebuild the layers from it."""
+    changed = False
+
+    def clean(node):
+        nonlocal changed
+        if isinstance(node, list):
+            return [clean(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        node = {key: clean(value) for key, value in node.items()}
+        if "class_name" in node and "config" in node:
+            fixed = drop_derived_keys(node)
+            changed = changed or fixed is not node
+            node = fixed
+        return node
+
+    cleaned = clean(config)
+    return cleaned if changed else None
 
 
 def drop_derived_keys(layer_config: dict) -> dict:
@@ -85,3 +155,25 @@ def drop_derived_keys(layer_config: dict) -> dict:
     if not keys or not isinstance(inner, dict) or not any(k in inner for k in keys):
         return layer_config
     return {**layer_config, "config": {k: v for k, v in inner.items() if k not in keys}}
+
+
+@contextlib.contextmanager
+def loadable_keras_file(path: Path, config):
+    """The ``.keras`` file to hand Keras for ``path``: ``path`` itself, or, when its ``config``
+    holds derived keys keras-hub's constructors reject (a pruned ViT saved as a functional
+    Model), a temporary copy whose config.json has them dropped, so the file loads again.
+    The copy keeps every other member (weights, assets) as it is."""
+    cleaned = without_derived_keys(config) if isinstance(config, dict) else None
+    if cleaned is None:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="edgeprune-hub-") as tmp:
+        copy = Path(tmp) / path.name
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(copy, "w", zipfile.ZIP_DEFLATED) as dst:
+            for item in src.infolist():
+                if item.filename == "config.json":
+                    dst.writestr(item, json.dumps(cleaned))
+                    continue
+                with src.open(item) as fin, dst.open(item, "w") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+        yield copy

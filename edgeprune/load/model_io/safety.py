@@ -15,7 +15,8 @@ dict with a ``class_name``, at every depth) is checked here against what edgepru
   function only from Keras' activations, ops, losses and metrics; anything else only when the
   user supplied it (``--custom-objects``) or registered it with Keras;
 - layers: a class Keras knows, one the user supplied, one the user's code registered with
-  Keras, or a class of keras-hub's own (imported when the config names it; :mod:`.hub`).
+  Keras, or a class of keras-hub's own (imported when the config names it; :mod:`.hub`),
+  registered or, by its ``keras_hub.src`` module, a Layer keras-hub defines but leaves unregistered.
 
 ``--unsafe`` (``safe_mode=False``) lets Lambda and its kin through; unknown classes still need
 their code from ``--custom-objects``. The graph of a SavedModel is scanned by
@@ -29,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgeprune.base.errors import InputError, UnsafeModelError
+from edgeprune.load.model_io.hub import unregistered_hub_class
 
 _CONTAINERS = {"Functional", "Model", "Sequential"}
 # tf_keras wraps raw TF ops used in a functional graph in these; they name a TF API symbol.
@@ -228,6 +230,8 @@ def _check_object(path: Path, where: str, obj: dict, supplied: set[str], flavour
         return
     if isinstance(registered, str) and _is_registered(registered, flavour):
         return
+    if flavour == "keras3" and unregistered_hub_class(obj):
+        return
     raise _refuse(path, where, f"uses the class '{cls}' from module '{module}', which is not Keras's own", _HINT)
 
 
@@ -264,7 +268,8 @@ def check_config(path: Path, config: dict | None, flavour: str, *, custom_object
             continue  # Keras's own layers and operations (keras.src.ops.numpy.Add, LayerScale, ...)
         registered = entry.get("registered_name")
         if not _is_known_layer(short if ">" in cls else cls, flavour) and not (
-                isinstance(registered, str) and _is_registered(registered, flavour)):
+                isinstance(registered, str) and _is_registered(registered, flavour)) and not (
+                flavour == "keras3" and unregistered_hub_class(entry)):
             raise UnsafeModelError(f"{path}: layer '{qual}' uses unknown custom class '{cls}'; {_HINT}")
     for where, obj in iter_objects(config):
         _check_object(path, where, obj, supplied, flavour, safe_mode)
