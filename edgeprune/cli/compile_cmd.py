@@ -14,6 +14,7 @@ from edgeprune.cli import (
     json_option,
     model_code_options,
 )
+from edgeprune.cli.prune_cmd import attention_unit_option
 from edgeprune.pruning.criteria import CRITERIA
 from edgeprune.training.options import training_options
 
@@ -54,6 +55,7 @@ from edgeprune.training.options import training_options
               help="Never keep fewer channels than N in a pruned layer (default: the profile's pruning.min_channels).")
 @click.option("--protect", multiple=True, metavar="REGEX",
               help="Never prune layers whose name matches REGEX (repeatable; default: none).")
+@attention_unit_option
 @model_code_options
 @click.option("--keep-float", "keep_float", type=click.Choice(["auto"]), default=None,
               help="int8 only: when the accuracy gate fails, keep the layers whose measured error is worst "
@@ -77,7 +79,7 @@ from edgeprune.training.options import training_options
 @click.pass_context
 def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, calibration, num_samples,
                     seed, ratio, target_macs, target_latency, latency_table, input_shape, input_range, criterion, round_to,
-                    min_channels, protect, custom_objects, unsafe, keep_float, labels, output_dir, force, from_study, study_name, pick,
+                    min_channels, protect, attention_unit, custom_objects, unsafe, keep_float, labels, output_dir, force, from_study, study_name, pick,
                     json_mode, training) -> None:
     """Prune (optional), quantize and lower MODEL to TFLite for a device profile.
 
@@ -99,6 +101,7 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
         given = [flag for flag, value in (("--quantize", quantize), ("--io", io), ("--calibration", calibration),
                                           ("--ratio", ratio), ("--target-macs", target_macs),
                                           ("--target-latency", target_latency), ("--protect", protect),
+                                          ("--attention-unit", attention_unit),
                                           ("--input-range", input_range)) if value]
         if given:
             raise click.UsageError(f"--from-study takes every setting from the trial; drop {', '.join(given)}")
@@ -116,6 +119,7 @@ def compile_command(ctx: click.Context, model: Path, target: str, quantize, io, 
         force=force, ratio=ratio, target_macs=target_macs, target_latency=target_latency,
         input_shape=tuple(input_shape) or None, input_range=input_range,
         latency_table=str(latency_table) if latency_table else None, criterion=criterion, protect=tuple(protect),
+        attention_unit=attention_unit,
         round_to=round_to, min_channels=min_channels, training=training, keep_float=keep_float, labels=str(labels) if labels else None,
     )
     result = run_compile(model, output_dir, options, output=out)

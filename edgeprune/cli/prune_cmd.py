@@ -17,6 +17,13 @@ from edgeprune.cli import (
 from edgeprune.pipelines.prune import CRITERIA, LATENCY_OBJECTIVES
 from edgeprune.training.options import training_options
 
+# A plain string checked by the pipeline (pruning.rules.attention.check_attention_unit), so that a
+# bad value is one `edgeprune: error:` line like every other refusal; shared with `compile`.
+attention_unit_option = click.option(
+    "--attention-unit", metavar="dims|heads", default=None,
+    help="What pruning removes inside a MultiHeadAttention: dims (the same query/key and value "
+         "dimensions of every head; key_dim falls) or heads (whole heads; num_heads falls) [dims].")
+
 
 def _parse_per_layer(items) -> dict:
     out = {}
@@ -84,6 +91,7 @@ def _render(out, report: dict) -> None:
 @click.option("--sensitivity", "sensitivity", type=click.Path(dir_okay=False), default=None,
               help="A file from `edgeprune sensitivity --json`: with --target-macs F, per-stage ratios "
                    "come from the greedy allocation on its measured accuracy curves (AIMET-style).")
+@attention_unit_option
 @click.option("--global-ranking", is_flag=True,
               help="Rank channels across groups, at most --max-ratio of any one (default: off, each group alone).")
 @click.option("--max-ratio", type=float, default=0.9, show_default=True,
@@ -106,7 +114,8 @@ def _render(out, report: dict) -> None:
 @deprecated_aliases(("--data", "--calibration"))
 @click.pass_context
 def prune_command(ctx, model, ratio, target_macs, target_latency, latency_table, latency_objective, threads,
-                  latency_quantization, criterion, protect, per_layer, sensitivity, global_ranking, max_ratio,
+                  latency_quantization, criterion, protect, per_layer, sensitivity, attention_unit, global_ranking,
+                  max_ratio,
                   round_to, min_channels, target, calibration, input_shape, seed, custom_objects, unsafe, output,
                   json_mode, training):
     """Remove whole filters, channels and neurons from MODEL and write a smaller model to -o.
@@ -125,7 +134,7 @@ def prune_command(ctx, model, ratio, target_macs, target_latency, latency_table,
                    latency_objective=latency_objective, latency_quantization=latency_quantization,
                    calibration=calibration, seed=seed, input_shape=tuple(input_shape) or None,
                    custom_objects=custom_objects, safe_mode=not unsafe, training=training,
-                   sensitivity=sensitivity, output=out)
+                   sensitivity=sensitivity, attention_unit=attention_unit, output=out)
     out.emit_json(result.report)
     if not out.json_mode or not out.quiet:
         _render(out, result.report)

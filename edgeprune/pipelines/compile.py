@@ -47,6 +47,7 @@ class CompileOptions:
     latency_table: str | None = None  # JSON latency table to reuse/extend (see pruning.latency)
     criterion: str | None = None  # None: l1, or group_norm after a sparsity phase
     protect: tuple[str, ...] = ()
+    attention_unit: str | None = None  # "dims" | "heads" inside a MultiHeadAttention; None: dims
     per_layer: dict | None = None  # layer name/regex -> ratio, overriding ``ratio`` (search's per-stage ratios)
     round_to: int | None = None  # None: the profile's pruning.round_to
     min_channels: int | None = None  # None: the profile's pruning.min_channels
@@ -109,6 +110,9 @@ def run_compile(model_path, output_dir, options: CompileOptions | None = None, *
     profile = load_profile(options.target)
     quant, io = _resolve_modes(options, profile)
     parse_input_range(options.input_range)  # a bad --input-range fails before the model loads
+    from edgeprune.pruning.rules.attention import check_attention_unit
+
+    check_attention_unit(options.attention_unit)
     if sum(x is not None for x in (options.ratio, options.target_macs, options.target_latency)) > 1:
         raise InputError("give at most one of --ratio, --target-macs and --target-latency")
     if options.latency_table and options.target_latency is None:

@@ -12,6 +12,7 @@ from typing import Any
 from edgeprune.base.console import Output, default_output
 from edgeprune.base.errors import InputError
 from edgeprune.pruning.criteria import CRITERIA, DATA_CRITERIA
+from edgeprune.pruning.rules.attention import check_attention_unit
 
 LATENCY_OBJECTIVES = ("macs", "importance")
 _RENAMED = {"data": "calibration"}  # old keyword -> current one (deprecated alias)
@@ -63,7 +64,8 @@ def prune(model_path, output_path, *, ratio: float | None = None, target_macs: f
           min_channels: int | None = None, target: str | None = None, threads: int | None = None,
           latency_table=None, latency_objective: str = "macs", latency_quantization: str = "float32",
           calibration=None, seed: int = 0, input_shape=None, custom_objects=None, safe_mode: bool = True,
-          training=None, sensitivity=None, output: Output | None = None, **training_kwargs: Any):
+          training=None, sensitivity=None, attention_unit: str | None = None, output: Output | None = None,
+          **training_kwargs: Any):
     """Prune the model file ``model_path`` and save it to ``output_path`` in the same Keras flavour.
 
     The options are those of ``edgeprune prune`` (one keyword per flag, same names).
@@ -72,6 +74,8 @@ def prune(model_path, output_path, *, ratio: float | None = None, target_macs: f
     ``calibration`` is a data source (.npy/.npz, image folder, module:function) or an array.
     ``sensitivity`` (a file from ``edgeprune sensitivity``) with ``target_macs``: per-stage ratios
     chosen by the AIMET-style greedy allocation on the measured accuracy curves.
+    ``attention_unit``: ``"dims"`` or ``"heads"``, what pruning removes inside a MultiHeadAttention
+    (:func:`edgeprune.pruning.rules.attention.attention_unit`); None: dims.
     Returns :class:`edgeprune.pruning.api.PruneResult` whose ``report`` is what ``--json`` prints.
     """
     import numpy as np
@@ -96,6 +100,7 @@ def prune(model_path, output_path, *, ratio: float | None = None, target_macs: f
         ratio, target_macs = 0.0, None
     check_prune_options(ratio, target_macs, target_latency, latency_table, threads, criterion, calibration,
                         output_path, options)
+    check_attention_unit(attention_unit)
     model_path, output_path = Path(model_path), Path(output_path)
     if not model_path.exists():
         raise InputError(f"{model_path}: no such file or directory")
@@ -139,7 +144,8 @@ def prune(model_path, output_path, *, ratio: float | None = None, target_macs: f
                                num_samples=SCORING_SAMPLES, seed=seed, check_range=False, flag="train-data")
     prune_kwargs = dict(ratio=ratio, target_macs=target_macs, criterion=criterion, protect=tuple(protect),
                         per_layer=per_layer or None, global_ranking=global_ranking, max_ratio=max_ratio,
-                        round_to=round_to, min_channels=min_channels, data=x, labels=y, seed=seed)
+                        round_to=round_to, min_channels=min_channels, data=x, labels=y, seed=seed,
+                        attention_unit=attention_unit)
     if target_latency is not None:
         prune_kwargs.update(target_latency=target_latency, latency_table=latency_table, threads=threads or 1,
                             latency_quantization=latency_quantization, latency_objective=latency_objective)

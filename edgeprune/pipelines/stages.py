@@ -156,7 +156,7 @@ def _float_input(model) -> bool:
 def _prune_kwargs(options, profile, data) -> dict:
     kwargs = dict(
         ratio=options.ratio, target_macs=options.target_macs, criterion=options.criterion,
-        protect=tuple(options.protect), per_layer=options.per_layer,
+        protect=tuple(options.protect), per_layer=options.per_layer, attention_unit=options.attention_unit,
         round_to=options.round_to or profile.pruning.round_to,
         min_channels=options.min_channels or profile.pruning.min_channels,
         data=None if data is None else data[0], labels=None if data is None else data[1],

@@ -28,6 +28,14 @@ from edgeprune.pruning.rules.base import LayerRule, channel_norm, take
 ATTENTION_MODES = ("dims", "heads")
 
 
+def check_attention_unit(unit: str | None) -> str | None:
+    """``unit`` when it is None or one of :data:`ATTENTION_MODES`, else the flag's one-line error
+    (the pipelines call it before loading a model)."""
+    if unit is not None and unit not in ATTENTION_MODES:
+        raise InputError(f"--attention-unit: expected one of {', '.join(ATTENTION_MODES)}, got {unit!r}")
+    return unit
+
+
 @contextmanager
 def attention_unit(unit: str | None):
     """Prune every MultiHeadAttention by ``unit`` (``"dims"`` or ``"heads"``) inside the block.
@@ -37,11 +45,9 @@ def attention_unit(unit: str | None):
     default, or one a ``--custom-objects`` file registered), so nothing outlives the prune call.
     ``None`` leaves the registered rule alone.
     """
-    if unit is None:
+    if check_attention_unit(unit) is None:
         yield
         return
-    if unit not in ATTENTION_MODES:
-        raise InputError(f"--attention-unit: expected one of {', '.join(ATTENTION_MODES)}, got {unit!r}")
     from edgeprune.pruning import rules  # the registry imports this module
 
     before = rules.registered().get("MultiHeadAttention")
