@@ -201,9 +201,8 @@ def _hub_backbones() -> dict:
 
 HUB = ["ResNet", "MobileNet", "EfficientNet", "CSPNet", "ViT", "DeiT", "MiT"]
 HUB_FAST = {"ViT"}
-HUB_BROKEN = {  # upstream: the model builds but cannot describe itself, so nothing can trace it
-    "DeiT": "keras-hub 0.32 DeiTEncoder.get_config reads self.key_dim, which it never sets",
-}
+HUB_BROKEN: dict = {}  # upstream: the model builds but cannot describe itself, so nothing can trace it
+# (DeiT's DeiTEncoder.get_config reads key_dim, never set: edgeprune/load/model_io/hub_configs.py sets it)
 
 
 def _hub_marks(name):

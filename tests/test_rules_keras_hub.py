@@ -284,3 +284,76 @@ def test_a_hub_vit_task_compiles_pruned_from_its_file(tmp_path):
 
     before, after = (int(n.replace(",", "")) for n in re.search(r"MACs ([\d,]+) -> ([\d,]+)", result.output).groups())
     assert after < before / 2 and report  # the class token x[:, 0] passes the residual stream through
+
+
+# --------------------------------------------------------------------------- MiT (SegFormer) and DeiT
+
+def mit_classifier():
+    """keras-hub's MiT backbone (SegFormer's encoder), two stages of one block each, the second with
+    two heads, both with sequence reduction, and a pooled 10-class head."""
+    K = keras3()
+    backbone = keras_hub.models.MiTBackbone(
+        layerwise_depths=[1, 1], num_layers=2, layerwise_num_heads=[1, 2], layerwise_sr_ratios=[4, 2],
+        max_drop_path_rate=0.0, layerwise_patch_sizes=[7, 3], layerwise_strides=[4, 2],
+        image_shape=(32, 32, 3), hidden_dims=[16, 32])
+    x = K.layers.GlobalAveragePooling2D()(backbone.outputs[0])
+    return K.Model(backbone.inputs, K.layers.Dense(10, name="head")(x))
+
+
+def deit_classifier():
+    K = keras3()
+    backbone = keras_hub.models.DeiTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
+                                             hidden_dim=32, intermediate_dim=64)
+    x = K.layers.GlobalAveragePooling1D()(backbone.outputs[0])
+    return K.Model(backbone.inputs, K.layers.Dense(10, name="head")(x))
+
+
+def test_mit_prunes_each_stage_width_with_its_heads_and_mixffn():
+    model = mit_classifier()
+    result = prune_model(model, ratio=0.5)
+    pruned, report = result.model, result.report
+    assert report["locked"] == ["head: model output"]
+    for stage, (width, heads) in enumerate([(16, 1), (32, 2)]):
+        block = pruned.get_layer(f"hierarchical_encoder_{stage}_0")
+        assert pruned.get_layer(f"patch_and_embed_{stage}").get_config()["project_dim"] == width // 2
+        assert block.project_dim == width // 2 and block.num_heads == heads  # head size follows the width
+        assert block.mlp.fc1.units == 4 * width // 2  # MixFFN keeps 4 x the width (keras-hub derives it)
+        assert block.attn.sr_ratio == model.get_layer(f"hierarchical_encoder_{stage}_0").attn.sr_ratio
+    x = sample(model)
+    assert pruned.predict(x, verbose=0).shape == (2, 10)
+    assert report["macs_after"] < report["macs_before"] / 2
+    assert report["macs_after"] == total_macs(trace(pruned))
+    assert_artifact_agrees(pruned, x)
+    assert_macs_agree(model)
+    assert_macs_agree(pruned)
+    zero = prune_model(model, ratio=0.0).model  # the block's repaired config rebuilds it as it was
+    np.testing.assert_array_equal(zero.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_mit_width_stays_a_multiple_of_the_heads():
+    """keras-hub reshapes project_dim into num_heads heads: the stage with 2 heads and 32 channels
+    at ratio 0.4 keeps an even width (one unit is a channel of every head), not 32 - int(12.8) = 19."""
+    model = mit_classifier()
+    pruned = prune_model(model, ratio=0.4).model
+    block = pruned.get_layer("hierarchical_encoder_1_0")
+    assert block.project_dim < 32 and block.project_dim % 2 == 0
+    assert pruned.predict(sample(model), verbose=0).shape == (2, 10)
+
+
+def test_deit_traces_and_prunes_like_vit():
+    """keras-hub 0.32's DeiTEncoder.get_config reads key_dim, which it never sets: edgeprune sets
+    it on the instance (edgeprune/load/model_io/hub_configs.py); DeiT then prunes like ViT."""
+    model = deit_classifier()
+    result = prune_model(model, ratio=0.5)
+    pruned, report = result.model, result.report
+    assert not hub_locks(report), report["locked"]
+    encoder = pruned.get_layer("deit_encoder")
+    assert (encoder.hidden_dim, encoder.intermediate_dim) == (16, 32)
+    assert encoder.encoder_layers[0].mha.get_config()["key_dim"] == 16 // 2
+    assert pruned.get_layer("deit_patching_and_embedding").hidden_dim == 16
+    x = sample(model)
+    assert pruned.predict(x, verbose=0).shape == (2, 10)
+    assert report["macs_after"] == total_macs(trace(pruned))
+    assert_artifact_agrees(pruned, x)
+    assert_macs_agree(model)
+    assert_macs_agree(pruned)

@@ -191,8 +191,9 @@ def neutral_to_k3(cfg: dict) -> dict:
 def neutral_config(model) -> dict:
     """``model.get_config()`` in the neutral form, whatever the flavour."""
     from edgeprune.base.env import is_keras3_model
+    from edgeprune.load.model_io.hub_configs import model_config
 
-    cfg = model.get_config()
+    cfg = model_config(model)  # keras-hub layers whose own get_config fails are described
     return k3_to_neutral(cfg) if is_keras3_model(model) else cfg
 
 

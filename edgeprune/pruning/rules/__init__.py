@@ -22,12 +22,15 @@ from edgeprune.pruning.rules.base import Coupler, LayerRule, channel_norm, flatt
 from edgeprune.pruning.rules.conv import ConvRule, ConvTransposeRule, DepthwiseRule, SeparableRule
 from edgeprune.pruning.rules.dense import DenseRule, EmbeddingRule, TimeDistributedRule
 from edgeprune.pruning.rules.keras_hub import (
+    DeiTEmbeddingsRule,
+    DeiTEncoderRule,
     PositionEmbeddingRule,
     TokenAndPositionEmbeddingRule,
     TransformerEncoderRule,
     ViTEncoderRule,
     ViTPatchingAndEmbeddingRule,
 )
+from edgeprune.pruning.rules.keras_hub_mit import HierarchicalTransformerEncoderRule, OverlappingPatchingAndEmbeddingRule
 from edgeprune.pruning.rules.matmul import DotRule, EinsumRule, MatmulRule
 from edgeprune.pruning.rules.merge import ConcatRule, ElementwiseOpRule, MergeRule
 from edgeprune.pruning.rules.recurrent import GATES, BidirectionalRule, RecurrentRule
@@ -137,6 +140,10 @@ def _defaults() -> None:
     register_rule("keras_hub>PositionEmbedding", PositionEmbeddingRule())
     register_rule("ViTPatchingAndEmbedding", ViTPatchingAndEmbeddingRule())
     register_rule("ViTEncoder", ViTEncoderRule())
+    register_rule("DeiTEmbeddings", DeiTEmbeddingsRule())
+    register_rule("DeiTEncoder", DeiTEncoderRule())
+    register_rule("OverlappingPatchingAndEmbedding", OverlappingPatchingAndEmbeddingRule())
+    register_rule("HierarchicalTransformerEncoder", HierarchicalTransformerEncoderRule())
 
 
 _defaults()
@@ -186,7 +193,7 @@ def couple_layer(node: LayerNode, g: LayerGraph, c: Coupler) -> None:
     if not node.inputs:
         c.lock_layer(node, f"{node.name}: layer without inputs")
         return
-    if len(node.outputs) != 1:
+    if len(node.outputs) != 1 and not getattr(rule_for(node), "several_outputs", False):
         c.lock_layer(node, f"{node.name}: {node.class_name} with several outputs")
         return
     rule_for(node).couple(node, g, c)

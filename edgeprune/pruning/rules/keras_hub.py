@@ -249,13 +249,23 @@ class ViTPatchingAndEmbeddingRule(LayerRule):
 
     def macs(self, node, g, counts):
         tout = g.tensors[node.outputs[0]]
-        patch = node.config["patch_size"]
-        patch = list(patch) if isinstance(patch, (list, tuple)) else [patch, patch]
+        patch = _pair(node.config["patch_size"])
         per_patch = int(np.prod(patch)) * int(node.config.get("num_channels", 3))
-        return int(node.config["num_patches"]) * per_patch * counts.get(tout.key, tout.channels)
+        image = _pair(node.config["image_size"])
+        patches = (image[0] // patch[0]) * (image[1] // patch[1])  # keras-hub derives num_patches so
+        return patches * per_patch * counts.get(tout.key, tout.channels)
 
     def filter_norms(self, node, weights, p):
         return _norms([(w, w.ndim - 1) for w in weights], p)
+
+
+def _pair(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value, value]
+
+
+class DeiTEmbeddingsRule(ViTPatchingAndEmbeddingRule):
+    """keras-hub DeiT's patch convolution, class and distillation tokens and position table: as
+    ViT's, every table ends in ``hidden_dim``."""
 
 
 class ViTEncoderRule(LayerRule):
@@ -266,9 +276,14 @@ class ViTEncoderRule(LayerRule):
     ``mlp_dim`` is one number for all blocks, so it prunes uniformly: the engine decides how many
     MLP units remain, scored as the k-th strongest unit of every block taken together, and each
     block keeps its own strongest ones (unit j of one block has nothing to do with unit j of the
-    next)."""
+    next).
+
+    DeiT's encoder (:class:`DeiTEncoderRule`) is the same stack under other names: the class
+    attributes below name the MLP field and the paths of its two projections."""
 
     producer = True
+    mlp_field, mlp, up, down = "mlp_dim", "mlp", "mlp/dense_1", "mlp/dense_2"
+    several_outputs = False  # DeiTEncoder also returns (empty) hidden states and scores
 
     @staticmethod
     def _blocks(node) -> list[str]:
@@ -276,40 +291,42 @@ class ViTEncoderRule(LayerRule):
 
     def _lock_reason(self, node) -> str | None:
         index = weight_index(node)
-        if any(f"{b}/mlp/dense_1/kernel" not in index for b in self._blocks(node)):
-            return "ViTEncoder with an unexpected set of weights"
+        if any(f"{b}/{self.up}/kernel" not in index for b in self._blocks(node)):
+            return f"{node.class_name} with an unexpected set of weights"
         return None
 
     def internal_widths(self, node):
-        return {} if self._lock_reason(node) else {"mlp": int(node.config["mlp_dim"])}
+        return {} if self._lock_reason(node) else {self.mlp: int(node.config[self.mlp_field])}
 
     def couple(self, node, g, c):
         reason = self._lock_reason(node)
         if reason:
             c.lock_layer(node, f"{node.name}: {reason}")
             return
+        for k in node.outputs[1:]:
+            c.lock(k, f"{node.name}: hidden states / attention scores output (empty unless asked for)")
         c.same(node.inputs[0], node.outputs[0])
 
     def new_config(self, node, cfg, kept_in, kept_out, g, internal=None):
-        residual, mlp = _residual(node, kept_in, kept_out), (internal or {}).get("mlp")
+        residual, mlp = _residual(node, kept_in, kept_out), (internal or {}).get(self.mlp)
         check_head_size(node, residual)
         cfg = dict(cfg)
         if residual is not None:
             cfg["hidden_dim"] = int(len(residual))
         if mlp is not None:
-            cfg["mlp_dim"] = int(len(mlp))
+            cfg[self.mlp_field] = int(len(mlp))
         return cfg
 
     def _mlp_norms(self, node, real: list, p: int, block: str) -> np.ndarray:
         index = weight_index(node)
-        parts = [(real[index[f"{block}/mlp/dense_1/kernel"]], 1), (real[index[f"{block}/mlp/dense_2/kernel"]], 0)]
-        if f"{block}/mlp/dense_1/bias" in index:
-            parts.append((real[index[f"{block}/mlp/dense_1/bias"]], 0))
+        parts = [(real[index[f"{block}/{self.up}/kernel"]], 1), (real[index[f"{block}/{self.down}/kernel"]], 0)]
+        if f"{block}/{self.up}/bias" in index:
+            parts.append((real[index[f"{block}/{self.up}/bias"]], 0))
         return _norms(parts, p)
 
     def slice_weights(self, node, weights, kept_in, kept_out, g, internal=None):
         index, real = weight_index(node), node.weights()
-        residual, mlp = _residual(node, kept_in, kept_out), (internal or {}).get("mlp")
+        residual, mlp = _residual(node, kept_in, kept_out), (internal or {}).get(self.mlp)
         heads = int(node.config["num_heads"])
         w = list(weights)
 
@@ -323,12 +340,12 @@ class ViTEncoderRule(LayerRule):
             for norm in ("ln_1", "ln_2"):
                 cut(f"{block}/{norm}/gamma", residual, 0)
                 cut(f"{block}/{norm}/beta", residual, 0)
-            cut(f"{block}/mlp/dense_1/kernel", residual, 0)
-            cut(f"{block}/mlp/dense_1/kernel", own, 1)
-            cut(f"{block}/mlp/dense_1/bias", own, 0)
-            cut(f"{block}/mlp/dense_2/kernel", own, 0)
-            cut(f"{block}/mlp/dense_2/kernel", residual, 1)
-            cut(f"{block}/mlp/dense_2/bias", residual, 0)
+            cut(f"{block}/{self.up}/kernel", residual, 0)
+            cut(f"{block}/{self.up}/kernel", own, 1)
+            cut(f"{block}/{self.up}/bias", own, 0)
+            cut(f"{block}/{self.down}/kernel", own, 0)
+            cut(f"{block}/{self.down}/kernel", residual, 1)
+            cut(f"{block}/{self.down}/bias", residual, 0)
         cut("ln/gamma", residual, 0)
         cut("ln/beta", residual, 0)
         return w
@@ -345,7 +362,7 @@ class ViTEncoderRule(LayerRule):
             return 0
         tin = g.tensors[node.inputs[0]]
         width = counts.get(tin.key, tin.channels)
-        mlp = counts.get(_internal_key(node.name, "mlp"), int(node.config["mlp_dim"]))
+        mlp = counts.get(_internal_key(node.name, self.mlp), int(node.config[self.mlp_field]))
         tokens = spatial_size(tin.shape)
         attention = _Attention({}, "", int(node.config["num_heads"]))
         return len(self._blocks(node)) * (attention.macs(tokens, width) + 2 * tokens * width * mlp)
@@ -354,8 +371,8 @@ class ViTEncoderRule(LayerRule):
         index, parts = weight_index(node), []
         for block in self._blocks(node):
             parts += _Attention(index, f"{block}/mha", int(node.config["num_heads"])).norms(weights, p, reading)
-            parts.append((weights[index[f"{block}/mlp/dense_1/kernel"]], 0) if reading
-                         else (weights[index[f"{block}/mlp/dense_2/kernel"]], 1))
+            parts.append((weights[index[f"{block}/{self.up}/kernel"]], 0) if reading
+                         else (weights[index[f"{block}/{self.down}/kernel"]], 1))
         return _norms(parts, p)
 
     def filter_norms(self, node, weights, p):
@@ -366,4 +383,13 @@ class ViTEncoderRule(LayerRule):
 
     def internal_norms(self, node, weights, p):
         ranked = [np.sort(self._mlp_norms(node, weights, p, b))[::-1] for b in self._blocks(node)]
-        return {"mlp": np.sum(ranked, axis=0)}
+        return {self.mlp: np.sum(ranked, axis=0)}
+
+
+class DeiTEncoderRule(ViTEncoderRule):
+    """keras-hub DeiT's encoder: ViT's stack, its MLP width named ``intermediate_dim`` (dense
+    ``mlp/dense`` up, ``output_layer/output`` down). It returns three tensors; the last two
+    (hidden states and attention scores) are empty unless asked for, and are locked."""
+
+    mlp_field, mlp, up, down = "intermediate_dim", "intermediate", "mlp/dense", "output_layer/output"
+    several_outputs = True

@@ -1,0 +1,86 @@
+"""keras-hub 0.32 layers that cannot describe themselves, described from the live layer.
+
+The pruning engine reads a model as its functional config and rebuilds it with ``from_config``
+(:mod:`edgeprune.load.graph`). Two keras-hub layer classes break that round trip, each in a way
+only the layer object can mend:
+
+- ``DeiTEncoder.get_config`` reads ``self.key_dim``, which its ``__init__`` never sets (its
+  blocks do): the call raises AttributeError, so a model holding DeiT could not be traced at
+  all. The missing attribute is set on that one instance (``hidden_dim // num_heads``, what each
+  of its blocks holds), never on the class, and the ``key_dim`` it then writes, which the
+  constructor rejects, is left out of the config, as are ``DeiTEmbeddings``' derived
+  ``num_patches``/``num_positions``.
+- ``HierarchicalTransformerEncoder`` (MiT, SegFormer) writes ``mlp`` (a serialized sub-layer) and
+  ``drop_prop`` (sic), which its constructor rejects, and leaves out ``sr_ratio``, so even a
+  config Keras accepted would rebuild the block without its sequence-reduction convolution.
+  Its config is rewritten from the live layer: ``project_dim``, ``num_heads``, ``sr_ratio``,
+  ``drop_prob`` and ``layer_norm_epsilon``, exactly what its constructor takes.
+
+Nothing here patches keras-hub: each repair touches one layer instance or one config entry, and
+only of keras-hub's own classes (by class and module), so a user's class of the same name is left
+alone.
+"""
+from __future__ import annotations
+
+
+def _is_hub(layer, class_name: str) -> bool:
+    cls = type(layer)
+    return cls.__name__ == class_name and str(cls.__module__).startswith("keras_hub.")
+
+
+def _hierarchical_encoder_config(layer, written: dict) -> dict:
+    """The constructor arguments of a live MiT ``HierarchicalTransformerEncoder``."""
+    base = {k: written[k] for k in ("name", "trainable", "dtype") if k in written}
+    return {**base, "project_dim": int(layer.project_dim), "num_heads": int(layer.num_heads),
+            "sr_ratio": int(layer.attn.sr_ratio), "drop_prob": float(layer.drop_path.rate),
+            "layer_norm_epsilon": float(layer.norm1.epsilon)}
+
+
+def _without(*keys):
+    return lambda layer, written: {k: v for k, v in written.items() if k not in keys}
+
+
+# class name -> (attribute get_config reads but __init__ never sets, its value) for the instance
+_MISSING_ATTRIBUTES = {"DeiTEncoder": ("key_dim", lambda layer: int(layer.hidden_dim) // int(layer.num_heads))}
+# class name -> the config its constructor accepts, from the live layer and what get_config wrote
+_CONFIG_REPAIRS = {
+    "HierarchicalTransformerEncoder": _hierarchical_encoder_config,
+    "DeiTEncoder": _without("key_dim"),
+    "DeiTEmbeddings": _without("num_patches", "num_positions"),
+}
+
+
+def _hub_layers(model) -> dict:
+    """name -> layer for every keras-hub layer the model holds, nested models included."""
+    flatten = getattr(model, "_flatten_layers", None)
+    if flatten is None:
+        return {}
+    return {layer.name: layer for layer in flatten(include_self=False, recursive=True)
+            if str(type(layer).__module__).startswith("keras_hub.")}
+
+
+def model_config(model) -> dict:
+    """``model.get_config()``, with the keras-hub layers above described so that the config
+    rebuilds the same layers (see the module docs)."""
+    hub = _hub_layers(model)
+    for layer in hub.values():
+        missing = _MISSING_ATTRIBUTES.get(type(layer).__name__)
+        if missing and _is_hub(layer, type(layer).__name__) and not hasattr(layer, missing[0]):
+            setattr(layer, missing[0], missing[1](layer))
+    config = model.get_config()
+    if not any(type(layer).__name__ in _CONFIG_REPAIRS for layer in hub.values()):
+        return config
+
+    def repair(node):
+        if isinstance(node, list):
+            return [repair(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: repair(v) for k, v in node.items()}
+        inner, name = node.get("config"), node.get("class_name")
+        layer = hub.get(inner.get("name")) if isinstance(inner, dict) else None
+        if name in _CONFIG_REPAIRS and layer is not None and _is_hub(layer, name):
+            node["config"] = _CONFIG_REPAIRS[name](layer, inner)
+        return node
+
+    return repair(config)
