@@ -16,11 +16,18 @@ only the layer object can mend:
   Its config is rewritten from the live layer: ``project_dim``, ``num_heads``, ``sr_ratio``,
   ``drop_prob`` and ``layer_norm_epsilon``, exactly what its constructor takes.
 
+A keras-hub layer whose ``get_config`` fails in a way no instance repair mends (Swin's
+``PatchEmbedding`` and ``SwinTransformerStage`` serialize the *classes* they are given,
+``LayerNormalization`` and ``PatchMerging``, which Keras cannot do) makes :func:`model_config`
+raise one InputError naming that class, instead of Keras' traceback.
+
 Nothing here patches keras-hub: each repair touches one layer instance or one config entry, and
 only of keras-hub's own classes (by class and module), so a user's class of the same name is left
 alone.
 """
 from __future__ import annotations
+
+from edgeprune.base.errors import InputError
 
 
 def _is_hub(layer, class_name: str) -> bool:
@@ -59,6 +66,14 @@ def _hub_layers(model) -> dict:
             if str(type(layer).__module__).startswith("keras_hub.")}
 
 
+def _fails_to_describe(layer) -> bool:
+    try:
+        layer.get_config()
+    except Exception:  # noqa: BLE001 - any failure is the one to name
+        return True
+    return False
+
+
 def model_config(model) -> dict:
     """``model.get_config()``, with the keras-hub layers above described so that the config
     rebuilds the same layers (see the module docs)."""
@@ -67,7 +82,18 @@ def model_config(model) -> dict:
         missing = _MISSING_ATTRIBUTES.get(type(layer).__name__)
         if missing and _is_hub(layer, type(layer).__name__) and not hasattr(layer, missing[0]):
             setattr(layer, missing[0], missing[1](layer))
-    config = model.get_config()
+    try:
+        config = model.get_config()
+    except (AttributeError, TypeError, ValueError) as exc:
+        broken = next((layer for layer in hub.values() if _fails_to_describe(layer)), None)
+        if broken is None:
+            raise
+        from edgeprune.base.env import quiet_import
+
+        version = getattr(quiet_import("keras_hub"), "__version__", "?")
+        raise InputError(f"{model.name}: keras-hub {version}'s {type(broken).__name__}.get_config() fails "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}), so edgeprune cannot read this model's graph "
+                         "(no pruning, MAC count or conversion through edgeprune)") from None
     if not any(type(layer).__name__ in _CONFIG_REPAIRS for layer in hub.values()):
         return config
 
