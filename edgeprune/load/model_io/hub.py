@@ -122,7 +122,8 @@ def unregistered_hub_class(entry: dict):
 # keras-hub 0.32 layers whose get_config() writes values the constructor derives and rejects
 # (ViTPatchingAndEmbedding: num_patches, num_positions), so from_config of their own config
 # fails. Rebuilding a model from its layer configs (flattening a Task, pruning) drops them.
-DERIVED_CONFIG_KEYS = {"ViTPatchingAndEmbedding": ("num_patches", "num_positions")}
+DERIVED_CONFIG_KEYS = {"ViTPatchingAndEmbedding": ("num_patches", "num_positions"),
+                       "DeiTEmbeddings": ("num_patches", "num_positions")}
 
 
 def without_derived_keys(config):
@@ -169,11 +170,62 @@ def loadable_keras_file(path: Path, config):
         return
     with tempfile.TemporaryDirectory(prefix="edgeprune-hub-") as tmp:
         copy = Path(tmp) / path.name
-        with zipfile.ZipFile(path) as src, zipfile.ZipFile(copy, "w", zipfile.ZIP_DEFLATED) as dst:
-            for item in src.infolist():
-                if item.filename == "config.json":
-                    dst.writestr(item, json.dumps(cleaned))
-                    continue
-                with src.open(item) as fin, dst.open(item, "w") as fout:
-                    shutil.copyfileobj(fin, fout, 1 << 20)
+        _copy_with_config(path, copy, cleaned)
         yield copy
+
+
+def _copy_with_config(src_path: Path, dst_path: Path, config: dict) -> None:
+    """Copy the ``.keras`` zip ``src_path`` to ``dst_path`` with ``config`` as its config.json."""
+    with zipfile.ZipFile(src_path) as src, zipfile.ZipFile(dst_path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            if item.filename == "config.json":
+                dst.writestr(item, json.dumps(config))
+                continue
+            with src.open(item) as fin, dst.open(item, "w") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+
+
+def _hub_entries(node, found: dict) -> dict:
+    """name -> layer entry for every keras-hub layer entry of a config, at any nesting."""
+    if isinstance(node, list):
+        for item in node:
+            _hub_entries(item, found)
+    elif isinstance(node, dict):
+        inner = node.get("config")
+        if (isinstance(inner, dict) and isinstance(inner.get("name"), str) and "class_name" in node
+                and str(node.get("module", "")).startswith(HUB_MODULE + ".")):
+            found.setdefault(inner["name"], node)
+        for value in node.values():
+            _hub_entries(value, found)
+    return found
+
+
+def repair_saved_config(path: Path, model) -> None:
+    """Make the ``.keras`` file Keras just wrote from ``model`` load again: every keras-hub layer
+    entry gets the config its constructor accepts, described from the live layer
+    (:func:`edgeprune.load.model_io.hub_configs.model_config`: MiT's encoder loses ``sr_ratio``
+    otherwise) and without :data:`DERIVED_CONFIG_KEYS`. A pruned keras-hub Backbone is saved as a
+    plain functional Model naming these layers, whose own ``get_config`` does not round-trip.
+    Files without keras-hub layers are left untouched."""
+    with zipfile.ZipFile(path) as zf:
+        written = json.loads(zf.read("config.json"))
+    entries = _hub_entries(written, {})
+    if not entries:
+        return
+    from edgeprune.load.model_io.hub_configs import model_config
+
+    described = _hub_entries(model_config(model), {})
+    changed = False
+    for name, entry in entries.items():
+        fixed = drop_derived_keys({**entry, "config": (described.get(name) or entry)["config"]})["config"]
+        if json.dumps(fixed, sort_keys=True, default=str) != json.dumps(entry["config"], sort_keys=True, default=str):
+            entry["config"] = fixed
+            changed = True
+    if changed:
+        fixed_path = path.with_name(path.name + ".hub")
+        try:
+            _copy_with_config(path, fixed_path, written)
+            fixed_path.replace(path)
+        finally:
+            if fixed_path.exists():
+                fixed_path.unlink()

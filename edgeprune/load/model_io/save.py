@@ -47,6 +47,10 @@ def save_model(model, path, *, flavour: str | None = None, origin_class: str | N
     try:
         if flavour == own:
             model.save(tmp)
+            if own == "keras3" and suffix == ".keras":
+                from edgeprune.load.model_io.hub import repair_saved_config
+
+                repair_saved_config(tmp, model)  # keras-hub layers whose get_config does not round-trip
         else:
             from edgeprune.base.env import keras3
             keras = keras3()
