@@ -11,6 +11,8 @@ Fast tier: the op-level models, both ViTs, the keyword-spotting transformer, ker
 and MobileNetV3Small. The rest is @slow.
 """
 import pytest
+from hub_models import kws_transformer
+from hub_models import vit_layers as vit
 
 import edgeprune.base.env  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from edgeprune.base.env import keras3, tf, tf_keras
@@ -33,35 +35,7 @@ def _agree(label: str, model) -> None:
 
 # ------------------------------------------------------------------ models from Keras layers
 
-def vit(keras, size=32, patch=4, dim=32, heads=2, blocks=2, classes=10):
-    """A two-block ViT: patch conv, pre-norm MultiHeadAttention and MLP blocks."""
-    L = keras.layers
-    x_in = keras.Input((size, size, 3))
-    x = L.Conv2D(dim, patch, strides=patch)(x_in)
-    x = L.Reshape(((size // patch) ** 2, dim))(x)
-    for _ in range(blocks):
-        h = L.LayerNormalization()(x)
-        x = L.Add()([x, L.MultiHeadAttention(heads, dim // heads)(h, h)])
-        h = L.LayerNormalization()(x)
-        h = L.Dense(dim, activation="gelu")(L.Dense(2 * dim, activation="gelu")(h))
-        x = L.Add()([x, h])
-    x = L.GlobalAveragePooling1D()(L.LayerNormalization()(x))
-    return keras.Model(x_in, L.Dense(classes)(x))
-
-
-def kws_transformer(keras, frames=49, mfcc=40, dim=32, heads=4, blocks=2, words=12):
-    """A keyword-spotting transformer (KWT-like): strided Conv1D over MFCC frames, attention
-    blocks whose value/key widths differ from the query's, a pooled classifier."""
-    L = keras.layers
-    x_in = keras.Input((frames, mfcc))
-    x = L.Conv1D(dim, 3, strides=2, padding="same", activation="relu")(x_in)
-    for _ in range(blocks):
-        h = L.LayerNormalization()(x)
-        x = L.Add()([x, L.MultiHeadAttention(heads, 8, value_dim=12)(h, h)])
-        h = L.LayerNormalization()(x)
-        x = L.Add()([x, L.Dense(dim)(L.Dense(2 * dim, activation="relu")(h))])
-    x = L.GlobalAveragePooling1D()(x)
-    return keras.Model(x_in, L.Dense(words)(x))
+# vit(keras) and kws_transformer(keras): tests/hub_models.py, shared with the keras-hub coverage table
 
 
 def keras3_products():
@@ -165,38 +139,12 @@ def test_application_families_agree(flavour, name):
 # ------------------------------------------------------------------ keras-hub backbones
 
 def _hub_backbones() -> dict:
-    """Each keras-hub vision backbone built small from its class (presets need Kaggle)."""
-    M = pytest.importorskip("keras_hub").models
-    return {
-        "ResNet": lambda: M.ResNetBackbone(
-            input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 32],
-            stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
-            image_shape=(32, 32, 3)),
-        "MobileNet": lambda: M.MobileNetBackbone(
-            stackwise_expansion=[[16], [4]], stackwise_num_blocks=[1, 1], stackwise_num_filters=[[16], [24]],
-            stackwise_kernel_size=[[3], [3]], stackwise_num_strides=[[2], [2]], stackwise_se_ratio=[[0.25], [None]],
-            stackwise_activation=[["relu"], ["relu"]], stackwise_padding=[[1], [1]], output_num_filters=32,
-            depthwise_filters=8, depthwise_stride=2, depthwise_residual=False, last_layer_filter=32,
-            image_shape=(32, 32, 3)),
-        "EfficientNet": lambda: M.EfficientNetBackbone(
-            stackwise_width_coefficients=[1.0, 1.0], stackwise_depth_coefficients=[1.0, 1.0],
-            stackwise_kernel_sizes=[3, 3], stackwise_num_repeats=[1, 1], stackwise_input_filters=[16, 16],
-            stackwise_output_filters=[16, 24], stackwise_expansion_ratios=[1, 4],
-            stackwise_squeeze_and_excite_ratios=[0.25, 0.25], stackwise_strides=[1, 2],
-            stackwise_block_types=["v1", "v1"], num_features=64, input_shape=(32, 32, 3)),
-        "CSPNet": lambda: M.CSPNetBackbone(
-            stem_filters=16, stem_kernel_size=3, stem_strides=2, stackwise_depth=[1, 1], stackwise_strides=2,
-            stackwise_num_filters=[32, 64], block_type="dark_block", stage_type="csp", bottle_ratio=[0.5],
-            block_ratio=[1.0], expand_ratio=[2.0], image_shape=(32, 32, 3)),
-        "ViT": lambda: M.ViTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
-                                     hidden_dim=32, mlp_dim=64),
-        "DeiT": lambda: M.DeiTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
-                                       hidden_dim=32, intermediate_dim=64),
-        "MiT": lambda: M.MiTBackbone(
-            layerwise_depths=[1, 1], num_layers=2, layerwise_num_heads=[1, 2], layerwise_sr_ratios=[4, 2],
-            max_drop_path_rate=0.0, layerwise_patch_sizes=[7, 3], layerwise_strides=[4, 2],
-            image_shape=(32, 32, 3), hidden_dims=[16, 32]),
-    }
+    """Each keras-hub vision backbone built small from its class (tests/hub_models.py)."""
+    pytest.importorskip("keras_hub")
+    import hub_models
+
+    return {"ResNet": hub_models.resnet, "MobileNet": hub_models.mobilenet, "EfficientNet": hub_models.efficientnet,
+            "CSPNet": hub_models.cspnet, "ViT": hub_models.vit, "DeiT": hub_models.deit, "MiT": hub_models.mit}
 
 
 HUB = ["ResNet", "MobileNet", "EfficientNet", "CSPNet", "ViT", "DeiT", "MiT"]
