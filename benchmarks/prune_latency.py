@@ -1,4 +1,4 @@
-"""Does structured pruning buy real latency? MobileNetV2 / ResNet50 (224x224, random weights).
+"""Does structured pruning buy real latency? MobileNetV2 / ResNet50 / a ViT (224x224, random weights).
 
 Models are the Keras 3 ``keras.applications`` builds users have (``--keras tf_keras`` for the
 Keras 2 builds); the tfmot comparison is built in tf_keras, the only Keras tfmot runs on.
@@ -8,12 +8,14 @@ For each model: the dense network, edgeprune structured pruning at ~25/50/75% of
 converted, no training needed for latency), latency-aware structured pruning (a per-layer
 latency table measured with the interpreter; at the latency the table predicts for each
 uniform ratio, the allocation that keeps the most MACs), and for MobileNetV2 the natively
-narrow alpha=0.5 and alpha=0.35 networks plus a pruned MobileNetV2 at alpha=0.5's MACs. Every variant is converted to
+narrow alpha=0.5 and alpha=0.35 networks plus a pruned MobileNetV2 at alpha=0.5's MACs; for the
+ViT (``--models vit``, see :func:`vit`) each ratio twice, by per-head dimensions and by whole heads
+(``attention_unit``), and no tfmot variant. Every variant is converted to
 TFLite (float32 and int8 with random representative data) and timed in the LiteRT
 interpreter with 1 and 2 threads. Models are measured interleaved (round-robin, several
 rounds, median) so machine drift cancels. Not a test: run it by hand, it takes many minutes.
 
-    python benchmarks/prune_latency.py [--models mobilenetv2,resnet50] [--ratios 0.25,0.5,0.75]
+    python benchmarks/prune_latency.py [--models mobilenetv2,resnet50,vit] [--ratios 0.25,0.5,0.75]
         [--quant float32,int8] [--threads 1,2] [--runs 20] [--rounds 5] [--json out.json]
         [--table-threads 1,2] [--cache-dir DIR]
 """
@@ -45,7 +47,34 @@ def build(name: str, alpha: float = 1.0, flavour: str | None = None):
         return K.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), alpha=alpha, weights=None)
     if name == "resnet50":
         return K.applications.ResNet50(input_shape=(SIZE, SIZE, 3), weights=None)
+    if name == "vit":
+        return vit(K)
     raise SystemExit(f"unknown model {name}")
+
+
+VIT = {"patch": 16, "dim": 192, "heads": 3, "mlp": 768, "blocks": 4}  # ViT-Ti/16's widths, 4 of its 12 blocks
+
+
+def vit(K):
+    """A ViT-Ti/16-like classifier of stock Keras layers (``VIT``): 16x16 patches (196 tokens at
+    224), a depthwise 3x3 convolution on the patch grid as the position encoding (CPVT's PEG:
+    no custom layer), pre-norm blocks of MultiHeadAttention and a GELU MLP, average-pooled
+    tokens, 1000 classes. Four blocks instead of twelve keep conversion and timing short; every
+    block is alike, so the speed-up per MAC removed is the block's."""
+    layers, v = K.layers, VIT
+    inp = K.Input((SIZE, SIZE, 3), name="image")
+    grid = layers.Conv2D(v["dim"], v["patch"], strides=v["patch"], name="patches")(inp)
+    grid = layers.Add(name="pos_add")([grid, layers.DepthwiseConv2D(3, padding="same", name="pos")(grid)])
+    x = layers.Reshape((-1, v["dim"]), name="tokens")(grid)
+    for b in range(1, v["blocks"] + 1):
+        h = layers.LayerNormalization(epsilon=1e-6, name=f"b{b}_ln1")(x)
+        h = layers.MultiHeadAttention(v["heads"], v["dim"] // v["heads"], name=f"b{b}_mha")(h, h)
+        x = layers.Add(name=f"b{b}_add1")([x, h])
+        h = layers.LayerNormalization(epsilon=1e-6, name=f"b{b}_ln2")(x)
+        h = layers.Dense(v["mlp"], activation="gelu", name=f"b{b}_fc1")(h)
+        x = layers.Add(name=f"b{b}_add2")([x, layers.Dense(v["dim"], name=f"b{b}_fc2")(h)])
+    x = layers.LayerNormalization(epsilon=1e-6, name="head_ln")(layers.GlobalAveragePooling1D(name="gap")(x))
+    return K.Model(inp, layers.Dense(1000, activation="softmax", name="classes")(x), name="vit_ti16_4blocks")
 
 
 def convert(model, quant: str) -> bytes:
@@ -140,6 +169,10 @@ def make_variants(name: str, ratios, quants, log, cache_dir=None, table_threads=
             f"(analysis {res.report['timing_s']['analysis']} s, surgery {res.report['timing_s']['surgery']} s)")
         v = Variant(name, f"structured {r:.0%}", res.model, base["macs"], out[0].params, removed=res.report["ratio_used"])
         out.append(v)
+        if name == "vit":  # the same ratio removing whole heads (the variant above: per-head dimensions)
+            heads = prune_model(dense, ratio=r, attention_unit="heads", **POLICY)
+            out.append(Variant(name, f"structured {r:.0%} heads", heads.model, base["macs"], out[0].params,
+                               removed=heads.report["ratio_used"]))
         for t, (graph, table) in tables.items():
             # the latency the table predicts for the uniform ratio, met with the most MACs
             fraction = table.predict(graph, counts_in(graph, res.model)) / table.predict(graph, {})
@@ -150,6 +183,8 @@ def make_variants(name: str, ratios, quants, log, cache_dir=None, table_threads=
                 f"({lat['allocation']}), {aware.report['ratio_used']:.1%} of channels removed")
             out.append(Variant(name, f"latency-aware @{r:.0%} ({t}t table)", aware.model, base["macs"],
                                out[0].params, removed=aware.report["ratio_used"]))
+        if name == "vit":  # tfmot has no pruning wrapper for MultiHeadAttention
+            continue
         sparsity = 1 - v.params / out[0].params
         log(f"{name}: tfmot magnitude pruning at {sparsity:.1%} weight sparsity")
         out.append(Variant(name, f"tfmot {sparsity:.0%}", tfmot_pruned(name, sparsity), base["macs"], out[0].params))
@@ -266,7 +301,7 @@ def report(all_variants, quants, threads):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="mobilenetv2,resnet50")
+    ap.add_argument("--models", default="mobilenetv2,resnet50", help="comma-separated: mobilenetv2, resnet50, vit")
     ap.add_argument("--ratios", default="0.25,0.5,0.75")
     ap.add_argument("--quant", default="float32,int8")
     ap.add_argument("--threads", default="1,2", help="this machine has 2 cores; a profile would say 4 on-device")
