@@ -306,6 +306,7 @@ def deit_classifier():
     return K.Model(backbone.inputs, K.layers.Dense(10, name="head")(x))
 
 
+@pytest.mark.slow
 def test_mit_prunes_each_stage_width_with_its_heads_and_mixffn():
     model = mit_classifier()
     result = prune_model(model, ratio=0.5)
