@@ -26,6 +26,16 @@ same recovery budget of ``--recovery-epochs`` (a sparsity phase counts against i
 - criteria on the uniform cut, high LR: ``taylor high-LR`` (first-order Taylor on 512 training
   images), ``bn high-LR`` (BatchNorm scales, network slimming's ranking) and ``random high-LR``
   (the honest baseline); ``taylor distill``: the Taylor cut recovered by distillation;
+- more Taylor variants (the depthwise CNN at 4x): ``taylor global high-LR`` (Taylor scores ranked
+  across groups, per-group normalised: a non-uniform shape), ``taylor iterative high-LR`` (two
+  Taylor cuts, each followed by half the recovery budget), ``taylor 2k high-LR`` (Taylor scored on
+  2,048 training images instead of 512) and ``taylor sparse-dense`` (pruning during training: the
+  dense model's last ``--sparsity-epochs`` epochs carry the group-norm penalty, so the total stays
+  ``--epochs``; then the Taylor cut and the full recovery budget);
+- ``taylor early``: pruning early in training (Early-Bird tickets, You et al., ICLR 2020): the
+  dense architecture trains on the narrow network's own ``--epochs + --recovery-epochs`` cosine
+  schedule, is cut by Taylor after ``--early-epochs`` and trains on along the same schedule (equal
+  total epochs; no converged dense model is needed, so it answers the from-scratch user only);
 - ``latency-aware high-LR``: ``--target-latency`` at the latency a per-layer table (measured
   here, 1 thread, float32) predicts for the uniform cut, keeping the most MACs within it
   (l1 ranking, so only the allocation differs from ``l1 uniform high-LR``);
@@ -63,7 +73,8 @@ TARGETS = (("2x", 0.5), ("4x", 0.25))
 RECIPES = ("narrow", "narrow (budget)", "l1 uniform low-LR", "l1 uniform high-LR", "l1 global high-LR",
            "group-norm sparsity", "bn-l1 sparsity", "l1 one-cycle", "l1 rewind", "l1 distill", "l1 distill anneal",
            "taylor high-LR", "random high-LR", "sensitivity high-LR", "bn high-LR", "taylor distill",
-           "latency-aware high-LR")
+           "latency-aware high-LR", "taylor global high-LR", "taylor iterative high-LR", "taylor 2k high-LR",
+           "taylor sparse-dense", "taylor early")
 RECAL = 2048
 
 
@@ -146,7 +157,7 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
         curves = _sensitivity_curves(dense, val, seed, out)
 
     wanted = set(args.recipes)
-    for label, target in TARGETS:
+    for label, target in [t for t in TARGETS if t[0] in args.targets]:
         def record(name, model, macs_after, label=label):
             if name not in wanted:
                 return
@@ -172,6 +183,31 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
                 cut = prune_model(dense, target_macs=target, criterion=crit, data=train[0][:512],
                                   labels=train[1][:512], seed=seed)
                 record(f"{crit} high-LR", finetune(cut.model, args.recovery_epochs, args.lr), cut.report["macs_after"])
+        taylor_data = dict(criterion="taylor", data=train[0][:512], labels=train[1][:512], seed=seed)
+        if "taylor global high-LR" in wanted:
+            cut = prune_model(dense, target_macs=target, global_ranking=True, **taylor_data)
+            record("taylor global high-LR", finetune(cut.model, args.recovery_epochs, args.lr),
+                   cut.report["macs_after"])
+        if "taylor 2k high-LR" in wanted:
+            cut = prune_model(dense, target_macs=target, **dict(taylor_data, data=train[0][:2048],
+                                                                 labels=train[1][:2048]))
+            record("taylor 2k high-LR", finetune(cut.model, args.recovery_epochs, args.lr), cut.report["macs_after"])
+        if "taylor iterative high-LR" in wanted:
+            from edgeprune.training.iterative import iterative_prune
+
+            steps = 2
+            per_step = max(1, args.recovery_epochs // steps)
+            model, report = iterative_prune(dense, steps=steps, target_macs=target, prune_kwargs=taylor_data,
+                                            recover=lambda m: finetune(m, per_step, args.lr), output=out)
+            record("taylor iterative high-LR", model, report["macs_after"])
+        if "taylor sparse-dense" in wanted:
+            if "sparse_dense" not in res:
+                res["sparse_dense"] = _sparse_dense(builder, train, val, args, seed, out)
+            cut = prune_model(res["sparse_dense"], target_macs=target, **taylor_data)
+            record("taylor sparse-dense", finetune(cut.model, args.recovery_epochs, args.lr), cut.report["macs_after"])
+        if "taylor early" in wanted:
+            model, macs_after = _early_prune(builder, train, val, target, args, seed)
+            record("taylor early", model, macs_after)
         if "taylor distill" in wanted:
             cut = prune_model(dense, target_macs=target, criterion="taylor", data=train[0][:512],
                               labels=train[1][:512], seed=seed)
@@ -226,8 +262,68 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
                                            batch_size=args.batch_size, lr=args.lr, seed=seed)
             record("narrow (budget)", budget, narrow_macs)
     res.pop("table", None)  # the latency table is not JSON (and is measured again per run)
+    res.pop("sparse_dense", None)
     res["seconds"] = round(time.time() - t0, 1)
     return res
+
+
+def _sparse_dense(builder, train, val, args, seed: int, out):
+    """Pruning during training: the dense recipe for ``epochs - sparsity_epochs`` epochs, then
+    ``sparsity_epochs`` of group-norm sparsity at the fine-tuning LR (equal total epochs)."""
+    from edgeprune.training.data import Split
+    from edgeprune.training.finetune import FitSettings
+    from edgeprune.training.structured_sparsity import train_structured_sparsity
+
+    first = fm.train_from_scratch(builder(seed=seed), train, val, epochs=max(1, args.epochs - args.sparsity_epochs),
+                                  batch_size=args.batch_size, lr=args.lr, seed=seed)
+    settings = FitSettings(epochs=args.sparsity_epochs, batch_size=args.batch_size, learning_rate=args.finetune_lr,
+                           seed=seed)
+    sparse, _ = train_structured_sparsity(first, Split(*train, "train"), Split(*val, "val"), task="sparse",
+                                          method="group-norm", strength=args.sparsity_strength, settings=settings,
+                                          output=out)
+    return sparse
+
+
+def _early_prune(builder, train, val, target: float, args, seed: int):
+    """Train the dense architecture for ``early_epochs`` of an ``epochs + recovery_epochs`` cosine
+    schedule, cut it by Taylor to ``target`` of its MACs, and finish the same schedule (the
+    optimizer restarts; the learning rate goes on where it was). Keeps the best validation epoch
+    of the second part, as the narrow network does."""
+    import keras
+
+    from edgeprune.pruning.api import prune_model
+
+    total = args.epochs + args.recovery_epochs
+    early = min(args.early_epochs, total - 1)
+    steps_per_epoch = int(np.ceil(len(train[0]) / args.batch_size))
+    cosine = keras.optimizers.schedules.CosineDecay(args.lr, steps_per_epoch * total, alpha=0.05)
+
+    class Continued(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self, offset):
+            self.offset = offset
+
+        def __call__(self, step):
+            return cosine(step + self.offset)
+
+    keras.utils.set_random_seed(seed)
+    model = builder(seed=seed)
+    model.compile(keras.optimizers.Adam(Continued(0)), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(*train, epochs=early, batch_size=args.batch_size, shuffle=True, verbose=0)
+    cut = prune_model(model, target_macs=target, criterion="taylor", data=train[0][:512], labels=train[1][:512],
+                      seed=seed)
+    pruned = fm.recalibrated(cut.model, train[0][:RECAL])
+    pruned.compile(keras.optimizers.Adam(Continued(early * steps_per_epoch)), "sparse_categorical_crossentropy",
+                   metrics=["accuracy"])
+    best = {"acc": -1.0, "weights": None}
+
+    def keep_best(epoch, logs):
+        if float(logs.get("val_accuracy", 0.0)) > best["acc"]:
+            best["acc"], best["weights"] = float(logs["val_accuracy"]), pruned.get_weights()
+
+    pruned.fit(*train, validation_data=val, epochs=total - early, batch_size=args.batch_size, shuffle=True,
+               verbose=0, callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=keep_best)])
+    pruned.set_weights(best["weights"])
+    return pruned, cut.report["macs_after"]
 
 
 def _sensitivity_curves(dense, val, seed: int, out) -> dict:
@@ -254,6 +350,8 @@ def summarize(runs, recipes=RECIPES) -> dict:
         mine = [r for r in runs if r["arch"] == arch]
         rows = {}
         for key in ["dense"] + [f"{label} {recipe}" for label, _ in TARGETS for recipe in recipes]:
+            if any(key not in r["acc"] for r in mine):
+                continue  # a target or recipe this run did not measure
             vals = np.array([r["acc"][key] for r in mine])
             row = {"mean": float(vals.mean()), "std": float(vals.std()),
                    "mmacs": float(np.mean([r["macs"][key] for r in mine])) / 1e6}
@@ -296,6 +394,8 @@ def main(argv=None) -> int:
     parser.add_argument("--recovery-epochs", type=int, default=6,
                         help="epochs every recipe gets after the dense model (sparsity phase included)")
     parser.add_argument("--sparsity-epochs", type=int, default=3)
+    parser.add_argument("--early-epochs", type=int, default=3,
+                        help="taylor early: epochs of the from-scratch schedule before the cut")
     parser.add_argument("--sparsity-strength", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3, help="dense, narrow and high-LR recovery learning rate")
@@ -306,6 +406,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: a few hundred images, 1 epoch each")
     parser.add_argument("--recipes", default=",".join(RECIPES),
                         help=f"comma-separated recipes to run (narrow is always run): {', '.join(RECIPES)}")
+    parser.add_argument("--targets", default="2x,4x", help="MAC reductions to run: 2x, 4x or both")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--save", metavar="PATH", help="also write the JSON document here after every run")
     parser.add_argument("--table-from", nargs="+", metavar="PATH",
@@ -326,6 +427,9 @@ def main(argv=None) -> int:
         args.seeds, args.train_size, args.val_size, args.test_size = 1, 384, 128, 256
         args.epochs, args.recovery_epochs, args.sparsity_epochs = 1, 2, 1
     args.recipes = tuple(r.strip() for r in args.recipes.split(",") if r.strip())
+    args.targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    if not args.targets or set(args.targets) - {label for label, _ in TARGETS}:
+        parser.error(f"--targets: choose from {', '.join(label for label, _ in TARGETS)}")
     unknown = sorted(set(args.recipes) - set(RECIPES))
     if unknown:
         parser.error(f"--recipes: unknown {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
@@ -339,8 +443,8 @@ def main(argv=None) -> int:
     data = tuple((x.astype(np.float32)[..., None] / 255.0, y) for x, y in load_fashion_mnist())
     out = Output(quiet=True)
     setup = {k: getattr(args, k) for k in ("seeds", "arch", "train_size", "val_size", "test_size", "epochs",
-                                           "recovery_epochs", "sparsity_epochs", "sparsity_strength", "batch_size",
-                                           "lr", "finetune_lr", "recipes", "screen", "quick")}
+                                           "recovery_epochs", "sparsity_epochs", "early_epochs", "sparsity_strength", "batch_size",
+                                           "lr", "finetune_lr", "recipes", "targets", "screen", "quick")}
     start, runs = time.time(), []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for arch in args.arch.split(","):
