@@ -46,6 +46,11 @@ MACS_TOLERANCE = 0.02  # pruner vs artifact MACs (tests/test_macs_agreement.py)
 ATOL = 1e-3  # artifact vs Keras, relative to the output's largest magnitude (at least 1)
 # Rows tests/test_hub_coverage.py runs in the default (fast) tier; the others are @slow.
 FAST = {"ViTBackbone", "functional subclass (user's)"}
+# Failures that are not edgeprune's, with the reason the table prints (checked with Keras alone).
+UPSTREAM = {
+    "EfficientNetBackbone": "upstream: Keras cannot load keras-hub 0.32's own EfficientNetBackbone file either "
+                            "(keras.saving.load_model: 2 objects could not be loaded, top_conv)",
+}
 # The yes/no columns, in table order: what tests/test_hub_coverage.py holds each row to.
 STEPS = ("loads", "prunes", "converts", "agrees", "reloads")
 
@@ -144,7 +149,12 @@ def one(name: str, work: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - recorded per model, the table shows it
         text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         text = re.sub(r"^\S+\.keras: ", "", text)  # the temp file's name tells nobody anything
-        row["error"] = f"{step}: {text}"[:200]
+        from edgeprune.base.errors import EdgepruneError
+
+        if not isinstance(exc, EdgepruneError):  # an internal error: say which
+            text = f"internal {type(exc).__name__}: {text}"
+        note = f"{step}: {text}"
+        row["error"] = UPSTREAM.get(name) or (note if len(note) <= 200 else note[:200].rsplit(" ", 1)[0] + " …")
         if "-v" in sys.argv:
             traceback.print_exc()
     return row
