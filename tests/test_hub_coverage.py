@@ -59,10 +59,11 @@ def test_row_holds_what_the_readme_says(name, tmp_path):
         pytest.importorskip("keras_hub")
     expected = README.get(name)
     assert expected is not None, f"{name} has no row in the README table: run scripts/hub_coverage.py"
+    if not any(expected.values()):
+        pytest.skip(f"{name}: the README marks no step yes (its note says why)")
     row = hub_coverage.one(name, tmp_path)
     regressed = [step for step, yes in expected.items() if yes and not row[step]]
     assert not regressed, f"{name}: {', '.join(regressed)} regressed ({row.get('error', '')})"
-    assert any(expected.values()), f"{name}: a row with no yes tests nothing"
     if expected["agrees"]:
         assert row["max_abs_diff"] <= hub_coverage.ATOL and row["top1"] == 1.0
     if expected["prunes"]:
