@@ -32,8 +32,8 @@ same recovery budget of ``--recovery-epochs`` (a sparsity phase counts against i
   2,048 training images instead of 512) and ``taylor sparse-dense`` (pruning during training: the
   dense model's last ``--sparsity-epochs`` epochs carry the group-norm penalty, so the total stays
   ``--epochs``; then the Taylor cut and the full recovery budget);
-- ``taylor early``: pruning early in training (Early-Bird tickets, You et al., ICLR 2020): the
-  dense architecture trains on the narrow network's own ``--epochs + --recovery-epochs`` cosine
+- ``taylor early``: pruning early in training (``--prune-at-epoch``; Early-Bird tickets, You et
+  al., ICLR 2020): the dense architecture trains on the narrow network's own ``--epochs + --recovery-epochs`` cosine
   schedule, is cut by Taylor after ``--early-epochs`` and trains on along the same schedule (equal
   total epochs; no converged dense model is needed, so it answers the from-scratch user only);
 - ``latency-aware high-LR``: ``--target-latency`` at the latency a per-layer table (measured
@@ -206,7 +206,7 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
             cut = prune_model(res["sparse_dense"], target_macs=target, **taylor_data)
             record("taylor sparse-dense", finetune(cut.model, args.recovery_epochs, args.lr), cut.report["macs_after"])
         if "taylor early" in wanted:
-            model, macs_after = _early_prune(builder, train, val, target, args, seed)
+            model, macs_after = _early_prune(builder, train, val, target, args, seed, out)
             record("taylor early", model, macs_after)
         if "taylor distill" in wanted:
             cut = prune_model(dense, target_macs=target, criterion="taylor", data=train[0][:512],
@@ -254,9 +254,11 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
                    cut.report["macs_after"])
         width, narrow_macs = narrow_width(builder, uniform.report["macs_after"])
         res["width"][label] = width
-        narrow = fm.train_from_scratch(builder(width, seed=seed), train, val, epochs=args.epochs + args.recovery_epochs,
-                                       batch_size=args.batch_size, lr=args.lr, seed=seed)
-        record("narrow", narrow, narrow_macs)
+        if "narrow" in wanted:
+            narrow = fm.train_from_scratch(builder(width, seed=seed), train, val,
+                                           epochs=args.epochs + args.recovery_epochs, batch_size=args.batch_size,
+                                           lr=args.lr, seed=seed)
+            record("narrow", narrow, narrow_macs)
         if "narrow (budget)" in wanted:
             budget = fm.train_from_scratch(builder(width, seed=seed), train, val, epochs=args.recovery_epochs,
                                            batch_size=args.batch_size, lr=args.lr, seed=seed)
@@ -284,45 +286,26 @@ def _sparse_dense(builder, train, val, args, seed: int, out):
     return sparse
 
 
-def _early_prune(builder, train, val, target: float, args, seed: int):
-    """Train the dense architecture for ``early_epochs`` of an ``epochs + recovery_epochs`` cosine
-    schedule, cut it by Taylor to ``target`` of its MACs, and finish the same schedule (the
-    optimizer restarts; the learning rate goes on where it was). Keeps the best validation epoch
-    of the second part, as the narrow network does."""
-    import keras
-
+def _early_prune(builder, train, val, target: float, args, seed: int, out):
+    """edgeprune's ``--prune-at-epoch``: the dense architecture trains ``early_epochs`` of an
+    ``epochs + recovery_epochs`` cosine schedule, is cut by Taylor to ``target`` of its MACs, and
+    the pruned network trains the rest of the same schedule (best validation epoch kept, as the
+    narrow network's)."""
     from edgeprune.pruning.api import prune_model
+    from edgeprune.training.api import recover
+    from edgeprune.training.data import Split
+    from edgeprune.training.early_pruning import train_before_cut
+    from edgeprune.training.finetune import FitSettings
 
     total = args.epochs + args.recovery_epochs
     early = min(args.early_epochs, total - 1)
-    steps_per_epoch = int(np.ceil(len(train[0]) / args.batch_size))
-    cosine = keras.optimizers.schedules.CosineDecay(args.lr, steps_per_epoch * total, alpha=0.05)
-
-    class Continued(keras.optimizers.schedules.LearningRateSchedule):
-        def __init__(self, offset):
-            self.offset = offset
-
-        def __call__(self, step):
-            return cosine(step + self.offset)
-
-    keras.utils.set_random_seed(seed)
-    model = builder(seed=seed)
-    model.compile(keras.optimizers.Adam(Continued(0)), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(*train, epochs=early, batch_size=args.batch_size, shuffle=True, verbose=0)
+    settings = FitSettings(epochs=total - early, batch_size=args.batch_size, learning_rate=args.lr, seed=seed)
+    model, _ = train_before_cut(builder(seed=seed), Split(*train, "train"), Split(*val, "val"), task="sparse",
+                                settings=settings, prune_at_epoch=early, output=out)
     cut = prune_model(model, target_macs=target, criterion="taylor", data=train[0][:512], labels=train[1][:512],
                       seed=seed)
-    pruned = fm.recalibrated(cut.model, train[0][:RECAL])
-    pruned.compile(keras.optimizers.Adam(Continued(early * steps_per_epoch)), "sparse_categorical_crossentropy",
-                   metrics=["accuracy"])
-    best = {"acc": -1.0, "weights": None}
-
-    def keep_best(epoch, logs):
-        if float(logs.get("val_accuracy", 0.0)) > best["acc"]:
-            best["acc"], best["weights"] = float(logs["val_accuracy"]), pruned.get_weights()
-
-    pruned.fit(*train, validation_data=val, epochs=total - early, batch_size=args.batch_size, shuffle=True,
-               verbose=0, callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=keep_best)])
-    pruned.set_weights(best["weights"])
+    pruned = recover(cut.model, train=train, val=val, epochs=total - early, batch_size=args.batch_size,
+                     learning_rate=args.lr, patience=total - early, seed=seed, after_epoch=early, output=out)
     return pruned, cut.report["macs_after"]
 
 
@@ -357,7 +340,10 @@ def summarize(runs, recipes=RECIPES) -> dict:
                    "mmacs": float(np.mean([r["macs"][key] for r in mine])) / 1e6}
             if key != "dense":
                 label = key.split()[0]
-                for ref, name in ((f"{label} narrow", "vs_narrow"), ("dense", "vs_dense")):
+                for ref, name in ((f"{label} narrow", "vs_narrow"), (f"{label} narrow (budget)", "vs_budget"),
+                                  ("dense", "vs_dense")):
+                    if any(ref not in r["acc"] for r in mine):
+                        continue
                     d = vals - np.array([r["acc"][ref] for r in mine])
                     row[name] = {"mean": float(d.mean()), "std": float(d.std())}
             rows[key] = row
@@ -374,10 +360,11 @@ def markdown(summary, seeds, setup) -> str:
     for arch, rows in summary.items():
         lines += [f"### {arch} CNN ({seeds} seed(s), {setup['train_size']} train images, {setup['epochs']} dense "
                   f"epochs, recovery budget {setup['recovery_epochs']} epochs; test accuracy % on the .tflite)", "",
-                  "| setting | MMACs | accuracy % | Δ vs narrow | Δ vs dense |", "|---|---|---|---|---|"]
+                  "| setting | MMACs | accuracy % | Δ vs narrow | Δ vs narrow (budget) | Δ vs dense |",
+                  "|---|---|---|---|---|---|"]
         for key, row in rows.items():
-            vn, vd = (_delta(row.get(name)) for name in ("vs_narrow", "vs_dense"))
-            lines.append(f"| {key} | {row['mmacs']:.3f} | {row['mean']:.2f} ± {row['std']:.2f} | {vn} | {vd} |")
+            vn, vb, vd = (_delta(row.get(name)) for name in ("vs_narrow", "vs_budget", "vs_dense"))
+            lines.append(f"| {key} | {row['mmacs']:.3f} | {row['mean']:.2f} ± {row['std']:.2f} | {vn} | {vb} | {vd} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -405,7 +392,10 @@ def main(argv=None) -> int:
                              "recovery 4 epochs (2 of them sparsity)")
     parser.add_argument("--quick", action="store_true", help="smoke run: a few hundred images, 1 epoch each")
     parser.add_argument("--recipes", default=",".join(RECIPES),
-                        help=f"comma-separated recipes to run (narrow is always run): {', '.join(RECIPES)}")
+                        help=f"comma-separated recipes to run (narrow is always run unless --budget-only): {', '.join(RECIPES)}")
+    parser.add_argument("--budget-only", action="store_true",
+                        help="skip the equal-epochs narrow network (the user-realistic question compares with "
+                             "'narrow (budget)' only)")
     parser.add_argument("--targets", default="2x,4x", help="MAC reductions to run: 2x, 4x or both")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--save", metavar="PATH", help="also write the JSON document here after every run")
@@ -433,7 +423,7 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.recipes) - set(RECIPES))
     if unknown:
         parser.error(f"--recipes: unknown {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
-    args.recipes = tuple(r for r in RECIPES if r in args.recipes or r == "narrow")
+    args.recipes = tuple(r for r in RECIPES if r in args.recipes or (r == "narrow" and not args.budget_only))
     if args.sparsity_epochs >= args.recovery_epochs:
         parser.error("--sparsity-epochs must leave at least one recovery epoch")
     from _fashion import load_fashion_mnist

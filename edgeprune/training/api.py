@@ -45,7 +45,8 @@ def recover(student, *, teacher=None, train, val=None, epochs: int = 10, distill
             temperature: float = 4.0, alpha: float = 0.5, distill_schedule: str = "constant",
             alpha_end: float | None = None, batch_size: int = 32, learning_rate: float = 3e-3,
             lr_schedule: str = "cosine", lr_warmup: float | None = None, original_epochs: int | None = None,
-            patience: int = 3, seed: int = 0, recalibrate_bn: bool = True, output: Output | None = None):
+            patience: int = 3, seed: int = 0, recalibrate_bn: bool = True, after_epoch: int = 0,
+            output: Output | None = None):
     """Recover a pruned model's accuracy by fine-tuning or distillation; returns the new model.
 
     BatchNorm statistics are first re-estimated on ``train`` inputs (``recalibrate_bn``).
@@ -59,6 +60,8 @@ def recover(student, *, teacher=None, train, val=None, epochs: int = 10, distill
     ``lr_schedule`` is cosine, plateau, one-cycle (warm-up over ``lr_warmup`` of the steps),
     constant or rewind (replays the last ``epochs`` of an ``original_epochs`` cosine training
     from ``learning_rate``); ``distill_schedule`` constant or anneal. Bad values -> InputError.
+    ``after_epoch`` K > 0: the model was cut after K epochs of training
+    (:func:`edgeprune.training.early_pruning.train_before_cut`); the cosine goes on from there.
     """
     from edgeprune.training.data import check_against_model
     from edgeprune.training.finetune import FitSettings
@@ -78,6 +81,10 @@ def recover(student, *, teacher=None, train, val=None, epochs: int = 10, distill
     if options.bn_recalibrate:
         student = _recalibrated(student, train_s.x, [])
     settings = FitSettings.from_options(options, label="distill" if distill or train_s.y is None else "fine-tune")
+    if after_epoch > 0:
+        from edgeprune.training.early_pruning import after_cut_settings
+
+        settings = after_cut_settings(settings, after_epoch)
     return _recover(student, teacher, TrainingData(train_s, val_s, task), options, settings,
                     output or default_output())[0]
 
@@ -117,6 +124,7 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
       (:class:`FitSettings.epoch_hooks`); the search stops unpromising trials through them.
     """
     from edgeprune.training.data import resolve
+    from edgeprune.training.early_pruning import after_cut_settings
     from edgeprune.training.finetune import FitSettings
 
     output = output or default_output()
@@ -160,6 +168,9 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
     if prune_kwargs is not None:
         kwargs = dict(prune_kwargs)
         targets = {key: kwargs.pop(key, None) for key in ("ratio", "target_macs", "target_latency")}
+        if options.prune_at_epoch > 0:
+            model, report["before_cut"] = _train_before_cut(model, options, trainable, settings, output)
+            settings = after_cut_settings(settings, options.prune_at_epoch)
         if options.sparsity_epochs > 0:
             model, report["structured_sparsity"] = _sparsity_phase(model, options, trainable, kwargs, output)
         if options.iterative_steps > 1:
@@ -201,6 +212,17 @@ def run_training_stage(model, options, *, original=None, prune_kwargs: dict | No
     return StageResult(model=model, report=report, quantization=quantization, validation=validation,
                        gate=None if data is None else data.gate, gate_source=None if data is None else data.gate_source,
                        pruned_report=pruned_report)
+
+
+def _train_before_cut(model, options, data, settings, output):
+    """``--prune-at-epoch K``: the first K epochs of the shared schedule, on labelled data."""
+    from edgeprune.training.early_pruning import train_before_cut
+
+    if data is None or data.train.y is None:
+        raise InputError("--prune-at-epoch needs labelled training data: pass --train-data (a .npz with x "
+                         "and y, or a class-folder image directory)")
+    return train_before_cut(model, data.train, data.val, task=data.task, settings=settings,
+                            prune_at_epoch=options.prune_at_epoch, output=output)
 
 
 def _sparsity_phase(model, options, data, prune_kwargs: dict, output):

@@ -37,6 +37,10 @@ class FitSettings:
     lr_schedule: str = "cosine"  # one of LR_SCHEDULES (see learning_rate_schedule)
     lr_warmup: float = ONE_CYCLE_WARMUP  # one-cycle: fraction of the steps spent warming up
     original_epochs: int | None = None  # rewind: epochs of the dense model's cosine training
+    # (first, total): this run is epochs first..first+epochs of a cosine schedule that spans
+    # ``total`` epochs (pruning early in training: the phases before and after the cut share one
+    # schedule; see training.early_pruning). None: the schedule spans this run alone.
+    schedule_window: tuple[int, int] | None = None
     patience: int = 3
     seed: int = 0
     label: str = "fine-tune"
@@ -160,7 +164,8 @@ def only_outputs(split, names):
 def learning_rate_schedule(settings: FitSettings, steps_per_epoch: int, keras=None):
     """The learning rate ``settings`` ask for: a float or a schedule of ``keras`` (per step).
 
-    - ``cosine``: Keras' CosineDecay from the LR to :data:`COSINE_FLOOR` of it over all steps.
+    - ``cosine``: Keras' CosineDecay from the LR to :data:`COSINE_FLOOR` of it over all steps;
+      with ``schedule_window`` (first, total), the part of a ``total``-epoch cosine this run covers.
     - ``plateau`` and ``constant``: the LR itself (plateau halves it from a callback).
     - ``one-cycle``: a linear warm-up from :data:`ONE_CYCLE_START` of the LR to the LR over the
       first ``lr_warmup`` of the steps, then a cosine to zero: a large LR early lets a pruned
@@ -174,6 +179,10 @@ def learning_rate_schedule(settings: FitSettings, steps_per_epoch: int, keras=No
     keras = _keras(keras)
     lr = settings.learning_rate
     total = max(1, settings.epochs * steps_per_epoch)
+    if settings.lr_schedule == "cosine" and settings.schedule_window is not None:
+        first, span = settings.schedule_window
+        return _warmup_cosine_class(keras)(lr, decay_steps=max(1, span * steps_per_epoch),
+                                          offset_steps=first * steps_per_epoch, floor=COSINE_FLOOR)
     if settings.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total, alpha=COSINE_FLOOR)
     if settings.lr_schedule == "one-cycle":
@@ -216,24 +225,25 @@ def _warmup_cosine_class(keras):
 
     class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         """lr(step): ``start`` -> ``peak`` linearly over ``warmup_steps``; then
-        peak * (1 + cos(pi * p)) / 2 with p = (offset_steps + steps after warm-up) / decay_steps."""
+        peak * (floor + (1 - floor) * (1 + cos(pi * p)) / 2) with
+        p = (offset_steps + steps after warm-up) / decay_steps."""
 
-        def __init__(self, peak, *, decay_steps, warmup_steps=0, start=0.0, offset_steps=0):
+        def __init__(self, peak, *, decay_steps, warmup_steps=0, start=0.0, offset_steps=0, floor=0.0):
             super().__init__()
             self.peak, self.start = float(peak), float(start)
             self.decay_steps, self.warmup_steps = int(decay_steps), int(warmup_steps)
-            self.offset_steps = int(offset_steps)
+            self.offset_steps, self.floor = int(offset_steps), float(floor)
 
         def __call__(self, step):
             step = tf_.cast(step, tf_.float32)
             rising = self.start + (self.peak - self.start) * step / max(1, self.warmup_steps)
             done = tf_.minimum(1.0, (self.offset_steps + step - self.warmup_steps) / self.decay_steps)
-            falling = self.peak * 0.5 * (1.0 + tf_.cos(np.pi * done))
+            falling = self.peak * (self.floor + (1.0 - self.floor) * 0.5 * (1.0 + tf_.cos(np.pi * done)))
             return tf_.where(step < self.warmup_steps, rising, falling)
 
         def get_config(self):
             return dict(peak=self.peak, decay_steps=self.decay_steps, warmup_steps=self.warmup_steps,
-                        start=self.start, offset_steps=self.offset_steps)
+                        start=self.start, offset_steps=self.offset_steps, floor=self.floor)
 
     # registered: Keras 3's clone_model (copy_model) rebuilds a compiled model's optimizer from config
     return keras.saving.register_keras_serializable(package="edgeprune")(WarmupCosine)

@@ -39,6 +39,7 @@ class TrainingOptions(BaseModel):
     distill_alpha_end: float | None = Field(default=None, ge=0.0, le=1.0)  # anneal only; None: alpha stays
     iterative_steps: int = Field(default=1, ge=1)
     sparsity_epochs: int = Field(default=0, ge=0)
+    prune_at_epoch: int = Field(default=0, ge=0)
     sparsity_method: Literal["group-norm", "bn-l1"] = "group-norm"
     sparsity_strength: float = Field(default=1.0, gt=0.0)
     sparsity_growth: Literal["linear", "constant"] = "linear"
@@ -89,14 +90,34 @@ class TrainingOptions(BaseModel):
                     raise ValueError(problem)
         return self
 
+    @model_validator(mode="after")
+    def _prune_at_epoch_alone(self):
+        """Pruning early in training cuts a model that is still learning, on one cosine schedule
+        over both phases: the options that assume a trained model, or another schedule or cut,
+        cannot join it."""
+        if self.prune_at_epoch <= 0:
+            return self
+        clashes = [flag for flag, on in (("--distill (the model is not trained at the cut, so it cannot teach)",
+                                          self.distill),
+                                         ("--sparsity-epochs", self.sparsity_epochs > 0),
+                                         ("--iterative-steps", self.iterative_steps > 1),
+                                         (f"--lr-schedule {self.lr_schedule} (both phases share one cosine)",
+                                          self.lr_schedule != "cosine"),
+                                         ("--finetune-epochs 0 (the training after the cut)",
+                                          self.finetune_epochs <= 0)) if on]
+        if clashes:
+            raise ValueError(f"--prune-at-epoch cannot be combined with {clashes[0]}")
+        return self
+
     @property
     def wants_sparsity(self) -> bool:
         return bool(self.gradual_sparsity or self.per_layer_sparsity or self.sparsity_m_by_n)
 
     @property
     def prunes_in_training(self) -> bool:
-        """The training stage does the pruning itself: in steps, or after a sparsity phase."""
-        return self.iterative_steps > 1 or self.sparsity_epochs > 0
+        """The training stage does the pruning itself: in steps, after a sparsity phase, or after
+        the epochs of training before the cut (--prune-at-epoch)."""
+        return self.iterative_steps > 1 or self.sparsity_epochs > 0 or self.prune_at_epoch > 0
 
     @property
     def wants_training(self) -> bool:
@@ -149,6 +170,7 @@ _FLAGS = [
     (click.option("--distill-alpha-end", type=float, metavar="A", help="anneal: weight (0-1) of the hard-label loss in the last epoch [--distill-alpha: alpha stays]."), "distill_alpha_end"),
     (click.option("--iterative-steps", type=int, metavar="N", help="Prune in N steps with fine-tuning between them [1 = one-shot]."), "iterative_steps"),
     (click.option("--sparsity-epochs", type=int, metavar="N", help="Pruning during training: train N epochs with a structured-sparsity penalty before the cut, then prune by the learnt group norms with global ranking [0 = off]."), "sparsity_epochs"),
+    (click.option("--prune-at-epoch", type=int, metavar="K", help="Pruning early in training, for a model not yet (fully) trained: train it K epochs on --train-data, cut, and train the pruned model --finetune-epochs more; one cosine schedule from --learning-rate spans all K + N epochs [0 = off: the model is trained, cut it first]."), "prune_at_epoch"),
     (click.option("--sparsity-method", type=click.Choice(["group-norm", "bn-l1"]), help="Penalty of --sparsity-epochs: every unit's coupled weights as one group (group-norm) or BatchNorm scales only (bn-l1) [group-norm]."), "sparsity_method"),
     (click.option("--sparsity-strength", type=float, metavar="S", help="Shrinkage of --sparsity-epochs per step, in units of the learning rate times each group's starting mean norm [1.0]."), "sparsity_strength"),
     (click.option("--sparsity-growth", type=click.Choice(["linear", "constant"]), help="Ramp the --sparsity-strength up from 0 over the phase (linear) or apply it throughout (constant) [linear]."), "sparsity_growth"),
