@@ -26,6 +26,30 @@ def _without_build_configs(value):
     return value
 
 
+def _graph_nodes_of(g, new) -> list:
+    """(rebuilt layer, its graph node) pairs, matched by position, not by name.
+
+    A layer's constructor may rename it: keras-hub's ``DepthwiseConvBlock`` appends ``"_0"`` to
+    the name it is given, so the config's ``block_0_0`` comes back as ``block_0_0_0``. The rebuilt
+    model has the graph of the traced one, and both flavours order a functional model's layers by
+    walking that graph, so the i-th layer of one is the i-th of the other. A Keras 3 layer that
+    renamed itself gets its config's name back: the report, ``--protect`` patterns and the saved
+    file keep naming it as the original does. (Matching by name is the fallback, for a rebuilt
+    model whose layers do not line up.)"""
+    from edgeprune.base.env import is_keras3_model
+
+    old, rebuilt = model_layers(g.model), model_layers(new)
+    node_of = {id(node.layer): node for node in g.layers.values()}
+    if len(old) != len(rebuilt) or any(type(a) is not type(b) or id(a) not in node_of for a, b in zip(old, rebuilt)):
+        return [(layer, g.layers[layer.name]) for layer in rebuilt]
+    pairs = [(layer, node_of[id(a)]) for a, layer in zip(old, rebuilt)]
+    if is_keras3_model(new):  # tf_keras keys a model's nodes by layer name: never renamed there
+        for layer, node in pairs:
+            if layer.name != node.name:
+                layer.name = node.name
+    return pairs
+
+
 def rebuild(gs: GroupSet, keep_unit: np.ndarray):
     """The pruned model for a boolean keep-mask over units."""
     g = gs.graph
@@ -41,8 +65,7 @@ def rebuild(gs: GroupSet, keep_unit: np.ndarray):
         lc["config"] = _without_build_configs(rules.new_config(node, lc["config"], kin, kout, g, internal))
         lc.pop("build_config", None)
     new = model_from_neutral(cfg, g.model)
-    for layer in model_layers(new):
-        node = g.layers[layer.name]
+    for layer, node in _graph_nodes_of(g, new):
         weights = node.weights()
         if not weights:
             continue

@@ -150,11 +150,24 @@ def _converter(tf, model, specs: list[InputSpec], fuse_lstm: bool = True):
     def call(*xs):
         out = model(list(xs) if several else xs[0], training=False)
         if isinstance(out, dict):
-            out = [out[k] for k in getattr(model, "output_names", None) or sorted(out)]
+            out = [out[k] for k in _output_keys(model, out)]
         return list(out) if isinstance(out, (list, tuple)) else out
 
     concrete = tf.function(call, input_signature=tf_specs).get_concrete_function()
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], _trackable(model, fuse_lstm))
+
+
+def _output_keys(model, out: dict) -> list:
+    """The order of a model's dict outputs in the artifact: its ``output_names`` when they are the
+    dict's keys, else the keys sorted, which is how Keras flattens a dict (``model.outputs``).
+
+    A Keras 3 functional model whose dict outputs all come from one multi-output layer (keras-hub
+    HGNetV2's ``{"stem", "stage1", "stage2"}``, all made by its encoder) names every output after
+    that layer, so ``output_names`` are not keys of the dict it returns."""
+    names = list(getattr(model, "output_names", None) or [])
+    if names and len(set(names)) == len(names) and set(names) == set(out):
+        return names
+    return sorted(out)
 
 
 def _trackable(model, fuse_lstm: bool = True):
