@@ -8,7 +8,10 @@ Keras 3 config may name any function or class by module. So every object in the 
 dict with a ``class_name``, at every depth) is checked here against what edgeprune can vouch for:
 
 - classes that carry or load code (``Lambda``, ``__lambda__``, ``TFSMLayer``, the Torch/JAX
-  wrappers), a marshalled ``function``, a file-path vocabulary: refused in safe mode;
+  wrappers), a marshalled ``function``: refused in safe mode;
+- a field a constructor would open as a file (:data:`FILE_FIELDS`: a vocabulary, BPE merges, a
+  SentencePiece proto given as a path): refused in safe mode; the same data inline, or in the
+  ``.keras`` file's own assets, loads;
 - ``TFOpLambda`` functions: TensorFlow math, nn, image and friends only, no file, Python or
   printing functions, and no raw op on the SavedModel deny-list;
 - objects naming a module: Keras' own modules of layers, ops, initializers and the like; a
@@ -24,6 +27,8 @@ their code from ``--custom-objects``. The graph of a SavedModel is scanned by
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from collections.abc import Iterator
@@ -68,6 +73,32 @@ _TF_NAMESPACES = ("math.", "nn.", "linalg.", "image.", "signal.", "bitwise.", "d
 _TF_TOPLEVEL_DENY = {"print", "py_function", "numpy_function", "py_func", "load_op_library",
                      "load_library", "function", "Module", "autograph", "init_scope", "device",
                      "control_dependencies", "get_logger", "debugging", "saved_model", "io"}
+# Config fields whose *string* value a constructor opens as a file of this machine, so a model
+# file could name any local file (/etc/passwd, ~/.ssh/id_rsa) and have its contents read into
+# the model (a vocabulary becomes weights' row labels and may be written into the artifact).
+# Surveyed in Keras 3, tf_keras and keras-hub 0.32 (every constructor and set_* method of
+# keras_hub/src that calls open(), get_file or a preset loader):
+# - vocabulary: Keras' TextVectorization, StringLookup and IntegerLookup (a text file);
+#   keras-hub's WordPieceTokenizer (BERT, DistilBERT, ELECTRA, ESM, ...), BytePairTokenizer
+#   (GPT-2, RoBERTa, BART, CLIP, Llama 3, Qwen, Whisper, ...: a JSON file), PARSeqTokenizer;
+# - merges: BytePairTokenizer and its subclasses (a text file of merge rules);
+# - proto: SentencePieceTokenizer and its subclasses (ALBERT, DeBERTa-v3, T5, Gemma, Llama,
+#   Mistral, XLM-R, ...: a .spm model file);
+# - special_tokens, language_tokens: WhisperTokenizer (JSON files; keras-hub has no safe-mode
+#   check of its own for these, nor for PARSeq's vocabulary).
+# Nothing else opens a file or reaches the network while a model loads: ``config_file``
+# (``"tokenizer.json"``) names a member of a preset directory and is read only by
+# ``from_preset``, which no constructor calls; keras-hub reads a saved tokenizer's data from the
+# assets inside the ``.keras`` zip (``load_assets``), and its get_config writes these fields as
+# None or leaves them out. Inline values (a list or dict vocabulary, a list of merges, proto
+# bytes) are data and load.
+FILE_FIELDS = {
+    "vocabulary": "vocabulary",
+    "merges": "BPE merge rules",
+    "proto": "SentencePiece model",
+    "special_tokens": "special tokens",
+    "language_tokens": "language tokens",
+}
 _HINT = (
     "pass --custom-objects path.py (a Python file whose module-level `custom_objects` dict, "
     "or its classes, supply the code) or --unsafe if you trust the file"
@@ -182,6 +213,28 @@ def _tf_function_problem(symbol: str) -> str | None:
     return "a TensorFlow function outside the numeric namespaces (math, nn, image, linalg, ...)"
 
 
+def _is_inline_proto(value: str) -> bool:
+    """Whether keras-hub's SentencePieceTokenizer takes the string ``value`` as the proto itself
+    (base64, over 2048 characters: its own test in ``set_proto``) rather than a file path."""
+    if len(value) <= 2048:
+        return False
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def file_field(config: dict) -> str | None:
+    """The first field of one object's ``config`` that names a file to read (:data:`FILE_FIELDS`),
+    or None when every such field is absent, None or inline data."""
+    for field in FILE_FIELDS:
+        value = config.get(field)
+        if isinstance(value, str) and not (field == "proto" and _is_inline_proto(value)):
+            return field
+    return None
+
+
 def _check_object(path: Path, where: str, obj: dict, supplied: set[str], flavour: str,
                   safe_mode: bool) -> None:
     cls = obj.get("class_name")
@@ -198,9 +251,11 @@ def _check_object(path: Path, where: str, obj: dict, supplied: set[str], flavour
     marshalled = "function_type" in config or isinstance(config.get("function"), (list, dict))
     if marshalled and short not in _TF_OP_LAYERS:
         raise _refuse(path, where, f"({cls}) carries a marshalled Python function")
-    vocabulary = config.get("vocabulary")
-    if isinstance(vocabulary, str):
-        raise _refuse(path, where, f"({cls}) reads its vocabulary from the file '{vocabulary}'")
+    field = file_field(config)
+    if field:
+        shown = config[field] if len(config[field]) <= 200 else config[field][:200] + "..."
+        raise _refuse(path, where, f"({cls}) reads its {FILE_FIELDS[field]} ('{field}') from the file "
+                                   f"{shown!r}, outside the model file")
     if short in _TF_OP_LAYERS:
         symbol = config.get("function")
         problem = _tf_function_problem(symbol) if isinstance(symbol, str) else "no TensorFlow function name"
