@@ -30,6 +30,7 @@ from edgeprune.pruning.rules.keras_hub import (
     ViTEncoderRule,
     ViTPatchingAndEmbeddingRule,
 )
+from edgeprune.pruning.rules.keras_hub_dinov2 import DINOV2EmbeddingRule, DINOV2EncoderRule
 from edgeprune.pruning.rules.keras_hub_mit import HierarchicalTransformerEncoderRule, OverlappingPatchingAndEmbeddingRule
 from edgeprune.pruning.rules.matmul import DotRule, EinsumRule, MatmulRule
 from edgeprune.pruning.rules.merge import ConcatRule, ElementwiseOpRule, MergeRule
@@ -144,6 +145,8 @@ def _defaults() -> None:
     register_rule("DeiTEncoder", DeiTEncoderRule())
     register_rule("OverlappingPatchingAndEmbedding", OverlappingPatchingAndEmbeddingRule())
     register_rule("HierarchicalTransformerEncoder", HierarchicalTransformerEncoderRule())
+    register_rule("DINOV2Embedding", DINOV2EmbeddingRule())
+    register_rule("DINOV2Encoder", DINOV2EncoderRule())
 
 
 _defaults()

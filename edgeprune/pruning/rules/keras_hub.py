@@ -278,16 +278,23 @@ class ViTEncoderRule(LayerRule):
     block keeps its own strongest ones (unit j of one block has nothing to do with unit j of the
     next).
 
-    DeiT's encoder (:class:`DeiTEncoderRule`) is the same stack under other names: the class
-    attributes below name the MLP field and the paths of its two projections."""
+    DeiT's encoder (:class:`DeiTEncoderRule`) and DINOv2's
+    (:class:`~edgeprune.pruning.rules.keras_hub_dinov2.DINOV2EncoderRule`) are the same stack
+    under other names: the class attributes below name the MLP field, the paths of its two
+    projections, of the attention and of the norms inside a block."""
 
     producer = True
     mlp_field, mlp, up, down = "mlp_dim", "mlp", "mlp/dense_1", "mlp/dense_2"
+    block_name, first_block = "transformer_block_{}", 1  # the blocks' sub-layer names
+    mha = "mha"  # the block's MultiHeadAttention, inside the block
+    norms, final_norm = ("ln_1", "ln_2"), "ln"  # the block's LayerNorms; the encoder's last one (or None)
+    # residual-wide scales each block multiplies its attention and MLP outputs by (DINOv2's
+    # layer scales), or None: sliced with the residual and weighing what each channel is written
+    scales = (None, None)
     several_outputs = False  # DeiTEncoder also returns (empty) hidden states and scores
 
-    @staticmethod
-    def _blocks(node) -> list[str]:
-        return [f"transformer_block_{i + 1}" for i in range(int(node.config["num_layers"]))]
+    def _blocks(self, node) -> list[str]:
+        return [self.block_name.format(i + self.first_block) for i in range(int(node.config["num_layers"]))]
 
     def _lock_reason(self, node) -> str | None:
         index = weight_index(node)
@@ -335,26 +342,30 @@ class ViTEncoderRule(LayerRule):
                 w[index[path]] = take(w[index[path]], idx, axis)
 
         for block in self._blocks(node):
-            _Attention(index, f"{block}/mha", heads).slice(w, real, residual)
+            _Attention(index, f"{block}/{self.mha}", heads).slice(w, real, residual)
             own = None if mlp is None else top(self._mlp_norms(node, real, 2, block), len(mlp))
-            for norm in ("ln_1", "ln_2"):
+            for norm in self.norms:
                 cut(f"{block}/{norm}/gamma", residual, 0)
                 cut(f"{block}/{norm}/beta", residual, 0)
+            for scale in self.scales:
+                if scale is not None:
+                    cut(f"{block}/{scale}", residual, 0)
             cut(f"{block}/{self.up}/kernel", residual, 0)
             cut(f"{block}/{self.up}/kernel", own, 1)
             cut(f"{block}/{self.up}/bias", own, 0)
             cut(f"{block}/{self.down}/kernel", own, 0)
             cut(f"{block}/{self.down}/kernel", residual, 1)
             cut(f"{block}/{self.down}/bias", residual, 0)
-        cut("ln/gamma", residual, 0)
-        cut("ln/beta", residual, 0)
+        if self.final_norm:
+            cut(f"{self.final_norm}/gamma", residual, 0)
+            cut(f"{self.final_norm}/beta", residual, 0)
         return w
 
     def compensate(self, node, weights, internal=None):
         index, w = weight_index(node), list(weights)
         full = int(node.config["hidden_dim"]) // int(node.config["num_heads"])
         for block in self._blocks(node):
-            _Attention(index, f"{block}/mha", int(node.config["num_heads"])).compensate(w, full)
+            _Attention(index, f"{block}/{self.mha}", int(node.config["num_heads"])).compensate(w, full)
         return w
 
     def macs(self, node, g, counts):
@@ -370,10 +381,22 @@ class ViTEncoderRule(LayerRule):
     def _residual_norms(self, node, weights, p, reading: bool):
         index, parts = weight_index(node), []
         for block in self._blocks(node):
-            parts += _Attention(index, f"{block}/mha", int(node.config["num_heads"])).norms(weights, p, reading)
-            parts.append((weights[index[f"{block}/{self.up}/kernel"]], 0) if reading
-                         else (weights[index[f"{block}/{self.down}/kernel"]], 1))
+            attention = _Attention(index, f"{block}/{self.mha}", int(node.config["num_heads"])).norms(weights, p, reading)
+            mlp = [(weights[index[f"{block}/{self.up}/kernel"]], 0) if reading
+                   else (weights[index[f"{block}/{self.down}/kernel"]], 1)]
+            if not reading:  # what a channel is written with: the projection times its layer scale
+                attention, mlp = (self._scaled(index, weights, block, scale, writers)
+                                  for scale, writers in zip(self.scales, (attention, mlp)))
+            parts += attention + mlp
         return _norms(parts, p)
+
+    @staticmethod
+    def _scaled(index, weights, block, scale, writers):
+        """(array, axis) writers of the residual multiplied by the block's scale along that axis."""
+        if scale is None or f"{block}/{scale}" not in index:
+            return writers
+        factor = np.asarray(weights[index[f"{block}/{scale}"]])
+        return [(a * factor.reshape([-1 if i == axis else 1 for i in range(a.ndim)]), axis) for a, axis in writers]
 
     def filter_norms(self, node, weights, p):
         return self._residual_norms(node, weights, p, False)
