@@ -293,14 +293,33 @@ def _ref_list(refs) -> list:
     return [refs] if is_entry(refs) else list(refs)
 
 
-def _inline(cfg: dict, taken: set) -> tuple[dict, bool]:
-    """Inline nested model layers into ``cfg`` (recursively). Returns (config, changed)."""
+def _renamed(outer_name: str, name: str, taken: set) -> str:
+    """A name for an inner layer whose own name an outer layer has: the sub-model's name joined
+    with ``_`` (Keras 3 refuses ``/`` in a layer name), numbered until it is free."""
+    new, n = f"{outer_name}_{name}", 1
+    while new in taken:
+        new, n = f"{outer_name}_{name}_{n}", n + 1
+    return new
+
+
+def _inline(cfg: dict, taken: set, shared: frozenset = frozenset()) -> tuple[dict, bool]:
+    """Inline nested model layers into ``cfg`` (recursively). Returns (config, changed).
+
+    ``shared`` names outer layers that are the very object a sub-model also calls (GPT-2's tied
+    token embedding: the backbone embeds with it, the Task's head calls it in reverse). Such an
+    inner layer is not copied under a new name, which would untie the weights: its calls join
+    the outer layer's, first, so the outer calls' node indices move up by as many.
+    """
     changed = False
     layers_out = []
+    own: list = []  # this level's own layers, whose references to a shared layer are shifted
+    here = {layer["name"] for layer in cfg["layers"]}
+    joined: dict = {}  # shared layer name -> the sub-model's calls of it (rewritten)
     remap: dict = {}  # (nested_name, node, idx) -> inner ref
     for layer in cfg["layers"]:
         if layer["class_name"] not in _MODEL_CLASSES:
             layers_out.append(layer)
+            own.append(layer)
             continue
         changed = True
         outer_name = layer["config"]["name"] if "name" in layer["config"] else layer["name"]
@@ -308,7 +327,7 @@ def _inline(cfg: dict, taken: set) -> tuple[dict, bool]:
             raise InputError(f"nested model '{outer_name}' is called {len(layer['inbound_nodes'])} "
                              "times; pruning supports sub-models used once")
         inner = _functional_config(layer["class_name"], layer["config"])
-        inner, _ = _inline(inner, taken)
+        inner, _ = _inline(inner, taken, shared)
         outer_refs, _ = parse_call(layer["inbound_nodes"][0])
         rename = {}
         for il in inner["layers"]:
@@ -316,8 +335,8 @@ def _inline(cfg: dict, taken: set) -> tuple[dict, bool]:
                 continue
             name = il["name"]
             new = name
-            if new in taken:
-                new = f"{outer_name}/{name}"
+            if new in taken and not (name in shared and name in here):
+                new = _renamed(outer_name, name, taken)
             taken.add(new)
             rename[name] = new
         input_map = {}
@@ -325,6 +344,10 @@ def _inline(cfg: dict, taken: set) -> tuple[dict, bool]:
             input_map[ref[0]] = outer_refs[k]
         for il in inner["layers"]:
             if il["class_name"] == "InputLayer":
+                continue
+            if il["name"] in shared and il["name"] in here:
+                joined[il["name"]] = joined.get(il["name"], []) + _rewrite_nodes(
+                    il["inbound_nodes"], rename, input_map)
                 continue
             il = copy.deepcopy(il)
             il["name"] = rename[il["name"]]
@@ -345,11 +368,20 @@ def _inline(cfg: dict, taken: set) -> tuple[dict, bool]:
             return [new[0], new[1], new[2]] + list(ref[3:])
         return ref
 
+    def shift(ref):  # this level's reference to a shared layer's own call, now after the joined ones
+        if ref[0] in joined:
+            return [ref[0], int(ref[1]) + len(joined[ref[0]]), ref[2]] + list(ref[3:])
+        return ref
+
+    for layer in own:
+        layer["inbound_nodes"] = _map_entries(layer["inbound_nodes"], shift)
     for layer in layers_out:
+        if layer["name"] in joined:
+            layer["inbound_nodes"] = joined[layer["name"]] + layer["inbound_nodes"]
         layer["inbound_nodes"] = _map_entries(layer["inbound_nodes"], fix)
     cfg = dict(cfg)
     cfg["layers"] = layers_out
-    cfg["output_layers"] = _map_entries(cfg["output_layers"], fix)
+    cfg["output_layers"] = _map_entries(_map_entries(cfg["output_layers"], shift), fix)
     return cfg, True
 
 
@@ -382,7 +414,8 @@ def flatten_model(model):
     """Return a flat functional model equivalent to ``model`` (same object if already flat).
 
     Sequential models become functional; nested models are inlined (inner layer names are
-    kept unless they collide with an outer name, then prefixed with the sub-model's name).
+    kept unless they collide with an outer name, then prefixed with the sub-model's name; an
+    inner layer that is the outer layer itself stays one shared layer).
     The result has ``model``'s flavour (Keras 3 or tf_keras) and its weights.
     """
     from edgeprune.base.env import keras_of
@@ -403,7 +436,7 @@ def flatten_model(model):
             pass
         cfg = _sequential_to_functional(cfg, shape)
     taken = {l["name"] for l in cfg["layers"]}
-    cfg, _ = _inline(cfg, taken)
+    cfg, _ = _inline(cfg, taken, _shared_with_submodels(model, keras))
     origins = {}
     for l in cfg["layers"]:
         if "_origin" in l:
@@ -416,6 +449,25 @@ def flatten_model(model):
         if src is not None and src.weights:
             layer.set_weights(src.get_weights())
     return flat
+
+
+def _shared_with_submodels(model, keras) -> frozenset:
+    """Names of ``model``'s layers that a nested sub-model also holds, as the same object and
+    name (a tied embedding): :func:`_inline` keeps each one layer instead of two copies."""
+    top = {layer.name: layer for layer in model.layers}
+    found = set()
+
+    def walk(sub):
+        for layer in sub.layers:
+            if top.get(layer.name) is layer:
+                found.add(layer.name)
+            if isinstance(layer, keras.Model):
+                walk(layer)
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            walk(layer)
+    return frozenset(found)
 
 
 def _find_source_layer(model, name, origins):
