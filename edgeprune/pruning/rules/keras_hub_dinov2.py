@@ -4,7 +4,7 @@ DINOv2's blocks are ViT's (:class:`~edgeprune.pruning.rules.keras_hub.ViTEncoder
 other names, with two differences the rules here handle:
 
 - each block multiplies its attention and MLP outputs by a per-channel **layer scale**
-  (``layer_scale1/lambda1``, ``layer_scale2/lambda2``), residual-wide: it is sliced with the
+  (``layer_scale1/lambda1``, ``layer_scale2/lambda1``), residual-wide: it is sliced with the
   residual stream, and it weighs the magnitude a channel is written with (pretrained DINOv2
   scales are ~1e-5 to 1, so the unscaled projections would rank channels wrongly);
 - the encoder returns the stream **and** every block's output (``{"stage1": ..., ...}``, the
@@ -23,7 +23,12 @@ Nothing here imports keras_hub: the registry refers to these layers by class nam
 from __future__ import annotations
 
 from edgeprune.load.graph import spatial_size
-from edgeprune.pruning.rules.keras_hub import ViTEncoderRule, ViTPatchingAndEmbeddingRule, _Attention, _pair
+from edgeprune.pruning.rules.keras_hub import (
+    ViTEncoderRule,
+    ViTPatchingAndEmbeddingRule,
+    _Attention,
+    _pair,
+)
 
 
 class DINOV2EmbeddingRule(ViTPatchingAndEmbeddingRule):
