@@ -36,6 +36,7 @@ same recovery budget of ``--recovery-epochs`` (a sparsity phase counts against i
   al., ICLR 2020): the dense architecture trains on the narrow network's own ``--epochs + --recovery-epochs`` cosine
   schedule, is cut by Taylor after ``--early-epochs`` and trains on along the same schedule (equal
   total epochs; no converged dense model is needed, so it answers the from-scratch user only);
+  ``taylor early global`` ranks that cut globally (per-group normalised);
 - ``latency-aware high-LR``: ``--target-latency`` at the latency a per-layer table (measured
   here, 1 thread, float32) predicts for the uniform cut, keeping the most MACs within it
   (l1 ranking, so only the allocation differs from ``l1 uniform high-LR``);
@@ -74,7 +75,7 @@ RECIPES = ("narrow", "narrow (budget)", "l1 uniform low-LR", "l1 uniform high-LR
            "group-norm sparsity", "bn-l1 sparsity", "l1 one-cycle", "l1 rewind", "l1 distill", "l1 distill anneal",
            "taylor high-LR", "random high-LR", "sensitivity high-LR", "bn high-LR", "taylor distill",
            "latency-aware high-LR", "taylor global high-LR", "taylor iterative high-LR", "taylor 2k high-LR",
-           "taylor sparse-dense", "taylor early")
+           "taylor sparse-dense", "taylor early", "taylor early global")
 RECAL = 2048
 
 
@@ -198,16 +199,17 @@ def run_arch(arch: str, seed: int, data, args, out) -> dict:
             steps = 2
             per_step = max(1, args.recovery_epochs // steps)
             model, report = iterative_prune(dense, steps=steps, target_macs=target, prune_kwargs=taylor_data,
-                                            recover=lambda m: finetune(m, per_step, args.lr), output=out)
+                                            recover=lambda m, n=per_step: finetune(m, n, args.lr), output=out)
             record("taylor iterative high-LR", model, report["macs_after"])
         if "taylor sparse-dense" in wanted:
             if "sparse_dense" not in res:
                 res["sparse_dense"] = _sparse_dense(builder, train, val, args, seed, out)
             cut = prune_model(res["sparse_dense"], target_macs=target, **taylor_data)
             record("taylor sparse-dense", finetune(cut.model, args.recovery_epochs, args.lr), cut.report["macs_after"])
-        if "taylor early" in wanted:
-            model, macs_after = _early_prune(builder, train, val, target, args, seed, out)
-            record("taylor early", model, macs_after)
+        for name, ranked in (("taylor early", False), ("taylor early global", True)):
+            if name in wanted:
+                model, macs_after = _early_prune(builder, train, val, target, args, seed, out, global_ranking=ranked)
+                record(name, model, macs_after)
         if "taylor distill" in wanted:
             cut = prune_model(dense, target_macs=target, criterion="taylor", data=train[0][:512],
                               labels=train[1][:512], seed=seed)
@@ -286,7 +288,7 @@ def _sparse_dense(builder, train, val, args, seed: int, out):
     return sparse
 
 
-def _early_prune(builder, train, val, target: float, args, seed: int, out):
+def _early_prune(builder, train, val, target: float, args, seed: int, out, *, global_ranking: bool = False):
     """edgeprune's ``--prune-at-epoch``: the dense architecture trains ``early_epochs`` of an
     ``epochs + recovery_epochs`` cosine schedule, is cut by Taylor to ``target`` of its MACs, and
     the pruned network trains the rest of the same schedule (best validation epoch kept, as the
@@ -303,7 +305,7 @@ def _early_prune(builder, train, val, target: float, args, seed: int, out):
     model, _ = train_before_cut(builder(seed=seed), Split(*train, "train"), Split(*val, "val"), task="sparse",
                                 settings=settings, prune_at_epoch=early, output=out)
     cut = prune_model(model, target_macs=target, criterion="taylor", data=train[0][:512], labels=train[1][:512],
-                      seed=seed)
+                      seed=seed, global_ranking=global_ranking)
     pruned = recover(cut.model, train=train, val=val, epochs=total - early, batch_size=args.batch_size,
                      learning_rate=args.lr, patience=total - early, seed=seed, after_epoch=early, output=out)
     return pruned, cut.report["macs_after"]
@@ -325,6 +327,26 @@ def _sensitivity_curves(dense, val, seed: int, out) -> dict:
         return sensitivity(str(path), val_data=str(data), target=str(profile), quantize="float32", seed=seed,
                            output=out,
                            ratios=[i / 8 for i in range(1, 8)], target_macs=(0.5,))
+
+
+def merge_runs(runs: list[dict]) -> list[dict]:
+    """Runs of one architecture and seed saved apart (recipes measured later) as one run each.
+
+    Runs repeat exactly on one machine (same seed, same dense model), so the dense accuracy of
+    both must match: a mismatch means another machine or setting, and merging would pair
+    unlike things."""
+    merged: dict = {}
+    for run in runs:
+        key = (run["arch"], run["seed"])
+        if key not in merged:
+            merged[key] = {**run, "acc": dict(run["acc"]), "macs": dict(run["macs"])}
+            continue
+        if abs(merged[key]["acc"]["dense"] - run["acc"]["dense"]) > 1e-6:
+            raise SystemExit(f"{key}: dense accuracy differs between saved runs "
+                             f"({merged[key]['acc']['dense']} vs {run['acc']['dense']}): not the same setup")
+        merged[key]["acc"].update(run["acc"])
+        merged[key]["macs"].update(run["macs"])
+    return list(merged.values())
 
 
 def summarize(runs, recipes=RECIPES) -> dict:
@@ -404,9 +426,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.table_from:
         docs = [json.loads(Path(p).read_text()) for p in args.table_from]
-        runs = [run for doc in docs for run in doc["runs"]]
+        runs = merge_runs([run for doc in docs for run in doc["runs"]])
         setup = docs[0]["setup"]
-        print(markdown(summarize(runs, setup.get("recipes", RECIPES)), len({r["seed"] for r in runs}), setup))
+        recipes = [r for r in RECIPES if any(r in doc["setup"].get("recipes", RECIPES) for doc in docs)]
+        print(markdown(summarize(runs, recipes), len({r["seed"] for r in runs}), setup))
         return 0
     if args.screen:
         args.seeds = 1 if args.seeds is None else args.seeds

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers_models import invoke_cli, tiny_keras3_cnn, tiny_tf_keras_cnn
+from helpers_models import invoke_cli, tiny_tf_keras_cnn
 
 import edgeprune.base.env as env
 from edgeprune.training.early_pruning import after_cut_settings, before_cut_settings

@@ -31,7 +31,10 @@ from edgeprune.pruning.rules.keras_hub import (
     ViTPatchingAndEmbeddingRule,
 )
 from edgeprune.pruning.rules.keras_hub_dinov2 import DINOV2EmbeddingRule, DINOV2EncoderRule
-from edgeprune.pruning.rules.keras_hub_mit import HierarchicalTransformerEncoderRule, OverlappingPatchingAndEmbeddingRule
+from edgeprune.pruning.rules.keras_hub_mit import (
+    HierarchicalTransformerEncoderRule,
+    OverlappingPatchingAndEmbeddingRule,
+)
 from edgeprune.pruning.rules.matmul import DotRule, EinsumRule, MatmulRule
 from edgeprune.pruning.rules.merge import ConcatRule, ElementwiseOpRule, MergeRule
 from edgeprune.pruning.rules.recurrent import GATES, BidirectionalRule, RecurrentRule
