@@ -56,7 +56,14 @@ class LoadedModel:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The line of a loader's message that names the problem: its first line, or for Keras'
+    nested deserialization errors (whose first line is generic advice about ``from_config``) the
+    innermost "Exception encountered:", which names the layer's own complaint."""
     text = str(exc).strip()
+    marker = "Exception encountered:"
+    causes = [line.split(marker, 1)[1].strip() for line in text.splitlines() if marker in line]
+    if causes and causes[-1]:
+        text = causes[-1]
     return (text.splitlines()[0][:300] if text else type(exc).__name__)
 
 
