@@ -130,9 +130,17 @@ def is_keras3_model(model) -> bool:
 
     edgeprune keeps the flavour the user gave it: a Keras 3 file stays a Keras 3 model through
     pruning, training and conversion. Code that needs Keras APIs for a model asks it here.
+
+    The whole class hierarchy is asked, not only the model's own class: a keras-hub model
+    (``keras_hub.src.models...ResNetBackbone``) or a user's ``keras.Model`` subclass is Keras 3
+    too. Taken for tf_keras, such a model was converted with itself as the trackable object,
+    which leaves its weights as uninitialised resource variables: an artifact that gives NaN.
     """
-    module = type(model).__module__
-    return module.startswith("keras.") or module == "keras"
+    return any(_is_keras3_module(cls.__module__) for cls in type(model).__mro__)
+
+
+def _is_keras3_module(module: str) -> bool:
+    return module == "keras" or module.startswith("keras.")
 
 
 def keras_of(model):
