@@ -105,10 +105,11 @@ def test_keras_hub_mobilenet_prunes_without_internal_error():
     result = prune_model(model, ratio=0.5)
     names = {layer.name for layer in result.model.layers}
     assert "block_0_0" in names and "block_0_0_0" not in names
-    assert result.report["macs_after"] == result.report["macs_before"]  # its blocks have no rule (locked)
-    assert any("no pruning rule for DepthwiseConvBlock" in why for why in result.report["locked"])
+    # its blocks prune now (tests/test_rules_keras_hub_mobilenet.py)
+    assert result.report["macs_after"] < result.report["macs_before"]
+    assert not any("no pruning rule" in why for why in result.report["locked"])
     x = _sample(model)
-    np.testing.assert_allclose(result.model.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    assert result.model.predict(x, verbose=0).shape[:-1] == model.predict(x, verbose=0).shape[:-1]
 
 
 # ------------------------------------------------------------------ dict outputs named after one layer

@@ -35,6 +35,11 @@ from edgeprune.pruning.rules.keras_hub_mit import (
     HierarchicalTransformerEncoderRule,
     OverlappingPatchingAndEmbeddingRule,
 )
+from edgeprune.pruning.rules.keras_hub_mobilenet import (
+    ConvBnActBlockRule,
+    DepthwiseConvBlockRule,
+    InvertedResidualBlockRule,
+)
 from edgeprune.pruning.rules.matmul import DotRule, EinsumRule, MatmulRule
 from edgeprune.pruning.rules.merge import ConcatRule, ElementwiseOpRule, MergeRule
 from edgeprune.pruning.rules.recurrent import GATES, BidirectionalRule, RecurrentRule
@@ -150,6 +155,9 @@ def _defaults() -> None:
     register_rule("HierarchicalTransformerEncoder", HierarchicalTransformerEncoderRule())
     register_rule("DINOV2Embedding", DINOV2EmbeddingRule())
     register_rule("DINOV2Encoder", DINOV2EncoderRule())
+    register_rule("DepthwiseConvBlock", DepthwiseConvBlockRule())
+    register_rule("InvertedResidualBlock", InvertedResidualBlockRule())
+    register_rule("ConvBnActBlock", ConvBnActBlockRule())
 
 
 _defaults()
