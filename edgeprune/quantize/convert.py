@@ -283,7 +283,62 @@ def convert(model, quantization: str, *, representative=None, io: str = "float",
                 f"int8-only target: the {quantization} graph still has {len(bad)} float op(s), "
                 f"first {bad[0]}"
             )
+    check_finite(tflite, model, specs, representative, f"TFLite conversion ({quantization})")
     return tflite
+
+
+def _probe(representative, specs: list[InputSpec]) -> tuple[dict, str]:
+    """One batch-1 input per model input, keyed by input name, and how to name it in a message:
+    the first calibration sample when there is one, else a fixed probe (uniform [0, 1) floats
+    from seed 0, zeros for integer and bool inputs; unknown dimensions as 1)."""
+    if representative is not None and len(representative):
+        sample = next(iter(_representative(representative, specs)()))
+        return {s.name: a for s, a in zip(specs, sample)}, "the first calibration sample"
+    rng = np.random.default_rng(0)
+    probe = {}
+    for s in specs:
+        shape = tuple(1 if d is None else d for d in s.shape)
+        kind = np.dtype(s.dtype).kind
+        probe[s.name] = rng.random(shape).astype(s.dtype) if kind == "f" else np.zeros(shape, s.dtype)
+    return probe, "a probe input (uniform [0, 1), seed 0)"
+
+
+def _all_finite(outputs) -> bool:
+    values = outputs.values() if isinstance(outputs, dict) else outputs if isinstance(outputs, (list, tuple)) \
+        else [outputs]
+    return all(np.isfinite(np.asarray(v, np.float64)).all() for v in values)
+
+
+def check_finite(tflite: bytes, model, specs: list[InputSpec], representative=None,
+                 what: str = "TFLite conversion") -> None:
+    """Refuse an artifact whose outputs are NaN or infinite on one input, in one line.
+
+    Why: a graph that reads uninitialised variables (a Keras 3 model converted as if it were
+    tf_keras) or a broken weight converts without a word and then gives NaN on the device. The
+    Keras model is run only when the artifact fails, to say whose fault it is: the converter's
+    (VerificationError) or the model's own (InputError). An artifact the local interpreter
+    cannot run on the probe is left to the later checks, which name that problem.
+    """
+    from edgeprune.device.api import evaluate_tflite
+
+    x, where = _probe(representative, specs)
+    try:
+        outputs = evaluate_tflite(tflite, x if len(specs) > 1 else next(iter(x.values())), trusted=True)["outputs"]
+    except (InputError, RuntimeError, ValueError):
+        return
+    if _all_finite(outputs):
+        return
+    try:
+        arrays = [x[s.name] for s in specs]
+        reference = model(arrays if len(arrays) > 1 else arrays[0], training=False)
+        keras_finite = _all_finite(list(reference.values()) if isinstance(reference, dict) else reference)
+    except Exception:  # a bare SavedModel or a model that cannot run eagerly: say what is known
+        keras_finite = None
+    if keras_finite is False:
+        raise InputError(f"{what}: the Keras model itself gives NaN/Inf on {where}, and so does the converted "
+                         "model: check its weights (e.g. a BatchNormalization moving variance) or the input")
+    said = "finite outputs" if keras_finite else "outputs that could not be computed here"
+    raise VerificationError(f"{what}: the converted model gives NaN/Inf on {where}; the Keras model gives {said}")
 
 
 def loop_ops(tflite: bytes) -> dict[str, int]:
