@@ -257,8 +257,7 @@ class InvertedResidualBlockRule(_Block):
             c.same(node.inputs[0], node.outputs[0])
         width = self._expanded(node)
         if width <= DIVISOR or width % DIVISOR:
-            c.lock(key, f"{node.name}: expanded width {width} cannot shrink: keras-hub derives it as "
-                        f"adjust_channels(expansion), a multiple of {DIVISOR} and at least {DIVISOR}")
+            c.lock(key, f"{node.name}: expanded width {width} is keras-hub's least (adjust_channels)")
             return
         # bundles of eight channels of like weight norm, each one unit (see the module docs)
         ranked = np.argsort(-self.internal_norms(node, node.weights(), 2)[EXPANDED], kind="stable")
