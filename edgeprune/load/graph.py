@@ -12,6 +12,7 @@ Sequential models and nested sub-models are turned into one flat functional mode
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -287,10 +288,30 @@ def _functional_config(class_name: str, cfg: dict, input_shape=None) -> dict:
     return copy.deepcopy(cfg)
 
 
-def _ref_list(refs) -> list:
-    """A model config's ``input_layers``/``output_layers`` as a list of refs: Keras 3 writes a
-    single ref (``["input_layer", 0, 0]``) for a model built on one tensor, not a list of one."""
-    return [refs] if is_entry(refs) else list(refs)
+def _flat_refs(struct) -> list:
+    """The tensor references of a model's ``input_layers``/``output_layers`` (or of a call's
+    argument) in the order Keras flattens that structure: a single ref (Keras 3 writes one for a
+    model built on one tensor), a list in order, a dict by sorted key. A keras-hub Backbone takes
+    and returns dicts (``{"token_ids", "padding_mask"}`` -> ``{"sequence_output",
+    "pooled_output"}``), and a call reads its output ``k`` in that order (``pooled_output`` is 0)."""
+    if is_entry(struct):
+        return [tuple(struct[:3])]
+    if isinstance(struct, dict):
+        return [r for key in sorted(struct) for r in _flat_refs(struct[key])]
+    if isinstance(struct, (list, tuple)):
+        return [r for v in struct for r in _flat_refs(v)]
+    return []
+
+
+def _call_inputs(call) -> list:
+    """The tensors a sub-model call passes, in the order of :func:`_flat_refs` of its inputs: a
+    Keras 3 call keeps the argument's structure (``__args__``; a dict matches by key), a tf_keras
+    call lists them flat."""
+    refs, kwargs = parse_call(call)
+    args = kwargs.get("__args__") if isinstance(kwargs, dict) else None
+    if args and len(args) == 1 and _flat_refs(args[0]):
+        return _flat_refs(args[0])
+    return refs
 
 
 def _renamed(outer_name: str, name: str, taken: set) -> str:
@@ -328,7 +349,7 @@ def _inline(cfg: dict, taken: set, shared: frozenset = frozenset()) -> tuple[dic
                              "times; pruning supports sub-models used once")
         inner = _functional_config(layer["class_name"], layer["config"])
         inner, _ = _inline(inner, taken, shared)
-        outer_refs, _ = parse_call(layer["inbound_nodes"][0])
+        outer_refs = _call_inputs(layer["inbound_nodes"][0])
         rename = {}
         for il in inner["layers"]:
             if il["class_name"] == "InputLayer":
@@ -340,7 +361,7 @@ def _inline(cfg: dict, taken: set, shared: frozenset = frozenset()) -> tuple[dic
             taken.add(new)
             rename[name] = new
         input_map = {}
-        for k, ref in enumerate(_ref_list(inner["input_layers"])):
+        for k, ref in enumerate(_flat_refs(inner["input_layers"])):
             input_map[ref[0]] = outer_refs[k]
         for il in inner["layers"]:
             if il["class_name"] == "InputLayer":
@@ -355,7 +376,7 @@ def _inline(cfg: dict, taken: set, shared: frozenset = frozenset()) -> tuple[dic
             il["inbound_nodes"] = _rewrite_nodes(il["inbound_nodes"], rename, input_map)
             il["_origin"] = (outer_name, [k for k, v in rename.items() if v == il["name"]][0])
             layers_out.append(il)
-        for k, ref in enumerate(_ref_list(inner["output_layers"])):
+        for k, ref in enumerate(_flat_refs(inner["output_layers"])):
             src = input_map.get(ref[0]) or (rename[ref[0]], ref[1], ref[2])
             remap[(outer_name, k)] = tuple(src)  # any node index: a sub-model's own node shifts them
     if not changed:
@@ -410,6 +431,51 @@ def _rewrite_nodes(nodes, rename, input_map):
     return _map_entries(copy.deepcopy(nodes), fix)
 
 
+def _operations_within(model) -> list:
+    """``model`` and every layer/operation it holds, nested models' included, each once."""
+    found, stack, seen = [], [model], set()
+    while stack:
+        op = stack.pop()
+        if id(op) in seen:
+            continue
+        seen.add(id(op))
+        found.append(op)
+        stack.extend(model_layers(op) if hasattr(op, "layers") else [])
+    return found
+
+
+@contextmanager
+def graph_untouched(model):
+    """Leave ``model``'s graph as it was, whatever Keras records in it inside the block.
+
+    Two Keras calls edgeprune needs write into the live graph they are given: a Model built
+    between intermediate tensors (``keras.Model(hidden, out)``, the MAC count of one layer) copies
+    every call in between onto the live layers (Keras' ``clone_graph_nodes``) and re-points the
+    model's own Input tensors at the copies, and ``clone_model`` over reused layers (a keras-hub
+    Task seen through its Backbone's functional view) adds a call to each. The user's model then
+    has calls no model of it knows: saving it fails (``could not find node key ..._ib-1``) and a
+    second trace sees a shared layer. This drops the calls added inside the block and restores
+    each tensor's record of the call that made it.
+    """
+    saved = []
+    for op in _operations_within(model):
+        inbound = list(getattr(op, "_inbound_nodes", None) or [])
+        outbound = list(getattr(op, "_outbound_nodes", None) or [])
+        made = [(t, getattr(t, "_keras_history", None)) for node in inbound for t in _flat_outputs(node)]
+        saved.append((op, len(inbound), len(outbound), made))
+    try:
+        yield
+    finally:
+        for op, n_in, n_out, made in saved:
+            for attr, n in (("_inbound_nodes", n_in), ("_outbound_nodes", n_out)):
+                nodes = getattr(op, attr, None)
+                if isinstance(nodes, list) and len(nodes) > n:
+                    del nodes[n:]
+            for tensor, history in made:
+                if history is not None and getattr(tensor, "_keras_history", None) is not history:
+                    tensor._keras_history = history
+
+
 def flatten_model(model):
     """Return a flat functional model equivalent to ``model`` (same object if already flat).
 
@@ -418,10 +484,19 @@ def flatten_model(model):
     inner layer that is the outer layer itself stays one shared layer).
     The result has ``model``'s flavour (Keras 3 or tf_keras) and its weights.
     """
-    from edgeprune.base.env import keras_of
     from edgeprune.load.model_io.subclass import functional_view
 
-    model, _ = functional_view(model)  # a keras.Model subclass built functionally: its graph
+    # The functional view of a keras-hub Task re-calls its layers (clone_model): those calls are
+    # dropped once the flat model (new layers, from the config) is built. A view returned as it
+    # is was not cloned (no nested model), so it needs no call the guard drops.
+    with graph_untouched(model):
+        return _flattened(functional_view(model)[0])
+
+
+def _flattened(model):
+    """:func:`flatten_model` of a model that is not a subclass (its functional view)."""
+    from edgeprune.base.env import keras_of
+
     keras = keras_of(model)
     cfg = neutral_config(model)
     is_seq = isinstance(model, keras.Sequential)

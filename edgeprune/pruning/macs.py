@@ -101,6 +101,7 @@ def graph_macs(node, g: LayerGraph) -> int:
     """MACs of one layer read from the TensorFlow graph of its call at batch 1 (0 if it cannot
     be traced): convolutions, matmuls and einsums, inside however many nested sub-layers."""
     from edgeprune.base.env import capture_fds, keras_of, tf
+    from edgeprune.load.graph import graph_untouched
 
     tf = tf()
     try:
@@ -109,7 +110,8 @@ def graph_macs(node, g: LayerGraph) -> int:
         outs = [g.tensors[k].symbolic for k in node.outputs]
         if any(t is None for t in ins + outs):
             return 0
-        with capture_fds():
+        # a Model between intermediate tensors records its calls in the live graph: dropped after
+        with capture_fds(), graph_untouched(g.model):
             sub = keras.Model(ins if len(ins) > 1 else ins[0], outs if len(outs) > 1 else outs[0])
             specs = [tf.TensorSpec([1, *g.tensors[k].shape], t.dtype) for k, t in zip(node.inputs, ins)]
             fn = tf.function(lambda *xs: sub(list(xs) if len(xs) > 1 else xs[0], training=False))
