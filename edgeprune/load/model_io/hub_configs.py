@@ -27,6 +27,8 @@ alone.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from edgeprune.base.errors import InputError
 
 
@@ -43,12 +45,24 @@ def _hierarchical_encoder_config(layer, written: dict) -> dict:
             "layer_norm_epsilon": float(layer.norm1.epsilon)}
 
 
+def _rms_normalization_config(layer) -> dict:
+    """What Keras would have written for a live Gemma ``RMSNormalization``: its constructor takes
+    ``epsilon`` alone, but a Gemma block hands it its dtype *policy object*, which stops Keras from
+    recording the constructor arguments, so ``get_config`` raises NotImplementedError. The policy
+    is written by name (``"float32"``, ``"mixed_bfloat16"``): a layer rebuilt from that config
+    records its arguments and describes itself."""
+    return {"epsilon": float(layer.epsilon), "dtype": layer.dtype_policy.name}
+
+
 def _without(*keys):
     return lambda layer, written: {k: v for k, v in written.items() if k not in keys}
 
 
 # class name -> (attribute get_config reads but __init__ never sets, its value) for the instance
 _MISSING_ATTRIBUTES = {"DeiTEncoder": ("key_dim", lambda layer: int(layer.hidden_dim) // int(layer.num_heads))}
+# class name -> the constructor arguments of a layer whose get_config raises (Keras' own
+# argument record, ``_auto_config``, is missing), from the live layer; given for the config read only
+_AUTO_CONFIGS = {"RMSNormalization": _rms_normalization_config}
 # class name -> the config its constructor accepts, from the live layer and what get_config wrote
 _CONFIG_REPAIRS = {
     "HierarchicalTransformerEncoder": _hierarchical_encoder_config,
@@ -74,6 +88,25 @@ def _fails_to_describe(layer) -> bool:
     return False
 
 
+@contextmanager
+def _described(layers):
+    """Give each layer of :data:`_AUTO_CONFIGS` whose ``get_config`` fails the argument record
+    Keras reads (``_auto_config``) for the block, then take it away: the user's layers are left
+    as they were."""
+    from keras.src.saving.serialization_lib import SerializableDict
+
+    lent = [layer for layer in layers if type(layer).__name__ in _AUTO_CONFIGS
+            and _is_hub(layer, type(layer).__name__) and getattr(layer, "_auto_config", None) is None
+            and _fails_to_describe(layer)]
+    for layer in lent:
+        object.__setattr__(layer, "_auto_config", SerializableDict(**_AUTO_CONFIGS[type(layer).__name__](layer)))
+    try:
+        yield
+    finally:
+        for layer in lent:
+            object.__setattr__(layer, "_auto_config", None)
+
+
 def model_config(model) -> dict:
     """``model.get_config()``, with the keras-hub layers above described so that the config
     rebuilds the same layers (see the module docs)."""
@@ -83,8 +116,9 @@ def model_config(model) -> dict:
         if missing and _is_hub(layer, type(layer).__name__) and not hasattr(layer, missing[0]):
             setattr(layer, missing[0], missing[1](layer))
     try:
-        config = model.get_config()
-    except (AttributeError, TypeError, ValueError) as exc:
+        with _described(hub.values()):
+            config = model.get_config()
+    except (AttributeError, TypeError, ValueError, NotImplementedError) as exc:
         broken = next((layer for layer in hub.values() if _fails_to_describe(layer)), None)
         if broken is None:
             raise
