@@ -15,6 +15,7 @@ from pathlib import Path
 from edgeprune.base.errors import EdgepruneError, InputError
 from edgeprune.load.model_io.custom_objects import CustomObjects, load_custom_objects
 from edgeprune.load.model_io.detect import ModelFormat, detect, model_sha256, sha256_file
+from edgeprune.load.model_io.messages import cause_line
 from edgeprune.load.model_io.safety import check_config, check_h5_storage
 from edgeprune.load.model_io.save import save_model
 from edgeprune.load.model_io.subclass import saved_as_note
@@ -55,18 +56,6 @@ class LoadedModel:
         return traced_note(self.subclass) if self.subclass else None
 
 
-def _one_line(exc: BaseException) -> str:
-    """The line of a loader's message that names the problem: its first line, or for Keras'
-    nested deserialization errors (whose first line is generic advice about ``from_config``) the
-    innermost "Exception encountered:", which names the layer's own complaint."""
-    text = str(exc).strip()
-    marker = "Exception encountered:"
-    causes = [line.split(marker, 1)[1].strip() for line in text.splitlines() if marker in line]
-    if causes and causes[-1]:
-        text = causes[-1]
-    return (text.splitlines()[0][:300] if text else type(exc).__name__)
-
-
 def _split_custom(custom_objects: dict, tk) -> tuple[dict, dict]:
     """(objects for tf_keras, objects for Keras 3): a tf_keras Layer subclass goes to tf_keras."""
     tk_objs, k3_objs = {}, {}
@@ -93,7 +82,7 @@ def _load_keras3(path: Path, k3_objects: dict, safe_mode: bool, config=None):
     except EdgepruneError:
         raise
     except Exception as exc:
-        raise InputError(f"{path}: Keras 3 could not load the model ({_one_line(exc)})") from None
+        raise InputError(f"{path}: Keras 3 could not load the model ({cause_line(exc)})") from None
     return as_functional_keras3(k3, keras, str(path))
 
 
@@ -147,7 +136,7 @@ def _load_tf_keras(path: Path, tk_objects: dict, safe_mode: bool):
     except EdgepruneError:
         raise
     except Exception as exc:
-        raise InputError(f"{path}: tf_keras could not load the model ({_one_line(exc)})") from None
+        raise InputError(f"{path}: tf_keras could not load the model ({cause_line(exc)})") from None
 
 
 def check_savedmodel(path: Path, fmt: ModelFormat, *, custom_objects: dict, safe_mode: bool) -> None:

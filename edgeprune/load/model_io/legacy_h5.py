@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 
 from edgeprune.base.errors import InputError
+from edgeprune.load.model_io.messages import cause_line
 
 # Keras 1 class names -> current ones.
 _CLASS_RENAMES = {
@@ -206,7 +207,7 @@ def load(path, config: dict, custom_objects: dict | None = None):
     try:
         model = tk.models.model_from_config(config, custom_objects=custom_objects or None)
     except Exception as exc:
-        raise InputError(f"{path}: the Keras 2.0-2.3 model config cannot be rebuilt ({_one_line(exc)})") from None
+        raise InputError(f"{path}: the Keras 2.0-2.3 model config cannot be rebuilt ({cause_line(exc)})") from None
     try:
         from tf_keras.src.saving.legacy import hdf5_format
 
@@ -214,10 +215,5 @@ def load(path, config: dict, custom_objects: dict | None = None):
             group = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
             hdf5_format.load_weights_from_hdf5_group(group, model)
     except Exception as exc:
-        raise InputError(f"{path}: the weights do not fit the rebuilt model ({_one_line(exc)})") from None
+        raise InputError(f"{path}: the weights do not fit the rebuilt model ({cause_line(exc)})") from None
     return model
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

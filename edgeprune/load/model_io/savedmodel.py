@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.base.errors import InputError
+from edgeprune.load.model_io.messages import cause_line
 
 SIGNATURE = "serving_default"
 
@@ -42,7 +43,7 @@ class SavedModelGraph:
             self._obj = tf.saved_model.load(str(self.saved_model_dir))
         except Exception as exc:
             raise InputError(f"{self.saved_model_dir}: TensorFlow could not load the SavedModel "
-                             f"({_one_line(exc)})") from None
+                             f"({cause_line(exc)})") from None
         signatures = getattr(self._obj, "signatures", {}) or {}
         if SIGNATURE not in signatures:
             have = ", ".join(sorted(signatures)) or "none"
@@ -136,8 +137,3 @@ def require_keras(model, what: str, path=None) -> None:
 def _shape(shape) -> tuple:
     dims = getattr(shape, "as_list", lambda: None)()
     return tuple(dims) if dims is not None else ()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
