@@ -9,6 +9,8 @@ the weights. These tests build tiny models from keras-hub's classes (presets nee
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from helpers_models import invoke_cli
@@ -102,3 +104,140 @@ def test_keras_deserialization_failure_is_one_line_naming_its_cause(tmp_path):
     assert "\n" not in message and str(bad) in message and "Keras 3 could not load" in message, message
     assert "cannot contain character `/`" in message and "from_config" not in message, message
 
+
+
+# ---------------------------------------------------------------- prune, per keras-hub text model
+# Each tiny model is built from keras-hub's classes without a preprocessor (the graph edgeprune
+# reads starts at token ids), saved, then pruned by the real command. A model edgeprune can prune
+# is written and loads; one it cannot is one line naming why, exit 2.
+
+def _hub_text_model(name: str):
+    """A tiny keras-hub text Task of ``name`` (presets need Kaggle, so built from the classes)."""
+    keras_hub = pytest.importorskip("keras_hub")
+    m = keras_hub.models
+    if name == "gpt2":
+        return m.GPT2CausalLM(m.GPT2Backbone(vocabulary_size=len(GPT2_VOCAB), num_layers=1, num_heads=2,
+                                             hidden_dim=16, intermediate_dim=32, max_sequence_length=16),
+                              preprocessor=None)
+    if name == "bert":
+        return m.BertTextClassifier(m.BertBackbone(vocabulary_size=8, num_layers=1, num_heads=2, hidden_dim=8,
+                                                   intermediate_dim=16, max_sequence_length=SEQ),
+                                    num_classes=2, preprocessor=None)
+    if name == "albert":
+        return m.AlbertTextClassifier(m.AlbertBackbone(vocabulary_size=14, num_layers=1, num_heads=2, embedding_dim=8,
+                                                       hidden_dim=8, intermediate_dim=16, max_sequence_length=SEQ),
+                                      num_classes=2, preprocessor=None)
+    if name == "bert_mlm":
+        return m.BertMaskedLM(m.BertBackbone(vocabulary_size=8, num_layers=1, num_heads=2, hidden_dim=8,
+                                             intermediate_dim=16, max_sequence_length=SEQ), preprocessor=None)
+    if name == "gemma":
+        return m.GemmaCausalLM(m.GemmaBackbone(vocabulary_size=16, num_layers=1, num_query_heads=2,
+                                               num_key_value_heads=1, hidden_dim=16, intermediate_dim=32, head_dim=8),
+                               preprocessor=None)
+    if name == "llama":
+        return m.LlamaCausalLM(m.LlamaBackbone(vocabulary_size=16, num_layers=1, num_query_heads=2,
+                                               num_key_value_heads=1, hidden_dim=16, intermediate_dim=32),
+                               preprocessor=None)
+    raise ValueError(name)
+
+
+def _text_inputs(model) -> dict:
+    """One batch of token ids (and the other inputs the model names) for ``model``."""
+    rng = np.random.default_rng(0)
+    x = {}
+    for t in model.inputs:
+        name = t.name.split(":")[0]
+        if name == "padding_mask":
+            x[name] = np.ones((2, SEQ), bool)
+        elif name == "mask_positions":
+            x[name] = np.tile(np.arange(2), (2, 1))
+        else:
+            x[name] = rng.integers(0, 6, (2, SEQ)) if name == "token_ids" else np.zeros((2, SEQ), "int32")
+    return x
+
+
+def _node_counts(model) -> dict:
+    """How many calls Keras has recorded for each layer of ``model`` (nested ones included)."""
+    return {layer.name: len(layer._inbound_nodes)
+            for layer in model._flatten_layers(include_self=True, recursive=True)}
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_trace_and_mac_count_leave_the_live_model_as_it_was(name):
+    """Tracing and counting MACs (one Keras Model per layer, between intermediate tensors) used
+    to record extra calls in the user's model: GPT-2's padding mask gained a call, its saved
+    pruned model then failed with ``could not find node key ..._ib-1``. Counts before == after,
+    and the model still saves."""
+    from edgeprune.load.graph import trace
+    from edgeprune.pruning.macs import summarize
+
+    model = _hub_text_model(name)
+    before = _node_counts(model)
+    graph = trace(model)
+    macs = sum(v["macs"] for v in summarize(graph).values())
+    trace(model)
+    assert macs > 0
+    assert _node_counts(model) == before
+    model.get_config()  # what saving reads: every tensor's call is one the model knows
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert", "albert", "gemma"])
+def test_keras_hub_text_model_prunes(name, tmp_path):
+    """GPT-2 (ended at save), BERT and ALBERT classifiers (0 MACs: the Backbone's dict output
+    was inlined positionally, so the head read an input) and Gemma (RMSNormalization has no
+    config) prune, and the pruned file loads and computes; what pruning left whole computes
+    what the original did."""
+    keras = keras3()
+    model = _hub_text_model(name)
+    src, out = tmp_path / f"{name}.keras", tmp_path / f"{name}_pruned.keras"
+    model.save(src)
+    code, result = invoke_cli(["inspect", src, "--json"])
+    assert code == 0, (result.output, result.exception)
+    assert json.loads(result.stdout)["macs"] > 0, result.output
+    code, result = invoke_cli(["prune", src, "--ratio", "0.3", "-o", out, "--json"])
+    assert code == 0, (result.output, result.exception)
+    report = json.loads(result.stdout)
+    assert report["macs_before"] > 0
+    pruned = keras.saving.load_model(out)
+    x = _text_inputs(model)
+    y, y_pruned = np.asarray(model(x)), np.asarray(pruned(x))
+    assert y_pruned.shape == y.shape and np.isfinite(y_pruned).all()
+    if report["pruned_groups"] == 0:
+        np.testing.assert_allclose(y_pruned, y, rtol=1e-5, atol=1e-5)
+    else:
+        assert report["macs_after"] < report["macs_before"]
+
+
+def test_llama_is_refused_in_one_line(tmp_path):
+    """Llama's decoder cannot describe itself (keras-hub's get_config reads an attribute it never
+    set): one line naming the class, exit 2, and no output file."""
+    model = _hub_text_model("llama")
+    src, out = tmp_path / "llama.keras", tmp_path / "llama_pruned.keras"
+    model.save(src)
+    code, result = invoke_cli(["prune", src, "--ratio", "0.3", "-o", out])
+    assert isinstance(result.exception, InputError) and code == 2, (result.output, result.exception)
+    message = str(result.exception)
+    assert "\n" not in message and "LlamaTransformerDecoder.get_config() fails" in message, message
+    assert not out.exists()
+
+
+def test_failure_in_surgery_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """Whatever goes wrong while pruning, the command's own entry point prints one line (a
+    refusal, exit 2, or an internal error, exit 1, with -v for the traceback) and the -o file is
+    not half-written. BertMaskedLM's head ties its output to the token embedding it holds, a
+    tie no functional config can carry."""
+    from edgeprune.cli import main
+
+    model = _hub_text_model("bert_mlm")
+    src, out = tmp_path / "mlm.keras", tmp_path / "mlm_pruned.keras"
+    model.save(src)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", str(src), "--ratio", "0.3", "-o", str(out)])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("edgeprune:")]
+    assert "Traceback" not in err
+    if exit_info.value.code == 0:
+        assert out.exists()
+        return
+    assert exit_info.value.code in (1, 2) and len(lines) == 1, err
+    assert not out.exists() and not list(tmp_path.glob(".mlm_pruned*")), list(tmp_path.iterdir())
