@@ -70,6 +70,15 @@ def rebuild(gs: GroupSet, keep_unit: np.ndarray):
         if not weights:
             continue
         kin, kout, internal = plans[layer.name]
-        sliced = rules.slice_weights(node, weights, kin, kout, g, internal)
-        layer.set_weights(rules.compensate(node, sliced, internal))
+        sliced = rules.compensate(node, rules.slice_weights(node, weights, kin, kout, g, internal), internal)
+        if len(sliced) != len(layer.weights):
+            # A layer that holds another layer's weights (keras-hub's MaskedLMHead ties its output to
+            # the token embedding) comes back from its config with its own copy: the graph cannot say
+            # what it shares, so the rebuilt model would not be the user's model.
+            from edgeprune.base.errors import InputError
+
+            raise InputError(f"layer '{node.name}' ({type(node.layer).__name__}) shares weights its config "
+                             f"cannot describe ({len(weights)} weights in the model, {len(layer.weights)} "
+                             "after rebuilding it from its config); edgeprune cannot prune this model yet")
+        layer.set_weights(sliced)
     return new
