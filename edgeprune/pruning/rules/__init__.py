@@ -26,6 +26,7 @@ from edgeprune.pruning.rules.keras_hub import (
     DeiTEncoderRule,
     PositionEmbeddingRule,
     TokenAndPositionEmbeddingRule,
+    TransformerDecoderRule,
     TransformerEncoderRule,
     ViTEncoderRule,
     ViTPatchingAndEmbeddingRule,
@@ -145,6 +146,7 @@ def _defaults() -> None:
     # keras-hub layers (rules/keras_hub.py), by their registered names: no keras_hub import, and a
     # user's own class called TransformerEncoder keeps its own (missing) rule
     register_rule("keras_hub>TransformerEncoder", TransformerEncoderRule())
+    register_rule("keras_hub>TransformerDecoder", TransformerDecoderRule())
     register_rule("keras_hub>TokenAndPositionEmbedding", TokenAndPositionEmbeddingRule())
     register_rule("keras_hub>PositionEmbedding", PositionEmbeddingRule())
     register_rule("ViTPatchingAndEmbedding", ViTPatchingAndEmbeddingRule())

@@ -1,5 +1,6 @@
-"""keras-hub transformer layers: TransformerEncoder, TokenAndPositionEmbedding, PositionEmbedding
-and ViT's patch embedding and encoder.
+"""keras-hub transformer layers: TransformerEncoder, TransformerDecoder (with or without
+cross-attention), TokenAndPositionEmbedding, PositionEmbedding and ViT's patch embedding and
+encoder.
 
 These layers hold whole sub-networks (attention, LayerNorms, an MLP) behind one config, so what
 prunes is what that config can express:
@@ -25,7 +26,7 @@ import numpy as np
 
 from edgeprune.base.errors import InputError
 from edgeprune.load.graph import spatial_size
-from edgeprune.pruning.rules.attention import _internal_key, _norms
+from edgeprune.pruning.rules.attention import _internal_key, _norms, _ref
 from edgeprune.pruning.rules.base import LayerRule, take
 
 _MHA_PARTS = ("query/kernel", "query/bias", "key/kernel", "key/bias", "value/kernel", "value/bias",
@@ -41,6 +42,9 @@ def weight_index(node) -> dict:
 def top(values: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest values, in ascending index order (kept channels keep their order)."""
     return np.sort(np.argsort(-np.asarray(values), kind="stable")[:k])
+
+
+SAME_STREAM = object()  # _Attention.slice: the keys and values read the queries' stream
 
 
 class _Attention:
@@ -61,10 +65,14 @@ class _Attention:
         vd = [(real[self.at["value/kernel"]], 2), (real[self.at["attention_output/kernel"]], 1)]
         return top(_norms(qk, 2), keep), top(_norms(vd, 2), keep)
 
-    def slice(self, w: list, real: list, residual) -> None:
+    def slice(self, w: list, real: list, residual, source=SAME_STREAM) -> None:
+        """Rows of the query (and, unless ``source`` says otherwise, key/value) projections and
+        columns of the output projection to the kept ``residual`` channels; ``source``: the kept
+        channels of another stream the keys and values read (a decoder's cross-attention)."""
         dq, dv = self.kept_dims(real, None if residual is None else len(residual))
-        for role, dims in (("query", dq), ("key", dq), ("value", dv)):
-            w[self.at[f"{role}/kernel"]] = take(take(w[self.at[f"{role}/kernel"]], residual, 0), dims, 2)
+        rows = residual if source is SAME_STREAM else source
+        for role, dims, kept in (("query", dq, residual), ("key", dq, rows), ("value", dv, rows)):
+            w[self.at[f"{role}/kernel"]] = take(take(w[self.at[f"{role}/kernel"]], kept, 0), dims, 2)
             if self.at[f"{role}/bias"] is not None:
                 w[self.at[f"{role}/bias"]] = take(w[self.at[f"{role}/bias"]], dims, 1)
         o = self.at["attention_output/kernel"]
@@ -83,10 +91,16 @@ class _Attention:
             if self.at[part] is not None:
                 w[self.at[part]] = (w[self.at[part]] * factor).astype(w[self.at[part]].dtype)
 
-    def macs(self, tokens: int, width: int) -> int:
-        """Q/K/V projections, QK^T, scores x V and the output projection at residual ``width``."""
+    def macs(self, tokens: int, width: int, source_tokens: int | None = None,
+             source_width: int | None = None) -> int:
+        """Q/K/V projections, QK^T, scores x V and the output projection at residual ``width``;
+        keys and values read ``source_tokens`` x ``source_width`` (cross-attention) or the
+        queries' own sequence."""
         inner = self.heads * (width // self.heads)
-        return 4 * tokens * width * inner + 2 * inner * tokens * tokens
+        src_tokens, src_width = source_tokens or tokens, source_width or width
+        return (2 * tokens * width * inner  # queries and output projection
+                + 2 * src_tokens * src_width * inner  # keys and values
+                + 2 * inner * tokens * src_tokens)  # QK^T and scores x V
 
     def norms(self, real: list, p: int, axis_in: bool) -> list:
         """(array, axis) pairs reading (``axis_in``) or writing the residual channels."""
@@ -114,6 +128,7 @@ class TransformerEncoderRule(LayerRule):
     size following it, and ``intermediate_dim`` as the internal width ``"intermediate"``."""
 
     producer = True  # its MLP produces the internal width (and its output projection the residual)
+    self_attention = "self_attention_layer"  # the self-attention's path inside the layer
 
     def _lock_reason(self, node) -> str | None:
         if len(node.outputs) != 1:
@@ -124,7 +139,7 @@ class TransformerEncoderRule(LayerRule):
 
     def _parts(self, node):
         index = weight_index(node)
-        attention = _Attention(index, "self_attention_layer", int(node.config["num_heads"]))
+        attention = _Attention(index, self.self_attention, int(node.config["num_heads"]))
         return index, attention
 
     def internal_widths(self, node):
@@ -191,6 +206,130 @@ class TransformerEncoderRule(LayerRule):
         parts = [(weights[index[f"{up}/kernel"]], 1), (weights[index[f"{up}/bias"]], 0),
                  (weights[index[f"{down}/kernel"]], 0)]
         return {"intermediate": _norms(parts, p)}
+
+
+class TransformerDecoderRule(TransformerEncoderRule):
+    """``keras_hub.layers.TransformerDecoder``: the encoder's rule (residual width = input =
+    output width, the head size following it, ``intermediate_dim`` as ``"intermediate"``) plus
+    the optional cross-attention of ``layer(decoder_sequence, encoder_sequence)``.
+
+    The cross-attention's queries read, and its output writes, the decoder's residual stream;
+    its keys and values read the encoder's stream (the second sequence), which is another channel
+    group: whatever prunes that stream (the encoder and its embedding) slices their rows here.
+    keras-hub sizes its heads from the decoder's width too (``key_dim = value_dim = width //
+    num_heads``), so they follow the decoder's width. The causal mask is built inside the layer
+    from the sequence length: channels do not change it. Masks passed to the call are locked."""
+
+    self_attention = "self_attention"
+    cross_attention = "cross_attention"
+
+    def _sequences(self, node) -> tuple:
+        """(decoder sequence, encoder sequence or None) tensor keys of the call, positional or
+        by keyword (any other input tensor is a mask)."""
+        args, kw = list(node.args), node.kwargs
+        found = [(_ref(args[i]) if len(args) > i else None) or _ref(kw.get(role))
+                 for i, role in enumerate(("decoder_sequence", "encoder_sequence"))]
+        return found[0] or (node.inputs[0] if node.inputs else None), found[1]
+
+    def _has_cross(self, node) -> bool:
+        return f"{self.cross_attention}/query/kernel" in weight_index(node)
+
+    def _lock_reason(self, node) -> str | None:
+        if len(node.outputs) != 1:
+            return "TransformerDecoder returning its attention caches"
+        expected = {f"{self.self_attention}/{part}" for part in _MHA_PARTS} | _FEEDFORWARD | _norm_paths(
+            "self_attention_layer_norm", "feedforward_layer_norm")
+        if self._has_cross(node):
+            expected |= {f"{self.cross_attention}/{part}" for part in _MHA_PARTS} | _norm_paths(
+                "cross_attention_layer_norm")
+        if set(weight_index(node)) != expected:
+            return "TransformerDecoder with an unexpected set of weights"
+        decoder, encoder = self._sequences(node)
+        if decoder != node.inputs[0] or (self._has_cross(node) and encoder is None):
+            return "TransformerDecoder whose sequences cannot be told apart from its masks"
+        return None
+
+    def _cross(self, node) -> _Attention | None:
+        if not self._has_cross(node):
+            return None
+        return _Attention(weight_index(node), self.cross_attention, int(node.config["num_heads"]))
+
+    def _source(self, node, kept_in):
+        """Kept channels of the encoder's stream (None: all, or no cross-attention)."""
+        _, encoder = self._sequences(node)
+        if encoder is None or not kept_in:
+            return None
+        return kept_in[node.inputs.index(encoder)]
+
+    def couple(self, node, g, c):
+        reason = self._lock_reason(node)
+        if reason:
+            c.lock_layer(node, f"{node.name}: {reason}")
+            return
+        decoder, encoder = self._sequences(node)
+        for k in node.inputs:
+            if k not in (decoder, encoder):  # padding / attention masks: positions, not channels
+                c.lock(k, f"{node.name}: attention mask")
+        c.same(decoder, node.outputs[0])  # the encoder's stream keeps its own group
+
+    def new_config(self, node, cfg, kept_in, kept_out, g, internal=None):
+        """keras-hub records the shapes it was built for and builds from them on load: their last
+        axis becomes the kept widths of the two streams."""
+        cfg = dict(super().new_config(node, cfg, kept_in, kept_out, g, internal))
+        for field, kept in (("decoder_sequence_shape", _residual(node, kept_in, kept_out)),
+                            ("encoder_sequence_shape", self._source(node, kept_in))):
+            if kept is not None and cfg.get(field) is not None:
+                cfg[field] = [*cfg[field][:-1], int(len(kept))]
+        return cfg
+
+    def slice_weights(self, node, weights, kept_in, kept_out, g, internal=None):
+        w = super().slice_weights(node, weights, kept_in, kept_out, g, internal)
+        cross = self._cross(node)
+        if cross is not None:
+            residual = _residual(node, kept_in, kept_out)
+            cross.slice(w, node.weights(), residual, self._source(node, kept_in))
+            index = weight_index(node)
+            for part in ("gamma", "beta"):
+                w[index[f"cross_attention_layer_norm/{part}"]] = take(
+                    w[index[f"cross_attention_layer_norm/{part}"]], residual, 0)
+        return w
+
+    def compensate(self, node, weights, internal=None):
+        w = super().compensate(node, weights, internal)
+        cross = self._cross(node)
+        if cross is not None:
+            cross.compensate(w, node.weights()[cross.at["query/kernel"]].shape[2])
+        return w
+
+    def macs(self, node, g, counts):
+        total = super().macs(node, g, counts)
+        cross = None if self._lock_reason(node) else self._cross(node)
+        if cross is None:
+            return total
+        tin, src = g.tensors[node.inputs[0]], g.tensors[self._sequences(node)[1]]
+        return total + cross.macs(spatial_size(tin.shape), counts.get(tin.key, tin.channels),
+                                  spatial_size(src.shape), counts.get(src.key, src.channels))
+
+    def filter_norms(self, node, weights, p):
+        index, attention = self._parts(node)
+        cross = self._cross(node)
+        parts = attention.norms(weights, p, False) + (cross.norms(weights, p, False) if cross else [])
+        return _norms(parts + [(weights[index["feedforward_output_dense/kernel"]], 1)], p)
+
+    def input_norms(self, node, weights, p, g):
+        """The kernels reading the decoder's stream: self-attention's Q/K/V, cross-attention's
+        queries (its keys and values read the encoder's) and the MLP's first projection."""
+        index, attention = self._parts(node)
+        cross = self._cross(node)
+        parts = attention.norms(weights, p, True) + ([(weights[cross.at["query/kernel"]], 0)] if cross else [])
+        return _norms(parts + [(weights[index["feedforward_intermediate_dense/kernel"]], 0)], p)
+
+
+_FEEDFORWARD = {f"feedforward_{d}_dense/{part}" for d in ("intermediate", "output") for part in ("kernel", "bias")}
+
+
+def _norm_paths(*norms: str) -> set:
+    return {f"{norm}/{part}" for norm in norms for part in ("gamma", "beta")}
 
 
 class TokenAndPositionEmbeddingRule(LayerRule):
