@@ -42,6 +42,7 @@ import edgeprune.base.env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before Tensor
 START, END = "<!-- hub-coverage:start -->", "<!-- hub-coverage:end -->"
 RATIO = 0.5
 SAMPLES = 8
+TOKENS = 10  # token ids of the random samples of integer inputs
 MACS_TOLERANCE = 0.02  # pruner vs artifact MACs (tests/test_macs_agreement.py)
 ATOL = 1e-3  # artifact vs Keras, relative to the output's largest magnitude (at least 1)
 # Rows tests/test_hub_coverage.py runs in the default (fast) tier; the others are @slow.
@@ -92,9 +93,27 @@ def _short_locks(locked: list[str]) -> str:
     return "; ".join(f"{why} ×{n}" if n > 1 else why for why, n in sorted(reasons.items(), key=lambda kv: len(kv[0])))
 
 
-def _sample(model, n: int) -> np.ndarray:
-    shape = tuple(model.inputs[0].shape[1:])
-    return np.random.default_rng(0).uniform(0, 1, (n, *shape)).astype(np.float32)
+def _sample(model, n: int) -> list[np.ndarray]:
+    """``n`` random inputs, one array per model input: uniform floats in [0, 1), or token ids
+    below TOKENS for an integer input (every text row's vocabulary is larger)."""
+    rng = np.random.default_rng(0)
+    arrays = []
+    for tensor in model.inputs:
+        shape, dtype = (n, *tuple(tensor.shape[1:])), str(tensor.dtype)
+        arrays.append(rng.integers(0, TOKENS, shape).astype(dtype) if "int" in dtype
+                      else rng.uniform(0, 1, shape).astype(np.float32))
+    return arrays
+
+
+def _keras_feed(arrays: list, n: int | None = None):
+    """The first ``n`` samples as Keras takes them: one array, or a list for several inputs."""
+    arrays = [a[:n] for a in arrays]
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+def _tflite_feed(model, arrays: list):
+    """As evaluate_tflite takes them: one array, or a dict keyed by input name."""
+    return arrays[0] if len(arrays) == 1 else {t.name: a for t, a in zip(model.inputs, arrays)}
 
 
 def one(name: str, work: Path) -> dict:
@@ -133,14 +152,16 @@ def one(name: str, work: Path) -> dict:
         blob = convert(result.model, "float32")
         row["converts"] = True
         step = "compare"
-        tflite = evaluate_tflite(blob, x, trusted=True)["outputs"]
+        tflite = evaluate_tflite(blob, _tflite_feed(result.model, x), trusted=True)["outputs"]
         tflite = list(tflite.values()) if isinstance(tflite, dict) else [tflite]
-        row["max_abs_diff"], row["top1"] = _compare(_outputs(result.model.predict(x, verbose=0)), tflite)
+        keras_outs = _outputs(result.model.predict(_keras_feed(x), verbose=0))
+        row["max_abs_diff"], row["top1"] = _compare(keras_outs, tflite)
         row["agrees"] = row["max_abs_diff"] <= ATOL and row["top1"] == 1.0
         step = "reload"
         back = load_model(dst).model
         same = all(np.allclose(a, b, atol=1e-5) for a, b in zip(
-            _outputs(back.predict(x[:2], verbose=0)), _outputs(result.model.predict(x[:2], verbose=0))))
+            _outputs(back.predict(_keras_feed(x, 2), verbose=0)),
+            _outputs(result.model.predict(_keras_feed(x, 2), verbose=0))))
         row["reloads"] = bool(same)
         if not same:
             row["error"] = "reload: the reloaded file computes something else"
@@ -177,7 +198,7 @@ def table(rows: list) -> str:
     whole = sum(all(r[s] for s in STEPS) for r in rows)
     lines.append("")
     lines.append(f"{len(rows)} models: {whole} load, prune, convert, agree and reload "
-                 f"({100 * whole / max(len(rows), 1):.0f} %). Input 32x32x3 (KWS: 49x40 MFCC), random "
+                 f"({100 * whole / max(len(rows), 1):.0f} %). Input 32x32x3 (KWS: 49x40 MFCC; encoder-decoder: 12 + 16 token ids), random "
                  f"weights, ratio {RATIO}, {SAMPLES} random inputs; keras-hub 0.32 models built from their "
                  "classes (tests/hub_models.py). Tier: the row's test in tests/test_hub_coverage.py runs "
                  "by default (fast) or with the slow tests.")

@@ -167,6 +167,23 @@ def kws_transformer(keras=None, frames=49, mfcc=40, dim=32, heads=4, blocks=2, w
     return keras.Model(x_in, L.Dense(words)(x))
 
 
+def seq2seq_transformer(vocab=50, source_len=12, target_len=16, encoder_dim=24, decoder_dim=32, heads=4):
+    """A translation-style encoder-decoder from keras-hub layers: token + position embeddings on
+    two token inputs, a TransformerEncoder on the source, a TransformerDecoder on the target with
+    cross-attention to the encoder's output (the two streams differ in width), a vocabulary head."""
+    import keras_hub
+
+    keras = _keras()
+    layers = keras_hub.layers
+    source = keras.Input((source_len,), dtype="int32", name="source")
+    target = keras.Input((target_len,), dtype="int32", name="target")
+    encoded = layers.TokenAndPositionEmbedding(vocab, source_len, encoder_dim, name="source_embed")(source)
+    encoded = layers.TransformerEncoder(2 * encoder_dim, heads, name="encoder")(encoded)
+    x = layers.TokenAndPositionEmbedding(vocab, target_len, decoder_dim, name="target_embed")(target)
+    x = layers.TransformerDecoder(2 * decoder_dim, heads, name="decoder")(x, encoded)
+    return keras.Model([source, target], keras.layers.Dense(vocab, name="vocab")(x))
+
+
 def _functional_subclass_class():
     """A user's ``keras.Model`` subclass built functionally (``super().__init__(inputs, outputs)``),
     registered so that Keras (and edgeprune's safe mode) can load its file without its code file."""
@@ -218,5 +235,6 @@ MODELS = {
     "ResNetImageClassifier (Task)": (resnet_image_classifier, True),
     "ViT from Keras layers": (vit_layers, False),
     "KWS transformer from Keras layers": (kws_transformer, False),
+    "encoder-decoder from keras-hub layers": (seq2seq_transformer, True),
     "functional subclass (user's)": (functional_subclass, False),
 }
