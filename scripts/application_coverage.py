@@ -15,8 +15,6 @@ runs all of them (about an hour on 2 cores).
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import sys
 import tempfile
 import time
@@ -27,6 +25,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from readme_table import publish  # noqa: E402  (scripts/, beside this file)
 
 import edgeprune.base.env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
@@ -165,16 +165,7 @@ def main(argv=None) -> int:
                           f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
                 for f in Path(tmp).iterdir():
                     f.unlink()
-    text = table(rows)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    if not args.no_readme:
-        readme = ROOT / "README.md"
-        body = readme.read_text()
-        if START in body and END in body:
-            body = re.sub(re.escape(START) + ".*?" + re.escape(END), f"{START}\n{text}\n{END}", body, flags=re.S)
-            readme.write_text(body)
+    publish(table(rows), rows, start=START, end=END, json_path=args.json, readme=not args.no_readme)
     return 0
 
 

@@ -20,7 +20,6 @@ regresses. About 2 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import tempfile
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from hub_models import MODELS  # noqa: E402
+from readme_table import publish  # noqa: E402  (scripts/, beside this file)
 
 import edgeprune.base.env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
@@ -225,17 +225,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{name}: " + " ".join(f"{s}={row[s]}" for s in STEPS) + f" {row.get('error', '')} "
               f"({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
-    text = table(rows)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    if not args.no_readme:
-        readme = ROOT / "README.md"
-        body = readme.read_text()
-        if START in body and END in body:
-            body = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{text}\n{END}", body,
-                          flags=re.S)
-            readme.write_text(body)
+    publish(table(rows), rows, start=START, end=END, json_path=args.json, readme=not args.no_readme)
     return 0
 
 
