@@ -12,7 +12,6 @@ from typing import Any
 from edgeprune.base.console import Output, default_output
 from edgeprune.base.errors import InputError
 from edgeprune.pruning.criteria import CRITERIA, DATA_CRITERIA
-from edgeprune.pruning.rules.attention import check_attention_unit
 
 LATENCY_OBJECTIVES = ("macs", "importance")
 _RENAMED = {"data": "calibration"}  # old keyword -> current one (deprecated alias)
@@ -100,6 +99,9 @@ def prune(model_path, output_path, *, ratio: float | None = None, target_macs: f
         ratio, target_macs = 0.0, None
     check_prune_options(ratio, target_macs, target_latency, latency_table, threads, criterion, calibration,
                         output_path, options)
+    # imported here: the rules need numpy, and `--help` must not load it
+    from edgeprune.pruning.rules.attention import check_attention_unit
+
     check_attention_unit(attention_unit)
     model_path, output_path = Path(model_path), Path(output_path)
     if not model_path.exists():
