@@ -84,7 +84,8 @@ def test_latency_target_met_by_prediction(pruned_by_latency):
     lat = report["latency_table"]
     assert lat["points_measured"] > 10 and lat["signatures"] >= 4
     assert lat["runtime"].startswith(("ai-edge-litert", "tflite-runtime", "tensorflow"))
-    assert 0 < lat["predicted_us_after"] <= 0.6 * lat["predicted_us_before"] + 1e-6
+    # both figures are rounded to 0.1 us in the report: allow that, not more
+    assert 0 < lat["predicted_us_after"] <= 0.6 * (lat["predicted_us_before"] + 0.05) + 0.05 + 1e-6
     assert report["macs_after"] < report["macs_before"]
     out = pruned_by_latency.model.predict(np.zeros((1, 32, 32, 8), np.float32), verbose=0)
     assert out.shape == (1, 5)
@@ -193,7 +194,8 @@ def test_cli_latency_table_then_prune(tmp_path, capsys):
     assert code == 0, err
     report = json.loads(out)
     assert report["latency_table"]["points_measured"] == 0
-    assert report["latency_table"]["predicted_us_after"] <= 0.5 * report["latency_table"]["predicted_us_before"]
+    lat = report["latency_table"]  # figures rounded to 0.1 us
+    assert lat["predicted_us_after"] <= 0.5 * (lat["predicted_us_before"] + 0.05) + 0.05 + 1e-6
     assert K.models.load_model(dst).count_params() == report["params_after"]
 
 
@@ -231,7 +233,7 @@ def test_compile_prune_latency(tmp_path, capsys):
     assert json.loads(stdout)["pruning"]["macs_after"] < json.loads(stdout)["pruning"]["macs_before"]
     report = json.loads((out_dir / "report.json").read_text())
     lat = report["pruning"]["latency_table"]
-    assert lat["predicted_us_after"] <= 0.5 * lat["predicted_us_before"]
+    assert lat["predicted_us_after"] <= 0.5 * (lat["predicted_us_before"] + 0.05) + 0.05 + 1e-6  # rounded to 0.1 us
     assert lat["threads"] == 1 and lat["quantization"] == "float32"
 
 
